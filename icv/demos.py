@@ -1,0 +1,151 @@
+"""Demonstrations: (source, target) pairs, how to read them, how to format them.
+
+A demonstration is a source text (negative, toxic, informal ...) and the rewrite
+the model should learn to produce.  Everything that accepts demonstrations goes
+through :func:`as_demos`, so the checks live in one place.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DemoError
+
+RAW_TEMPLATE = "{text}"
+
+
+@dataclass(frozen=True)
+class Demo:
+    """One demonstration: ``source`` and the wanted rewrite ``target``."""
+
+    source: str
+    target: str
+
+
+def _check_text(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise DemoError(f"{where} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DemoError(f"{where} is empty")
+    return value
+
+
+def as_demos(demos: Iterable[object]) -> list[Demo]:
+    """Validate and normalise demonstrations given as ``Demo``, pairs or dicts."""
+    if isinstance(demos, (str, bytes)) or not isinstance(demos, Iterable):
+        raise DemoError("demos must be a list of (source, target) pairs or icv.Demo objects")
+    result = []
+    for i, item in enumerate(demos):
+        if isinstance(item, Demo):
+            source, target = item.source, item.target
+        elif isinstance(item, dict):
+            if "source" not in item or "target" not in item:
+                raise DemoError(f"demo {i} needs the keys 'source' and 'target'")
+            source, target = item["source"], item["target"]
+        elif isinstance(item, Sequence) and not isinstance(item, (str, bytes)) and len(item) == 2:
+            source, target = item
+        else:
+            raise DemoError(f"demo {i} must be a (source, target) pair, got {item!r:.60}")
+        result.append(
+            Demo(_check_text(source, f"demo {i} source"), _check_text(target, f"demo {i} target"))
+        )
+    if not result:
+        raise DemoError("no demonstrations given: at least one (source, target) pair is needed")
+    return result
+
+
+def demos_sha256(demos: Sequence[Demo], template: str) -> str:
+    """A stable fingerprint of the demonstrations and the template they were read with."""
+    payload = json.dumps([template] + [[d.source, d.target] for d in demos], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def check_template(template: str) -> str:
+    if not isinstance(template, str) or "{text}" not in template:
+        raise DemoError(f"template must be a string containing '{{text}}', got {template!r:.60}")
+    try:
+        template.format(text="")
+    except (KeyError, IndexError, ValueError):
+        raise DemoError(
+            f"template {template!r:.60} has braces other than '{{text}}' (double them: '{{{{')"
+        ) from None
+    return template
+
+
+def format_text(template: str, text: str) -> str:
+    return template.format(text=text)
+
+
+# -- files ---------------------------------------------------------------------------
+
+
+def read_demos(path: str | os.PathLike[str]) -> list[Demo]:
+    """Read demonstrations from JSONL (``source``/``target``), CSV or TSV (two columns).
+
+    CSV/TSV files may start with a ``source,target`` header line.  Errors name the
+    file and the line.
+    """
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as error:
+        raise DemoError(f"cannot read demonstrations from '{file}': {error.strerror or error}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DemoError(f"{file}:{line}: not valid UTF-8 text") from None
+    suffix = file.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        demos = _read_jsonl(text, file)
+    elif suffix in (".csv", ".tsv", ".txt"):
+        demos = _read_delimited(text, file, "\t" if suffix != ".csv" else ",")
+    else:
+        raise DemoError(f"{file}: unknown demonstration format '{suffix}' (use .jsonl, .csv or .tsv)")
+    if not demos:
+        raise DemoError(f"{file}: no demonstrations found")
+    return demos
+
+
+def _read_jsonl(text: str, file: Path) -> list[Demo]:
+    demos = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DemoError(f"{file}:{number}: invalid JSON ({error.msg})") from None
+        if not isinstance(item, dict) or "source" not in item or "target" not in item:
+            raise DemoError(f"{file}:{number}: expected an object with 'source' and 'target'")
+        demos.append(_demo_at(item["source"], item["target"], file, number))
+    return demos
+
+
+def _read_delimited(text: str, file: Path, delimiter: str) -> list[Demo]:
+    demos = []
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    for row in reader:
+        number = reader.line_num
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) < 2:
+            raise DemoError(f"{file}:{number}: expected two columns (source, target), got {len(row)}")
+        if not demos and [c.strip().lower() for c in row[:2]] == ["source", "target"]:
+            continue
+        demos.append(_demo_at(row[0], row[1], file, number))
+    return demos
+
+
+def _demo_at(source: object, target: object, file: Path, number: int) -> Demo:
+    try:
+        return Demo(_check_text(source, "source"), _check_text(target, "target"))
+    except DemoError as error:
+        raise DemoError(f"{file}:{number}: {error}") from None

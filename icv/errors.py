@@ -1,0 +1,49 @@
+"""Every error the library raises on purpose derives from :class:`ICVError`.
+
+Callers can catch ``icv.ICVError`` for any failure that is the user's input
+(demonstrations, files, options, mismatched models); anything else escaping the
+library is a bug.  Each subclass also derives from the closest built-in
+exception so that generic handlers (``except ValueError``) keep working.
+"""
+
+from __future__ import annotations
+
+
+class ICVError(Exception):
+    """Base class of every error raised on purpose by ``icv``."""
+
+
+class DemoError(ICVError, ValueError):
+    """Demonstrations are missing, empty, of the wrong type, or unreadable."""
+
+
+class OptionError(ICVError, ValueError):
+    """An option has an unknown name or a value outside its domain."""
+
+
+class ArchitectureError(ICVError, LookupError):
+    """The model's decoder layers (or their MLP / attention) cannot be located."""
+
+
+class ModelMismatchError(ICVError, ValueError):
+    """A vector was made for another model (hidden size, layer count, type or name)."""
+
+
+class VectorFileError(ICVError, OSError):
+    """A vector file cannot be read, is malformed, or fails validation."""
+
+
+class FormatVersionError(VectorFileError):
+    """A vector file was written by a newer, unknown format version."""
+
+
+class VectorExistsError(ICVError, FileExistsError):
+    """Saving would overwrite an existing file and ``overwrite`` was not given."""
+
+
+class SteeringError(ICVError, RuntimeError):
+    """Steering cannot be applied (batch mismatch, conflicting threads, ...)."""
+
+
+class ModelLoadError(ICVError, OSError):
+    """A model cannot be found or converted (missing package, bad path)."""

@@ -1,0 +1,170 @@
+"""Extraction: demonstrations in, one in-context vector out.
+
+For every pair the activation at the last token of the source and of the target
+is read at every layer (batched, hooks only); the shift ``target - source`` is
+aggregated over pairs (PCA as in the paper, or the mean), split back into
+layers and normalised per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import metadata as meta
+from .aggregate import aggregator, unit_rows
+from .capture import LastTokenRecorder, accepts_position_ids, pad_batch, tokenize
+from .demos import RAW_TEMPLATE, as_demos, check_template, demos_sha256, format_text
+from .errors import OptionError
+from .layers import SITES, Architecture, decoder_layers, site_modules
+from .models import model_name_of
+from .vector import InContextVector
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where inputs go: the device of the input embeddings (first device under device_map)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    for module in (embeddings, model):
+        if module is None:
+            continue
+        for parameter in module.parameters():
+            if parameter.device.type != "meta":
+                return parameter.device
+    return torch.device("cpu")
+
+
+def max_context(model: nn.Module, tokenizer: Any) -> int:
+    config = model.config
+    for attribute in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 10**7 else 1 << 20
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    for attribute in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attribute, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def read_last_token_states(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    site: str = "block",
+    batch_size: int = 16,
+    padding_side: str = "right",
+    progress: bool | None = None,
+    architecture: Architecture | None = None,
+) -> torch.Tensor:
+    """``(len(texts), slots, hidden)`` float32 last-token activations.
+
+    For ``site="block"`` slot 0 is the embedding output and slot ``l + 1`` the output of
+    decoder block ``l``; for the other sites slot ``l`` is that module's output in layer ``l``.
+    Texts are batched longest first, so padding stays small.
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if site not in SITES:
+        raise OptionError(f"unknown site '{site}': choose one of {', '.join(SITES)}")
+    modules = site_modules(model, site, architecture)
+    stop_after = decoder_layers(model, architecture)[-1] if site == "block" else modules[-1]
+    recorder = LastTokenRecorder(modules, stop_after=stop_after, embeddings=site == "block")
+    sequences = tokenize(tokenizer, texts, max_context(model, tokenizer))
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    device = model_device(model)
+    pad_id = pad_token_id(tokenizer)
+    use_positions = padding_side == "left" and accepts_position_ids(model)
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    show = progress if progress is not None else len(chunks) > 4
+    results: list[torch.Tensor | None] = [None] * len(sequences)
+    with recorder.attached():
+        for chunk in tqdm(chunks, desc="icv: reading demonstrations", disable=not show, unit="batch"):
+            batch = pad_batch([sequences[i] for i in chunk], pad_id, padding_side, device)
+            if not use_positions:
+                batch.position_ids = None
+            states = recorder.run(model, batch)
+            for row, index in enumerate(chunk):
+                results[index] = states[row]
+    return torch.stack(results)  # type: ignore[arg-type]
+
+
+def extract(
+    model: nn.Module,
+    tokenizer: Any,
+    demos: Iterable[object],
+    *,
+    method: str = "pca",
+    site: str = "block",
+    template: str = RAW_TEMPLATE,
+    batch_size: int = 16,
+    padding_side: str = "right",
+    name: str = "icv",
+    injection_mode: str = "rotate",
+    injection_site: str | None = None,
+    recommended_strength: float | None = None,
+    progress: bool | None = None,
+    architecture: Architecture | None = None,
+) -> InContextVector:
+    """Read the in-context vector of ``demos`` (``(source, target)`` pairs) from ``model``.
+
+    ``method``: ``"pca"`` (the paper: first principal component of the shifts, sign
+    aligned with their mean, plus the mean) or ``"mean"``.  ``site``: where the shift
+    is read (``"block"``: the residual stream, as in the paper; ``"mlp"``; ``"attn"``).
+    ``template``: how each text is presented, ``"{text}"`` (raw, the paper) by default.
+    ``injection_mode``/``injection_site``: how :func:`icv.steer` applies the vector by
+    default (the paper: ``"rotate"`` at the ``"mlp"`` output).
+    """
+    pairs = as_demos(demos)
+    aggregate = aggregator(method)
+    check_template(template)
+    if injection_mode not in meta.MODES:
+        raise OptionError(f"unknown injection_mode '{injection_mode}': choose one of {', '.join(meta.MODES)}")
+    injection_site = injection_site or ("mlp" if injection_mode == "rotate" else "block")
+    if injection_site not in SITES:
+        raise OptionError(f"unknown injection_site '{injection_site}': choose one of {', '.join(SITES)}")
+    texts = [format_text(template, d.source) for d in pairs] + [
+        format_text(template, d.target) for d in pairs
+    ]
+    states = read_last_token_states(
+        model,
+        tokenizer,
+        texts,
+        site=site,
+        batch_size=batch_size,
+        padding_side=padding_side,
+        progress=progress,
+        architecture=architecture,
+    )
+    sources, targets = states[: len(pairs)], states[len(pairs) :]
+    shifts = (targets - sources).flatten(start_dim=1)
+    combined = aggregate(shifts).view(states.shape[1], states.shape[2])
+    per_layer = combined[1:] if site == "block" else combined
+    layer_states = states[:, 1:] if site == "block" else states
+    # The activation's typical size per layer, so that additive steering's strength
+    # is a fraction of it, like the rotation's.
+    scales = layer_states.norm(dim=-1).mean(dim=0)
+    metadata = {
+        "name": name,
+        "model_name": model_name_of(model),
+        "model_type": str(getattr(model.config, "model_type", "")),
+        "method": method,
+        "extraction_site": site,
+        "injection_mode": injection_mode,
+        "injection_site": injection_site,
+        "num_demos": len(pairs),
+        "demos_sha256": demos_sha256(pairs, template),
+        "prompt_template": template,
+        "recommended_strength": recommended_strength,
+    }
+    return InContextVector(unit_rows(per_layer), metadata, scales)
+

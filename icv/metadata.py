@@ -1,0 +1,159 @@
+"""The metadata an in-context vector carries, its schema and its validation.
+
+Metadata travels in the safetensors header, where every value must be a string:
+strings are stored as they are, every other value as JSON.  The schema below is
+the single place that says which keys exist and what they hold; loading checks
+every key against it before a vector is built.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import FormatVersionError, ModelMismatchError, VectorFileError
+from .layers import SITES
+
+FORMAT_VERSION = 1
+
+MODES = ("rotate", "add")
+
+# Strength used when neither the caller nor the vector says: a rotation of about
+# 0.06 rad per layer, or adding 2% of the activation's norm, visibly steers
+# the embedded model without breaking fluency (docs/results.md has the sweep).
+DEFAULT_STRENGTH = {"rotate": 0.06, "add": 0.02}
+
+# key -> (type, required).  float keys accept ints; None is allowed where noted.
+SCHEMA: dict[str, tuple[type, bool]] = {
+    "icv_format_version": (int, True),
+    "library_version": (str, True),
+    "name": (str, True),
+    "model_name": (str, True),
+    "model_type": (str, True),
+    "hidden_size": (int, True),
+    "num_layers": (int, True),
+    "method": (str, True),
+    "extraction_site": (str, True),
+    "injection_mode": (str, True),
+    "injection_site": (str, True),
+    "num_demos": (int, True),
+    "demos_sha256": (str, True),
+    "prompt_template": (str, True),
+    "recommended_strength": (float, False),
+}
+
+OPTIONAL_NONE = {"recommended_strength"}
+
+
+def encode(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """Header strings for ``metadata`` (strings verbatim, everything else JSON)."""
+    header = {"format": "pt"}
+    for key, value in metadata.items():
+        header[key] = value if isinstance(value, str) else json.dumps(value)
+    return header
+
+
+def _decode_value(key: str, raw: str, kind: type) -> Any:
+    if kind is str:
+        return raw
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise VectorFileError(f"metadata '{key}' is not valid JSON: {raw[:60]!r}") from None
+    return value
+
+
+def validate(metadata: Mapping[str, Any], *, source: str = "vector") -> dict[str, Any]:
+    """Check ``metadata`` against the schema; return a clean, typed copy.
+
+    Unknown keys are dropped with a warning so that files from a newer minor
+    release still load; a newer format version is refused.
+    """
+    clean: dict[str, Any] = {}
+    version = metadata.get("icv_format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{source} was written in icv format version {version}; this library reads "
+            f"versions up to {FORMAT_VERSION}: upgrade icv to load it"
+        )
+    for key, (kind, required) in SCHEMA.items():
+        if key not in metadata or metadata[key] is None:
+            if key in OPTIONAL_NONE:
+                clean[key] = None
+                continue
+            if required:
+                raise VectorFileError(f"{source} lacks the metadata field '{key}'")
+            continue
+        value = metadata[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise VectorFileError(
+                f"{source}: metadata '{key}' should be {kind.__name__}, got {value!r:.60}"
+            )
+        if kind is float and not math.isfinite(value):
+            raise VectorFileError(f"{source}: metadata '{key}' is not finite ({value})")
+        clean[key] = value
+    if clean["icv_format_version"] < 1:
+        raise VectorFileError(f"{source}: format version {clean['icv_format_version']} is invalid")
+    for key in ("hidden_size", "num_layers"):
+        if clean[key] < 1:
+            raise VectorFileError(f"{source}: metadata '{key}' must be positive, got {clean[key]}")
+    if clean["num_demos"] < 0:
+        raise VectorFileError(f"{source}: metadata 'num_demos' is negative")
+    if clean["injection_mode"] not in MODES:
+        raise VectorFileError(
+            f"{source}: injection_mode '{clean['injection_mode']}' is not one of {', '.join(MODES)}"
+        )
+    for key in ("injection_site", "extraction_site"):
+        if clean[key] not in SITES:
+            raise VectorFileError(f"{source}: {key} '{clean[key]}' is not one of {', '.join(SITES)}")
+    unknown = sorted(set(metadata) - set(SCHEMA) - {"format"})
+    if unknown:
+        warnings.warn(
+            f"{source}: ignoring unknown metadata keys {', '.join(unknown)}", stacklevel=3
+        )
+    return clean
+
+
+def decode(header: Mapping[str, str], *, source: str) -> dict[str, Any]:
+    """Typed, validated metadata from the strings of a safetensors header."""
+    typed: dict[str, Any] = {}
+    for key, raw in header.items():
+        if not isinstance(raw, str):
+            raise VectorFileError(f"{source}: metadata '{key}' is not a string")
+        kind = SCHEMA.get(key, (str, False))[0]
+        typed[key] = _decode_value(key, raw, kind)
+    return validate(typed, source=source)
+
+
+def identity(metadata: Mapping[str, Any]) -> tuple[str, str, int, int]:
+    """What makes two vectors belong to the same model."""
+    return (
+        metadata["model_type"],
+        metadata["model_name"],
+        metadata["hidden_size"],
+        metadata["num_layers"],
+    )
+
+
+def _same_name(a: str, b: str) -> bool:
+    """Names compare by their last path component, so a local copy matches its hub id."""
+    if not a or not b:
+        return True
+    return a.rstrip("/").rsplit("/", 1)[-1].lower() == b.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def check_same_model(a: Mapping[str, Any], b: Mapping[str, Any], *, what: str) -> None:
+    """Raise :class:`ModelMismatchError` unless ``a`` and ``b`` describe the same model."""
+    problems = []
+    for key in ("hidden_size", "num_layers", "model_type"):
+        if a[key] != b[key] and (key != "model_type" or (a[key] and b[key])):
+            problems.append(f"{key} {a[key]!r} vs {b[key]!r}")
+    if not _same_name(a["model_name"], b["model_name"]):
+        problems.append(f"model_name {a['model_name']!r} vs {b['model_name']!r}")
+    if problems:
+        raise ModelMismatchError(f"{what}: different models ({'; '.join(problems)})")

@@ -1,0 +1,379 @@
+"""Steering: inject in-context vectors into a model through removable forward hooks.
+
+Two ways to apply a layer's vector ``delta = strength * weight_l * v_l`` to an
+activation ``x`` (at one position):
+
+* ``mode="rotate"`` (the paper): ``x' = normalize(x/|x| + boost * delta) * |x|`` with
+  ``boost = 1 + max(0, cos(x, -delta))``, a norm-preserving turn towards ``delta``.
+  For one freshly extracted vector (``|v_l| = 1``) this is exactly the reference code.
+* ``mode="add"`` (llama.cpp, repeng): ``x' = x + strength * weight_l * scale_l * v_l``,
+  where ``scale_l`` is the activation's typical size recorded at extraction.
+
+Both are linear in ``strength * v``, which is what makes vector arithmetic mean
+what it says.  Hooks cast the vector to each activation's device and dtype once
+(cached), so half precision and models spread over devices work.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import metadata as meta
+from .errors import OptionError, SteeringError
+from .hooks import HookHandles, output_tensor
+from .layers import SITES, Architecture, decoder_layers, site_modules
+from .models import model_name_of
+from .positions import POSITIONS, PositionTracker
+from .vector import InContextVector
+
+_EPS = 1e-12
+_registry_lock = threading.Lock()
+# model -> the live steerings on it; lets us refuse steering from a second thread.
+_active: weakref.WeakKeyDictionary[nn.Module, list[Steering]] = weakref.WeakKeyDictionary()
+
+Hook = Callable[[nn.Module, Any, Any], Any]
+
+
+class Steering:
+    """Hooks that steer ``model`` with a vector; a context manager and a handle.
+
+    Made by :func:`steer`.  The hooks are live from construction until
+    :meth:`remove` (idempotent) or the end of the ``with`` block, which removes
+    them whatever happened inside.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        deltas: torch.Tensor,
+        layer_weights: torch.Tensor,
+        *,
+        mode: str,
+        site: str,
+        positions: str,
+        architecture: Architecture | None,
+        description: str,
+    ) -> None:
+        self.model = model
+        self.mode = mode
+        self.site = site
+        self.positions = positions
+        self.description = description
+        self._handles = HookHandles()
+        self._thread = threading.get_ident()
+        modules = site_modules(model, site, architecture)
+        tracker = PositionTracker(positions) if positions != "all" else None
+        _claim(model, self)
+        try:
+            if tracker is not None:
+                self._handles.add(
+                    model.register_forward_pre_hook(tracker.observe, with_kwargs=True)
+                )
+            make = _rotation_hook if mode == "rotate" else _addition_hook
+            for layer, module in enumerate(modules):
+                if float(layer_weights[layer]) == 0.0:
+                    continue
+                self._handles.add(module.register_forward_hook(make(deltas[:, layer], tracker)))
+        except BaseException:
+            self.remove()
+            raise
+
+    @property
+    def active(self) -> bool:
+        return len(self._handles) > 0
+
+    def remove(self) -> None:
+        """Take every hook of this steering off the model (safe to call twice)."""
+        self._handles.remove()
+        _release(self.model, self)
+
+    def __enter__(self) -> Steering:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return f"<Steering {self.description} mode={self.mode} site={self.site} ({state})>"
+
+
+def _claim(model: nn.Module, steering: Steering) -> None:
+    with _registry_lock:
+        live = _active.setdefault(model, [])
+        others = {s._thread for s in live} - {steering._thread}
+        if others:
+            raise SteeringError(
+                "this model is already steered from another thread; hooks are global to the "
+                "model, so concurrent steering would mix vectors: steer from one thread, or "
+                "give each thread its own model copy"
+            )
+        live.append(steering)
+
+
+def _release(model: nn.Module, steering: Steering) -> None:
+    with _registry_lock:
+        live = _active.get(model)
+        if live and steering in live:
+            live.remove(steering)
+
+
+def is_steered(model: nn.Module) -> bool:
+    """Whether any steering made by this library is live on ``model``."""
+    with _registry_lock:
+        return bool(_active.get(model))
+
+
+# -- the hooks --------------------------------------------------------------------------
+
+
+class _Variants:
+    """The layer's delta cast to each (device, dtype, batch) it meets, made once."""
+
+    def __init__(self, delta: torch.Tensor, prepare: Callable[[torch.Tensor], tuple]) -> None:
+        self._delta = delta  # (rows, hidden) float32 on CPU
+        self._prepare = prepare
+        self._made: dict[tuple, tuple] = {}
+
+    def get(self, x: torch.Tensor) -> tuple:
+        key = (x.device, x.dtype, x.shape[0])
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = self._prepare(self._rows_for(x.shape[0]).to(x.device, x.dtype))
+        return made
+
+    def _rows_for(self, batch: int) -> torch.Tensor:
+        rows = self._delta.shape[0]
+        if rows == 1:
+            return self._delta[0]
+        if batch % rows:
+            raise SteeringError(
+                f"steering was given {rows} per-row strengths or vectors, but the batch has "
+                f"{batch} rows"
+            )
+        # Beam search and num_return_sequences repeat each prompt row consecutively.
+        return self._delta.repeat_interleave(batch // rows, dim=0).unsqueeze(1)
+
+
+def _prepare_rotation(delta: torch.Tensor) -> tuple:
+    """(delta, delta as a column for one matmul, -1/|delta| with 0 for zero rows)."""
+    norm = delta.norm(dim=-1, keepdim=True)
+    neg_inv = torch.where(norm > 0, -1.0 / norm.clamp_min(_EPS), torch.zeros_like(norm))
+    column = delta.unsqueeze(-1) if delta.dim() == 1 else delta.transpose(-1, -2)
+    return delta, column, neg_inv
+
+
+def _rotation_hook(delta: torch.Tensor, tracker: PositionTracker | None) -> Hook:
+    variants = _Variants(delta, _prepare_rotation)
+
+    def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+        x = output if type(output) is torch.Tensor else output_tensor(output)
+        d, column, neg_inv = variants.get(x)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(_EPS)
+        # boost = 1 + relu(-cos(x, d)); cos = (x . d) / (|x| |d|)
+        boost = torch.matmul(x, column).mul_(neg_inv).div_(norm).clamp_min_(0.0).add_(1.0)
+        coef = boost.mul_(norm)
+        if tracker is not None:
+            coef.mul_(tracker.mask_for(x))
+        # x/|x| + boost*d, rescaled to |x|:  (x + boost |x| d) * |x| / |x + boost |x| d|
+        y = torch.addcmul(x, coef, d)
+        y.mul_(norm.div_(torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min_(_EPS)))
+        return y if type(output) is torch.Tensor else _replace(output, y)
+
+    return hook
+
+
+def _addition_hook(delta: torch.Tensor, tracker: PositionTracker | None) -> Hook:
+    variants = _Variants(delta, lambda d: (d,))
+
+    def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+        x = output if type(output) is torch.Tensor else output_tensor(output)
+        (d,) = variants.get(x)
+        y = x + d if tracker is None else torch.addcmul(x, tracker.mask_for(x), d)
+        return y if type(output) is torch.Tensor else _replace(output, y)
+
+    return hook
+
+
+def _replace(output: Any, hidden: torch.Tensor) -> Any:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else [hidden, *output[1:]]
+
+
+# -- building a steering ----------------------------------------------------------------
+
+
+def steer(
+    model: nn.Module,
+    vector: InContextVector | Sequence[InContextVector],
+    strength: float | Sequence[float] | None = None,
+    *,
+    mode: str | None = None,
+    site: str | None = None,
+    layers: Iterable[int] | Mapping[int, float] | torch.Tensor | None = None,
+    positions: str = "all",
+    architecture: Architecture | None = None,
+) -> Steering:
+    """Steer ``model`` with ``vector`` until the returned handle is removed.
+
+    Use as ``with icv.steer(model, vec): model.generate(...)`` or keep the handle and
+    call ``.remove()``.
+
+    * ``strength``: a number, or one number per batch row; ``None`` uses the vector's
+      recommended strength, else the library default for the mode.
+    * ``vector``: one vector, or one per batch row (compare vectors in one batch).
+    * ``mode``/``site``: ``"rotate"`` at ``"mlp"`` (the paper, default) or ``"add"`` at
+      ``"block"`` (llama.cpp / repeng); any mode works at ``"block"``, ``"mlp"``, ``"attn"``.
+      Defaults come from the vector's metadata.
+    * ``layers``: which decoder layers to steer (indices, negative allowed), or a per-layer
+      strength profile ``{layer: weight}``; ``None`` steers all of them.
+    * ``positions``: ``"all"`` (the paper), ``"prompt"`` or ``"generated"`` tokens only.
+    """
+    vectors = _as_vectors(vector)
+    first = vectors[0].metadata
+    mode = mode or first["injection_mode"]
+    if mode not in meta.MODES:
+        raise OptionError(f"unknown mode '{mode}': choose one of {', '.join(meta.MODES)}")
+    site = site or (first["injection_site"] if mode == first["injection_mode"] else _default_site(mode))
+    if site not in SITES:
+        raise OptionError(f"unknown site '{site}': choose one of {', '.join(SITES)}")
+    if positions not in POSITIONS:
+        raise OptionError(f"unknown positions '{positions}': choose one of {', '.join(POSITIONS)}")
+    num_layers = len(decoder_layers(model, architecture))
+    for v in vectors:
+        check_vector_fits(model, v, num_layers)
+    strengths = _row_strengths(strength, vectors, mode, site)
+    weights = layer_weights(layers, num_layers)
+    deltas = _deltas(vectors, strengths, weights, mode)
+    description = vectors[0].name if len(vectors) == 1 else f"{len(vectors)} vectors"
+    return Steering(
+        model,
+        deltas,
+        weights,
+        mode=mode,
+        site=site,
+        positions=positions,
+        architecture=architecture,
+        description=f"'{description}' strength={_describe(strengths)}",
+    )
+
+
+def _default_site(mode: str) -> str:
+    return "mlp" if mode == "rotate" else "block"
+
+
+def _as_vectors(vector: object) -> list[InContextVector]:
+    if isinstance(vector, InContextVector):
+        return [vector]
+    if isinstance(vector, Sequence) and vector and all(isinstance(v, InContextVector) for v in vector):
+        first = vector[0].metadata
+        for other in vector[1:]:
+            meta.check_same_model(first, other.metadata, what="per-row vectors")
+        return list(vector)
+    raise OptionError("vector must be an icv.InContextVector or a non-empty list of them (one per row)")
+
+
+def hidden_size_of(model: nn.Module) -> int:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    size = getattr(embeddings, "embedding_dim", None)
+    return int(size if size is not None else model.config.hidden_size)
+
+
+def check_vector_fits(model: nn.Module, vector: InContextVector, num_layers: int | None = None) -> None:
+    """Raise :class:`ModelMismatchError` unless ``vector`` was made for ``model``."""
+    model_meta = {
+        "hidden_size": hidden_size_of(model),
+        "num_layers": num_layers if num_layers is not None else len(decoder_layers(model)),
+        "model_type": str(getattr(model.config, "model_type", "")),
+        "model_name": model_name_of(model),
+    }
+    meta.check_same_model(
+        vector.metadata, model_meta, what=f"vector '{vector.name}' does not fit this model"
+    )
+
+
+def _finite(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise OptionError(f"{what} must be a number, got {value!r:.40}")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise OptionError(f"{what} must be finite, got {number}")
+    return number
+
+
+def _recommended(vector: InContextVector, mode: str, site: str) -> float:
+    m = vector.metadata
+    if m["recommended_strength"] is not None and (m["injection_mode"], m["injection_site"]) == (mode, site):
+        return m["recommended_strength"]
+    return meta.DEFAULT_STRENGTH[mode]
+
+
+def _row_strengths(
+    strength: object, vectors: list[InContextVector], mode: str, site: str
+) -> list[float]:
+    """One strength per vector row (a single row when both are single)."""
+    if strength is None:
+        return [_recommended(v, mode, site) for v in vectors]
+    if isinstance(strength, torch.Tensor):
+        strength = strength.tolist() if strength.dim() else strength.item()
+    if isinstance(strength, Sequence) and not isinstance(strength, str):
+        values = [_finite(s, f"strength[{i}]") for i, s in enumerate(strength)]
+        if not values:
+            raise OptionError("strength must not be an empty sequence")
+        if len(vectors) > 1 and len(values) != len(vectors):
+            raise OptionError(
+                f"{len(values)} strengths for {len(vectors)} per-row vectors: give one per row"
+            )
+        return values
+    return [_finite(strength, "strength")] * len(vectors)
+
+
+def layer_weights(
+    layers: Iterable[int] | Mapping[int, float] | torch.Tensor | None, num_layers: int
+) -> torch.Tensor:
+    """A ``(num_layers,)`` weight per layer from a selection or a profile."""
+    if layers is None:
+        return torch.ones(num_layers)
+    weights = torch.zeros(num_layers)
+    if isinstance(layers, torch.Tensor) and layers.is_floating_point():
+        if layers.shape != (num_layers,):
+            raise OptionError(f"a layer profile tensor must have shape ({num_layers},)")
+        if not bool(torch.isfinite(layers).all()):
+            raise OptionError("a layer profile must be finite")
+        return layers.detach().float().cpu()
+    items = layers.items() if isinstance(layers, Mapping) else ((l, 1.0) for l in layers)
+    for index, weight in items:
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise OptionError(f"layer indices must be integers, got {index!r:.40}")
+        if not -num_layers <= int(index) < num_layers:
+            raise OptionError(f"layer {index} is out of range for a model with {num_layers} layers")
+        weights[int(index)] = _finite(weight, f"weight of layer {index}")
+    if not bool((weights != 0).any()):
+        raise OptionError("no layer selected: layers must name at least one layer")
+    return weights
+
+
+def _deltas(
+    vectors: list[InContextVector], strengths: list[float], weights: torch.Tensor, mode: str
+) -> torch.Tensor:
+    """``(rows, num_layers, hidden)`` float32: what each row adds (or turns towards) per layer."""
+    per_vector = []
+    for v in vectors:
+        d = v.directions * weights[:, None]
+        if mode == "add":
+            d = d * v.layer_scales[:, None]
+        per_vector.append(d)
+    stacked = torch.stack(per_vector)  # (vectors, layers, hidden)
+    # One vector with a strength per row broadcasts to a row each.
+    return stacked * torch.tensor(strengths, dtype=torch.float32)[:, None, None]
+
+
+def _describe(strengths: list[float]) -> str:
+    return f"{strengths[0]:g}" if len(set(strengths)) == 1 else "[" + ", ".join(f"{s:g}" for s in strengths) + "]"

@@ -1,0 +1,93 @@
+"""Tiny random models of every supported family, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+VOCAB = 128
+HIDDEN = 32
+LAYERS = 3
+
+_COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
+               intermediate_size=64, max_position_embeddings=256)
+_LLAMA_LIKE = dict(_COMMON, num_key_value_heads=2)
+
+FAMILIES: dict[str, dict] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": dict(_LLAMA_LIKE, head_dim=8),
+    "gemma": dict(_LLAMA_LIKE, head_dim=8),
+    "gemma2": dict(_LLAMA_LIKE, head_dim=8),
+    "gemma3_text": dict(_LLAMA_LIKE, head_dim=8, sliding_window=16),
+    "phi": _COMMON,
+    "phi3": dict(_LLAMA_LIKE, pad_token_id=0),
+    "olmo2": _LLAMA_LIKE,
+    "stablelm": _LLAMA_LIKE,
+    "starcoder2": _LLAMA_LIKE,
+    "granite": _LLAMA_LIKE,
+    "gpt2": dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=256),
+    "gpt_neox": dict(_COMMON),
+    "gptj": dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=256, rotary_dim=4),
+    "falcon": dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
+                   new_decoder_architecture=False, multi_query=True),
+    "opt": dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
+                ffn_dim=64, max_position_embeddings=256, word_embed_proj_dim=HIDDEN),
+    "bloom": dict(vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS, n_head=4),
+}
+
+
+_TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _state(model_type: str) -> tuple:
+    torch.manual_seed(1234)
+    config = AutoConfig.for_model(model_type, **{**FAMILIES[model_type], **_TOKENS})
+    model = AutoModelForCausalLM.from_config(config)
+    return config, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def tiny_model(model_type: str = "llama", dtype: torch.dtype = torch.float32):
+    """A fresh tiny random model (same weights on every call for a given family)."""
+    config, state = _state(model_type)
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(state)
+    model.config._name_or_path = f"tiny-{model_type}"
+    return model.to(dtype).eval()
+
+
+class ByteTokenizer:
+    """A tokenizer stand-in: one token per byte (mod the tiny vocabulary), BOS = 1."""
+
+    pad_token_id = 0
+    eos_token_id = 2
+    padding_side = "right"
+    model_max_length = 256
+
+    def __call__(self, text, add_special_tokens=True, **_):
+        ids = [3 + b % (VOCAB - 3) for b in text.encode("utf-8")]
+        return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
+    def batch(self, texts, side="left"):
+        """Padded input_ids and attention_mask for a batch, padded on `side`."""
+        seqs = [self(t)["input_ids"] for t in texts]
+        width = max(map(len, seqs))
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(seqs):
+            span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+            ids[row, span] = torch.tensor(seq)
+            mask[row, span] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+DEMOS = [
+    ("the food was cold", "the food was warm"),
+    ("service was slow and rude", "service was quick and kind"),
+    ("i hated it", "i loved it"),
+    ("dirty room", "clean room"),
+]
