@@ -103,13 +103,13 @@ def load_model(
     key = ALIASES.get(key.lower(), key)
     display_name = key
     if key in EMBEDDED:
-        folder = _converted(EMBEDDED[key].locate(), display_name)
+        folder = _converted(EMBEDDED[key].locate())
     elif key.lower().endswith(".gguf"):
         gguf = Path(key)
         if not gguf.is_file():
             raise ModelLoadError(f"no GGUF file at '{gguf}'")
         display_name = gguf.stem
-        folder = _converted(gguf, display_name)
+        folder = _converted(gguf)
     else:
         folder = Path(key) if Path(key).exists() else None
     source = str(folder) if folder is not None else key
@@ -145,9 +145,9 @@ def _forget_quantization(model: nn.Module) -> None:
     model.is_quantized = False
 
 
-def _converted(gguf: Path, name: str) -> Path:
+def _converted(gguf: Path) -> Path:
     """A safetensors folder for ``gguf``, converted on first use and cached."""
-    safe_name = name.replace("/", "--")
+    safe_name = gguf.stem
     folder = cache_dir() / "models" / f"{safe_name}-{_fingerprint(gguf)}"
     if (folder / "config.json").is_file():
         return folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -54,7 +55,7 @@ def _state(model_type: str) -> tuple:
 def tiny_model(model_type: str = "llama", dtype: torch.dtype = torch.float32):
     """A fresh tiny random model (same weights on every call for a given family)."""
     config, state = _state(model_type)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(copy.deepcopy(config))
     model.load_state_dict(state)
     model.config._name_or_path = f"tiny-{model_type}"
     return model.to(dtype).eval()

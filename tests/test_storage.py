@@ -1,0 +1,70 @@
+"""Vector files: exact round trip, self-description, atomic and careful saving."""
+
+import json
+import struct
+
+import pytest
+import torch
+
+import icv
+
+
+@pytest.fixture
+def vec(llama, tokenizer, demos):
+    return icv.extract(llama, tokenizer, demos, name="positive", recommended_strength=0.07)
+
+
+def header_of(path):
+    data = path.read_bytes()
+    length = struct.unpack("<Q", data[:8])[0]
+    return json.loads(data[8 : 8 + length])
+
+
+def test_round_trip_is_exact(vec, tmp_path):
+    path = tmp_path / "v.safetensors"
+    vec.save(path)
+    back = icv.InContextVector.load(path)
+    assert back.equal(vec)
+    assert back.recommended_strength == 0.07
+
+
+def test_file_describes_itself(vec, tmp_path):
+    path = tmp_path / "v.safetensors"
+    vec.save(path)
+    header = header_of(path)
+    meta = header["__metadata__"]
+    assert meta["format"] == "pt"
+    assert meta["model_type"] == "llama" and meta["num_layers"] == "3" and meta["hidden_size"] == "32"
+    assert meta["icv_format_version"] == "1" and meta["method"] == "pca"
+    assert meta["recommended_strength"] == "0.07" and len(meta["demos_sha256"]) == 64
+    assert sorted(k for k in header if k != "__metadata__") == [
+        "direction.0", "direction.1", "direction.2", "layer_scales"]
+    assert header["direction.1"]["shape"] == [32] and header["direction.1"]["dtype"] == "F32"
+
+
+def test_refuses_to_overwrite_unless_asked(vec, tmp_path):
+    path = tmp_path / "v.safetensors"
+    vec.save(path)
+    with pytest.raises(icv.VectorExistsError, match="overwrite=True"):
+        (vec * 2).save(path)
+    assert icv.InContextVector.load(path).equal(vec)
+    (vec * 2).save(path, overwrite=True)
+    assert torch.equal(icv.InContextVector.load(path).directions, vec.directions * 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["v.safetensors"]  # no temp file left
+
+
+def test_unreadable_and_foreign_files(tmp_path):
+    with pytest.raises(icv.VectorFileError, match="cannot read"):
+        icv.InContextVector.load(tmp_path / "missing.safetensors")
+    with pytest.raises(icv.VectorFileError, match="directory"):
+        icv.InContextVector.load(tmp_path)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(3)}, tmp_path / "other.safetensors")
+    with pytest.raises(icv.VectorFileError, match="metadata"):
+        icv.InContextVector.load(tmp_path / "other.safetensors")
+
+
+def test_missing_folder(vec, tmp_path):
+    with pytest.raises(icv.VectorFileError, match="does not exist"):
+        vec.save(tmp_path / "nope" / "v.safetensors")

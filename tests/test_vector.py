@@ -1,0 +1,84 @@
+"""InContextVector: a value with metadata, arithmetic that means what it says, and model checks."""
+
+import pytest
+import torch
+
+import icv
+from tiny import tiny_model
+
+
+@pytest.fixture
+def vec(llama, tokenizer, demos):
+    return icv.extract(llama, tokenizer, demos, name="positive")
+
+
+def test_public_contract(vec):
+    assert vec.directions.shape == (3, 32)
+    assert vec.directions.dtype == torch.float32
+    m = vec.metadata
+    for key in ("icv_format_version", "library_version", "model_name", "model_type", "hidden_size",
+                "num_layers", "method", "injection_site", "num_demos", "demos_sha256",
+                "prompt_template", "recommended_strength"):
+        assert key in m
+    assert m["num_demos"] == 4 and m["method"] == "pca" and m["injection_mode"] == "rotate"
+
+
+def test_metadata_is_a_copy(vec):
+    vec.metadata["name"] = "changed"
+    assert vec.name == "positive"
+
+
+def test_scaling_negation_division(vec):
+    assert torch.equal((vec * 2).directions, vec.directions * 2)
+    assert torch.equal((2 * vec).directions, vec.directions * 2)
+    assert torch.equal((-vec).directions, -vec.directions)
+    assert torch.allclose((vec / 4).directions, vec.directions / 4)
+    assert (vec * 2).name == "2*positive"
+
+
+def test_addition_and_subtraction_are_plain_when_strengths_agree(vec, llama, tokenizer):
+    other = icv.extract(llama, tokenizer, [("a b", "c d"), ("e f", "g h")], name="formal")
+    assert torch.allclose((vec + other).directions, vec.directions + other.directions)
+    assert torch.allclose((vec - other).directions, vec.directions - other.directions)
+    assert torch.allclose((vec + 0.5 * other).directions, vec.directions + 0.5 * other.directions)
+    assert (vec + other).metadata["num_demos"] == 6
+    assert (vec + other).metadata["method"] == "combination"
+
+
+def test_addition_keeps_each_recommended_strength_in_effect(vec):
+    a = vec.with_metadata(recommended_strength=0.04)
+    b = vec.with_metadata(recommended_strength=0.08, name="b")
+    total = a + b
+    assert total.recommended_strength == pytest.approx(0.06)
+    # at its default strength the sum applies 0.04*a + 0.08*b
+    assert torch.allclose(total.directions * 0.06, vec.directions * 0.04 + vec.directions * 0.08, atol=1e-6)
+
+
+def test_bad_scalars(vec):
+    with pytest.raises(icv.OptionError):
+        vec * float("nan")
+    with pytest.raises(icv.OptionError):
+        vec / 0
+    with pytest.raises(TypeError):
+        vec * "2"
+    with pytest.raises(TypeError):
+        vec + 1
+
+
+def test_vectors_of_different_models_do_not_combine(vec, tokenizer, demos):
+    other = icv.extract(tiny_model("gpt2"), tokenizer, demos)
+    with pytest.raises(icv.ModelMismatchError, match="different models"):
+        vec + other
+
+
+def test_vector_of_another_model_does_not_steer(vec, tokenizer):
+    gpt2 = tiny_model("gpt2")
+    with pytest.raises(icv.ModelMismatchError):
+        icv.steer(gpt2, vec)
+    assert not icv.is_steered(gpt2)
+
+
+def test_with_metadata_refuses_shape_fields(vec):
+    with pytest.raises(icv.OptionError):
+        vec.with_metadata(num_layers=5)
+    assert vec.with_metadata(recommended_strength=0.1).recommended_strength == 0.1
