@@ -1,0 +1,363 @@
+"""GGUF control vectors: carry an in-context vector to llama.cpp (and repeng, EasySteer) and back.
+
+The layout, as llama.cpp reads it (``common_control_vector_load_one`` in
+``common/common.cpp`` and ``llama_adapter_cvec`` in ``src/llama-adapter.cpp``):
+
+* ``general.architecture = "controlvector"``; ``controlvector.model_hint`` (a model
+  type such as ``llama``) and ``controlvector.layer_count`` are informative only:
+  llama.cpp's loader reads no metadata at all.
+* One F32, 1-D tensor of ``n_embd`` values per steered layer, named ``direction.N``.
+  The loader puts ``direction.N`` (times the file's scale) at offset ``n_embd * (N - 1)``
+  of a flat buffer; ``llama_adapter_cvec::apply`` fills the tensor of block ``il`` from
+  offset ``n_embd * (il - 1)`` for ``il = 1 .. n_layer - 1``.  The two ``- 1`` cancel:
+  **``direction.N`` is added to the output of decoder block N, counted from 0** (the
+  ``l_out`` of block ``il``, after the MLP's residual add, at every position).
+* Block 0 has no slot: the loader rejects ``direction.0`` outright, so block 0 cannot be
+  steered through this format.  repeng writes the same convention (its ``direction.N``
+  is applied to ``model.layers[N]``'s output) for layers ``1 .. n_layer - 1``.
+* ``layer_count`` is not consistent between writers: llama.cpp's cvector-generator and
+  repeng write the number of direction tensors (``n_layer - 1`` for a full vector), other
+  tools write ``n_layer``.  This module writes the number of tensors it writes
+  (``n_layer - 1``) and, reading, never trusts it for the model's depth.
+
+Mapping to this library's vectors (``mode="add"``, ``site="block"``; see :mod:`icv.steer`):
+
+* Export writes what additive block-output steering adds to block ``l``:
+  ``direction.l = strength * layer_scales[l] * directions[l]`` for ``l = 1 .. L - 1``,
+  with the strength folded in (default: the vector's recommended strength when its
+  metadata says ``add@block``, else ``icv.metadata.DEFAULT_STRENGTH["add"]``).  Block 0's
+  direction is dropped, with a warning when it is not zero.  ``llama-cli
+  --control-vector FILE`` then steers like ``icv.steer(model, vec, strength, mode="add",
+  site="block", layers=range(1, L))``; ``--control-vector-scaled FILE S`` multiplies by
+  ``S`` on top of the folded strength, and ``--control-vector-layer-range A B`` selects
+  blocks like ``layers=range(A, B + 1)``.
+* Import gives the vector llama.cpp would apply: ``directions[N] = direction.N``
+  (row 0 zero), ``layer_scales = 1``, ``recommended_strength = 1.0``,
+  ``injection_mode="add"``, ``injection_site="block"``, ``model_type`` from the hint,
+  ``model_name=""`` (unknown), ``method="gguf"``.  So ``icv.steer(model, imported)``
+  reproduces ``--control-vector FILE``, and ``strength=S`` reproduces
+  ``--control-vector-scaled FILE S``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import metadata as meta
+from .errors import OptionError, VectorExistsError, VectorFileError
+from .vector import InContextVector
+
+ARCHITECTURE = "controlvector"
+KEY_ARCHITECTURE = "general.architecture"
+KEY_NAME = "general.name"
+KEY_MODEL_HINT = f"{ARCHITECTURE}.model_hint"
+KEY_LAYER_COUNT = f"{ARCHITECTURE}.layer_count"
+TENSOR_PREFIX = "direction."
+
+# llama.cpp names some architectures differently from transformers' model_type;
+# a hint in llama.cpp's spelling becomes the model_type this library compares.
+LLAMA_CPP_MODEL_TYPES = {
+    "gptneox": "gpt_neox",
+    "qwen2moe": "qwen2_moe",
+    "qwen3moe": "qwen3_moe",
+    "command-r": "cohere",
+}
+
+
+def _require_gguf() -> Any:
+    try:
+        import gguf
+    except ImportError:
+        raise OptionError(
+            "GGUF control vectors need the 'gguf' package: pip install 'icv[gguf]' (or pip install gguf)"
+        ) from None
+    return gguf
+
+
+# -- export ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GGUFExport:
+    """What :func:`export_gguf` wrote."""
+
+    path: Path
+    strength: float
+    model_hint: str
+    blocks: tuple[int, ...]  # the decoder blocks that got a direction.N tensor
+    dropped_block0: bool  # block 0 carried a direction that the format cannot hold
+
+
+def export_strength(vector: InContextVector) -> float:
+    """The strength folded into an export when none is given.
+
+    The vector's recommended strength applies only when it was recommended for the
+    additive block-output mode; a strength recommended for the rotation means
+    something else (an angle), so the additive default takes over.
+    """
+    m = vector.metadata
+    if m["recommended_strength"] is not None and (m["injection_mode"], m["injection_site"]) == ("add", "block"):
+        return float(m["recommended_strength"])
+    return meta.DEFAULT_STRENGTH["add"]
+
+
+def additive_deltas(vector: InContextVector, strength: float) -> torch.Tensor:
+    """``(num_layers, hidden)``: what ``steer(..., mode="add", site="block")`` adds per block.
+
+    The same products in the same order as :func:`icv.steer` computes them, so a
+    re-imported file steers bit-for-bit like the original.
+    """
+    return (vector.directions * vector.layer_scales[:, None]) * torch.tensor(strength, dtype=torch.float32)
+
+
+def _check_strength(strength: object) -> float:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+        raise OptionError(f"strength must be a number, got {strength!r:.40}")
+    value = float(strength)
+    if not math.isfinite(value):
+        raise OptionError(f"strength must be finite, got {value}")
+    return value
+
+
+def export_gguf(
+    vector: InContextVector,
+    path: str | os.PathLike[str],
+    *,
+    strength: float | None = None,
+    overwrite: bool = False,
+) -> GGUFExport:
+    """Write ``vector`` as a llama.cpp control vector (see the module docstring for the mapping).
+
+    ``strength``: folded into the tensors; ``None`` uses :func:`export_strength`.
+    Warns when block 0 carries a direction, which the format cannot express.
+    Written atomically (a temporary file in the same folder, then a rename).
+    """
+    if not isinstance(vector, InContextVector):
+        raise OptionError("export_gguf needs an icv.InContextVector")
+    gguf = _require_gguf()
+    strength = export_strength(vector) if strength is None else _check_strength(strength)
+    if vector.num_layers < 2:
+        raise OptionError(
+            "a one-layer vector has nothing llama.cpp can steer: control vectors start at block 1"
+        )
+    target = _writable_target(Path(path), overwrite)
+    deltas = additive_deltas(vector, strength)
+    dropped = bool((deltas[0] != 0).any())
+    if dropped:
+        warnings.warn(
+            f"vector '{vector.name}': block 0 carries a direction that a GGUF control vector "
+            "cannot hold (llama.cpp rejects direction.0); it is left out of the export",
+            UserWarning,
+            stacklevel=2,
+        )
+    blocks = tuple(range(1, vector.num_layers))
+    hint = vector.metadata["model_type"]
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
+        writer.add_string(KEY_NAME, vector.name)
+        writer.add_string(KEY_MODEL_HINT, hint)
+        writer.add_uint32(KEY_LAYER_COUNT, len(blocks))
+        for block in blocks:
+            writer.add_tensor(f"{TENSOR_PREFIX}{block}", deltas[block].numpy().copy())
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return GGUFExport(target, strength, hint, blocks, dropped)
+
+
+def _writable_target(target: Path, overwrite: bool) -> Path:
+    if target.is_dir():
+        raise VectorFileError(f"cannot write '{target}': it is a directory")
+    if target.exists() and not overwrite:
+        raise VectorExistsError(f"'{target}' exists; pass overwrite=True (or --force) to replace it")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise VectorFileError(f"cannot write '{target}': folder '{folder}' does not exist")
+    return target
+
+
+# -- import ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Direction:
+    block: int
+    values: torch.Tensor
+
+
+def _field_value(reader: Any, key: str) -> Any:
+    """A scalar string or number field, or ``None`` when absent (arrays are not ours)."""
+    field = reader.fields.get(key)
+    if field is None or not field.types or not field.parts:
+        return None
+    gguf = _require_gguf()
+    kind = field.types[0]
+    if kind == gguf.GGUFValueType.ARRAY:
+        return None
+    last = field.parts[-1]
+    if kind == gguf.GGUFValueType.STRING:
+        return bytes(last).decode("utf-8", errors="replace")
+    return last.tolist()[0]
+
+
+def _open_reader(path: Path) -> Any:
+    gguf = _require_gguf()
+    if path.is_dir():
+        raise VectorFileError(f"'{path}' is a directory, not a GGUF file")
+    if not path.is_file():
+        raise VectorFileError(f"cannot read '{path}': no such file")
+    try:
+        return gguf.GGUFReader(str(path), "r")
+    except OSError as error:
+        raise VectorFileError(f"cannot read '{path}': {error.strerror or error}") from None
+    except Exception as error:  # the reader raises ValueError, struct.error, IndexError ...
+        raise VectorFileError(f"'{path}' is not a valid GGUF file ({error})") from None
+
+
+def _direction_block(name: str, source: str) -> int | None:
+    """The block of a ``direction.N`` tensor; ``None`` for tensors of another name."""
+    if not name.startswith(TENSOR_PREFIX):
+        return None
+    suffix = name[len(TENSOR_PREFIX) :]
+    if not suffix.isdigit():
+        raise VectorFileError(f"{source}: tensor '{name}' has no valid layer index")
+    return int(suffix)
+
+
+def _read_direction(tensor: Any, block: int, source: str) -> torch.Tensor:
+    gguf = _require_gguf()
+    if int(tensor.tensor_type) != int(gguf.GGMLQuantizationType.F32):
+        kind = getattr(tensor.tensor_type, "name", tensor.tensor_type)
+        raise VectorFileError(
+            f"{source}: direction.{block} is {kind}; control vectors must be F32 (as llama.cpp requires)"
+        )
+    shape = [int(n) for n in tensor.shape]
+    # ggml counts trailing dimensions of size 1 as absent, as llama.cpp's check does.
+    if not shape or any(n != 1 for n in shape[1:]) or shape[0] < 1:
+        raise VectorFileError(f"{source}: direction.{block} has shape {shape}, expected one dimension")
+    values = torch.from_numpy(tensor.data.reshape(-1).astype("float32", copy=True))
+    if not bool(torch.isfinite(values).all()):
+        raise VectorFileError(f"{source}: direction.{block} holds NaN or infinite values")
+    return values
+
+
+def _read_directions(reader: Any, source: str) -> list[_Direction]:
+    directions: list[_Direction] = []
+    others: list[str] = []
+    for tensor in reader.tensors:
+        block = _direction_block(tensor.name, source)
+        if block is None:
+            others.append(tensor.name)
+            continue
+        directions.append(_Direction(block, _read_direction(tensor, block, source)))
+    if others:
+        warnings.warn(
+            f"{source}: ignoring {len(others)} tensor(s) that are not directions "
+            f"({', '.join(others[:3])}); llama.cpp would refuse this file",
+            UserWarning,
+            stacklevel=3,
+        )
+    if not directions:
+        raise VectorFileError(f"{source}: no direction.N tensors: not a control vector")
+    widths = {d.values.numel() for d in directions}
+    if len(widths) > 1:
+        raise VectorFileError(
+            f"{source}: direction tensors have different lengths ({', '.join(map(str, sorted(widths)))})"
+        )
+    return directions
+
+
+def _model_type(hint: object) -> str:
+    if not isinstance(hint, str):
+        return ""
+    hint = hint.strip()
+    return LLAMA_CPP_MODEL_TYPES.get(hint, hint)
+
+
+def import_gguf(
+    path: str | os.PathLike[str],
+    *,
+    num_layers: int | None = None,
+    model_type: str | None = None,
+    name: str | None = None,
+) -> InContextVector:
+    """Read a GGUF control vector (llama.cpp's cvector-generator, repeng, EasySteer, :func:`export_gguf`).
+
+    The result steers like llama.cpp applies the file (see the module docstring).
+    ``num_layers``: the model's decoder block count; by default one more than the
+    highest ``direction.N``, which is right for every full vector (they cover blocks
+    ``1 .. n_layer - 1``) but not for one that leaves out the last blocks.
+    ``model_type``: overrides ``controlvector.model_hint`` (which writers spell their
+    own way, e.g. llama.cpp's ``gemma3`` for transformers' ``gemma3_text``).
+    """
+    file = Path(path)
+    source = str(file)
+    reader = _open_reader(file)
+    architecture = _field_value(reader, KEY_ARCHITECTURE)
+    if architecture is None:
+        raise VectorFileError(f"{source}: no general.architecture: not a GGUF control vector")
+    if architecture != ARCHITECTURE:
+        raise VectorFileError(
+            f"{source}: general.architecture is '{architecture}', not '{ARCHITECTURE}': "
+            "this is not a control vector (a model file?)"
+        )
+    directions = _read_directions(reader, source)
+    if any(d.block == 0 for d in directions):
+        # repeng's convention applies direction.0 to block 0; llama.cpp refuses it.
+        warnings.warn(
+            f"{source}: has direction.0, which llama.cpp rejects; it is read as block 0's direction",
+            UserWarning,
+            stacklevel=2,
+        )
+    highest = max(d.block for d in directions)
+    if num_layers is None:
+        num_layers = highest + 1
+    elif isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise OptionError(f"num_layers must be a positive integer, got {num_layers!r}")
+    elif highest >= num_layers:
+        raise VectorFileError(
+            f"{source}: has direction.{highest} but the model has {num_layers} layers (0 .. {num_layers - 1})"
+        )
+    hidden = directions[0].values.numel()
+    rows = torch.zeros(num_layers, hidden)
+    for direction in directions:
+        rows[direction.block] = direction.values
+    file_name = _field_value(reader, KEY_NAME)
+    metadata = {
+        "name": name or (file_name if isinstance(file_name, str) and file_name else file.stem),
+        "model_name": "",
+        "model_type": model_type if model_type is not None else _model_type(_field_value(reader, KEY_MODEL_HINT)),
+        "method": "gguf",
+        "extraction_site": "block",
+        "injection_mode": "add",
+        "injection_site": "block",
+        "num_demos": 0,
+        "demos_sha256": "",
+        "prompt_template": "",
+        "recommended_strength": 1.0,
+    }
+    return InContextVector(rows, metadata, torch.ones(num_layers))
+
+
+def is_gguf_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` starts with the GGUF magic (cheap: reads four bytes)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"GGUF"
+    except OSError:
+        return False
