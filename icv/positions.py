@@ -6,7 +6,9 @@ in the KV cache plus the offset within the call.  The prompt is what the first
 call of a generation holds; everything after it is generated.  Without a KV
 cache every call starts again at position 0 with one more token: such a call
 is recognised as the continuation of the previous one, so the prompt length
-stays put.  Deciding from absolute positions (never from the current chunk's
+stays put.  (So, without the cache only, a new ``generate`` whose prompt is exactly
+the previous call's whole output, under the same steering, continues the previous
+prompt length: open a new steering for it.)  Deciding from absolute positions (never from the current chunk's
 length) keeps the modes right with and without the cache, under left padding
 and with beam search.
 """
@@ -36,6 +38,10 @@ def past_length(kwargs: dict[str, Any]) -> int:
     return 0
 
 
+def _has_cache(kwargs: dict[str, Any]) -> bool:
+    return kwargs.get("cache", kwargs.get("past_key_values")) is not None
+
+
 class PositionTracker:
     """Keeps the current call's position mask for ``"prompt"`` or ``"generated"`` steering."""
 
@@ -55,7 +61,9 @@ class PositionTracker:
             return
         length = tokens.shape[1]
         past = past_length(kwargs)
-        if past == 0 and not self._continues(ids):
+        # A call given a cache is a prefill exactly when the cache is empty; only a
+        # cache-less call needs the heuristic that tells a next step from a new prompt.
+        if past == 0 and (_has_cache(kwargs) or not self._continues(ids)):
             self.prompt_length = length
         self._previous = ids.detach() if isinstance(ids, torch.Tensor) else None
         absolute = torch.arange(past, past + length)

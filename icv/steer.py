@@ -32,6 +32,7 @@ from .hooks import HookHandles, output_tensor
 from .layers import SITES, Architecture, decoder_layers, site_modules
 from .models import model_name_of
 from .positions import POSITIONS, PositionTracker
+from .rows import RowGroupCheck
 from .vector import InContextVector
 
 _EPS = 1e-12
@@ -77,6 +78,9 @@ class Steering:
                 self._handles.add(
                     model.register_forward_pre_hook(tracker.observe, with_kwargs=True)
                 )
+            if deltas.shape[0] > 1:
+                check = RowGroupCheck(deltas.shape[0])
+                self._handles.add(model.register_forward_pre_hook(check.observe, with_kwargs=True))
             make = _rotation_hook if mode == "rotate" else _addition_hook
             for layer, module in enumerate(modules):
                 if float(layer_weights[layer]) == 0.0:
