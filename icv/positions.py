@@ -6,11 +6,11 @@ in the KV cache plus the offset within the call.  The prompt is what the first
 call of a generation holds; everything after it is generated.  Without a KV
 cache every call starts again at position 0 with one more token: such a call
 is recognised as the continuation of the previous one, so the prompt length
-stays put.  (So, without the cache only, a new ``generate`` whose prompt is exactly
-the previous call's whole output, under the same steering, continues the previous
-prompt length: open a new steering for it.)  Deciding from absolute positions (never from the current chunk's
-length) keeps the modes right with and without the cache, under left padding
-and with beam search.
+stays put.  (So, without the cache only, a new ``generate`` whose prompt is
+exactly the previous call's whole output, under the same steering, keeps the
+previous prompt length: open a new steering for it.)  Deciding from absolute
+positions (never from the current chunk's length) keeps the modes right with
+and without the cache, under left padding and with beam search.
 """
 
 from __future__ import annotations
