@@ -352,6 +352,12 @@ def layer_weights(
         if not bool(torch.isfinite(layers).all()):
             raise OptionError("a layer profile must be finite")
         return layers.detach().float().cpu()
+    if isinstance(layers, torch.Tensor):
+        layers = layers.reshape(-1).tolist()  # integer indices, as plain ints
+    if not isinstance(layers, (Mapping, Iterable)) or isinstance(layers, str):
+        raise OptionError(
+            f"layers must be layer indices, a {{layer: weight}} profile or a float tensor, got {layers!r:.40}"
+        )
     items = layers.items() if isinstance(layers, Mapping) else ((l, 1.0) for l in layers)
     for index, weight in items:
         if isinstance(index, bool) or not isinstance(index, numbers.Integral):

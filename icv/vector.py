@@ -225,8 +225,16 @@ def _combine(a: InContextVector, b: InContextVector, sign: float, name: str) -> 
         rb = mb["recommended_strength"] or default
         strength = (ra + rb) / 2
         wa, wb = ra / strength, rb / strength
-    directions = wa * a._directions + sign * wb * b._directions
     scales = (a._layer_scales + b._layer_scales) / 2
+    if ma["injection_mode"] == "add":
+        # Additive steering adds strength * scale_l * direction_l: fold each side's own
+        # scale in, so that the sum adds exactly both sides' deltas (not at a mean scale).
+        own_a, own_b = a._layer_scales[:, None], b._layer_scales[:, None]
+        directions = (wa * own_a * a._directions + sign * wb * own_b * b._directions) / scales.clamp_min(
+            1e-30
+        )[:, None]
+    else:
+        directions = wa * a._directions + sign * wb * b._directions
     merged = {
         **ma,
         "name": name,
