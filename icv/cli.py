@@ -1,0 +1,435 @@
+"""The ``icv`` command: extract, inspect, try, combine and carry in-context vectors from a shell.
+
+Each subcommand is a pair of functions, ``configure_<name>(parser)`` and
+``run_<name>(args) -> int``, listed once in :data:`COMMANDS`; a new subcommand
+(``eval``, say) is one more pair and one more row.  Exit codes: 0 success,
+2 usage errors (argparse), 1 for the library's own errors (:class:`icv.ICVError`),
+whose message is printed without a traceback unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import __version__
+from .errors import ICVError, OptionError, VectorExistsError
+from .gguf import export_gguf, export_strength, import_gguf, is_gguf_file
+from .vector import InContextVector
+
+PROG = "icv"
+
+
+# -- shared helpers -------------------------------------------------------------------
+
+
+def _say(message: str, stream: TextIO | None = None) -> None:
+    print(message, file=stream or sys.stderr)
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    # Library warnings are for the user here, not for a developer: no file and line.
+    _say(f"{PROG}: warning: {message}")
+
+
+def _check_new_file(path: Path, force: bool) -> None:
+    """Refuse before any slow work when the output exists and --force was not given."""
+    if path.exists() and not force:
+        raise VectorExistsError(f"'{path}' exists; pass --force to replace it")
+
+
+def read_vector(path: str | Path) -> InContextVector:
+    """An icv safetensors vector, or a GGUF control vector (recognised by its magic bytes)."""
+    if is_gguf_file(path):
+        return import_gguf(path)
+    return InContextVector.load(path)
+
+
+@dataclass(frozen=True)
+class WeightedPath:
+    path: str
+    weight: float
+
+
+def weighted_path(text: str) -> WeightedPath:
+    """``PATH`` or ``PATH:WEIGHT`` (the weight is whatever follows the last colon, if it is a number)."""
+    path, sep, tail = text.rpartition(":")
+    if sep and path:
+        try:
+            weight = float(tail)
+        except ValueError:
+            return WeightedPath(text, 1.0)
+        if weight != weight or weight in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"weight of '{path}' must be finite, got {tail}")
+        return WeightedPath(path, weight)
+    return WeightedPath(text, 1.0)
+
+
+_LAYER_RANGE = re.compile(r"(\d+)-(\d+)")
+_LAYER_INDEX = re.compile(r"-?\d+")
+
+
+def layer_list(text: str) -> list[int]:
+    """``"3,5-8,-1"`` -> ``[3, 5, 6, 7, 8, -1]``: indices (negative from the end) and inclusive ranges."""
+    layers: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if _LAYER_INDEX.fullmatch(part):
+            layers.append(int(part))
+        elif match := _LAYER_RANGE.fullmatch(part):
+            first, last = int(match.group(1)), int(match.group(2))
+            if last < first:
+                raise argparse.ArgumentTypeError(f"layer range '{part}' runs backwards")
+            layers.extend(range(first, last + 1))
+        else:
+            raise argparse.ArgumentTypeError(
+                f"'{part}' is not a layer index or range (examples: 3 / -1 / 5-12 / 0,4,8-10)"
+            )
+    return layers
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"'{text}' is not finite")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
+
+
+def _load_model(name: str | None) -> tuple[Any, Any]:
+    from .models import load_model
+
+    _say(f"{PROG}: loading model {name or '(embedded default)'} ...")
+    return load_model(name)
+
+
+def _weighted_sum(specs: Sequence[WeightedPath]) -> InContextVector:
+    """``w1 * v1 + w2 * v2 + ...`` through the vectors' own arithmetic (which refuses mixed models)."""
+    total: InContextVector | None = None
+    for spec in specs:
+        vector = read_vector(spec.path)
+        term = vector if spec.weight == 1.0 else vector * spec.weight
+        total = term if total is None else total + term
+    assert total is not None
+    return total
+
+
+# -- extract --------------------------------------------------------------------------
+
+
+def configure_extract(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--demos", required=True, metavar="FILE",
+                        help="demonstrations: JSONL ({\"source\": ..., \"target\": ...}), CSV or TSV (two columns)")
+    parser.add_argument("--out", required=True, metavar="VEC", type=Path, help="the vector file to write (.safetensors)")
+    parser.add_argument("--model", metavar="NAME_OR_PATH", help="model folder, hub id, .gguf file or alias (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--method", choices=("pca", "mean"), default="pca", help="aggregation over pairs (default: pca, as the paper)")
+    parser.add_argument("--layers", type=layer_list, metavar="LIST",
+                        help="keep only these decoder layers (e.g. 10-20 or 0,4,-1); the others get a zero direction")
+    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="texts per forward pass (default: 16)")
+    parser.add_argument("--name", help="the vector's name (default: the demonstrations file's name)")
+    parser.add_argument("--mode", choices=("rotate", "add"), default="rotate",
+                        help="how steering applies the vector by default (default: rotate, the paper)")
+    parser.add_argument("--strength", type=finite_float, metavar="S", help="record a recommended strength in the vector")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demos import read_demos
+    from .extract import extract
+    from .steer import layer_weights
+
+    _check_new_file(args.out, args.force)
+    demos = read_demos(args.demos)
+    model, tokenizer = _load_model(args.model)
+    vector = extract(
+        model,
+        tokenizer,
+        demos,
+        method=args.method,
+        batch_size=args.batch_size,
+        name=args.name or Path(args.demos).stem,
+        injection_mode=args.mode,
+        recommended_strength=args.strength,
+        progress=not args.quiet,
+    )
+    if args.layers is not None:
+        keep = layer_weights(args.layers, vector.num_layers) != 0
+        vector = InContextVector(vector.directions * keep[:, None].to(torch.float32), vector.metadata, vector.layer_scales)
+    vector.save(args.out, overwrite=args.force)
+    _say(f"wrote {args.out}: {vector!r}", sys.stdout)
+    return 0
+
+
+# -- inspect --------------------------------------------------------------------------
+
+
+def configure_inspect(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("vector", metavar="VEC", help="a vector file (.safetensors) or a GGUF control vector")
+    parser.add_argument("--json", action="store_true", help="print the metadata and per-layer norms as JSON")
+    parser.add_argument("--columns", type=positive_int, default=3, metavar="N", help="layers per line of the table (default: 3)")
+
+
+def _strength_line(vector: InContextVector) -> str:
+    m = vector.metadata
+    if m["recommended_strength"] is not None:
+        return f"{m['recommended_strength']:g} (for {m['injection_mode']}@{m['injection_site']})"
+    from .metadata import DEFAULT_STRENGTH
+
+    return f"none recorded (library default for {m['injection_mode']}: {DEFAULT_STRENGTH[m['injection_mode']]:g})"
+
+
+def _layer_table(vector: InContextVector, columns: int) -> list[str]:
+    norms = vector.layer_norms().tolist()
+    scales = vector.layer_scales.tolist()
+    cells = [f"{layer:>5} {norm:>8.4f} {scale:>9.3f}" for layer, (norm, scale) in enumerate(zip(norms, scales))]
+    header = "   ".join([f"{'layer':>5} {'norm':>8} {'scale':>9}"] * min(columns, len(cells)))
+    rows = ["   ".join(cells[i : i + columns]) for i in range(0, len(cells), columns)]
+    return [header, *rows]
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    vector = read_vector(args.vector)
+    m = vector.metadata
+    if args.json:
+        report = {
+            "file": str(args.vector),
+            "metadata": m,
+            "layer_norms": vector.layer_norms().tolist(),
+            "layer_scales": vector.layer_scales.tolist(),
+        }
+        print(json.dumps(report, indent=2))
+        return 0
+    demos = f"{m['num_demos']} demos" + (f" (sha256 {m['demos_sha256'][:12]})" if m["demos_sha256"] else "")
+    lines = [
+        f"file                  {args.vector}",
+        f"name                  {m['name']}",
+        f"model                 {m['model_name'] or '(unknown)'} ({m['model_type'] or 'unknown type'})",
+        f"layers x hidden       {m['num_layers']} x {m['hidden_size']}",
+        f"method                {m['method']}, {demos}",
+        f"read at / applied as  {m['extraction_site']} / {m['injection_mode']}@{m['injection_site']}",
+        f"recommended strength  {_strength_line(vector)}",
+        f"template              {m['prompt_template']!r}",
+        f"format                icv v{m['icv_format_version']}, written by icv {m['library_version']}",
+        "",
+        *_layer_table(vector, args.columns),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+# -- generate -------------------------------------------------------------------------
+
+
+def configure_generate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt; read from standard input when absent or '-'")
+    parser.add_argument("--vector", action="append", required=True, type=weighted_path, metavar="VEC[:WEIGHT]",
+                        help="a vector (safetensors or GGUF), optionally weighted; repeat to add several")
+    parser.add_argument("--model", metavar="NAME_OR_PATH", help="the model (default: the first vector's model, else the embedded one)")
+    parser.add_argument("--strength", type=finite_float, metavar="S", help="steering strength (default: the vector's recommended one)")
+    parser.add_argument("--mode", choices=("rotate", "add"), help="override the vector's injection mode")
+    parser.add_argument("--layers", type=layer_list, metavar="LIST", help="steer only these decoder layers (e.g. 10-20)")
+    parser.add_argument("--positions", choices=("all", "prompt", "generated"), default="all", help="which tokens to steer (default: all)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=40, metavar="N", help="tokens to generate (default: 40)")
+    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template (a user turn)")
+    parser.add_argument("--compare", action="store_true", help="also print the unsteered completion")
+
+
+def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    if args.prompt is not None and args.prompt != "-":
+        prompt = args.prompt
+    elif sys.stdin is None or sys.stdin.isatty():
+        parser.error("give a PROMPT argument or pipe one on standard input")
+    else:
+        prompt = sys.stdin.read().rstrip("\n")
+    if not prompt.strip():
+        parser.error("the prompt is empty")
+    return prompt
+
+
+def chat_prompt(tokenizer: Any, prompt: str) -> str:
+    """``prompt`` as one user turn of the tokenizer's chat template, ready for the reply."""
+    if not getattr(tokenizer, "chat_template", None) or not hasattr(tokenizer, "apply_chat_template"):
+        raise OptionError("this model's tokenizer has no chat template: drop --chat")
+    messages = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .generation import complete
+
+    prompt = _read_prompt(args, args.parser)
+    vector = _weighted_sum(args.vector)
+    model, tokenizer = _load_model(args.model or vector.metadata["model_name"] or None)
+    text = chat_prompt(tokenizer, prompt) if args.chat else prompt
+    options: dict[str, Any] = {"positions": args.positions}
+    if args.mode:
+        options["mode"] = args.mode
+    if args.layers is not None:
+        options["layers"] = args.layers
+    steered = complete(model, tokenizer, [text], vector=vector, strength=args.strength,
+                       max_new_tokens=args.max_new_tokens, progress=False, **options)[0]
+    if not args.compare:
+        print(steered)
+        return 0
+    plain = complete(model, tokenizer, [text], max_new_tokens=args.max_new_tokens, progress=False)[0]
+    strength = "recommended" if args.strength is None else f"{args.strength:g}"
+    print(f"=== unsteered ===\n{plain}\n=== steered ({vector.name}, strength {strength}) ===\n{steered}")
+    return 0
+
+
+# -- combine --------------------------------------------------------------------------
+
+
+def configure_combine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("vectors", nargs="+", type=weighted_path, metavar="VEC[:WEIGHT]", help="vectors to add, each optionally weighted")
+    parser.add_argument("--out", required=True, type=Path, metavar="OUT", help="the vector file to write")
+    parser.add_argument("--name", help="the combination's name (default: the arithmetic it records)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def run_combine(args: argparse.Namespace) -> int:
+    _check_new_file(args.out, args.force)
+    total = _weighted_sum(args.vectors)
+    if args.name:
+        total = total.with_metadata(name=args.name)
+    total.save(args.out, overwrite=args.force)
+    _say(f"wrote {args.out}: {total!r}", sys.stdout)
+    return 0
+
+
+# -- export / import ------------------------------------------------------------------
+
+
+def configure_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("vector", metavar="VEC", help="the vector file to export")
+    parser.add_argument("--format", choices=("gguf",), default="gguf", help="gguf: llama.cpp control vector (the only format so far)")
+    parser.add_argument("--out", required=True, type=Path, metavar="FILE", help="the file to write, e.g. vec.gguf")
+    parser.add_argument("--strength", type=finite_float, metavar="S",
+                        help="strength folded into the file (default: the vector's add@block recommendation, else the library's additive default)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    vector = read_vector(args.vector)
+    _check_new_file(args.out, args.force)
+    m = vector.metadata
+    if (m["injection_mode"], m["injection_site"]) != ("add", "block"):
+        _say(
+            f"{PROG}: note: '{vector.name}' applies as {m['injection_mode']}@{m['injection_site']}; llama.cpp "
+            "only adds at block outputs, so the file holds what `icv generate --mode add` does"
+        )
+    report = export_gguf(vector, args.out, strength=args.strength, overwrite=args.force)
+    blocks = f"{report.blocks[0]}..{report.blocks[-1]}"
+    _say(
+        f"wrote {report.path}: {len(report.blocks)} directions (blocks {blocks}), strength {report.strength:g} "
+        f"folded in, model hint '{report.model_hint}'\n"
+        f"use: llama-cli -m MODEL.gguf --control-vector {report.path}   "
+        f"(--control-vector-scaled {report.path} S multiplies by S)",
+        sys.stdout,
+    )
+    return 0
+
+
+def configure_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE.gguf", help="a GGUF control vector (llama.cpp cvector-generator, repeng, EasySteer)")
+    parser.add_argument("--out", required=True, type=Path, metavar="VEC", help="the vector file to write (.safetensors)")
+    parser.add_argument("--num-layers", type=positive_int, metavar="N",
+                        help="the model's decoder block count (default: one more than the highest direction.N)")
+    parser.add_argument("--model-type", metavar="TYPE", help="override the file's model hint (transformers' model_type)")
+    parser.add_argument("--name", help="the vector's name (default: the file's general.name, else its file name)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def run_import(args: argparse.Namespace) -> int:
+    _check_new_file(args.out, args.force)
+    vector = import_gguf(args.file, num_layers=args.num_layers, model_type=args.model_type, name=args.name)
+    vector.save(args.out, overwrite=args.force)
+    _say(f"wrote {args.out}: {vector!r}", sys.stdout)
+    return 0
+
+
+# -- the table of subcommands ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: list[Command] = [
+    Command("extract", "read an in-context vector from a file of demonstrations", configure_extract, run_extract),
+    Command("inspect", "show a vector's metadata and per-layer norms", configure_inspect, run_inspect),
+    Command("generate", "complete a prompt with the model steered by one or more vectors", configure_generate, run_generate),
+    Command("combine", "weighted sum of vectors of the same model", configure_combine, run_combine),
+    Command("export", "write a vector as a llama.cpp GGUF control vector", configure_export, run_export),
+    Command("import", "read a GGUF control vector into a vector file", configure_import, run_import),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --debug is accepted before or after the subcommand; SUPPRESS keeps the
+    # subcommand's default from overwriting a --debug given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="In-context vectors: steer a language model with a few demonstrations.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = commands.add_parser(command.name, help=command.summary, description=command.summary, parents=[common])
+        command.configure(sub)
+        sub.set_defaults(run=command.run, parser=sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``icv`` command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse: --help / --version (0) or a usage error (2)
+        return stop.code if isinstance(stop.code, int) else 2
+    debug = getattr(args, "debug", False)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.run(args)
+        except SystemExit as stop:  # parser.error() inside a subcommand
+            return stop.code if isinstance(stop.code, int) else 2
+        except ICVError as error:
+            if debug:
+                raise
+            _say(f"{PROG}: error: {error}")
+            return 1
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            _say(f"{PROG}: interrupted")
+            return 130

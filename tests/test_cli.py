@@ -1,0 +1,350 @@
+"""The ``icv`` command, on a tiny random model saved with a real (character-level) tokenizer."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import DEMOS, tiny_model
+
+import icv
+from icv.cli import COMMANDS, chat_prompt, layer_list, main, weighted_path
+from icv.errors import DemoError, OptionError
+from icv.generation import complete
+from icv.gguf import additive_deltas, import_gguf
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def _char_tokenizer():
+    """A saveable tokenizer: one token per printable ASCII character, BOS first, a chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for code in [*range(32, 127), 10]:
+        vocab[chr(code)] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama-model")
+    tiny_model("llama").save_pretrained(folder)
+    _char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    return icv.load_model(model_dir)
+
+
+@pytest.fixture
+def demos_file(tmp_path):
+    path = tmp_path / "warm.jsonl"
+    path.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in DEMOS))
+    return path
+
+
+@pytest.fixture
+def vec(model_dir, demos_file, tmp_path):
+    out = tmp_path / "warm.safetensors"
+    assert main(["extract", "--demos", str(demos_file), "--out", str(out), "--model", str(model_dir), "--quiet"]) == 0
+    return out
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# -- the parser -----------------------------------------------------------------------
+
+
+def test_help_and_usage_errors(capsys):
+    assert run(capsys, "--help")[0] == 0
+    for command in COMMANDS:
+        code, out, _ = run(capsys, command.name, "--help")
+        assert code == 0 and command.summary in out
+    assert run(capsys, "--version")[1].strip() == f"icv {icv.__version__}"
+    code, _, err = run(capsys)
+    assert code == 2 and "COMMAND" in err
+    assert run(capsys, "frobnicate")[0] == 2
+    assert run(capsys, "extract", "--out", "x.safetensors")[0] == 2  # --demos is required
+    assert run(capsys, "extract", "--demos", "d.jsonl", "--out", "o", "--method", "svd")[0] == 2
+    assert run(capsys, "extract", "--demos", "d.jsonl", "--out", "o", "--batch-size", "0")[0] == 2
+    assert run(capsys, "generate", "--vector", "v", "--layers", "a-b", "hi")[0] == 2
+    assert run(capsys, "generate", "--vector", "v", "--strength", "nan", "hi")[0] == 2
+    assert run(capsys, "generate", "hi")[0] == 2  # --vector is required
+    assert run(capsys, "combine", "--out", "o")[0] == 2
+    assert run(capsys, "export", "v", "--format", "onnx", "--out", "o")[0] == 2
+    assert run(capsys, "import", "f.gguf")[0] == 2
+
+
+def test_layer_lists_and_weights():
+    assert layer_list("3,5-7,-1") == [3, 5, 6, 7, -1]
+    assert layer_list(" 0 , 2 ") == [0, 2]
+    for bad in ("", "a", "7-5", "1-", "1.5"):
+        with pytest.raises(Exception):
+            layer_list(bad)
+    assert weighted_path("v.safetensors:0.5") == weighted_path("v.safetensors:5e-1")
+    assert weighted_path("v.safetensors:-2").weight == -2.0
+    assert weighted_path("v.safetensors") .weight == 1.0
+    assert weighted_path("C:/vectors/v.safetensors").path == "C:/vectors/v.safetensors"
+    assert weighted_path("dir:with:colons/v.safetensors:3").path == "dir:with:colons/v.safetensors"
+
+
+# -- extract --------------------------------------------------------------------------
+
+
+def test_extract_writes_a_vector_of_the_model(vec, loaded):
+    model, tokenizer = loaded
+    vector = icv.InContextVector.load(vec)
+    direct = icv.extract(model, tokenizer, DEMOS, name="warm")
+    assert torch.allclose(vector.directions, direct.directions, atol=1e-5)
+    assert vector.name == "warm" and vector.metadata["num_demos"] == len(DEMOS)
+    assert vector.metadata["model_name"] == str(Path(model.config._name_or_path))
+
+
+def test_extract_options(model_dir, demos_file, tmp_path, capsys):
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("source\ttarget\n" + "".join(f"{s}\t{t}\n" for s, t in DEMOS))
+    out = tmp_path / "mean.safetensors"
+    code, stdout, _ = run(capsys, "extract", "--demos", tsv, "--out", out, "--model", model_dir, "--method", "mean",
+                          "--layers", "1-2", "--mode", "add", "--strength", "0.3", "--name", "m", "--batch-size", "3")
+    assert code == 0 and "wrote" in stdout
+    vector = icv.InContextVector.load(out)
+    m = vector.metadata
+    assert (m["method"], m["injection_mode"], m["injection_site"], m["recommended_strength"], m["name"]) == (
+        "mean", "add", "block", 0.3, "m")
+    assert torch.equal(vector.directions[0], torch.zeros(vector.hidden_size))
+    assert bool((vector.layer_norms()[1:] > 0.99).all())
+
+
+def test_extract_refuses_to_overwrite_without_force(vec, model_dir, demos_file, capsys):
+    before = vec.read_bytes()
+    code, _, err = run(capsys, "extract", "--demos", demos_file, "--out", vec, "--model", model_dir)
+    assert code == 1 and "--force" in err and "Traceback" not in err
+    assert vec.read_bytes() == before
+    code, _, _ = run(capsys, "extract", "--demos", demos_file, "--out", vec, "--model", model_dir, "--quiet",
+                     "--force", "--method", "mean")
+    assert code == 0 and icv.InContextVector.load(vec).metadata["method"] == "mean"
+
+
+def test_extract_errors_are_one_line_without_traceback(tmp_path, model_dir, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"source": "a", "target": "b"}\n{"source": "only"}\n')
+    code, _, err = run(capsys, "extract", "--demos", bad, "--out", tmp_path / "o.safetensors", "--model", model_dir)
+    assert code == 1 and err.strip().splitlines()[-1].startswith("icv: error:") and "bad.jsonl:2" in err
+    assert "Traceback" not in err
+    code, _, err = run(capsys, "extract", "--demos", tmp_path / "absent.csv", "--out", tmp_path / "o.safetensors")
+    assert code == 1 and "absent.csv" in err
+    with pytest.raises(DemoError):
+        main(["--debug", "extract", "--demos", str(bad), "--out", str(tmp_path / "o"), "--model", str(model_dir)])
+    with pytest.raises(DemoError):
+        main(["extract", "--demos", str(bad), "--out", str(tmp_path / "o"), "--model", str(model_dir), "--debug"])
+    code, _, err = run(capsys, "extract", "--demos", bad.with_name("x.jsonl"), "--out", tmp_path / "o",
+                       "--model", tmp_path / "no-such-model")
+    assert code == 1
+
+
+def test_extract_layer_out_of_range_is_an_error(model_dir, demos_file, tmp_path, capsys):
+    code, _, err = run(capsys, "extract", "--demos", demos_file, "--out", tmp_path / "o.safetensors",
+                       "--model", model_dir, "--layers", "7", "--quiet")
+    assert code == 1 and "out of range" in err
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+# -- inspect --------------------------------------------------------------------------
+
+
+def test_inspect_shows_metadata_and_norms(vec, capsys):
+    code, out, _ = run(capsys, "inspect", vec)
+    assert code == 0
+    assert "warm" in out and "3 x 32" in out and "rotate@mlp" in out and "library default" in out
+    table = out.split("\n\n", 1)[1].splitlines()
+    assert table[0].split()[:3] == ["layer", "norm", "scale"]
+    assert [line.split()[0] for line in table[1:]] == ["0"]  # three layers fit on one line
+    assert run(capsys, "inspect", vec, "--columns", "1")[1].split("\n\n", 1)[1].count("\n") == 4
+    code, out, _ = run(capsys, "inspect", vec, "--json")
+    report = json.loads(out)
+    assert report["metadata"]["name"] == "warm" and len(report["layer_norms"]) == 3
+    assert report["layer_norms"] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
+
+
+def test_inspect_reads_gguf_and_refuses_garbage(vec, tmp_path, capsys):
+    gguf_path = tmp_path / "v.gguf"
+    assert run(capsys, "export", vec, "--out", gguf_path)[0] == 0
+    code, out, _ = run(capsys, "inspect", gguf_path)
+    assert code == 0 and "add@block" in out and "gguf" in out and "1 (for add@block)" in out
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 3)
+    code, _, err = run(capsys, "inspect", junk)
+    assert code == 1 and "icv: error:" in err and "Traceback" not in err
+    assert run(capsys, "inspect", tmp_path / "absent.safetensors")[0] == 1
+
+
+# -- generate -------------------------------------------------------------------------
+
+
+def test_generate_prints_the_steered_completion(vec, loaded, capsys):
+    model, tokenizer = loaded
+    vector = icv.InContextVector.load(vec)
+    expected = complete(model, tokenizer, ["the room was"], vector=vector, strength=0.5, max_new_tokens=6)[0]
+    code, out, _ = run(capsys, "generate", "--vector", vec, "--strength", "0.5", "--max-new-tokens", "6", "the room was")
+    assert code == 0 and out == expected + "\n"  # the model comes from the vector's metadata
+
+
+def test_generate_compare_reads_stdin_and_weights(vec, loaded, model_dir, tmp_path, monkeypatch, capsys):
+    model, tokenizer = loaded
+    other = tmp_path / "cold.jsonl"
+    other.write_text("".join(json.dumps({"source": t, "target": s}) + "\n" for s, t in DEMOS))
+    cold = tmp_path / "cold.safetensors"
+    assert run(capsys, "extract", "--demos", other, "--out", cold, "--model", model_dir, "--quiet")[0] == 0
+    mix = icv.InContextVector.load(vec) * 0.5 + icv.InContextVector.load(cold) * -2.0
+    steered = complete(model, tokenizer, ["a meal"], vector=mix, strength=1.0, mode="add", layers=[1, 2], max_new_tokens=5)[0]
+    plain = complete(model, tokenizer, ["a meal"], max_new_tokens=5)[0]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a meal\n"))
+    code, out, _ = run(capsys, "generate", "--vector", f"{vec}:0.5", "--vector", f"{cold}:-2", "--model", model_dir,
+                       "--strength", "1", "--mode", "add", "--layers", "1-2", "--max-new-tokens", "5", "--compare")
+    assert code == 0
+    assert out == f"=== unsteered ===\n{plain}\n=== steered ({mix.name}, strength 1) ===\n{steered}\n"
+
+
+def test_generate_chat_uses_the_template(vec, loaded, capsys):
+    model, tokenizer = loaded
+    text = chat_prompt(tokenizer, "hello")
+    assert text == "<user>hello\n<assistant>"
+    expected = complete(model, tokenizer, [text], vector=icv.InContextVector.load(vec), max_new_tokens=4)[0]
+    code, out, _ = run(capsys, "generate", "--vector", vec, "--chat", "--max-new-tokens", "4", "hello")
+    assert code == 0 and out == expected + "\n"
+
+
+def test_chat_without_a_template_is_an_error(tokenizer):
+    with pytest.raises(OptionError, match="chat template"):
+        chat_prompt(tokenizer, "hello")
+
+
+def test_generate_bad_input(vec, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("   \n"))
+    assert run(capsys, "generate", "--vector", vec)[0] == 2  # empty prompt on stdin
+    code, _, err = run(capsys, "generate", "--vector", tmp_path / "absent.safetensors", "hi")
+    assert code == 1 and "absent.safetensors" in err
+    code, _, err = run(capsys, "generate", "--vector", vec, "--layers", "9", "--max-new-tokens", "2", "hi")
+    assert code == 1 and "out of range" in err
+
+
+def test_generate_refuses_a_vector_of_another_model(vec, tmp_path, capsys):
+    wide = icv.InContextVector(torch.ones(3, 48), {**icv.InContextVector.load(vec).metadata, "model_name": ""})
+    wide.save(tmp_path / "wide.safetensors")
+    code, _, err = run(capsys, "generate", "--vector", tmp_path / "wide.safetensors", "--model", vec.parent.parent, "hi")
+    assert code == 1
+
+
+# -- combine --------------------------------------------------------------------------
+
+
+def test_combine_weighted_sum(vec, tmp_path, capsys):
+    out = tmp_path / "mix.safetensors"
+    code, stdout, _ = run(capsys, "combine", f"{vec}:2", f"{vec}:-0.5", "--out", out, "--name", "mix")
+    assert code == 0 and "wrote" in stdout
+    mix = icv.InContextVector.load(out)
+    original = icv.InContextVector.load(vec)
+    torch.testing.assert_close(mix.directions, 1.5 * original.directions)
+    assert mix.name == "mix" and mix.metadata["method"] == "combination"
+    assert run(capsys, "combine", vec, "--out", out)[0] == 1  # exists, no --force
+    assert run(capsys, "combine", vec, "--out", out, "--force")[0] == 0
+
+
+def test_combine_refuses_vectors_of_different_models(vec, tmp_path, capsys):
+    meta = icv.InContextVector.load(vec).metadata
+    other = icv.InContextVector(torch.ones(4, 32), {**meta, "model_name": "someone/else"})
+    other.save(tmp_path / "other.safetensors")
+    code, _, err = run(capsys, "combine", vec, tmp_path / "other.safetensors", "--out", tmp_path / "o.safetensors")
+    assert code == 1 and "different models" in err and not (tmp_path / "o.safetensors").exists()
+
+
+# -- export / import ------------------------------------------------------------------
+
+
+def test_export_then_import_round_trips(vec, tmp_path, capsys):
+    gguf_path, back = tmp_path / "v.gguf", tmp_path / "back.safetensors"
+    code, out, err = run(capsys, "export", vec, "--format", "gguf", "--out", gguf_path, "--strength", "0.4")
+    assert code == 0 and "--control-vector" in out and "block 0" in err and "note:" in err
+    code, out, _ = run(capsys, "import", gguf_path, "--out", back)
+    assert code == 0
+    original, imported = icv.InContextVector.load(vec), icv.InContextVector.load(back)
+    assert torch.equal(imported.directions[1:], additive_deltas(original, 0.4)[1:])
+    assert torch.equal(imported.directions[0], torch.zeros(original.hidden_size))
+    assert imported.metadata["injection_mode"] == "add" and imported.name == "warm"
+    assert import_gguf(gguf_path).equal(imported)
+
+
+def test_import_options_and_bad_files(vec, tmp_path, capsys):
+    gguf_path = tmp_path / "v.gguf"
+    assert run(capsys, "export", vec, "--out", gguf_path)[0] == 0
+    out = tmp_path / "wide.safetensors"
+    code, _, _ = run(capsys, "import", gguf_path, "--out", out, "--num-layers", "5", "--model-type", "mistral", "--name", "n")
+    assert code == 0
+    vector = icv.InContextVector.load(out)
+    assert (vector.num_layers, vector.metadata["model_type"], vector.name) == (5, "mistral", "n")
+    assert run(capsys, "import", gguf_path, "--out", out)[0] == 1  # exists
+    code, _, err = run(capsys, "import", vec, "--out", tmp_path / "x.safetensors")
+    assert code == 1 and "not a valid GGUF" in err and "Traceback" not in err
+    code, _, err = run(capsys, "import", gguf_path, "--out", tmp_path / "x.safetensors", "--num-layers", "2")
+    assert code == 1 and "direction.2" in err
+
+
+def test_export_refuses_existing_output_and_bad_vectors(vec, tmp_path, capsys):
+    target = tmp_path / "v.gguf"
+    target.write_bytes(b"mine")
+    code, _, err = run(capsys, "export", vec, "--out", target)
+    assert code == 1 and "--force" in err and target.read_bytes() == b"mine"
+    assert run(capsys, "export", vec, "--out", target, "--force")[0] == 0
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("{}")
+    assert run(capsys, "export", junk, "--out", tmp_path / "j.gguf")[0] == 1
+
+
+def test_python_dash_m_icv_runs():
+    result = subprocess.run([sys.executable, "-m", "icv", "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"icv {icv.__version__}"
+    result = subprocess.run([sys.executable, "-m", "icv", "inspect"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "VEC" in result.stderr
+
+
+# -- the embedded model ---------------------------------------------------------------
+
+
+@pytest.mark.real_model
+def test_cli_on_the_embedded_model(real, tmp_path, capsys):
+    model, tokenizer = real
+    demos = tmp_path / "positive.csv"
+    demos.write_text("".join(f'"{s}","{t}"\n' for s, t in DEMOS))
+    out = tmp_path / "positive.safetensors"
+    assert run(capsys, "extract", "--demos", demos, "--out", out, "--quiet")[0] == 0
+    vector = icv.InContextVector.load(out)
+    assert vector.metadata["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and vector.num_layers == 30
+    code, text, _ = run(capsys, "generate", "--vector", out, "--chat", "--compare", "--max-new-tokens", "6",
+                        "Describe the hotel room.")
+    prompt = chat_prompt(tokenizer, "Describe the hotel room.")
+    plain = complete(model, tokenizer, [prompt], max_new_tokens=6)[0]
+    assert code == 0 and text.startswith(f"=== unsteered ===\n{plain}\n=== steered (positive")
