@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from .calibrate import calibrate
 from .demos import Demo, read_demos
+from .evaluate import evaluate
 from .errors import (
     ArchitectureError,
     DemoError,
@@ -18,6 +19,7 @@ from .errors import (
     ModelLoadError,
     ModelMismatchError,
     OptionError,
+    ScorerError,
     SteeringError,
     VectorExistsError,
     VectorFileError,
@@ -40,11 +42,13 @@ __all__ = [
     "ModelMismatchError",
     "OptionError",
     "Steering",
+    "ScorerError",
     "SteeringError",
     "VectorExistsError",
     "VectorFileError",
     "__version__",
     "calibrate",
+    "evaluate",
     "extract",
     "is_steered",
     "load_model",

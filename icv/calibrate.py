@@ -28,6 +28,8 @@ from .steer import layer_weights
 from .sweep import Prompt, check_inputs, check_strengths, steered_answers
 from .vector import InContextVector
 
+# Where each mode injects when the vector was made for the other one (as icv.steer does).
+_SITE_FOR_MODE = {"rotate": "mlp", "add": "block"}
 DEFAULT_STRENGTHS = (0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.12)
 
 
@@ -136,8 +138,9 @@ def calibrate(
     repetition = RepetitionScorer(3)
     scorers = [style, content, repetition] + ([fluency] if fluency is not None else [])
     mode = mode or vector.metadata["injection_mode"]
-    site = site or (vector.metadata["injection_site"] if mode == vector.metadata["injection_mode"] else None)
-    steer_options = {"mode": mode, "site": site} if site else {"mode": mode}
+    if site is None:
+        site = vector.metadata["injection_site"] if mode == vector.metadata["injection_mode"] else _SITE_FOR_MODE[mode]
+    steer_options = {"mode": mode, "site": site}
     num_layers = len(decoder_layers(model))
     layer_sets: list[list[int] | None] = [None]
     if layer_ranges is not None:
@@ -214,7 +217,7 @@ def calibrate(
     result = _keep_layers(vector, chosen.layers, num_layers).with_metadata(
         recommended_strength=chosen.strength,
         injection_mode=mode,
-        injection_site=site or vector.metadata["injection_site"],
+        injection_site=site,
     )
     return Calibration(result, report)
 

@@ -1,0 +1,131 @@
+"""Shared plumbing of the quality benchmarks: data paths, row ranges, extraction variants, runs.
+
+The data lives in ../shared/data (read here, never copied into the package).
+Every benchmark extracts a vector from its demonstrations, calibrates its
+strength on held-in rows (disjoint from demos and test rows), then runs the
+harness (zero-shot, ICL with the same demos, ICV over a sweep that includes the
+calibrated strength) on the test rows, and writes JSON, markdown and a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import icv
+from icv.calibrate import calibrate
+from icv.evaluate import evaluate
+from icv.scorers import PerplexityScorer, RepetitionScorer, Scorer, SimilarityScorer
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("ICV_DATA", REPO.parent / "shared" / "data"))
+
+
+def rows(spec: str) -> range:
+    """``"0:200"`` -> range(0, 200)."""
+    start, _, stop = spec.partition(":")
+    return range(int(start), int(stop))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="steered model (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--test-rows", default="0:200", help="test rows, start:stop")
+    parser.add_argument("--calib-rows", default=None, help="held-in rows for calibration, start:stop")
+    parser.add_argument("--k", type=int, default=None, help="number of demonstrations")
+    parser.add_argument("--method", default="pca", choices=("pca", "mean"))
+    parser.add_argument("--template", default="raw", choices=("raw", "chat"),
+                        help="how demo texts are presented at extraction")
+    parser.add_argument("--mode", default="rotate", choices=("rotate", "add"))
+    parser.add_argument("--site", default=None, choices=("mlp", "block", "attn"))
+    parser.add_argument("--layers", default=None, help="steer only layers start:stop")
+    parser.add_argument("--strengths", default=None, help="comma-separated sweep (default: per benchmark)")
+    parser.add_argument("--calib-strengths", default=None, help="comma-separated calibration sweep")
+    parser.add_argument("--no-calibrate", action="store_true")
+    parser.add_argument("--no-fluency", action="store_true", help="skip Gemma perplexity")
+    parser.add_argument("--methods", default="zero-shot,icl,icv")
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", default=None, help="output folder (default: benchmarks/quality/out/<name>)")
+    parser.add_argument("--name", default=None, help="run name (file stem)")
+
+
+def floats(text: str | None, default: tuple[float, ...]) -> list[float]:
+    return [float(s) for s in text.split(",")] if text else list(default)
+
+
+def chat_template(tokenizer: Any) -> str:
+    """The model's chat format around ``{text}`` (as a user turn), braces escaped."""
+    marker = "\x00TEXT\x00"
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False)
+    return rendered.replace("{", "{{").replace("}", "}}").replace(marker, "{text}")
+
+
+def run(
+    args: argparse.Namespace,
+    *,
+    name: str,
+    demos: list[tuple[str, str]],
+    test_inputs: list[str],
+    test_references: list[str] | None,
+    calib_inputs: list[str],
+    style: Scorer,
+    extra_scorers: list[Scorer],
+    strengths: tuple[float, ...],
+    calib_strengths: tuple[float, ...],
+    min_content: float,
+    info: dict[str, Any],
+) -> dict[str, Any]:
+    """Extract, calibrate, evaluate; write <out>/<name>.{json,md,png} and the calibration table."""
+    out = Path(args.out or REPO / "benchmarks" / "quality" / "out")
+    stem = args.name or name
+    started = time.perf_counter()
+    model, tokenizer = icv.load_model(args.model)
+    template = chat_template(tokenizer) if args.template == "chat" else "{text}"
+    site = args.site or ("mlp" if args.mode == "rotate" else "block")
+    vector = icv.extract(model, tokenizer, demos, method=args.method, template=template,
+                         injection_mode=args.mode, injection_site=site, name=name, progress=False)
+    steer_options: dict[str, Any] = {}
+    if args.layers:
+        steer_options["layers"] = list(rows(args.layers))
+    fluency = None if args.no_fluency else PerplexityScorer()
+    calibration_table = None
+    if not args.no_calibrate:
+        t0 = time.perf_counter()
+        result = calibrate(
+            model, tokenizer, vector, calib_inputs, style=style, fluency=fluency,
+            strengths=floats(args.calib_strengths, calib_strengths), min_content=min_content,
+            layer_ranges=[steer_options["layers"]] if "layers" in steer_options else None,
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        )
+        vector = result.vector
+        calibration_table = result.report.markdown()
+        info["calibration_seconds"] = round(time.perf_counter() - t0, 1)
+        info["calibrated_strength"] = vector.recommended_strength
+        steer_options.pop("layers", None)  # the calibrated vector carries its layer choice
+        print(calibration_table, flush=True)
+    sweep = floats(args.strengths, strengths)
+    if vector.recommended_strength is not None and vector.recommended_strength not in sweep:
+        sweep = sorted(sweep + [vector.recommended_strength])
+    scorers = [RepetitionScorer(3)] + ([fluency] if fluency is not None else []) + extra_scorers
+    evaluation = evaluate(
+        model, tokenizer, demos, test_inputs, style=style, content=SimilarityScorer(), scorers=scorers,
+        references=test_references, vector=vector, strengths=sweep,
+        methods=[m for m in args.methods.split(",") if m], max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, **steer_options,
+    )
+    evaluation.settings.update(info)
+    evaluation.settings["demos"] = [list(d) for d in demos]
+    evaluation.settings["extraction"] = {"method": args.method, "template": args.template,
+                                         "mode": args.mode, "site": site, "layers": args.layers}
+    evaluation.settings["total_seconds"] = round(time.perf_counter() - started, 1)
+    paths = evaluation.save(out, stem=stem, title=f"{name}: {evaluation.settings['model']}")
+    if calibration_table:
+        (out / f"{stem}.calibration.md").write_text(calibration_table + "\n")
+    print(evaluation.markdown())
+    print(json.dumps({k: v for k, v in info.items()}, indent=1))
+    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']} in {evaluation.settings['total_seconds']} s")
+    return evaluation.to_dict(outputs=False)

@@ -1,0 +1,366 @@
+"""The evaluation harness: zero-shot vs in-context learning vs in-context vectors.
+
+On the same inputs and the same demonstrations it runs
+
+* ``zero-shot``: the paraphrase prompt alone,
+* ``icl``: the demonstrations written into the prompt (the paper's baseline),
+* ``icv``: the paraphrase prompt, steered by the vector of those demonstrations,
+  at every strength of a sweep (one batched pass, one strength per row),
+
+scores every answer (style success, content preservation, fluency, and any
+scorer the caller adds) and reports per method the scores, the mean prompt
+length in tokens and the generation time, as JSON, a markdown table and a plot
+of style success against content preservation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .demos import as_demos
+from .errors import ICVError, OptionError
+from .extract import extract
+from .prompts import icl_prompt, paraphrase_prompt
+from .scorers import (
+    OffensiveScorer,
+    PerplexityScorer,
+    RepetitionScorer,
+    Scorer,
+    SentimentScorer,
+    SimilarityScorer,
+    BleuScorer,
+    score_all,
+    success_rate,
+)
+from .sweep import Completions, check_inputs, check_strengths, generate_answers, steered_answers
+from .vector import InContextVector
+
+METHODS = ("zero-shot", "icl", "icv")
+DEFAULT_STRENGTHS = (0.03, 0.05, 0.07, 0.09)
+
+
+@dataclass
+class MethodResult:
+    """One row of the report: a method (at one strength, for ``icv``) and its figures."""
+
+    method: str
+    strength: float | None
+    style_success: float
+    content: float
+    scores: dict[str, float]
+    prompt_tokens: float
+    seconds: float
+    empty: float
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.method if self.strength is None else f"{self.method} @ {self.strength:g}"
+
+
+@dataclass
+class Evaluation:
+    """Every method's result, with the settings that produced them."""
+
+    results: list[MethodResult]
+    style: str
+    content: str
+    settings: dict[str, Any]
+
+    def result(self, method: str, strength: float | None = None) -> MethodResult:
+        for r in self.results:
+            if r.method == method and (strength is None or r.strength == strength):
+                return r
+        raise OptionError(f"no result for {method!r} at strength {strength!r}")
+
+    def to_dict(self, *, outputs: bool = True) -> dict[str, Any]:
+        rows = []
+        for r in self.results:
+            row = asdict(r)
+            if not outputs:
+                row.pop("outputs")
+            rows.append(row)
+        return {"style": self.style, "content": self.content, "settings": self.settings, "results": rows}
+
+    def markdown(self) -> str:
+        """The report as a markdown table (the recommended strength, if any, is marked)."""
+        names = list(self.results[0].scores) if self.results else []
+        extra = [n for n in names if n not in (self.style, self.content)]
+        header = ["method", "strength", f"style success ({self.style})", f"content ({self.content})", *extra,
+                  "empty", "prompt tokens", "seconds"]
+        lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        recommended = self.settings.get("recommended_strength")
+        for r in self.results:
+            strength = "" if r.strength is None else f"{r.strength:g}"
+            if r.strength is not None and r.strength == recommended:
+                strength += " (calibrated)"
+            cells = [r.method, strength, _fmt(r.style_success), _fmt(r.content),
+                     *(_fmt(r.scores[n]) for n in extra), _fmt(r.empty), f"{r.prompt_tokens:.1f}", f"{r.seconds:.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike[str], title: str | None = None) -> Path:
+        """Style success against content preservation: the ICV sweep as a line, baselines as points."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        # A bare Figure with its own Agg canvas: no pyplot, no global backend change.
+        figure = Figure(figsize=(6.4, 4.8), dpi=100)
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        sweep = sorted((r for r in self.results if r.method == "icv"), key=lambda r: r.strength or 0.0)
+        if sweep:
+            axes.plot([r.content for r in sweep], [r.style_success for r in sweep], "o-", color="tab:blue",
+                      label="ICV (strength sweep)")
+            for r in sweep:
+                axes.annotate(f"{r.strength:g}", (r.content, r.style_success), textcoords="offset points",
+                              xytext=(4, 4), fontsize=8)
+        markers = {"icl": ("s", "tab:orange", "ICL (demos in prompt)"), "zero-shot": ("^", "tab:green", "zero-shot")}
+        for method, (marker, color, label) in markers.items():
+            for r in self.results:
+                if r.method == method:
+                    axes.plot([r.content], [r.style_success], marker, color=color, markersize=9, label=label)
+        axes.set_xlabel(f"content preservation ({self.content})")
+        axes.set_ylabel(f"style success ({self.style})")
+        axes.set_ylim(-0.02, 1.02)
+        axes.grid(True, alpha=0.3)
+        axes.legend(loc="best", fontsize=8)
+        if title:
+            axes.set_title(title)
+        figure.tight_layout()
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(target)
+        return target
+
+    def save(self, folder: str | os.PathLike[str], stem: str = "eval", title: str | None = None) -> dict[str, Path]:
+        """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``folder``."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=_json_safe) + "\n")
+        paths["markdown"].write_text(self.markdown() + "\n")
+        self.plot(paths["plot"], title=title)
+        return paths
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
+
+
+def _json_safe(value: Any) -> Any:
+    return str(value)
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer: Any,
+    demos: Iterable[object],
+    inputs: Sequence[str],
+    *,
+    style: Scorer,
+    content: Scorer | None = None,
+    scorers: Sequence[Scorer] | None = None,
+    references: Sequence[str] | None = None,
+    vector: InContextVector | None = None,
+    strengths: Sequence[float] | None = None,
+    methods: Sequence[str] = METHODS,
+    extract_options: dict[str, Any] | None = None,
+    max_new_tokens: int = 40,
+    batch_size: int = 16,
+    progress: bool | None = None,
+    **steer_options: Any,
+) -> Evaluation:
+    """Compare zero-shot, ICL and ICV on ``inputs`` with the same ``demos``.
+
+    * ``style``: the style scorer (its success rate is the headline figure).
+    * ``content``: content preservation, MiniLM similarity to the source by default.
+    * ``scorers``: further scorers; default: 3-gram repetition and perplexity under
+      Gemma 3 270M.  Give ``[]`` for none.
+    * ``vector``: the ICV to steer with; extracted from ``demos`` (with
+      ``extract_options``) when not given.
+    * ``strengths``: the ICV sweep; default 0.03/0.05/0.07/0.09 plus the vector's
+      recommended strength, if it has one.
+    * ``steer_options``: ``mode``, ``site``, ``layers``, ``positions`` for :func:`icv.steer`.
+    """
+    pairs = as_demos(demos)
+    inputs = check_inputs(inputs)
+    if references is not None and len(references) != len(inputs):
+        raise OptionError(f"{len(references)} references for {len(inputs)} inputs")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise OptionError(f"unknown methods {unknown}: choose from {', '.join(METHODS)}")
+    if not isinstance(style, Scorer):
+        raise OptionError("style must be an icv.scorers.Scorer (e.g. SentimentScorer())")
+    content = content if content is not None else SimilarityScorer()
+    extras = list(scorers) if scorers is not None else [RepetitionScorer(3), PerplexityScorer()]
+    all_scorers = [style, content, *extras]
+
+    settings: dict[str, Any] = {
+        "model": str(getattr(model.config, "_name_or_path", "")),
+        "num_inputs": len(inputs),
+        "num_demos": len(pairs),
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "decoding": "greedy",
+        "steer_options": {k: v for k, v in steer_options.items() if isinstance(v, (str, int, float))},
+    }
+    runs: list[tuple[str, float | None, list[str], Completions]] = []
+    if "zero-shot" in methods:
+        prompts = [paraphrase_prompt(x) for x in inputs]
+        runs.append(("zero-shot", None, prompts, _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress)))
+    if "icl" in methods:
+        prompts = [icl_prompt(pairs, x) for x in inputs]
+        runs.append(("icl", None, prompts, _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress)))
+    if "icv" in methods:
+        if vector is None:
+            started = time.perf_counter()
+            vector = extract(model, tokenizer, pairs, progress=False, **(extract_options or {}))
+            settings["extract_seconds"] = time.perf_counter() - started
+        recommended = vector.recommended_strength
+        sweep = list(strengths) if strengths is not None else list(DEFAULT_STRENGTHS)
+        if strengths is None and recommended is not None and recommended not in sweep:
+            sweep.append(recommended)
+        sweep = sorted(check_strengths(sweep))
+        settings.update(recommended_strength=recommended, vector=vector.metadata, strengths=sweep)
+        answers = steered_answers(
+            model, tokenizer, vector, inputs, sweep, prompt=paraphrase_prompt,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, **steer_options,
+        )
+        prompts = [paraphrase_prompt(x) for x in inputs]
+        runs.extend(("icv", s, prompts, answers[s]) for s in sweep)
+
+    results = []
+    for method, strength, prompts, done in runs:
+        scored = score_all(all_scorers, done.answers, inputs, references)
+        results.append(
+            MethodResult(
+                method=method,
+                strength=strength,
+                style_success=success_rate(style, scored[style.name][0]),
+                content=scored[content.name][1],
+                scores={name: summary for name, (_, summary) in scored.items()},
+                prompt_tokens=_mean_tokens(tokenizer, prompts),
+                seconds=done.seconds,
+                empty=sum(1 for a in done.answers if not a.strip()) / len(done.answers),
+                outputs=done.answers,
+            )
+        )
+    return Evaluation(results, style.name, content.name, settings)
+
+
+def _generate(model: nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
+              progress: bool | None) -> Completions:
+    return generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            progress=progress)
+
+
+def _mean_tokens(tokenizer: Any, prompts: Sequence[str]) -> float:
+    return sum(len(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts) / len(prompts)
+
+
+# -- command line -----------------------------------------------------------------------
+
+STYLES = {
+    "positive": lambda: SentimentScorer("positive"),
+    "negative": lambda: SentimentScorer("negative"),
+    "inoffensive": OffensiveScorer,
+}
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``icv eval`` (for a sub-command parser, or a stand-alone one)."""
+    parser.add_argument("--demos", required=True, help="demonstrations: .jsonl (source/target), .csv or .tsv")
+    parser.add_argument("--inputs", required=True,
+                        help="test inputs, one per line; a second tab-separated column is the human reference")
+    parser.add_argument("--style", required=True, choices=sorted(STYLES),
+                        help="style success: VADER positive/negative, or not offensive (alt-profanity-check)")
+    parser.add_argument("--model", default=None, help="model name, folder or .gguf (default: the embedded SmolLM2)")
+    parser.add_argument("--vector", default=None, help="a saved vector to use instead of extracting one from --demos")
+    parser.add_argument("--strengths", default=None, help="comma-separated ICV strengths, e.g. 0.03,0.05,0.07")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of zero-shot,icl,icv")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N inputs")
+    parser.add_argument("--extract-method", default="pca", choices=("pca", "mean"))
+    parser.add_argument("--mode", default=None, choices=("rotate", "add"), help="injection mode (default: the vector's)")
+    parser.add_argument("--site", default=None, choices=("block", "mlp", "attn"), help="injection site")
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-fluency", action="store_true", help="skip the perplexity scorer (Gemma 3 270M)")
+    parser.add_argument("--out", default="icv-eval", help="folder for eval.json, eval.md and eval.png")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def read_inputs(path: str | os.PathLike[str], limit: int | None = None) -> tuple[list[str], list[str] | None]:
+    """Inputs (and references, if every line has a second tab-separated column) from a text file."""
+    try:
+        lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as error:
+        raise OptionError(f"cannot read inputs from '{path}': {error.strerror or error}") from None
+    if limit is not None:
+        lines = lines[:limit]
+    if not lines:
+        raise OptionError(f"'{path}' has no inputs")
+    cells = [line.split("\t") for line in lines]
+    inputs = [c[0].strip() for c in cells]
+    with_reference = all(len(c) > 1 and c[1].strip() for c in cells)
+    return inputs, ([c[1].strip() for c in cells] if with_reference else None)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run ``icv eval`` from parsed arguments; print the table; 0 on success."""
+    from .demos import read_demos
+    from .models import load_model
+
+    demos = read_demos(args.demos)
+    inputs, references = read_inputs(args.inputs, args.limit)
+    model, tokenizer = load_model(args.model)
+    vector = InContextVector.load(args.vector) if args.vector else None
+    strengths = [float(s) for s in args.strengths.split(",")] if args.strengths else None
+    scorers: list[Scorer] = [RepetitionScorer(3)] + ([] if args.no_fluency else [PerplexityScorer()])
+    if references is not None:
+        scorers.append(BleuScorer())
+    steer_options = {k: v for k, v in (("mode", args.mode), ("site", args.site)) if v}
+    evaluation = evaluate(
+        model, tokenizer, demos, inputs,
+        style=STYLES[args.style](),
+        scorers=scorers,
+        references=references,
+        vector=vector,
+        strengths=strengths,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        extract_options={"method": args.extract_method},
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        progress=False if args.quiet else None,
+        **steer_options,
+    )
+    paths = evaluation.save(args.out)
+    print(evaluation.markdown())
+    print(f"\nwrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    return 0
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m icv.evaluate ...``: the same as ``icv eval ...``."""
+    parser = add_eval_arguments(argparse.ArgumentParser(prog="icv eval", description=__doc__.splitlines()[0]))
+    args = parser.parse_args(argv)
+    try:
+        return run_eval(args)
+    except ICVError as error:
+        parser.exit(2, f"icv eval: error: {error}\n")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli_main())

@@ -1,0 +1,129 @@
+"""The evaluation harness end to end on a tiny model with fake scorers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import icv
+from icv.errors import OptionError
+from icv.evaluate import add_eval_arguments, cli_main, evaluate, read_inputs
+from icv.scorers import FunctionScorer, RepetitionScorer
+from icv.sweep import steered_answers
+from tiny import ByteTokenizer
+
+DEMOS = [("bad day", "good day"), ("i hate it", "i love it")]
+INPUTS = ["the food was cold", "slow service", "meh"]
+
+
+class DecodingTokenizer(ByteTokenizer):
+    """ByteTokenizer plus the batch_decode generation needs (one letter per token)."""
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return ["".join(chr(97 + int(t) % 26) for t in row if int(t) > 2) for row in rows]
+
+
+def fake_style():
+    # Deterministic function of the text, so steering that changes text changes it.
+    return FunctionScorer("vowels", lambda outputs, s, r: [float(sum(c in "aeiou" for c in o) % 2) for o in outputs])
+
+
+def fake_content():
+    return FunctionScorer("overlap", lambda outputs, sources, r: [len(set(o) & set(s)) / 26 for o, s in zip(outputs, sources)],
+                          needs_sources=True)
+
+
+@pytest.fixture
+def tok():
+    return DecodingTokenizer()
+
+
+def test_harness_reports_every_method_and_writes_json_markdown_png(llama, tok, tmp_path):
+    evaluation = evaluate(
+        llama, tok, DEMOS, INPUTS, style=fake_style(), content=fake_content(),
+        scorers=[RepetitionScorer(3)], strengths=[0.05, 0.2], max_new_tokens=6, batch_size=2,
+    )
+    labels = [r.label for r in evaluation.results]
+    assert labels == ["zero-shot", "icl", "icv @ 0.05", "icv @ 0.2"]
+    zero, icl = evaluation.result("zero-shot"), evaluation.result("icl")
+    assert icl.prompt_tokens > zero.prompt_tokens  # the demonstrations are in the prompt
+    assert evaluation.result("icv", 0.05).prompt_tokens == zero.prompt_tokens
+    for r in evaluation.results:
+        assert len(r.outputs) == len(INPUTS)
+        assert 0.0 <= r.style_success <= 1.0
+        assert set(r.scores) == {"vowels", "overlap", "repetition_3gram"}
+        assert r.seconds >= 0.0
+    assert evaluation.settings["extract_seconds"] >= 0.0
+
+    paths = evaluation.save(tmp_path, stem="run")
+    data = json.loads(paths["json"].read_text())
+    assert [row["method"] for row in data["results"]] == ["zero-shot", "icl", "icv", "icv"]
+    assert data["results"][2]["outputs"] == evaluation.results[2].outputs
+    table = paths["markdown"].read_text()
+    assert table.count("\n") == 2 + len(labels)
+    assert "| icl |" in table and "| icv | 0.2 |" in table
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_icv_at_strength_zero_matches_zero_shot(llama, tok):
+    evaluation = evaluate(
+        llama, tok, DEMOS, INPUTS, style=fake_style(), content=fake_content(), scorers=[],
+        strengths=[0.0, 0.5], methods=["zero-shot", "icv"], max_new_tokens=6, batch_size=4,
+    )
+    assert evaluation.result("icv", 0.0).outputs == evaluation.result("zero-shot").outputs
+    assert evaluation.result("icv", 0.5).outputs != evaluation.result("zero-shot").outputs
+
+
+def test_per_row_strengths_in_one_batch_match_separate_runs(llama, tok):
+    vector = icv.extract(llama, tok, DEMOS)
+    together = steered_answers(llama, tok, vector, INPUTS, [0.1, 0.4], max_new_tokens=6, batch_size=6)
+    for strength in (0.1, 0.4):
+        alone = steered_answers(llama, tok, vector, INPUTS, [strength], max_new_tokens=6, batch_size=3)
+        assert together[strength].raw == alone[strength].raw
+
+
+def test_recommended_strength_joins_the_default_sweep_and_is_marked(llama, tok):
+    vector = icv.extract(llama, tok, DEMOS).with_metadata(recommended_strength=0.06)
+    evaluation = evaluate(
+        llama, tok, DEMOS, INPUTS[:1], style=fake_style(), content=fake_content(), scorers=[],
+        vector=vector, methods=["icv"], max_new_tokens=3,
+    )
+    assert [r.strength for r in evaluation.results] == [0.03, 0.05, 0.06, 0.07, 0.09]
+    assert "0.06 (calibrated)" in evaluation.markdown()
+
+
+def test_bad_arguments_are_option_errors(llama, tok):
+    with pytest.raises(OptionError, match="unknown methods"):
+        evaluate(llama, tok, DEMOS, INPUTS, style=fake_style(), methods=["lora"])
+    with pytest.raises(OptionError, match="references"):
+        evaluate(llama, tok, DEMOS, INPUTS, style=fake_style(), references=["x"])
+    with pytest.raises(OptionError, match="inputs"):
+        evaluate(llama, tok, DEMOS, [], style=fake_style())
+    with pytest.raises(OptionError, match="repeat"):
+        evaluate(llama, tok, DEMOS, INPUTS, style=fake_style(), content=fake_content(), scorers=[],
+                 methods=["icv"], strengths=[0.1, 0.1])
+
+
+def test_read_inputs_with_and_without_references(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("first\n\nsecond\nthird\n")
+    assert read_inputs(plain, limit=2) == (["first", "second"], None)
+    paired = tmp_path / "paired.tsv"
+    paired.write_text("bad food\tgood food\nrude staff\tkind staff\n")
+    assert read_inputs(paired) == (["bad food", "rude staff"], ["good food", "kind staff"])
+    with pytest.raises(OptionError, match="cannot read"):
+        read_inputs(tmp_path / "missing.txt")
+
+
+def test_eval_arguments_and_cli_errors(tmp_path, capsys):
+    import argparse
+
+    args = add_eval_arguments(argparse.ArgumentParser()).parse_args(
+        ["--demos", "d.tsv", "--inputs", "i.txt", "--style", "inoffensive", "--strengths", "0.05,0.07"]
+    )
+    assert args.style == "inoffensive" and args.strengths == "0.05,0.07" and args.batch_size == 16
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--demos", str(tmp_path / "none.tsv"), "--inputs", "x", "--style", "positive"])
+    assert exit_info.value.code == 2
+    assert "cannot read demonstrations" in capsys.readouterr().err
