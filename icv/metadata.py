@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import FormatVersionError, ModelMismatchError, VectorFileError
+from .errors import FormatVersionError, ICVError, ModelMismatchError, OptionError, VectorFileError
 from .layers import SITES
 
 FORMAT_VERSION = 1
@@ -56,61 +56,65 @@ def encode(metadata: Mapping[str, Any]) -> dict[str, str]:
     return header
 
 
-def _decode_value(key: str, raw: str, kind: type) -> Any:
+def _decode_value(key: str, raw: str, kind: type, source: str) -> Any:
     if kind is str:
         return raw
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
-        raise VectorFileError(f"metadata '{key}' is not valid JSON: {raw[:60]!r}") from None
+    # ValueError covers JSONDecodeError and integers beyond Python's digit limit;
+    # deeply nested arrays exhaust the parser's recursion.
+    except (ValueError, RecursionError):
+        raise VectorFileError(f"{source}: metadata '{key}' cannot be read as JSON: {raw[:60]!r}") from None
     return value
 
 
-def validate(metadata: Mapping[str, Any], *, source: str = "vector") -> dict[str, Any]:
+def validate(
+    metadata: Mapping[str, Any], *, source: str = "vector", error: type[ICVError] = OptionError
+) -> dict[str, Any]:
     """Check ``metadata`` against the schema; return a clean, typed copy.
 
     Unknown keys are dropped with a warning so that files from a newer minor
-    release still load; a newer format version is refused.
+    release still load; a newer format version is refused.  ``error`` is what a
+    bad value raises: :class:`OptionError` for metadata given in code (the
+    default), :class:`VectorFileError` for metadata read from a file.
     """
     clean: dict[str, Any] = {}
-    version = metadata.get("icv_format_version")
-    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
-        raise FormatVersionError(
-            f"{source} was written in icv format version {version}; this library reads "
-            f"versions up to {FORMAT_VERSION}: upgrade icv to load it"
-        )
+    _refuse_newer(metadata.get("icv_format_version"), source)
     for key, (kind, required) in SCHEMA.items():
         if key not in metadata or metadata[key] is None:
             if key in OPTIONAL_NONE:
                 clean[key] = None
                 continue
             if required:
-                raise VectorFileError(f"{source} lacks the metadata field '{key}'")
+                raise error(f"{source} lacks the metadata field '{key}'")
             continue
         value = metadata[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise VectorFileError(
+            raise error(
                 f"{source}: metadata '{key}' should be {kind.__name__}, got {value!r:.60}"
             )
         if kind is float and not math.isfinite(value):
-            raise VectorFileError(f"{source}: metadata '{key}' is not finite ({value})")
+            raise error(f"{source}: metadata '{key}' is not finite ({value})")
         clean[key] = value
     if clean["icv_format_version"] < 1:
-        raise VectorFileError(f"{source}: format version {clean['icv_format_version']} is invalid")
+        raise error(
+            f"{source}: metadata 'icv_format_version' is {clean['icv_format_version']}; "
+            "versions start at 1"
+        )
     for key in ("hidden_size", "num_layers"):
         if clean[key] < 1:
-            raise VectorFileError(f"{source}: metadata '{key}' must be positive, got {clean[key]}")
+            raise error(f"{source}: metadata '{key}' must be positive, got {clean[key]}")
     if clean["num_demos"] < 0:
-        raise VectorFileError(f"{source}: metadata 'num_demos' is negative")
+        raise error(f"{source}: metadata 'num_demos' is negative")
     if clean["injection_mode"] not in MODES:
-        raise VectorFileError(
+        raise error(
             f"{source}: injection_mode '{clean['injection_mode']}' is not one of {', '.join(MODES)}"
         )
     for key in ("injection_site", "extraction_site"):
         if clean[key] not in SITES:
-            raise VectorFileError(f"{source}: {key} '{clean[key]}' is not one of {', '.join(SITES)}")
+            raise error(f"{source}: {key} '{clean[key]}' is not one of {', '.join(SITES)}")
     unknown = sorted(set(metadata) - set(SCHEMA) - {"format"})
     if unknown:
         warnings.warn(
@@ -119,15 +123,28 @@ def validate(metadata: Mapping[str, Any], *, source: str = "vector") -> dict[str
     return clean
 
 
+def _refuse_newer(version: object, source: str) -> None:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{source} was written in icv format version {version}; this library reads "
+            f"versions up to {FORMAT_VERSION}: upgrade icv to load it"
+        )
+
+
 def decode(header: Mapping[str, str], *, source: str) -> dict[str, Any]:
     """Typed, validated metadata from the strings of a safetensors header."""
+    # The version decides how everything else is read: a newer file is refused
+    # as such, before any field it may have changed is found wanting.
+    version = header.get("icv_format_version")
+    if isinstance(version, str) and version.isdigit() and len(version) < 10:
+        _refuse_newer(int(version), source)
     typed: dict[str, Any] = {}
     for key, raw in header.items():
         if not isinstance(raw, str):
             raise VectorFileError(f"{source}: metadata '{key}' is not a string")
         kind = SCHEMA.get(key, (str, False))[0]
-        typed[key] = _decode_value(key, raw, kind)
-    return validate(typed, source=source)
+        typed[key] = _decode_value(key, raw, kind, source)
+    return validate(typed, source=source, error=VectorFileError)
 
 
 def identity(metadata: Mapping[str, Any]) -> tuple[str, str, int, int]:

@@ -5,20 +5,30 @@ one float32 tensor ``layer_scales`` of shape ``(num_layers,)``, and the metadata
 (see :mod:`icv.metadata`) as header strings.  Vector files travel between people,
 so loading treats every byte as hostile: the header is parsed and checked by
 this module (sizes, names, dtypes, shapes, offsets) before any tensor memory is
-allocated, and nothing is ever unpickled.
+allocated, and nothing is ever unpickled.  The tensors are then read by this
+module too (from the offsets it checked), so no second parser can disagree
+with the checks.
+
+Saving never leaves a partial file: the bytes go to a temporary file
+``.<name>.<random>.tmp`` in the target's folder, are fsynced, and the temporary
+file is renamed over the target.  A process killed mid-save may leave that
+temporary file behind (never the target half-written); such leftovers are safe
+to delete, and loading never looks at them.
 """
 
 from __future__ import annotations
 
+import array
 import json
 import os
+import stat
 import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from . import metadata as meta
@@ -48,10 +58,10 @@ def save_vector(
     vector: InContextVector, path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> None:
     """Write ``vector`` to ``path``: temp file in the same folder, fsync, rename."""
-    target = Path(path)
+    target = _as_path(path)
     if target.is_dir():
         raise VectorFileError(f"cannot save a vector to '{target}': it is a directory")
-    if target.exists() and not overwrite:
+    if not overwrite and _exists(target):
         raise VectorExistsError(
             f"'{target}' exists; pass overwrite=True (or --force) to replace it"
         )
@@ -59,19 +69,75 @@ def save_vector(
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise VectorFileError(f"cannot save '{target}': folder '{folder}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        tmp = _write_temp(data, folder, target.name)
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+        raise VectorFileError(f"cannot save {str(target)[:200]!r}: {_reason(error)}") from None
+    try:
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            _link_new(tmp, target)
+    except VectorExistsError:
+        raise
+    except OSError as error:
+        raise VectorFileError(f"cannot save '{target}': {_reason(error)}") from None
+    finally:
+        # After a rename the temp name is gone; after a link (or a failure) it
+        # is a second name for data we no longer need.
+        tmp.unlink(missing_ok=True)
+    _fsync_folder(folder)
+
+
+def _reason(error: Exception) -> str:
+    return (error.strerror if isinstance(error, OSError) else None) or str(error)
+
+
+def _as_path(path: object) -> Path:
+    try:
+        return Path(path)  # type: ignore[arg-type]
+    except TypeError:
+        raise VectorFileError(f"{path!r:.60} is not a file path") from None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError) as error:
+        raise VectorFileError(f"cannot use the path {str(path)[:200]!r}: {error}") from None
+
+
+def _write_temp(data: bytes, folder: Path, name: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
     except BaseException:
         # Whatever interrupted us (disk full, KeyboardInterrupt), the target is
         # untouched: only the temp file can be partial, and it goes.
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_folder(folder)
+    return Path(tmp)
+
+
+def _link_new(tmp: Path, target: Path) -> None:
+    """Give ``tmp``'s data the name ``target`` only if that name is free (atomically)."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        # Someone created the file since we looked: still not ours to replace.
+        raise VectorExistsError(
+            f"'{target}' exists; pass overwrite=True (or --force) to replace it"
+        ) from None
+    except OSError:
+        # No hard links on this filesystem: fall back to check-then-rename.
+        if target.exists():
+            raise VectorExistsError(
+                f"'{target}' exists; pass overwrite=True (or --force) to replace it"
+            ) from None
+        os.replace(tmp, target)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -89,24 +155,44 @@ def _fsync_folder(folder: Path) -> None:
 
 def load_vector(path: str | os.PathLike[str]) -> InContextVector:
     """Read and validate a vector file, or raise a :class:`VectorFileError`."""
-    source = str(path)
-    data = _read_bounded(Path(path))
-    return from_bytes(data, source=source)
+    file = _as_path(path)
+    return from_bytes(_read_bounded(file), source=str(file))
+
+
+MAX_FILE_BYTES = MAX_HEADER_BYTES + MAX_TENSOR_BYTES + 8
+
+# Opening a FIFO for reading would wait for a writer; non-blocking, it returns
+# at once and the check below refuses it.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 
 def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, refusing folders, devices, pipes and anything too large."""
     try:
         if path.is_dir():
             raise VectorFileError(f"'{path}' is a directory, not a vector file")
-        size = path.stat().st_size
-        if size > MAX_HEADER_BYTES + MAX_TENSOR_BYTES + 8:
-            raise VectorFileError(f"'{path}' is {size} bytes: too large to be a vector file")
-        with path.open("rb") as handle:
-            return handle.read()
+        fd = os.open(path, _OPEN_FLAGS)
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if stat.S_ISDIR(info.st_mode):
+                raise VectorFileError(f"'{path}' is a directory, not a vector file")
+            if not stat.S_ISREG(info.st_mode):
+                raise VectorFileError(f"'{path}' is not a regular file (a device or a pipe?)")
+            if info.st_size > MAX_FILE_BYTES:
+                raise VectorFileError(
+                    f"'{path}' is {info.st_size} bytes: too large to be a vector file"
+                )
+            # Bounded even if the file grows while we read it.
+            data = handle.read(MAX_FILE_BYTES + 1)
     except VectorFileError:
         raise
     except OSError as error:
-        raise VectorFileError(f"cannot read '{path}': {error.strerror or error}") from None
+        raise VectorFileError(f"cannot read '{path}': {_reason(error)}") from None
+    except ValueError as error:  # e.g. a NUL byte in the path
+        raise VectorFileError(f"cannot read {str(path)[:200]!r}: {error}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise VectorFileError(f"'{path}' grew past {MAX_FILE_BYTES} bytes while being read")
+    return data
 
 
 def from_bytes(data: bytes, *, source: str = "vector file") -> InContextVector:
@@ -119,17 +205,42 @@ def from_bytes(data: bytes, *, source: str = "vector file") -> InContextVector:
         raise VectorFileError(f"{source}: no icv metadata in the header (not an icv vector file)")
     metadata = meta.decode(raw_meta, source=source)
     num_layers, hidden = metadata["num_layers"], metadata["hidden_size"]
-    _check_tensor_table(header, num_layers, hidden, len(data) - 8 - _header_length(data), source)
-    try:
-        tensors = load_safetensors_bytes(data)
-    except Exception as error:  # the Rust parser's own error types
-        raise VectorFileError(f"{source}: malformed safetensors data ({error})") from None
-    directions = torch.stack([tensors[f"direction.{l}"] for l in range(num_layers)])
-    scales = tensors["layer_scales"]
+    start = 8 + _header_length(data)
+    body = memoryview(data)[start:]
+    _check_sizes(header, num_layers, hidden, len(body), source)
+    _check_tensor_table(header, num_layers, hidden, len(body), source)
+    directions = torch.stack(
+        [_read_f32(body, header[f"direction.{l}"]["data_offsets"]) for l in range(num_layers)]
+    )
+    scales = _read_f32(body, header["layer_scales"]["data_offsets"])
     if not bool(torch.isfinite(directions).all()) or not bool(torch.isfinite(scales).all()):
         raise VectorFileError(f"{source}: the vector holds NaN or infinite values")
     metadata = {k: v for k, v in metadata.items() if k not in ("hidden_size", "num_layers")}
     return InContextVector(directions, metadata, scales)
+
+
+def _check_sizes(table: dict[str, Any], num_layers: int, hidden: int, body: int, source: str) -> None:
+    """Cheap checks first, so that absurd metadata costs nothing (no name lists, no memory)."""
+    if len(table) != num_layers + 1:
+        raise VectorFileError(
+            f"{source}: the metadata says {num_layers} layers, so {num_layers + 1} tensors, "
+            f"but the file lists {len(table)}"
+        )
+    expected = 4 * num_layers * (hidden + 1)
+    if body != expected:
+        raise VectorFileError(
+            f"{source}: {body} bytes of tensor data, but {num_layers} layers of width {hidden} "
+            f"need {expected} (a truncated or altered file?)"
+        )
+
+
+def _read_f32(body: memoryview, offsets: list[int]) -> torch.Tensor:
+    """One little-endian float32 tensor from already-checked offsets."""
+    values = array.array("f")
+    values.frombytes(body[offsets[0] : offsets[1]])
+    if sys.byteorder == "big":
+        values.byteswap()
+    return torch.frombuffer(values, dtype=torch.float32).clone()
 
 
 def _header_length(data: bytes) -> int:
@@ -146,7 +257,8 @@ def _parse_header(data: bytes, source: str) -> dict[str, Any]:
         )
     try:
         header = json.loads(data[8 : 8 + length].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    # ValueError: bad UTF-8 or JSON, or an integer past Python's digit limit.
+    except (ValueError, RecursionError):
         raise VectorFileError(f"{source}: the header is not valid JSON") from None
     if not isinstance(header, dict):
         raise VectorFileError(f"{source}: the header is not a JSON object")
@@ -168,7 +280,12 @@ def _check_tensor_table(
     spans = []
     for name, info in table.items():
         shape = [num_layers] if name == "layer_scales" else [hidden]
-        if not isinstance(info, dict) or info.get("dtype") != "F32" or info.get("shape") != shape:
+        if isinstance(info, dict) and set(info) != {"dtype", "shape", "data_offsets"}:
+            raise VectorFileError(
+                f"{source}: tensor '{name}' should have the fields dtype, shape and "
+                f"data_offsets, got {', '.join(sorted(map(str, info)))[:80]}"
+            )
+        if not isinstance(info, dict) or info["dtype"] != "F32" or info["shape"] != shape:
             raise VectorFileError(
                 f"{source}: tensor '{name}' should be F32 of shape {shape}, got "
                 f"{_describe(info)}"
