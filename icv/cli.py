@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
-from .errors import ICVError, OptionError, VectorExistsError
+from .errors import ICVError, OptionError, VectorExistsError, VectorFileError
 from .gguf import export_gguf, export_strength, import_gguf, is_gguf_file
 from .vector import InContextVector
 
@@ -43,6 +43,9 @@ def _check_new_file(path: Path, force: bool) -> None:
     """Refuse before any slow work when the output exists and --force was not given."""
     if path.exists() and not force:
         raise VectorExistsError(f"'{path}' exists; pass --force to replace it")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise VectorFileError(f"cannot write '{path}': folder '{folder}' does not exist")
 
 
 def read_vector(path: str | Path) -> InContextVector:

@@ -171,6 +171,8 @@ def test_extract_layer_out_of_range_is_an_error(model_dir, demos_file, tmp_path,
                        "--model", model_dir, "--layers", "7", "--quiet")
     assert code == 1 and "out of range" in err
     assert not (tmp_path / "o.safetensors").exists()
+    code, _, err = run(capsys, "extract", "--demos", demos_file, "--out", tmp_path / "no" / "o.safetensors")
+    assert code == 1 and "does not exist" in err  # refused before loading any model
 
 
 # -- inspect --------------------------------------------------------------------------
