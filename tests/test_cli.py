@@ -345,8 +345,8 @@ def test_cli_on_the_embedded_model(real, tmp_path, capsys):
     assert run(capsys, "extract", "--demos", demos, "--out", out, "--quiet")[0] == 0
     vector = icv.InContextVector.load(out)
     assert vector.metadata["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and vector.num_layers == 30
-    code, text, _ = run(capsys, "generate", "--vector", out, "--chat", "--compare", "--max-new-tokens", "6",
+    code, text, _ = run(capsys, "generate", "--vector", out, "--chat", "--compare", "--max-new-tokens", "4",
                         "Describe the hotel room.")
     prompt = chat_prompt(tokenizer, "Describe the hotel room.")
-    plain = complete(model, tokenizer, [prompt], max_new_tokens=6)[0]
+    plain = complete(model, tokenizer, [prompt], max_new_tokens=4)[0]
     assert code == 0 and text.startswith(f"=== unsteered ===\n{plain}\n=== steered (positive")
