@@ -168,28 +168,32 @@ class _Variants:
 
 
 def _prepare_rotation(delta: torch.Tensor) -> tuple:
-    """(delta, delta as a column for one matmul, -1/|delta| with 0 for zero rows)."""
-    norm = delta.norm(dim=-1, keepdim=True)
-    neg_inv = torch.where(norm > 0, -1.0 / norm.clamp_min(_EPS), torch.zeros_like(norm))
-    column = delta.unsqueeze(-1) if delta.dim() == 1 else delta.transpose(-1, -2)
-    return delta, column, neg_inv
+    """(delta, -delta/|delta| as a column for one matmul; zero rows stay zero)."""
+    wide = delta.float()
+    norm = wide.norm(dim=-1, keepdim=True)
+    away = torch.where(norm > 0, -wide / norm.clamp_min(_EPS), torch.zeros_like(wide)).to(delta.dtype)
+    column = away.unsqueeze(-1) if delta.dim() == 1 else away.transpose(-1, -2)
+    return delta, column
 
 
 def _rotation_hook(delta: torch.Tensor, tracker: PositionTracker | None) -> Hook:
     variants = _Variants(delta, _prepare_rotation)
 
+    # Nine tensor ops per call (the hook runs per layer per generated token, where the
+    # cost of launching ops, not arithmetic, dominates): no syncs, no Python loops.
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
         x = output if type(output) is torch.Tensor else output_tensor(output)
-        d, column, neg_inv = variants.get(x)
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(_EPS)
-        # boost = 1 + relu(-cos(x, d)); cos = (x . d) / (|x| |d|)
-        boost = torch.matmul(x, column).mul_(neg_inv).div_(norm).clamp_min_(0.0).add_(1.0)
-        coef = boost.mul_(norm)
+        d, away = variants.get(x)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        # boost * |x| = |x| (1 + max(0, cos(x, -d))) = |x| + max(0, x . -d/|d|)
+        coef = torch.matmul(x, away).clamp_min_(0.0).add_(norm)
         if tracker is not None:
             coef.mul_(tracker.mask_for(x))
         # x/|x| + boost*d, rescaled to |x|:  (x + boost |x| d) * |x| / |x + boost |x| d|
         y = torch.addcmul(x, coef, d)
-        y.mul_(norm.div_(torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min_(_EPS)))
+        # |y| = 0 only where x = 0 (then y = 0 too): 0/0 -> 0 keeps it zero, in any dtype.
+        # Unsteered rows and positions get y = x, so |x|/|y| is exactly 1: bitwise unchanged.
+        y.mul_(norm.div_(torch.linalg.vector_norm(y, dim=-1, keepdim=True)).nan_to_num_(0.0, 0.0, 0.0))
         return y if type(output) is torch.Tensor else _replace(output, y)
 
     return hook

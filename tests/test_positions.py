@@ -44,9 +44,9 @@ def generate(model, prompts, *, new=NEW, **kwargs):
     return out[:, batch["input_ids"].shape[1] :]
 
 
-def steered(model, vec, prompts, *, mode="rotate", positions="all", strength=None, steer_kw=None, **kwargs):
+def steered(model, vec, prompts, *, mode="rotate", positions="all", strength=None, **kwargs):
     strength = STRENGTH[mode] if strength is None else strength
-    with icv.steer(model, vec, strength, mode=mode, positions=positions, **(steer_kw or {})):
+    with icv.steer(model, vec, strength, mode=mode, positions=positions):
         return generate(model, prompts, **kwargs)
 
 
@@ -69,8 +69,9 @@ def test_cache_and_no_cache_give_the_same_tokens(model, vec, mode, positions):
     assert not torch.equal(with_cache, generate(model, PROMPTS))
 
 
-@pytest.mark.parametrize("mode", ["rotate", "add"])
-@pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
+@pytest.mark.parametrize(
+    "mode,positions", [("rotate", "all"), ("rotate", "prompt"), ("rotate", "generated"), ("add", "generated")]
+)
 def test_left_padded_batch_gives_each_row_its_alone_tokens(model, vec, mode, positions):
     batch = steered(model, vec, PROMPTS, mode=mode, positions=positions)
     for row, prompt in enumerate(PROMPTS):
@@ -181,11 +182,12 @@ def test_prompt_mode_leaves_generated_positions_unsteered_in_the_cache_path(mode
 
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
 def test_beam_search_with_positions(model, vec, positions):
-    kwargs = dict(num_beams=3, early_stopping=True)
-    with_cache = steered(model, vec, PROMPTS, positions=positions, **kwargs)
-    without = steered(model, vec, PROMPTS, positions=positions, use_cache=False, **kwargs)
+    kwargs = dict(num_beams=3, early_stopping=True, new=5)
+    prompts = PROMPTS[1:]  # of different lengths: one is left-padded
+    with_cache = steered(model, vec, prompts, positions=positions, **kwargs)
+    without = steered(model, vec, prompts, positions=positions, use_cache=False, **kwargs)
     assert torch.equal(with_cache, without)
-    for row, prompt in enumerate(PROMPTS):
+    for row, prompt in enumerate(prompts):
         assert torch.equal(with_cache[row], steered(model, vec, [prompt], positions=positions, **kwargs)[0])
 
 
@@ -256,23 +258,23 @@ def test_unknown_positions_is_an_option_error(model, vec):
 
 
 @pytest.mark.real_model
-def test_real_model_cache_batch_and_positions(real):
+def test_real_model_cache_batch_and_generated_positions(real):
+    """The embedded model, positions="generated" (the mode most sensitive to position
+    bookkeeping): cache == no cache, and the padded row == that prompt alone."""
     model, tok = real
     demos = [("The food was cold.", "The food was hot."), ("I hated it.", "I loved it."),
              ("The staff were rude.", "The staff were kind.")]
     vec = icv.extract(model, tok, demos)
-    prompts = ["The restaurant was", "My day at the beach"]
+    prompts = ["The restaurant down the street was", "My day was"]
     from icv.generation import left_padded
 
-    def run(ps, use_cache, positions):
+    def run(ps, use_cache):
         batch = left_padded(tok, ps, torch.device("cpu"))
-        with icv.steer(model, vec, 0.1, positions=positions):
-            out = model.generate(**batch, max_new_tokens=6, do_sample=False,
+        with icv.steer(model, vec, 0.1, positions="generated"):
+            out = model.generate(**batch, max_new_tokens=4, do_sample=False,
                                  pad_token_id=tok.pad_token_id, use_cache=use_cache)
         return out[:, batch["input_ids"].shape[1]:]
 
-    for positions in ("all", "generated"):
-        cached = run(prompts, True, positions)
-        assert torch.equal(cached, run(prompts, False, positions)), positions
-        for row, prompt in enumerate(prompts):
-            assert torch.equal(cached[row], run([prompt], True, positions)[0]), (positions, row)
+    cached = run(prompts, True)
+    assert torch.equal(cached, run(prompts, False))
+    assert torch.equal(cached[1], run(prompts[1:], True)[0])
