@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import warnings
@@ -227,7 +228,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     lines = [
         f"file                  {args.vector}",
         f"name                  {m['name']}",
-        f"model                 {m['model_name'] or '(unknown)'} ({m['model_type'] or 'unknown type'})",
+        f"model                 {m['model_name'] or 'unknown name'} ({m['model_type'] or 'unknown type'})",
         f"layers x hidden       {m['num_layers']} x {m['hidden_size']}",
         f"method                {m['method']}, {demos}",
         f"read at / applied as  {m['extraction_site']} / {m['injection_mode']}@{m['injection_site']}",
@@ -423,7 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            return args.run(args)
+            code = args.run(args)
+            sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
+            return code
         except SystemExit as stop:  # parser.error() inside a subcommand
             return stop.code if isinstance(stop.code, int) else 2
         except ICVError as error:
@@ -436,3 +439,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             _say(f"{PROG}: interrupted")
             return 130
+        except BrokenPipeError:
+            # The reader went away (`icv inspect VEC | head`): stop quietly, as other tools do.
+            _silence_stdout()
+            return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -204,6 +204,15 @@ def test_inspect_reads_gguf_and_refuses_garbage(vec, tmp_path, capsys):
     assert run(capsys, "inspect", tmp_path / "absent.safetensors")[0] == 1
 
 
+def test_a_closed_pipe_ends_quietly(vec, monkeypatch):
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["inspect", str(vec)]) == 1
+
+
 # -- generate -------------------------------------------------------------------------
 
 
