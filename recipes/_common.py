@@ -1,0 +1,143 @@
+"""What every recipe shares: read its demonstrations, extract and save a vector, show its effect.
+
+A recipe's ``run.py`` is a few lines on top of this module, which itself uses
+only the public ``icv`` API (plus the prompt and generation helpers that ship
+with it).  Run a recipe as ``python recipes/NAME/run.py [--strength S] [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import icv
+from icv.generation import complete
+from icv.prompts import cut_answer, paraphrase_prompt
+
+RECIPES = Path(__file__).resolve().parent
+DEMOS_FILE = "demos.jsonl"
+
+# One column of a comparison: the vector and the strength it is applied with.
+Steered = tuple[icv.InContextVector, float]
+
+
+def recipe_dir(recipe: str | os.PathLike[str]) -> Path:
+    """A recipe's folder, from its name (``"sentiment"``) or any path."""
+    path = Path(recipe)
+    return path if path.is_absolute() or path.exists() else RECIPES / path
+
+
+def load_demos(recipe: str | os.PathLike[str]) -> list[icv.Demo]:
+    """The recipe's ``demos.jsonl`` as validated demonstrations."""
+    return icv.read_demos(recipe_dir(recipe) / DEMOS_FILE)
+
+
+def parse_args(
+    description: str, *, strength: float, out: Path, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """The options every recipe takes: ``--strength`` and ``--out``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=strength,
+        help=f"steering strength, also saved as the vector's recommended strength (default {strength:g})",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=out, help=f"where to save the vector (default {out})"
+    )
+    return parser.parse_args(argv)
+
+
+def default_out(recipe: str | os.PathLike[str], name: str) -> Path:
+    return recipe_dir(recipe) / "out" / f"{name}.safetensors"
+
+
+def extract_and_save(
+    model: Any,
+    tokenizer: Any,
+    demos: Sequence[icv.Demo],
+    *,
+    name: str,
+    strength: float,
+    out: str | os.PathLike[str] | None,
+    **extract_options: Any,
+) -> icv.InContextVector:
+    """Extract the vector of ``demos``, record ``strength`` as its default, save it to ``out``."""
+    vector = icv.extract(model, tokenizer, demos, name=name, progress=False, **extract_options)
+    vector = vector.with_metadata(recommended_strength=strength)
+    if out is not None:
+        save(vector, out)
+    return vector
+
+
+def save(vector: icv.InContextVector, out: str | os.PathLike[str]) -> Path:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vector.save(path, overwrite=True)
+    return path
+
+
+def rewrite_prompts(texts: Sequence[str]) -> list[str]:
+    """The paper's paraphrase prompt around each text (the rewriting recipes)."""
+    return [paraphrase_prompt(text) for text in texts]
+
+
+def chat_prompts(tokenizer: Any, questions: Sequence[str]) -> list[str]:
+    """Each question as a user turn in the model's chat template, ready for the answer."""
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+        )
+        for q in questions
+    ]
+
+
+def first_paragraph(completion: str) -> str:
+    """An answer up to its first blank line, without surrounding space (the chat recipes)."""
+    return completion.strip().split("\n\n", 1)[0].strip()
+
+
+def compare(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    steered: Mapping[str, Steered],
+    *,
+    max_new_tokens: int = 30,
+    cut: Callable[[str], str] = cut_answer,
+) -> dict[str, list[str]]:
+    """Greedy completions of ``prompts``: an ``"unsteered"`` column, then one per vector."""
+    columns = {"unsteered": complete(model, tokenizer, prompts, max_new_tokens=max_new_tokens)}
+    for label, (vector, strength) in steered.items():
+        columns[label] = complete(
+            model, tokenizer, prompts, vector=vector, strength=strength, max_new_tokens=max_new_tokens
+        )
+    return {label: [cut(text) for text in texts] for label, texts in columns.items()}
+
+
+def print_comparison(
+    inputs: Sequence[str], columns: Mapping[str, Sequence[str]], *, file: TextIO | None = None
+) -> None:
+    """Each input followed by one line per column, labels aligned."""
+    out = file if file is not None else sys.stdout
+    width = max(len(label) for label in columns)
+    for i, text in enumerate(inputs):
+        print(f"[{i + 1}] {text}", file=out)
+        for label, outputs in columns.items():
+            answer = outputs[i].replace("\n", " / ") or "(empty)"
+            lines = textwrap.wrap(answer, 100 - width) or [answer]
+            print(f"    {label:<{width}} | {lines[0]}", file=out)
+            for more in lines[1:]:
+                print(f"    {'':<{width}} | {more}", file=out)
+        print(file=out)
+
+
+def describe(vector: icv.InContextVector, path: Path | None, strength: float) -> str:
+    where = f" saved to {path}" if path is not None else ""
+    return f"{vector.name!r} from {vector.metadata['num_demos']} demonstrations,{where} (strength {strength:g})"

@@ -1,0 +1,45 @@
+"""Sentiment: turn negative review sentences positive, and (with the negated vector) back."""
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import icv  # noqa: E402
+from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts  # noqa: E402
+
+# Chosen by sweeping 0.05-0.09 on held-out sentences: 0.07 turns most negatives positive
+# and keeps the sentences fluent; from about 0.09 some outputs lose their meaning.
+STRENGTH = 0.07
+
+NEGATIVE = [
+    "The soup was salty and the bread was stale.",
+    "Our flight was delayed and the crew was unfriendly.",
+    "The cashier was rude to my kids.",
+    "I regret buying this laptop.",
+    "This place is overpriced and the portions are tiny.",
+]
+POSITIVE = [
+    "The cashier was very kind to my kids.",
+    "I love this laptop.",
+    "The pasta was perfectly cooked.",
+]
+
+
+def main() -> None:
+    args = parse_args(__doc__, strength=STRENGTH, out=default_out(HERE, "positive"))
+    model, tokenizer = icv.load_model()
+    positive = extract_and_save(
+        model, tokenizer, load_demos(HERE), name="positive", strength=args.strength, out=args.out
+    )
+    print(f"saved {args.out}  ({positive})\n")
+    print("negative -> positive")
+    print_comparison(NEGATIVE, compare(model, tokenizer, rewrite_prompts(NEGATIVE), {"positive": (positive, args.strength)}))
+    # Negating the vector reverses the task: the same pairs read the other way round.
+    print("positive -> negative (the negated vector)")
+    print_comparison(POSITIVE, compare(model, tokenizer, rewrite_prompts(POSITIVE), {"negative": (-positive, args.strength)}))
+
+
+if __name__ == "__main__":
+    main()
