@@ -5,11 +5,14 @@ in float32:
 
 * accelerate offload (device_map with layers on "disk", or ``cpu_offload``): the same
   float32 arithmetic, so vectors are equal to 1e-6 and logits to 1e-5; greedy tokens equal.
-* bfloat16 / float16 weights: extracted directions have cosine > 0.999 per layer with
-  the float32 ones and layer scales agree within 1 %; the steering effect on the logits
-  (steered minus unsteered, at real tokens) differs from float32's by at most 15 % of
-  its size in bfloat16 and 3 % in float16 (the unsteered half-precision model itself
-  differs from float32 by that order).
+* bfloat16 / float16 weights (tiny llama): extracted directions have cosine > 0.999 per
+  layer with the float32 ones and layer scales agree within 1 %; the steering effect on
+  the logits (steered minus unsteered, at real tokens) differs from float32's by at most
+  15 % of its largest value in bfloat16 (measured 7 % rotate, 1 % add) and 3 % in float16
+  (measured 0.9 % rotate, 0.1 % add):
+  the unsteered half-precision model itself differs from float32 by that order.
+* The embedded model in bfloat16: directions cosine > 0.98 per layer (measured 0.992),
+  steering effect on the next-token logits within 10 % (measured 2 %), cosine > 0.99.
 """
 
 from __future__ import annotations
@@ -174,7 +177,7 @@ def test_real_model_in_bfloat16_matches_float32(real):
     half = copy.deepcopy(model).to(torch.bfloat16)
     half_vec = icv.extract(half, tok, demos)
     cosine = torch.nn.functional.cosine_similarity(half_vec.directions, vec.directions, dim=-1)
-    assert bool((cosine > 0.95).all()), cosine
+    assert bool((cosine > 0.98).all()), cosine  # measured: min 0.992
     ids = tok("The restaurant was", return_tensors="pt")
     with torch.no_grad():
         base, half_base = model(**ids).logits[0, -1], half(**ids).logits[0, -1].float()
@@ -182,5 +185,7 @@ def test_real_model_in_bfloat16_matches_float32(real):
             effect = model(**ids).logits[0, -1] - base
         with icv.steer(half, vec, 0.1):
             half_effect = half(**ids).logits[0, -1].float() - half_base
-    assert torch.nn.functional.cosine_similarity(effect, half_effect, dim=0) > 0.9
+    # Measured: cosine 0.9999, largest difference 2 % of the largest effect.
+    assert torch.nn.functional.cosine_similarity(effect, half_effect, dim=0) > 0.99
+    assert (half_effect - effect).abs().max() < 0.1 * effect.abs().max()
     assert not icv.is_steered(half)
