@@ -40,13 +40,15 @@ def complete(
     batch_size: int = 8,
     progress: bool | None = None,
     do_sample: bool = False,
+    stop_strings: Sequence[str] | None = None,
     **steer_options: Any,
 ) -> list[str]:
     """Completions (new text only) for ``prompts``: greedy by default, batched with left padding.
 
     With ``vector`` the model is steered for the duration (``strength`` and
     ``steer_options`` go to :func:`icv.steer`); a per-row ``strength`` sequence has
-    one value per prompt.
+    one value per prompt.  ``stop_strings`` (e.g. ``['"']``) ends each row once it has
+    produced one of them, which saves most of the decoding when answers are short.
     """
     if isinstance(prompts, str):
         raise OptionError("prompts must be a list of strings, not one string")
@@ -68,6 +70,8 @@ def complete(
             do_sample=do_sample,
             pad_token_id=pad_token_id(tokenizer),
         )
+        if stop_strings:
+            generate_kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
         if vector is None:
             tokens = model.generate(**inputs, **generate_kwargs)
         else:

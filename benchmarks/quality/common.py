@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import icv
 from icv.calibrate import calibrate
 from icv.evaluate import evaluate
@@ -51,6 +53,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default=None, help="output folder (default: benchmarks/quality/out/<name>)")
     parser.add_argument("--name", default=None, help="run name (file stem)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest on a small shared machine)")
 
 
 def floats(text: str | None, default: tuple[float, ...]) -> list[float]:
@@ -83,6 +87,7 @@ def run(
     out = Path(args.out or REPO / "benchmarks" / "quality" / "out")
     stem = args.name or name
     started = time.perf_counter()
+    torch.set_num_threads(args.threads)
     model, tokenizer = icv.load_model(args.model)
     template = chat_template(tokenizer) if args.template == "chat" else "{text}"
     site = args.site or ("mlp" if args.mode == "rotate" else "block")
