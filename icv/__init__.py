@@ -21,6 +21,7 @@ from .errors import (
     OptionError,
     ScorerError,
     SteeringError,
+    UnknownOptionError,
     VectorExistsError,
     VectorFileError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "Steering",
     "ScorerError",
     "SteeringError",
+    "UnknownOptionError",
     "VectorExistsError",
     "VectorFileError",
     "__version__",

@@ -35,11 +35,15 @@ def pca_shift(shifts: torch.Tensor) -> torch.Tensor:
         return mean
     centred = shifts - mean
     # The top right-singular vector of the centred matrix is the first principal
-    # component; the k x k Gram matrix route is cheaper than an SVD over D columns.
-    gram = centred @ centred.T
-    eigenvalues, eigenvectors = torch.linalg.eigh(gram.double())
-    top = eigenvectors[:, -1].to(shifts.dtype)
-    component = centred.T @ top
+    # component.  Take it from the smaller of the k x k Gram matrix (few demos, wide
+    # models) and the D x D covariance (thousands of demos, narrow models): the
+    # eigendecomposition is cubic in that size.
+    if centred.shape[0] <= centred.shape[1]:
+        eigenvalues, eigenvectors = torch.linalg.eigh((centred @ centred.T).double())
+        component = centred.T @ eigenvectors[:, -1].to(shifts.dtype)
+    else:
+        eigenvalues, eigenvectors = torch.linalg.eigh((centred.T @ centred).double())
+        component = eigenvectors[:, -1].to(shifts.dtype)
     norm = component.norm()
     if not bool(norm > 0) or eigenvalues[-1] <= 0:
         return mean  # all shifts identical: the mean is the whole story

@@ -89,14 +89,20 @@ def format_text(template: str, text: str) -> str:
 def read_demos(path: str | os.PathLike[str]) -> list[Demo]:
     """Read demonstrations from JSONL (``source``/``target``), CSV or TSV (two columns).
 
-    CSV/TSV files may start with a ``source,target`` header line.  Errors name the
-    file and the line.
+    CSV/TSV files may start with a ``source,target`` header line.  Blank lines are
+    skipped; a row with one column, or more than two non-empty ones, is an error.
+    Errors name the file and the line.
     """
-    file = Path(path)
+    try:
+        file = Path(path)
+    except TypeError:
+        raise DemoError(f"{path!r:.60} is not a file path") from None
     try:
         raw = file.read_bytes()
     except OSError as error:
         raise DemoError(f"cannot read demonstrations from '{file}': {error.strerror or error}") from None
+    except ValueError as error:  # e.g. a NUL byte in the path
+        raise DemoError(f"cannot read demonstrations from {str(file)[:200]!r}: {error}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -116,13 +122,17 @@ def read_demos(path: str | os.PathLike[str]) -> list[Demo]:
 
 def _read_jsonl(text: str, file: Path) -> list[Demo]:
     demos = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a record: str.splitlines() would also split at U+2028 and
+    # other separators that JSON strings may hold unescaped, and miscount lines.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except json.JSONDecodeError as error:
             raise DemoError(f"{file}:{number}: invalid JSON ({error.msg})") from None
+        except (ValueError, RecursionError):  # integers past the digit limit, deep nesting
+            raise DemoError(f"{file}:{number}: JSON too large or too deeply nested") from None
         if not isinstance(item, dict) or "source" not in item or "target" not in item:
             raise DemoError(f"{file}:{number}: expected an object with 'source' and 'target'")
         demos.append(_demo_at(item["source"], item["target"], file, number))
@@ -132,12 +142,25 @@ def _read_jsonl(text: str, file: Path) -> list[Demo]:
 def _read_delimited(text: str, file: Path, delimiter: str) -> list[Demo]:
     demos = []
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:  # a field past csv's size limit, a NUL byte ...
+            raise DemoError(f"{file}:{max(reader.line_num, 1)}: unreadable row ({error})") from None
         number = reader.line_num
         if not row or all(not cell.strip() for cell in row):
             continue
-        if len(row) < 2:
-            raise DemoError(f"{file}:{number}: expected two columns (source, target), got {len(row)}")
+        while len(row) > 2 and not row[-1].strip():
+            row = row[:-1]  # trailing empty cells ("a,b,") are harmless
+        if len(row) != 2:
+            # More than two usually means an unquoted delimiter inside a sentence:
+            # taking the first two cells would make a wrong demonstration silently.
+            hint = f"; quote fields that contain {delimiter!r}" if len(row) > 2 else ""
+            raise DemoError(
+                f"{file}:{number}: expected two columns (source, target), got {len(row)}{hint}"
+            )
         if not demos and [c.strip().lower() for c in row[:2]] == ["source", "target"]:
             continue
         demos.append(_demo_at(row[0], row[1], file, number))

@@ -21,6 +21,14 @@ class OptionError(ICVError, ValueError):
     """An option has an unknown name or a value outside its domain."""
 
 
+class UnknownOptionError(OptionError, TypeError):
+    """A keyword argument that the function does not have (usually a typo).
+
+    Also a ``TypeError``, which is what Python raises for an unknown keyword, so
+    code written against plain Python semantics keeps working.
+    """
+
+
 class ArchitectureError(ICVError, LookupError):
     """The model's decoder layers (or their MLP / attention) cannot be located."""
 

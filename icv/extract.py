@@ -22,6 +22,7 @@ from .demos import RAW_TEMPLATE, as_demos, check_template, demos_sha256, format_
 from .errors import OptionError
 from .layers import SITES, Architecture, decoder_layers, site_modules
 from .models import model_name_of
+from .options import checked_options
 from .vector import InContextVector
 
 
@@ -98,6 +99,7 @@ def read_last_token_states(
     return torch.stack(results)  # type: ignore[arg-type]
 
 
+@checked_options
 def extract(
     model: nn.Module,
     tokenizer: Any,

@@ -31,6 +31,7 @@ from .errors import OptionError, SteeringError
 from .hooks import HookHandles, output_tensor
 from .layers import SITES, Architecture, decoder_layers, site_modules
 from .models import model_name_of
+from .options import checked_options
 from .positions import POSITIONS, PositionTracker
 from .rows import RowGroupCheck
 from .vector import InContextVector
@@ -218,6 +219,7 @@ def _replace(output: Any, hidden: torch.Tensor) -> Any:
 # -- building a steering ----------------------------------------------------------------
 
 
+@checked_options
 def steer(
     model: nn.Module,
     vector: InContextVector | Sequence[InContextVector],
