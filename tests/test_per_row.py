@@ -189,8 +189,7 @@ def test_real_model_strength_sweep_in_one_batch(real):
     from icv.generation import complete
 
     prompt = "The restaurant was"
-    strengths = [0.0, 0.05, 0.1]
-    swept = complete(model, tok, [prompt] * 3, vector=vec, strength=strengths, max_new_tokens=6)
-    assert swept[0] == complete(model, tok, [prompt], max_new_tokens=6)[0]
-    for text, s in zip(swept[1:], strengths[1:]):
-        assert text == complete(model, tok, [prompt], vector=vec, strength=s, max_new_tokens=6)[0]
+    swept = complete(model, tok, [prompt] * 2, vector=vec, strength=[0.0, 0.1], max_new_tokens=5)
+    assert swept[0] == complete(model, tok, [prompt], max_new_tokens=5)[0]
+    assert swept[1] == complete(model, tok, [prompt], vector=vec, strength=0.1, max_new_tokens=5)[0]
+    assert swept[0] != swept[1]
