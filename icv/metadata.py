@@ -90,7 +90,10 @@ def validate(
             continue
         value = metadata[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # found by fuzzing: an integer past float range
+                raise error(f"{source}: metadata '{key}' is too large to be a number") from None
         if not isinstance(value, kind) or isinstance(value, bool):
             raise error(
                 f"{source}: metadata '{key}' should be {kind.__name__}, got {value!r:.60}"
@@ -126,7 +129,7 @@ def validate(
 def _refuse_newer(version: object, source: str) -> None:
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise FormatVersionError(
-            f"{source} was written in icv format version {version}; this library reads "
+            f"{source} was written in icv format version {str(version)[:12]}; this library reads "
             f"versions up to {FORMAT_VERSION}: upgrade icv to load it"
         )
 

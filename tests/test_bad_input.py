@@ -260,6 +260,7 @@ def test_bad_extract_options(model, case):
         (lambda v: v * math.inf, "cannot scale an in-context vector by inf"),
         (lambda v: v / 0, "cannot divide an in-context vector by zero"),
         (lambda v: v.with_metadata(recommended_strength=math.inf), "'recommended_strength' is not finite"),
+        (lambda v: v.with_metadata(recommended_strength=10**400), "'recommended_strength' is too large"),
         (lambda v: v.with_metadata(num_layers=4), "num_layers follow from the directions' shape"),
         (lambda v: v.with_metadata(injection_mode="push"), "injection_mode 'push' is not one of"),
     ],
