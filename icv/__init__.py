@@ -28,7 +28,7 @@ from .errors import (
 from .extract import extract
 from .layers import Architecture, register_architecture
 from .models import load_model
-from .steer import Steering, is_steered, steer
+from .steer import Steering, is_steered, steer, unsteer
 from .vector import InContextVector
 
 __all__ = [
@@ -57,4 +57,5 @@ __all__ = [
     "read_demos",
     "register_architecture",
     "steer",
+    "unsteer",
 ]

@@ -137,6 +137,15 @@ def is_steered(model: nn.Module) -> bool:
         return bool(_active.get(model))
 
 
+def unsteer(model: nn.Module) -> int:
+    """Remove every steering of this library from ``model`` (e.g. a lost handle); returns how many."""
+    with _registry_lock:
+        live = list(_active.get(model, ()))
+    for steering in live:
+        steering.remove()
+    return len(live)
+
+
 # -- the hooks --------------------------------------------------------------------------
 
 

@@ -11,6 +11,18 @@ from tiny import DEMOS, ByteTokenizer, tiny_model  # noqa: E402
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _threads(request):
+    """Tiny models run fastest on one thread (op overhead dominates); real models use all cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    if request.node.get_closest_marker("real_model") is None:
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tokenizer():
     return ByteTokenizer()

@@ -63,3 +63,18 @@ def test_generate_works_steered(family, tokenizer, demos):
         out = model.generate(PROMPT, max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert out.shape == (1, PROMPT.shape[1] + 5)
     assert library_hooks(model) == 0
+
+
+def test_unsteer_removes_lost_handles(tokenizer, demos):
+    model = tiny_model("llama")
+    vector = icv.extract(model, tokenizer, demos)
+    with torch.no_grad():
+        base = model(PROMPT).logits
+    icv.steer(model, vector, strength=0.5)
+    icv.steer(model, vector, strength=0.2, mode="add")
+    assert icv.is_steered(model) and library_hooks(model) > 0
+    assert icv.unsteer(model) == 2
+    assert not icv.is_steered(model) and library_hooks(model) == 0
+    with torch.no_grad():
+        assert torch.equal(model(PROMPT).logits, base)
+    assert icv.unsteer(model) == 0
