@@ -1,0 +1,143 @@
+"""1. Generation overhead: tokens/s of ``model.generate`` steered vs unsteered.
+
+Same prompts, greedy, a fixed number of new tokens (``min_new_tokens`` equal to
+``max_new_tokens``, so a steered run cannot stop earlier or later than the
+unsteered one).  Each round generates once unsteered and once per steering mode,
+in rotating order; the figure is the median over rounds of
+``unsteered time / steered time`` (1.0 = free, the target is >= 0.97).
+
+    python benchmarks/generation_speed.py            # the embedded model
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from harness import (
+    MODELS,
+    alternate,
+    describe,
+    has_yelp,
+    markdown_table,
+    median_seconds,
+    speed_ratio,
+    yelp_pairs,
+)
+
+import icv
+from icv.extract import model_device, pad_token_id
+from icv.generation import left_padded
+from icv.prompts import paraphrase_prompt
+
+MODES: dict[str, dict[str, str]] = {
+    "rotate@mlp": {"mode": "rotate", "site": "mlp"},
+    "add@block": {"mode": "add", "site": "block"},
+}
+TARGET = 0.97
+FALLBACK_SENTENCES = [
+    "the food was cold and the service was slow .",
+    "i would not come back here again .",
+    "the room was dirty and smelled bad .",
+    "our waiter ignored us for an hour .",
+]
+
+
+def sentences_and_demos(count: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """Queries (Yelp rows 100+) and demonstrations (rows 0-4), disjoint; a fallback without data."""
+    if has_yelp():
+        return [s for s, _ in yelp_pairs(range(100, 100 + count))], yelp_pairs(range(5))
+    from tiny import DEMOS
+
+    return [FALLBACK_SENTENCES[i % len(FALLBACK_SENTENCES)] for i in range(count)], list(DEMOS)
+
+
+def prompt_batch(tokenizer: Any, sentences: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
+    return left_padded(tokenizer, [paraphrase_prompt(s) for s in sentences], device)
+
+
+@torch.no_grad()
+def generation_overhead(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    inputs: dict[str, torch.Tensor],
+    vector: icv.InContextVector,
+    *,
+    new_tokens: int,
+    rounds: int,
+    warmup: int = 1,
+    modes: dict[str, dict[str, str]] = MODES,
+) -> dict[str, Any]:
+    """Speed ratios steered/unsteered per mode, and the unsteered tokens/s."""
+    options = dict(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=pad_token_id(tokenizer),
+    )
+
+    def unsteered() -> None:
+        model.generate(**inputs, **options)
+
+    def steered(how: dict[str, str]):
+        def run() -> None:
+            with icv.steer(model, vector, **how):
+                model.generate(**inputs, **options)
+
+        return run
+
+    arms = {"unsteered": unsteered, **{name: steered(how) for name, how in modes.items()}}
+    times = alternate(arms, rounds, warmup)
+    tokens = new_tokens * inputs["input_ids"].shape[0]
+    return {
+        "ratios": {name: speed_ratio(times, name, "unsteered") for name in modes},
+        "tokens_per_s": tokens / median_seconds(times, "unsteered"),
+        "prompt_tokens": int(inputs["input_ids"].shape[1]),
+    }
+
+
+def measure(
+    model_name: str, batches: Sequence[int], new_tokens: int, rounds: int, warmup: int = 1
+) -> list[dict[str, Any]]:
+    """One result per batch size on the named model (see ``harness.MODELS``)."""
+    model, tokenizer = MODELS[model_name]()
+    sentences, demos = sentences_and_demos(max(batches))
+    vector = icv.extract(model, tokenizer, demos, progress=False)
+    results = []
+    for batch in batches:
+        inputs = prompt_batch(tokenizer, sentences[:batch], model_device(model))
+        result = generation_overhead(
+            model, tokenizer, inputs, vector, new_tokens=new_tokens, rounds=rounds, warmup=warmup
+        )
+        results.append({"model": describe(model), "batch": batch, "new_tokens": new_tokens, **result})
+    return results
+
+
+def table(results: Sequence[dict[str, Any]]) -> str:
+    rows = []
+    for r in results:
+        for mode, ratio in r["ratios"].items():
+            met = "yes" if ratio.median >= TARGET else "no"
+            rows.append(
+                [r["model"], r["batch"], r["new_tokens"], f"{r['tokens_per_s']:.1f}", mode,
+                 ratio.text(), f"{ratio.low:.3f}-{ratio.high:.3f}", met]
+            )
+    header = ["model", "batch", "new tokens", "unsteered tok/s", "steering", "speed ratio (median)",
+              "min-max", f">= {TARGET}"]
+    return markdown_table(header, rows)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="embedded")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    print(table(measure(args.model, args.batches, args.new_tokens, args.rounds)))
+
+
+if __name__ == "__main__":
+    main()

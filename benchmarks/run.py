@@ -1,0 +1,155 @@
+"""Run every speed benchmark and write docs/benchmarks.md (figures and the command that made them).
+
+    python benchmarks/run.py                  # all five, the embedded model (about 20-40 min on 2 busy cores)
+    python benchmarks/run.py --only generation icl
+    python benchmarks/run.py --quick --out /tmp/bench.md   # tiny models, a smoke run of seconds
+
+Every figure is a ratio of arms measured side by side in this one run (see harness.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from harness import REPO
+
+import extraction_memory
+import extraction_speed
+import generation_speed
+import icv_vs_icl
+import load_time
+
+SECTIONS = ("generation", "extraction", "memory", "icl", "load")
+
+
+def _generation(quick: bool) -> str:
+    model = "tiny" if quick else "embedded"
+    embedded = generation_speed.measure(model, [1, 8], 4 if quick else 64, 2 if quick else 5)
+    wide = generation_speed.measure("tiny" if quick else "wide", [1, 8], 4 if quick else 16, 2 if quick else 3)
+    return (
+        "## 1. Generation overhead (steered vs unsteered `model.generate`)\n\n"
+        "Greedy, fixed number of new tokens, same prompts (Yelp paraphrase prompts, left-padded), "
+        "default strength. Speed ratio = unsteered time / steered time per round (1.0 = free); "
+        "target >= 0.97 for the default `rotate@mlp`.\n\n"
+        f"{generation_speed.table(embedded)}\n\n"
+        "At a 7B model's layer width (random weights, a few layers, fewer new tokens to keep the "
+        "run short; the hook does O(hidden) work against the layer's O(hidden x 11008)):\n\n"
+        f"{generation_speed.table(wide)}\n"
+    )
+
+
+def _extraction(quick: bool) -> str:
+    result = extraction_speed.measure("tiny" if quick else "embedded", 4 if quick else 16, 16, 2 if quick else 3)
+    return (
+        "## 2. Extraction cost\n\n"
+        "`icv.extract` vs a plain batched forward (`model(**batch, use_cache=False)`) over the same 2N "
+        "texts in batches of the same size, and vs the paper's way (batch 1, "
+        "`output_hidden_states=True`, every hidden state kept, then the same PCA). Speed ratio = "
+        "other time / extract time per round; target >= 0.9 against the plain forward.\n\n"
+        f"{extraction_speed.table(result)}\n"
+    )
+
+
+def _memory(quick: bool) -> str:
+    model = "tiny" if quick else "embedded"
+    pairs = extraction_speed.demo_pairs(4 if quick else 16)
+    results = extraction_memory.measure(model, pairs, [1, 4], [len(pairs) // 2])
+    return (
+        "## 3. Extraction memory\n\n"
+        f"{(extraction_memory.__doc__ or '').split(chr(10) + chr(10))[1]}\n\n"
+        f"Model: {results[0]['model']}. One batch of all texts, both methods.\n\n"
+        f"{extraction_memory.table(results)}\n\n"
+        "`kept` is what each method holds once done: the vector (layers x hidden, whatever the "
+        "number of tokens) vs every layer's hidden states (layers x texts x padded tokens x hidden). "
+        "`peak added` includes the forward pass's own transient activations, which both sides pay.\n"
+    )
+
+
+def _icl(quick: bool) -> str:
+    model = "tiny" if quick else "embedded"
+    # The tiny model's byte tokenizer makes long prompts: fewer shots keep them in its context.
+    ks = (1, 2) if quick else (5, 16)
+    result = icv_vs_icl.measure(model, 1 if quick else 4, 4 if quick else 32, 1 if quick else 2, ks)
+    return (
+        "## 4. ICV vs in-context learning, end to end\n\n"
+        f"{(icv_vs_icl.__doc__ or '').split(chr(10) + chr(10))[1]}\n\n"
+        f"Model: {result['model']}; {result['queries']} queries.\n\n"
+        f"{icv_vs_icl.table(result)}\n\n"
+        f"Ratios are ICL / ICV (higher = ICV faster). Extracting the ICV once took "
+        f"{result['extract_seconds']:.2f} s (amortised over every later generation).\n"
+    )
+
+
+def _load(quick: bool) -> str:
+    if quick:
+        return "## 5. Load time\n\n(skipped in --quick: it converts the embedded model)\n"
+    result = load_time.load_times(None, later=2)
+    return (
+        "## 5. Load time of the embedded model\n\n"
+        f"{(load_time.__doc__ or '').split(chr(10) + chr(10))[1]}\n\n"
+        f"{load_time.table(result)}\n"
+    )
+
+
+RUNNERS: dict[str, Callable[[bool], str]] = {
+    "generation": _generation,
+    "extraction": _extraction,
+    "memory": _memory,
+    "icl": _icl,
+    "load": _load,
+}
+
+
+def _machine() -> str:
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}; "
+        f"load average (1/5/15 min) at start: {load}"
+    )
+
+
+def render(command: str, sections: Sequence[str], quick: bool) -> str:
+    parts = [
+        "# Benchmarks: speed and memory\n",
+        "Produced by:\n\n```\n" + command + "\n```\n",
+        f"Run {datetime.datetime.now().isoformat(timespec='minutes')} on {_machine()}.\n",
+        "All figures are ratios of arms measured side by side in the same run: every round runs "
+        "each arm once, in an order that rotates and reverses from round to round, after a warm-up "
+        "round that is dropped; a ratio is taken per round and its median is reported with the "
+        "interquartile range (IQR) and n. Absolute times drift on this shared machine (other "
+        "jobs run beside it), ratios much less; the spread shows how much.\n",
+    ]
+    for name in sections:
+        start = time.perf_counter()
+        print(f"benchmarks: {name} ...", file=sys.stderr, flush=True)
+        parts.append(RUNNERS[name](quick))
+        print(f"benchmarks: {name} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    parts.append(f"Load average at the end: {load}.\n")
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--quick", action="store_true", help="tiny models and sizes: a smoke run")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    shown = ["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]
+    text = render(" ".join(shown), args.only, args.quick)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(f"benchmarks: wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

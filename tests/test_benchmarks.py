@@ -1,0 +1,126 @@
+"""The speed benchmarks' functions run, on tiny models, and compute what they claim (no times asserted)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import DEMOS, ByteTokenizer, tiny_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import extraction_memory  # noqa: E402
+import extraction_speed  # noqa: E402
+import generation_speed  # noqa: E402
+import harness  # noqa: E402
+import icv_vs_icl  # noqa: E402
+import load_time  # noqa: E402
+import run  # noqa: E402
+
+import icv  # noqa: E402
+from icv.aggregate import unit_rows  # noqa: E402
+
+
+def test_round_orders_put_every_arm_in_every_slot_equally():
+    orders = harness.round_orders(["a", "b", "c"], 6)
+    assert all(sorted(order) == ["a", "b", "c"] for order in orders)
+    for slot in range(3):
+        firsts = [order[slot] for order in orders]
+        assert sorted(firsts) == ["a", "a", "b", "b", "c", "c"]
+
+
+def test_alternate_drops_warmup_and_times_every_arm_each_round():
+    calls: list[str] = []
+    arms = {name: (lambda n=name: calls.append(n)) for name in ("a", "b")}
+    times = harness.alternate(arms, rounds=3, warmup=2)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert calls.count("a") == calls.count("b") == 5
+
+
+def test_speed_ratio_is_baseline_time_over_arm_time_per_round():
+    times = {"steered": [2.0, 1.0, 4.0], "plain": [1.0, 1.0, 2.0]}
+    ratio = harness.speed_ratio(times, "steered", "plain")
+    assert (ratio.median, ratio.low, ratio.high, ratio.n) == (0.5, 0.5, 1.0, 3)
+
+
+def test_generation_overhead_runs_every_mode_and_leaves_the_model_unsteered():
+    model, tokenizer = tiny_model("llama"), ByteTokenizer()
+    vector = icv.extract(model, tokenizer, DEMOS, progress=False)
+    inputs = generation_speed.prompt_batch(tokenizer, ["the food was cold", "so slow"], torch.device("cpu"))
+    result = generation_speed.generation_overhead(
+        model, tokenizer, inputs, vector, new_tokens=2, rounds=1, warmup=0
+    )
+    assert set(result["ratios"]) == set(generation_speed.MODES)
+    assert all(r.median > 0 for r in result["ratios"].values()) and result["tokens_per_s"] > 0
+    assert not icv.is_steered(model)
+    assert "rotate@mlp" in generation_speed.table([{"model": "m", "batch": 2, "new_tokens": 2, **result}])
+
+
+def test_the_papers_extraction_baseline_computes_the_same_shifts():
+    model, tokenizer = tiny_model("llama"), ByteTokenizer()
+    paper = extraction_speed.paper_extract(model, tokenizer, DEMOS, method="mean")
+    per_layer = paper.view(model.config.num_hidden_layers + 1, -1)[1:]
+    vector = icv.extract(model, tokenizer, DEMOS, method="mean", progress=False)
+    # hidden_states' last entry is after the final norm; every other layer must agree.
+    torch.testing.assert_close(unit_rows(per_layer)[:-1], vector.directions[:-1], atol=1e-4, rtol=1e-4)
+
+
+def test_extraction_cost_compares_three_arms():
+    model, tokenizer = tiny_model("llama"), ByteTokenizer()
+    result = extraction_speed.extraction_cost(model, tokenizer, DEMOS[:2], batch_size=4, rounds=1, warmup=0)
+    assert set(result["seconds"]) == {"extract", "plain", "paper"}
+    assert result["vs_plain"].n == result["vs_paper"].n == 1
+    assert "speed-up" in extraction_speed.table({"model": "m", **result})
+
+
+def test_memory_run_keeps_the_vector_small_and_hidden_states_growing_with_tokens():
+    model, tokenizer = tiny_model("llama"), ByteTokenizer()
+    short = extraction_memory.run_once(model, tokenizer, list(DEMOS), "hidden_states")
+    longer = extraction_memory.run_once(model, tokenizer, extraction_memory.stretched(DEMOS, 2), "hidden_states")
+    vector = extraction_memory.run_once(model, tokenizer, extraction_memory.stretched(DEMOS, 2), "extract")
+    assert longer["tokens"] > short["tokens"] and longer["kept_bytes"] > short["kept_bytes"]
+    layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
+    assert vector["kept_bytes"] == (layers * hidden + layers) * 4
+    with pytest.raises(ValueError):
+        extraction_memory.run_once(model, tokenizer, list(DEMOS), "nonsense")
+
+
+def test_memory_worker_measures_in_a_fresh_process():
+    result = extraction_memory.measure_in_subprocess("tiny", [list(d) for d in DEMOS[:2]], "extract")
+    assert result["method"] == "extract" and result["texts"] == 4 and result["added_kib"] >= 0
+    assert "peak added" in extraction_memory.table([{"repeat": 1, **result}])
+
+
+def test_icv_vs_icl_counts_longer_prompts_for_icl():
+    model, tokenizer = tiny_model("llama"), ByteTokenizer()
+    result = icv_vs_icl.icv_vs_icl(
+        model, tokenizer, list(DEMOS), ["the room was dirty"], ks=(1, 2), new_tokens=2, rounds=1, warmup=0
+    )
+    tokens = result["prompt_tokens"]
+    assert tokens["icv"] < tokens["icl1"] < tokens["icl2"]
+    assert set(result["ratios"]["icl2"]) == set(icv_vs_icl.MEASURES)
+    assert not icv.is_steered(model)
+    assert "ICL, k = 2" in icv_vs_icl.table({"model": "m", **result})
+
+
+def test_load_times_converts_once_then_reads_the_cache(tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers import models as tok_models
+    from transformers import PreTrainedTokenizerFast
+
+    tiny_model("llama").save_pretrained(tmp_path)
+    backend = Tokenizer(tok_models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(tmp_path)
+    result = load_time.load_times(str(tmp_path), later=1)
+    assert len(result["later_all"]) == 1 and result["first_s"] > 0 and result["fraction"] > 0
+    assert "later / first" in load_time.table(result)
+
+
+def test_run_writes_the_document_with_its_command(tmp_path):
+    out = tmp_path / "bench.md"
+    run.main(["--quick", "--only", "extraction", "--out", str(out)])
+    text = out.read_text()
+    assert "python benchmarks/run.py --quick --only extraction" in text
+    assert "## 2. Extraction cost" in text and "## 1." not in text
