@@ -98,9 +98,18 @@ def chat_prompts(tokenizer: Any, questions: Sequence[str]) -> list[str]:
     ]
 
 
-def first_paragraph(completion: str) -> str:
-    """An answer up to its first blank line, without surrounding space (the chat recipes)."""
-    return completion.strip().split("\n\n", 1)[0].strip()
+def answer_template(tokenizer: Any, request: str = "Say something.") -> str:
+    """An extraction template that reads each demonstration as the assistant's reply in a chat.
+
+    Role-play and formatting vectors steer chat answers; read from inside an answer,
+    their shift matches what steering meets (raw sentences give a weaker, noisier one).
+    """
+    return chat_prompts(tokenizer, [request])[0].replace("{", "{{").replace("}", "}}") + "{text}"
+
+
+def one_line(completion: str) -> str:
+    """A chat answer with its line breaks and runs of spaces folded into single spaces."""
+    return " ".join(completion.split())
 
 
 def compare(

@@ -1,0 +1,40 @@
+"""Subtraction: steer away from rudeness with minus a "rude" vector (and towards it with plus)."""
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import icv  # noqa: E402
+from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts, save  # noqa: E402
+
+# Chosen by trying 0.05 / 0.08 / 0.11 of "- rude" on rude sentences: 0.05 softens them and
+# keeps their topic; 0.08 turns them into generic requests.
+STRENGTH = 0.05
+
+INPUTS = [
+    "This app is useless garbage made by morons.",
+    "Stop texting me, you annoying freak.",
+    "Your cooking tastes awful.",
+    "I asked you twice to fix the door.",
+]
+
+
+def main() -> None:
+    args = parse_args(__doc__, strength=STRENGTH, out=default_out(HERE, "not_rude"))
+    model, tokenizer = icv.load_model()
+    # demos.jsonl goes from polite to rude: this vector points towards rudeness.
+    rude = extract_and_save(model, tokenizer, load_demos(HERE), name="rude", strength=args.strength, out=None)
+    not_rude = -rude  # the arithmetic: the model's own behaviour minus rudeness
+    save(not_rude, args.out)
+    columns = compare(
+        model, tokenizer, rewrite_prompts(INPUTS),
+        {"- rude": (not_rude, args.strength), "+ rude": (rude, args.strength)},
+    )
+    print(f"saved {args.out}  ({not_rude})\n")
+    print_comparison(INPUTS, columns)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Formality: rewrite casual, informal sentences in a formal register."""
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import icv  # noqa: E402
+from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts  # noqa: E402
+
+# Chosen by sweeping 0.04-0.11 on held-out sentences: 0.05 formalises ("lol that test was
+# sooo hard" -> "The test was extremely difficult."); from 0.08 the model rambles.
+STRENGTH = 0.05
+
+INFORMAL = [
+    "lol that test was sooo hard.",
+    "gotta go, my mom is calling.",
+    "the new phone is pretty sweet.",
+    "can u pick me up at like 6?",
+]
+
+
+def main() -> None:
+    args = parse_args(__doc__, strength=STRENGTH, out=default_out(HERE, "formal"))
+    model, tokenizer = icv.load_model()
+    formal = extract_and_save(model, tokenizer, load_demos(HERE), name="formal", strength=args.strength, out=args.out)
+    print(f"saved {args.out}  ({formal})\n")
+    print_comparison(INFORMAL, compare(model, tokenizer, rewrite_prompts(INFORMAL), {"formal": (formal, args.strength)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Shakespeare: rewrite modern English sentences in early modern English (thee, thou, hath)."""
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import icv  # noqa: E402
+from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts  # noqa: E402
+
+# Chosen by sweeping 0.05-0.11 on held-out sentences: 0.05 gives "ye", "weary", "tempest"
+# while keeping the sentence; at 0.06 more "thee/hath" but meaning goes; 0.08 loops on "hath".
+STRENGTH = 0.05
+
+MODERN = [
+    "Are you coming with me tonight?",
+    "You look tired, my friend.",
+    "I have lost my way in the forest.",
+    "Tell me the truth, did you take my ring?",
+]
+
+
+def main() -> None:
+    args = parse_args(__doc__, strength=STRENGTH, out=default_out(HERE, "early_modern"))
+    model, tokenizer = icv.load_model()
+    bard = extract_and_save(model, tokenizer, load_demos(HERE), name="early_modern", strength=args.strength, out=args.out)
+    print(f"saved {args.out}  ({bard})\n")
+    print_comparison(MODERN, compare(model, tokenizer, rewrite_prompts(MODERN), {"early modern": (bard, args.strength)}))
+
+
+if __name__ == "__main__":
+    main()
