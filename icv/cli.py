@@ -384,6 +384,18 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
+def configure_eval(parser: argparse.ArgumentParser) -> None:
+    from .evaluate import add_eval_arguments
+
+    add_eval_arguments(parser)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval as evaluate_from_args
+
+    return evaluate_from_args(args)
+
+
 COMMANDS: list[Command] = [
     Command("extract", "read an in-context vector from a file of demonstrations", configure_extract, run_extract),
     Command("inspect", "show a vector's metadata and per-layer norms", configure_inspect, run_inspect),
@@ -391,6 +403,7 @@ COMMANDS: list[Command] = [
     Command("combine", "weighted sum of vectors of the same model", configure_combine, run_combine),
     Command("export", "write a vector as a llama.cpp GGUF control vector", configure_export, run_export),
     Command("import", "read a GGUF control vector into a vector file", configure_import, run_import),
+    Command("eval", "compare zero-shot, in-context learning and the ICV on test inputs", configure_eval, run_eval),
 ]
 
 

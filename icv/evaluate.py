@@ -317,16 +317,23 @@ def read_inputs(path: str | os.PathLike[str], limit: int | None = None) -> tuple
     return inputs, ([c[1].strip() for c in cells] if with_reference else None)
 
 
+def _parse_strengths(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise OptionError(f"--strengths must be comma-separated numbers, got {text!r}") from None
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Run ``icv eval`` from parsed arguments; print the table; 0 on success."""
     from .demos import read_demos
     from .models import load_model
 
+    strengths = _parse_strengths(args.strengths) if args.strengths else None
     demos = read_demos(args.demos)
     inputs, references = read_inputs(args.inputs, args.limit)
     model, tokenizer = load_model(args.model)
     vector = InContextVector.load(args.vector) if args.vector else None
-    strengths = [float(s) for s in args.strengths.split(",")] if args.strengths else None
     scorers: list[Scorer] = [RepetitionScorer(3)] + ([] if args.no_fluency else [PerplexityScorer()])
     if references is not None:
         scorers.append(BleuScorer())

@@ -359,3 +359,17 @@ def test_cli_on_the_embedded_model(real, tmp_path, capsys):
     prompt = chat_prompt(tokenizer, "Describe the hotel room.")
     plain = complete(model, tokenizer, [prompt], max_new_tokens=4)[0]
     assert code == 0 and text.startswith(f"=== unsteered ===\n{plain}\n=== steered (positive")
+
+
+def test_eval_subcommand_is_wired_and_checks_its_arguments(tmp_path, capsys):
+    from icv.cli import main
+
+    demos = tmp_path / "d.jsonl"
+    demos.write_text('{"source": "bad", "target": "good"}\n')
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("the food was bad .\n")
+    code = main(["eval", "--demos", str(demos), "--inputs", str(inputs), "--style", "positive",
+                 "--strengths", "0.05,x"])
+    assert code == 1
+    assert "--strengths must be comma-separated numbers" in capsys.readouterr().err
+    assert main(["eval", "--demos", str(demos)]) == 2  # --inputs and --style are required
