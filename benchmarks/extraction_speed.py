@@ -83,7 +83,7 @@ def extraction_cost(
         "plain": lambda: plain_forward(model, tokenizer, texts, batch_size),
         "paper": lambda: paper_extract(model, tokenizer, pairs),
     }
-    times = alternate(arms, rounds, warmup)
+    times = alternate(arms, rounds, warmup, label="extraction")
     return {
         "pairs": len(pairs),
         "batch_size": batch_size,

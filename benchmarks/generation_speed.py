@@ -89,8 +89,8 @@ def generation_overhead(
         return run
 
     arms = {"unsteered": unsteered, **{name: steered(how) for name, how in modes.items()}}
-    times = alternate(arms, rounds, warmup)
     tokens = new_tokens * inputs["input_ids"].shape[0]
+    times = alternate(arms, rounds, warmup, label=f"generation batch {inputs['input_ids'].shape[0]}")
     return {
         "ratios": {name: speed_ratio(times, name, "unsteered") for name in modes},
         "tokens_per_s": tokens / median_seconds(times, "unsteered"),

@@ -41,9 +41,12 @@ def round_orders(arms: Sequence[str], rounds: int) -> list[list[str]]:
 
 
 def alternate(
-    arms: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1
+    arms: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1, label: str | None = None
 ) -> dict[str, list[float]]:
-    """Seconds per call of each arm, ``rounds`` times each, interleaved; warm-up rounds dropped."""
+    """Seconds per call of each arm, ``rounds`` times each, interleaved; warm-up rounds dropped.
+
+    With ``label``, one progress line per round goes to stderr (long runs stay visible).
+    """
     if rounds < 1 or warmup < 0:
         raise ValueError("rounds must be >= 1 and warmup >= 0")
     times: dict[str, list[float]] = {name: [] for name in arms}
@@ -54,6 +57,9 @@ def alternate(
             elapsed = time.perf_counter() - start
             if r >= warmup:
                 times[name].append(elapsed)
+        if label:
+            kind = "warm-up" if r < warmup else "round"
+            print(f"  {label}: {kind} {r + 1}/{warmup + rounds} done", file=sys.stderr, flush=True)
     return times
 
 

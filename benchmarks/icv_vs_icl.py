@@ -83,7 +83,7 @@ def icv_vs_icl(
     prompt_tokens: dict[str, list[int]] = {}
     ratios: dict[str, dict[str, list[float]]] = {f"icl{k}": {m: [] for m in MEASURES} for k in ks}
     seconds: dict[str, dict[str, list[float]]] = {}
-    for query in queries:
+    for number, query in enumerate(queries, start=1):
         prompts = {"icv": paraphrase_prompt(query), **{f"icl{k}": icl_prompt(shots[:k], query) for k in ks}}
         arms = {}
         for name, prompt in prompts.items():
@@ -92,7 +92,7 @@ def icv_vs_icl(
             for measure in MEASURES:
                 steering = vector if name == "icv" else None
                 arms[(name, measure)] = _arm(model, inputs, measure, new_tokens, pad, steering)
-        times = alternate(arms, rounds, warmup)
+        times = alternate(arms, rounds, warmup, label=f"icl query {number}/{len(queries)}")
         for (name, measure), values in times.items():
             seconds.setdefault(name, {}).setdefault(measure, []).extend(values)
             if name != "icv":
