@@ -77,6 +77,11 @@ class Evaluation:
     content: str
     settings: dict[str, Any]
 
+    @property
+    def style_label(self) -> str:
+        """What style success counts: ``positive``, or ``not offensive`` for a lower-is-better scorer."""
+        return self.style if self.settings.get("style_higher_is_better", True) else f"not {self.style}"
+
     def result(self, method: str, strength: float | None = None) -> MethodResult:
         for r in self.results:
             if r.method == method and (strength is None or r.strength == strength):
@@ -96,7 +101,7 @@ class Evaluation:
         """The report as a markdown table (the recommended strength, if any, is marked)."""
         names = list(self.results[0].scores) if self.results else []
         extra = [n for n in names if n not in (self.style, self.content)]
-        header = ["method", "strength", f"style success ({self.style})", f"content ({self.content})", *extra,
+        header = ["method", "strength", f"style success ({self.style_label})", f"content ({self.content})", *extra,
                   "empty", "prompt tokens", "seconds"]
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         recommended = self.settings.get("recommended_strength")
@@ -131,7 +136,7 @@ class Evaluation:
                 if r.method == method:
                     axes.plot([r.content], [r.style_success], marker, color=color, markersize=9, label=label)
         axes.set_xlabel(f"content preservation ({self.content})")
-        axes.set_ylabel(f"style success ({self.style})")
+        axes.set_ylabel(f"style success ({self.style_label})")
         axes.set_ylim(-0.02, 1.02)
         axes.grid(True, alpha=0.3)
         axes.legend(loc="best", fontsize=8)
@@ -213,6 +218,7 @@ def evaluate(
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
         "decoding": "greedy",
+        "style_higher_is_better": style.higher_is_better,
         "steer_options": {k: v for k, v in steer_options.items() if isinstance(v, (str, int, float))},
     }
     runs: list[tuple[str, float | None, list[str], Completions]] = []
