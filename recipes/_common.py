@@ -146,7 +146,3 @@ def print_comparison(
                 print(f"    {'':<{width}} | {more}", file=out)
         print(file=out)
 
-
-def describe(vector: icv.InContextVector, path: Path | None, strength: float) -> str:
-    where = f" saved to {path}" if path is not None else ""
-    return f"{vector.name!r} from {vector.metadata['num_demos']} demonstrations,{where} (strength {strength:g})"

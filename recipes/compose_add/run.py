@@ -9,11 +9,14 @@ sys.path.insert(0, str(HERE.parent))
 import icv  # noqa: E402
 from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts, save  # noqa: E402
 
-# Each part keeps the strength its own recipe found (sentiment 0.07); the formal part comes
-# from this folder's casual -> formal review pairs.  Their sum is applied at STRENGTH.
+# The parts' strengths weight them in the sum (`+` keeps each part's recommended strength in
+# effect); they are also what the "positive" and "formal" columns use.  The sum's strength was
+# chosen by icv.calibrate (python recipes/calibrate.py compose_add: 6 held-in casual complaints,
+# 0.03-0.08, success = VADER positive AND formal, MiniLM similarity >= 0.55): 0.04, 67% positive
+# and formal (unsteered 17%) at similarity 0.75.
 POSITIVE_STRENGTH = 0.07
 FORMAL_STRENGTH = 0.05
-STRENGTH = 0.05
+STRENGTH = 0.04
 
 INPUTS = [
     "the pizza was cold and the guy at the counter was super rude lol.",

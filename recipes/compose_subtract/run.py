@@ -9,9 +9,10 @@ sys.path.insert(0, str(HERE.parent))
 import icv  # noqa: E402
 from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts, save  # noqa: E402
 
-# Chosen by trying 0.05 / 0.08 / 0.11 of "- rude" on rude sentences: 0.05 softens them and
-# keeps their topic; 0.08 turns them into generic requests.
-STRENGTH = 0.05
+# icv.calibrate (python recipes/calibrate.py compose_subtract: 6 held-in rude sentences, "-rude"
+# at 0.03-0.08, alt-profanity-check, MiniLM similarity >= 0.6) chose 0.03: offensive 17%
+# (unsteered 67%) at similarity 0.74; 0.05 removes all but keeps only 0.52 similarity.
+STRENGTH = 0.03
 
 INPUTS = [
     "This app is useless garbage made by morons.",

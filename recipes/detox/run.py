@@ -9,9 +9,10 @@ sys.path.insert(0, str(HERE.parent))
 import icv  # noqa: E402
 from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts  # noqa: E402
 
-# Chosen by sweeping 0.05 / 0.08 / 0.11 on held-out sentences: at 0.05 the rewrites are
-# polite and keep their topic; from 0.08 they drift into generic "please ensure..." text.
-STRENGTH = 0.05
+# icv.calibrate (python recipes/calibrate.py detox: 6 held-in rude sentences, strengths 0.03-0.08,
+# alt-profanity-check, MiniLM similarity >= 0.6) chose 0.04: offensive 17% (unsteered 67%) at
+# similarity 0.62; from 0.05 nothing is offensive but similarity falls to 0.36 (generic text).
+STRENGTH = 0.04
 
 RUDE = [
     "You are a complete idiot and your plan is stupid.",

@@ -9,9 +9,10 @@ sys.path.insert(0, str(HERE.parent))
 import icv  # noqa: E402
 from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts  # noqa: E402
 
-# Chosen by sweeping 0.04-0.11 on held-out sentences: 0.05 formalises ("lol that test was
-# sooo hard" -> "The test was extremely difficult."); from 0.08 the model rambles.
-STRENGTH = 0.05
+# icv.calibrate (python recipes/calibrate.py formality: 6 held-in informal sentences, 0.03-0.08,
+# "formal" = capitalised, no slang/contraction/exclamation, MiniLM similarity >= 0.6) chose 0.04:
+# 67% formal (unsteered 33%) at similarity 0.67; 0.05 reaches 83% but similarity 0.52.
+STRENGTH = 0.04
 
 INFORMAL = [
     "lol that test was sooo hard.",

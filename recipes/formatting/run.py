@@ -9,9 +9,12 @@ sys.path.insert(0, str(HERE.parent))
 import icv  # noqa: E402
 from _common import answer_template, chat_prompts, compare, default_out, extract_and_save, load_demos, one_line, parse_args, print_comparison  # noqa: E402
 
-# Tried upper case and bullet lists at 0.02-0.08: a bullet-list vector only lower-cased the
-# answers, the upper-case one works; 0.05 switches answers to capitals, 0.03 barely does.
-STRENGTH = 0.05
+# A bullet-list vector (18 prose -> "- item" pairs) was tried first: it only lower-cased the
+# answers, so the recipe uses upper case.  icv.calibrate (python recipes/calibrate.py formatting:
+# 6 held-in questions, 0.03-0.08, "upper case" = over 70% capital letters in the first line,
+# MiniLM similarity to the question >= 0.35) chose 0.03: 2 of 6 answers in capitals at similarity
+# 0.39; from 0.04 every answer is in capitals but off topic (similarity 0.1) and repetitive.
+STRENGTH = 0.03
 
 QUESTIONS = [
     "How do I make a cup of tea?",

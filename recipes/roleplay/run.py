@@ -9,9 +9,11 @@ sys.path.insert(0, str(HERE.parent))
 import icv  # noqa: E402
 from _common import answer_template, chat_prompts, compare, default_out, extract_and_save, load_demos, one_line, parse_args, print_comparison  # noqa: E402
 
-# Chosen by trying 0.02-0.08: 0.05 brings "Aw", "ye", "shakin' the sails" into answers that
-# still address the question; above it the answers fall apart (all tokens are steered).
-STRENGTH = 0.05
+# icv.calibrate (python recipes/calibrate.py roleplay: 6 held-in questions, 0.03-0.08, a
+# pirate-word check on the first line, MiniLM similarity to the question >= 0.35) chose 0.03.
+# The persona is weak on this 135M model: at most 1 of 6 first lines had a pirate word at any
+# strength; 0.05 shows more of the tone ("ye", "shakin' the sails") with rougher answers.
+STRENGTH = 0.03
 
 QUESTIONS = [
     "How do I make a cup of tea?",
