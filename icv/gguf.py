@@ -54,6 +54,7 @@ import torch
 from . import metadata as meta
 from .errors import OptionError, VectorExistsError, VectorFileError
 from .vector import InContextVector
+from .storage import new_file_mode
 
 ARCHITECTURE = "controlvector"
 KEY_ARCHITECTURE = "general.architecture"
@@ -173,6 +174,7 @@ def export_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

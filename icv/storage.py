@@ -107,9 +107,17 @@ def _exists(path: Path) -> bool:
         raise VectorFileError(f"cannot use the path {str(path)[:200]!r}: {error}") from None
 
 
+def new_file_mode() -> int:
+    """The permissions an ordinary new file gets (mkstemp's are owner-only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _write_temp(data: bytes, folder: Path, name: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -68,3 +68,19 @@ def test_unreadable_and_foreign_files(tmp_path):
 def test_missing_folder(vec, tmp_path):
     with pytest.raises(icv.VectorFileError, match="does not exist"):
         vec.save(tmp_path / "nope" / "v.safetensors")
+
+
+def test_saved_files_get_ordinary_permissions(vec, tmp_path):
+    import os
+    import stat
+
+    from icv.gguf import export_gguf
+
+    mask = os.umask(0o022)
+    try:
+        vec.save(tmp_path / "v.safetensors")
+        export_gguf(vec, tmp_path / "v.gguf")
+    finally:
+        os.umask(mask)
+    for name in ("v.safetensors", "v.gguf"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
