@@ -146,3 +146,35 @@ def print_comparison(
                 print(f"    {'':<{width}} | {more}", file=out)
         print(file=out)
 
+
+
+def run_one_vector_recipe(
+    recipe: str | os.PathLike[str],
+    description: str,
+    *,
+    name: str,
+    label: str,
+    strength: float,
+    inputs: Sequence[str],
+    chat: bool = False,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """The whole of a one-vector recipe: options, extract, save, print unsteered vs steered.
+
+    ``chat=False``: rewriting recipes (the paper's paraphrase prompt around each input).
+    ``chat=True``: answering recipes (each input a user question in the chat template, the
+    demonstrations read as the assistant's replies).
+    """
+    args = parse_args(description, strength=strength, out=default_out(recipe, name), argv=argv)
+    model, tokenizer = icv.load_model()
+    options = {"template": answer_template(tokenizer)} if chat else {}
+    vector = extract_and_save(
+        model, tokenizer, load_demos(recipe), name=name, strength=args.strength, out=args.out, **options
+    )
+    print(f"saved {args.out}  ({vector})\n")
+    if chat:
+        columns = compare(model, tokenizer, chat_prompts(tokenizer, inputs), {label: (vector, args.strength)},
+                          max_new_tokens=40, cut=one_line)
+    else:
+        columns = compare(model, tokenizer, rewrite_prompts(inputs), {label: (vector, args.strength)})
+    print_comparison(inputs, columns)

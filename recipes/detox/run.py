@@ -6,8 +6,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import icv  # noqa: E402
-from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts  # noqa: E402
+from _common import run_one_vector_recipe  # noqa: E402
 
 # icv.calibrate (python recipes/calibrate.py detox: 6 held-in rude sentences, strengths 0.03-0.08,
 # alt-profanity-check, MiniLM similarity >= 0.6) chose 0.04: offensive 17% (unsteered 67%) at
@@ -23,11 +22,9 @@ RUDE = [
 
 
 def main() -> None:
-    args = parse_args(__doc__, strength=STRENGTH, out=default_out(HERE, "polite"))
-    model, tokenizer = icv.load_model()
-    polite = extract_and_save(model, tokenizer, load_demos(HERE), name="polite", strength=args.strength, out=args.out)
-    print(f"saved {args.out}  ({polite})\n")
-    print_comparison(RUDE, compare(model, tokenizer, rewrite_prompts(RUDE), {"polite": (polite, args.strength)}))
+    run_one_vector_recipe(
+        HERE, __doc__, name="polite", label="polite", strength=STRENGTH, inputs=RUDE
+    )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import icv  # noqa: E402
-from _common import answer_template, chat_prompts, compare, default_out, extract_and_save, load_demos, one_line, parse_args, print_comparison  # noqa: E402
+from _common import run_one_vector_recipe  # noqa: E402
 
 # A bullet-list vector (18 prose -> "- item" pairs) was tried first: it only lower-cased the
 # answers, so the recipe uses upper case.  icv.calibrate (python recipes/calibrate.py formatting:
@@ -24,18 +23,9 @@ QUESTIONS = [
 
 
 def main() -> None:
-    args = parse_args(__doc__, strength=STRENGTH, out=default_out(HERE, "upper_case"))
-    model, tokenizer = icv.load_model()
-    upper = extract_and_save(
-        model, tokenizer, load_demos(HERE), name="upper_case", strength=args.strength, out=args.out,
-        template=answer_template(tokenizer),
+    run_one_vector_recipe(
+        HERE, __doc__, name="upper_case", label="UPPER CASE", strength=STRENGTH, inputs=QUESTIONS, chat=True
     )
-    print(f"saved {args.out}  ({upper})\n")
-    columns = compare(
-        model, tokenizer, chat_prompts(tokenizer, QUESTIONS), {"UPPER CASE": (upper, args.strength)},
-        max_new_tokens=40, cut=one_line,
-    )
-    print_comparison(QUESTIONS, columns)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import icv  # noqa: E402
-from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts  # noqa: E402
+from _common import run_one_vector_recipe  # noqa: E402
 
 # icv.calibrate (python recipes/calibrate.py shakespeare: 6 held-in sentences, 0.03-0.08, an
 # archaic-word check, MiniLM similarity >= 0.55) chose 0.05: 83% archaic (unsteered 0%) at
@@ -23,11 +22,9 @@ MODERN = [
 
 
 def main() -> None:
-    args = parse_args(__doc__, strength=STRENGTH, out=default_out(HERE, "early_modern"))
-    model, tokenizer = icv.load_model()
-    bard = extract_and_save(model, tokenizer, load_demos(HERE), name="early_modern", strength=args.strength, out=args.out)
-    print(f"saved {args.out}  ({bard})\n")
-    print_comparison(MODERN, compare(model, tokenizer, rewrite_prompts(MODERN), {"early modern": (bard, args.strength)}))
+    run_one_vector_recipe(
+        HERE, __doc__, name="early_modern", label="early modern", strength=STRENGTH, inputs=MODERN
+    )
 
 
 if __name__ == "__main__":
