@@ -8,6 +8,7 @@ import torch
 import icv
 from icv.aggregate import mean_shift, pca_shift
 from icv.extract import read_last_token_states
+from steering_reference import hook_count
 from tiny import tiny_model
 
 
@@ -122,7 +123,7 @@ def test_identical_sources_and_targets(llama, tokenizer):
 def test_bad_options(llama, tokenizer, demos, options, match):
     with pytest.raises(icv.ICVError, match=match):
         icv.extract(llama, tokenizer, demos, **options)
-    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in llama.modules()) == 0
+    assert hook_count(llama) == 0
 
 
 def test_unknown_model_type_says_how_to_override(llama, tokenizer, demos):

@@ -4,13 +4,10 @@ import pytest
 import torch
 
 import icv
+from steering_reference import hook_count as library_hooks
 from tiny import FAMILIES, HIDDEN, LAYERS, tiny_model
 
 PROMPT = torch.tensor([[1, 40, 41, 42, 43, 44, 45]])
-
-
-def library_hooks(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
