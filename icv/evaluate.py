@@ -39,6 +39,7 @@ from .scorers import (
     SentimentScorer,
     SimilarityScorer,
     BleuScorer,
+    fluency_model_for,
     score_all,
     success_rate,
 )
@@ -208,7 +209,8 @@ def evaluate(
     if not isinstance(style, Scorer):
         raise OptionError("style must be an icv.scorers.Scorer (e.g. SentimentScorer())")
     content = content if content is not None else SimilarityScorer()
-    extras = list(scorers) if scorers is not None else [RepetitionScorer(3), PerplexityScorer()]
+    extras = (list(scorers) if scorers is not None
+              else [RepetitionScorer(3), PerplexityScorer(model_name=fluency_model_for(model))])
     all_scorers = [style, content, *extras]
 
     settings: dict[str, Any] = {
@@ -340,7 +342,8 @@ def run_eval(args: argparse.Namespace) -> int:
     inputs, references = read_inputs(args.inputs, args.limit)
     model, tokenizer = load_model(args.model)
     vector = InContextVector.load(args.vector) if args.vector else None
-    scorers: list[Scorer] = [RepetitionScorer(3)] + ([] if args.no_fluency else [PerplexityScorer()])
+    fluency = [] if args.no_fluency else [PerplexityScorer(model_name=fluency_model_for(model))]
+    scorers: list[Scorer] = [RepetitionScorer(3), *fluency]
     if references is not None:
         scorers.append(BleuScorer())
     steer_options = {k: v for k, v in (("mode", args.mode), ("site", args.site)) if v}

@@ -291,13 +291,22 @@ class BleuScorer(Scorer):
 # -- fluency ----------------------------------------------------------------------------
 
 FLUENCY_MODEL = "gemma3-270m"
+# The judge when Gemma itself is steered: a model never grades its own outputs.
+FALLBACK_FLUENCY_MODEL = "smollm2"
+
+
+def fluency_model_for(steered: nn.Module) -> str:
+    """The perplexity judge for outputs of ``steered``: Gemma 3 270M, or SmolLM2 when a Gemma 3 is steered."""
+    model_type = str(getattr(getattr(steered, "config", None), "model_type", "") or "")
+    return FALLBACK_FLUENCY_MODEL if model_type.startswith("gemma3") else FLUENCY_MODEL
 
 
 class PerplexityScorer(Scorer):
     """Perplexity of each output under a language model other than the steered one.
 
     Defaults to Gemma 3 270M (``icv.load_model("gemma3-270m")``, loaded on first use
-    and cached); pass ``model``/``tokenizer`` to use another.  Empty outputs score
+    and cached); pass ``model``/``tokenizer`` or ``model_name`` to use another
+    (:func:`fluency_model_for` names one that differs from the steered model).  Empty outputs score
     ``nan``.  The summary is the geometric mean (the mean of log-perplexities), which
     a few degenerate outputs cannot dominate the way they dominate an arithmetic mean.
     """

@@ -10,6 +10,7 @@ import torch
 
 from icv.errors import OptionError, ScorerError
 from icv.scorers import (
+    fluency_model_for,
     BleuScorer,
     FunctionScorer,
     OffensiveScorer,
@@ -146,6 +147,11 @@ def test_function_scorer_and_score_all():
         score_all([length, length], ["a"])
     with pytest.raises(OptionError, match="not one string"):
         length.score("abc")
+
+
+def test_fluency_judge_is_never_the_steered_model():
+    assert fluency_model_for(tiny_model("llama")) == "gemma3-270m"
+    assert fluency_model_for(tiny_model("gemma3_text")) == "smollm2"
 
 
 @pytest.mark.real_model

@@ -21,7 +21,7 @@ import torch
 import icv
 from icv.calibrate import calibrate
 from icv.evaluate import evaluate
-from icv.scorers import PerplexityScorer, RepetitionScorer, Scorer, SimilarityScorer
+from icv.scorers import PerplexityScorer, RepetitionScorer, Scorer, SimilarityScorer, fluency_model_for
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("ICV_DATA", REPO.parent / "shared" / "data"))
@@ -44,8 +44,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="rotate", choices=("rotate", "add"))
     parser.add_argument("--site", default=None, choices=("mlp", "block", "attn"))
     parser.add_argument("--layers", default=None, help="steer only layers start:stop")
+    parser.add_argument("--positions", default=None, choices=("all", "prompt", "generated"),
+                        help="which token positions are steered (default: the vector's)")
     parser.add_argument("--strengths", default=None, help="comma-separated sweep (default: per benchmark)")
     parser.add_argument("--calib-strengths", default=None, help="comma-separated calibration sweep")
+    parser.add_argument("--min-content", type=float, default=None,
+                        help="calibration's content floor (default: per benchmark)")
     parser.add_argument("--no-calibrate", action="store_true")
     parser.add_argument("--no-fluency", action="store_true", help="skip Gemma perplexity")
     parser.add_argument("--methods", default="zero-shot,icl,icv")
@@ -96,13 +100,16 @@ def run(
     steer_options: dict[str, Any] = {}
     if args.layers:
         steer_options["layers"] = list(rows(args.layers))
-    fluency = None if args.no_fluency else PerplexityScorer()
+    if args.positions:
+        steer_options["positions"] = args.positions
+    fluency = None if args.no_fluency else PerplexityScorer(model_name=fluency_model_for(model))
     calibration_table = None
     if not args.no_calibrate:
         t0 = time.perf_counter()
         result = calibrate(
             model, tokenizer, vector, calib_inputs, style=style, fluency=fluency,
-            strengths=floats(args.calib_strengths, calib_strengths), min_content=min_content,
+            strengths=floats(args.calib_strengths, calib_strengths),
+            min_content=min_content if args.min_content is None else args.min_content,
             layer_ranges=[steer_options["layers"]] if "layers" in steer_options else None,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         )
