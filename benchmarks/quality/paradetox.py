@@ -46,6 +46,27 @@ HANDWRITTEN = [
     ("This crappy phone broke after a week.", "This phone broke after a week."),
 ]
 
+# Written for this project: comment-style rude sentences and a rewrite that changes
+# only the insulting words, so the shift is about the insults and not the content.
+MINIMAL_EDITS = [
+    ("you are an idiot if you think that will work .", "you are wrong if you think that will work ."),
+    ("only a stupid person would vote for this bill .", "only a careless person would vote for this bill ."),
+    ("these morons in congress can't even pass a budget .", "these people in congress can't even pass a budget ."),
+    ("what a load of crap , the article gets every fact wrong .", "what a poor piece , the article gets every fact wrong ."),
+    ("the mayor is a lying scumbag and everyone knows it .", "the mayor is not honest and everyone knows it ."),
+    ("shut the fuck up and read the report first .", "please stop and read the report first ."),
+    ("this team sucks , they lost every game this year .", "this team is weak , they lost every game this year ."),
+    ("he is a pathetic loser who blames everyone else .", "he is a person who blames everyone else ."),
+    ("stop posting this garbage on my page .", "stop posting this on my page ."),
+    ("that driver is a complete jackass .", "that driver is very careless ."),
+    ("you are too dumb to understand a simple chart .", "you may not understand this chart ."),
+    ("the new manager is an ignorant bastard .", "the new manager is not well informed ."),
+    ("who the hell wrote this shitty code ?", "who wrote this code ?"),
+    ("damn , the bus is late again .", "well , the bus is late again ."),
+    ("the referee is blind and stupid .", "the referee made poor calls ."),
+    ("go to hell with your fake news .", "i do not trust your news ."),
+]
+
 
 def read_paradetox(path: Path) -> list[tuple[str, str]]:
     with path.open(encoding="utf-8", newline="") as handle:
@@ -57,16 +78,19 @@ def read_paradetox(path: Path) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
-    parser.add_argument("--demos", default="handwritten", choices=("handwritten", "paradetox"))
+    parser.add_argument("--demos", default="handwritten", choices=("handwritten", "minimal", "paradetox"))
     parser.add_argument("--demo-start", type=int, default=10000, help="first data row the paradetox demos may come from")
     args = parser.parse_args(argv)
     data = read_paradetox(DATA / "paradetox" / "paradetox.tsv")
     test_rows, calib_rows = rows(args.test_rows), rows(args.calib_rows or "5000:5024")
-    k = args.k or (16 if args.demos == "handwritten" else 8)
+    k = args.k or (8 if args.demos == "paradetox" else 16)
     scorer = OffensiveScorer()
     if args.demos == "handwritten":
         demos = HANDWRITTEN[:k]
         demo_rows = "hand-written (benchmarks/quality/paradetox.py)"
+    elif args.demos == "minimal":
+        demos = MINIMAL_EDITS[:k]
+        demo_rows = "hand-written minimal edits (benchmarks/quality/paradetox.py)"
     else:
         candidates = list(range(args.demo_start, min(len(data), args.demo_start + 200)))
         toxic = scorer.score([data[i][0] for i in candidates])
