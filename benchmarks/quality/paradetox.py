@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/quality/paradetox.py                    # hand-written demos
     .venv/bin/python benchmarks/quality/paradetox.py --demos paradetox  # 8 data pairs from rows 10000+
+    .venv/bin/python benchmarks/quality/paradetox.py --demos minimal    # hand-written, only insults edited
 
 Data rows are 0-based after the header: test rows 0-199 (--test-rows), calibration
 rows 5000-5023 (--calib-rows), and, for ``--demos paradetox``, the first k pairs
