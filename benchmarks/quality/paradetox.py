@@ -68,6 +68,8 @@ MINIMAL_EDITS = [
     ("go to hell with your fake news .", "i do not trust your news ."),
 ]
 
+WRITTEN_DEMOS = {"handwritten": HANDWRITTEN, "minimal": MINIMAL_EDITS}
+
 
 def read_paradetox(path: Path) -> list[tuple[str, str]]:
     with path.open(encoding="utf-8", newline="") as handle:
@@ -79,19 +81,16 @@ def read_paradetox(path: Path) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
-    parser.add_argument("--demos", default="handwritten", choices=("handwritten", "minimal", "paradetox"))
+    parser.add_argument("--demos", default="handwritten", choices=(*WRITTEN_DEMOS, "paradetox"))
     parser.add_argument("--demo-start", type=int, default=10000, help="first data row the paradetox demos may come from")
     args = parser.parse_args(argv)
     data = read_paradetox(DATA / "paradetox" / "paradetox.tsv")
     test_rows, calib_rows = rows(args.test_rows), rows(args.calib_rows or "5000:5024")
     k = args.k or (8 if args.demos == "paradetox" else 16)
     scorer = OffensiveScorer()
-    if args.demos == "handwritten":
-        demos = HANDWRITTEN[:k]
-        demo_rows = "hand-written (benchmarks/quality/paradetox.py)"
-    elif args.demos == "minimal":
-        demos = MINIMAL_EDITS[:k]
-        demo_rows = "hand-written minimal edits (benchmarks/quality/paradetox.py)"
+    if args.demos in WRITTEN_DEMOS:
+        demos = WRITTEN_DEMOS[args.demos][:k]
+        demo_rows = f"hand-written {args.demos} (benchmarks/quality/paradetox.py)"
     else:
         candidates = list(range(args.demo_start, min(len(data), args.demo_start + 200)))
         toxic = scorer.score([data[i][0] for i in candidates])
