@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer = OffensiveScorer()
     if args.demos in WRITTEN_DEMOS:
         demos = WRITTEN_DEMOS[args.demos][:k]
-        demo_rows = f"hand-written {args.demos} (benchmarks/quality/paradetox.py)"
+        demo_rows = f"{args.demos} pairs written for this project (benchmarks/quality/paradetox.py)"
     else:
         candidates = list(range(args.demo_start, min(len(data), args.demo_start + 200)))
         toxic = scorer.score([data[i][0] for i in candidates])
