@@ -140,12 +140,7 @@ def test_one_demo_falls_back_to_the_mean_with_a_warning(model):
 def test_thousands_of_demos(model):
     demos = [(f"{s} number {i}", f"{t} number {i}") for i in range(500) for s, t in DEMOS]
     assert len(demos) == 2000
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: extra threads only fight over shared CI cores
-    try:
-        vector = icv.extract(model, ByteTokenizer(), demos, batch_size=64, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    vector = icv.extract(model, ByteTokenizer(), demos, batch_size=64, progress=False)
     assert vector.metadata["num_demos"] == 2000
     assert torch.allclose(vector.layer_norms(), torch.ones(vector.num_layers))
     assert no_hooks(model)
