@@ -59,3 +59,23 @@ class ModelLoadError(ICVError, OSError):
 
 class ScorerError(ICVError, RuntimeError):
     """An evaluation scorer cannot run (missing optional package, bad return value)."""
+
+
+class RequestError(ICVError, ValueError):
+    """A serving request is malformed or asks for something the server cannot do.
+
+    Carries what an OpenAI-compatible server answers with: an HTTP ``status``
+    (4xx), the request field at fault (``param``) and a short machine-readable
+    ``code``; :meth:`to_openai` gives the body of OpenAI's error shape.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.status = status
+
+    def to_openai(self) -> dict[str, dict[str, object]]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}

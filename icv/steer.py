@@ -327,8 +327,15 @@ def _finite(value: object, what: str) -> float:
     return number
 
 
-def _recommended(vector: InContextVector, mode: str, site: str) -> float:
+def default_strength_for(vector: InContextVector, mode: str | None = None, site: str | None = None) -> float:
+    """The strength :func:`steer` uses for ``vector`` when none is given.
+
+    The vector's recommended strength when it was recommended for this mode and site
+    (by default the vector's own), else the library's default for the mode.
+    """
     m = vector.metadata
+    mode = mode or m["injection_mode"]
+    site = site or (m["injection_site"] if mode == m["injection_mode"] else _default_site(mode))
     if m["recommended_strength"] is not None and (m["injection_mode"], m["injection_site"]) == (mode, site):
         return m["recommended_strength"]
     return meta.DEFAULT_STRENGTH[mode]
@@ -339,7 +346,7 @@ def _row_strengths(
 ) -> list[float]:
     """One strength per vector row (a single row when both are single)."""
     if strength is None:
-        return [_recommended(v, mode, site) for v in vectors]
+        return [default_strength_for(v, mode, site) for v in vectors]
     if isinstance(strength, torch.Tensor):
         strength = strength.tolist() if strength.dim() else strength.item()
     if isinstance(strength, Sequence) and not isinstance(strength, str):

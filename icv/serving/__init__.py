@@ -1,0 +1,18 @@
+"""Serving steered models: one request contract shared by every engine.
+
+A request asks for steering with one extra body field (the official ``openai``
+client sends it through ``extra_body``)::
+
+    {"steering": [{"vector": "positive", "strength": 0.06},
+                  {"vector": "formal", "strength": 0.03}],
+     "steering_positions": "generated"}
+
+:mod:`icv.serving.request` reads and checks that field; :mod:`icv.serving.library`
+holds the vectors a server has loaded and turns a request's steering into the
+one vector it means (``positive * 0.06 + formal * 0.03``, applied at strength 1).
+"""
+
+from .library import ModelShape, VectorLibrary
+from .request import SteeringSpec, SteeringTerm, parse_steering
+
+__all__ = ["ModelShape", "SteeringSpec", "SteeringTerm", "VectorLibrary", "parse_steering"]

@@ -1,0 +1,206 @@
+"""The vectors a server has loaded, and what a request's steering means with them.
+
+A server loads vector files once (icv safetensors files, or GGUF control vectors);
+each is known by its file's stem (``positive.safetensors`` -> ``positive``).
+Vectors made for another model are kept aside with the reason, so a request
+naming one is told why it cannot be served rather than that it does not exist.
+A request's steering becomes one vector, ``v1 * s1 + v2 * s2 + ...``, applied at
+strength 1, exactly what the same arithmetic does in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ICVError, ModelMismatchError, RequestError, VectorFileError
+from ..metadata import check_same_model
+from ..vector import InContextVector
+from .request import SteeringSpec, SteeringTerm
+
+VECTOR_SUFFIXES = (".safetensors", ".gguf")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What decides whether a vector fits a model (engines describe their model with it)."""
+
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    model_name: str = ""
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ModelShape:
+        """The shape of a transformers model (as :func:`icv.steer` sees it)."""
+        from ..layers import decoder_layers
+        from ..models import model_name_of
+        from ..steer import hidden_size_of
+
+        return cls(
+            model_type=str(getattr(model.config, "model_type", "")),
+            hidden_size=hidden_size_of(model),
+            num_layers=len(decoder_layers(model)),
+            model_name=model_name_of(model),
+        )
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "model_type": self.model_type,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "model_name": self.model_name,
+        }
+
+
+@dataclass(frozen=True)
+class LoadedVector:
+    name: str
+    vector: InContextVector
+    path: str
+    sha256: str  # of the file's bytes: what a cache key must change with
+
+
+def vector_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The vector files named by ``paths``: files as given, folders' vector files (not recursive)."""
+    files: list[Path] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            files.extend(sorted(p for p in entry.iterdir() if p.suffix.lower() in VECTOR_SUFFIXES and p.is_file()))
+        elif entry.is_file():
+            files.append(entry)
+        else:
+            raise VectorFileError(f"no vector file or folder at '{entry}'")
+    return files
+
+
+def read_vector_file(path: Path) -> InContextVector:
+    """An icv safetensors vector or a GGUF control vector (recognised by its first bytes)."""
+    from ..gguf import import_gguf, is_gguf_file
+
+    return import_gguf(path) if is_gguf_file(path) else InContextVector.load(path)
+
+
+class VectorLibrary:
+    """Named vectors for one model; turns a :class:`SteeringSpec` into the vector it means."""
+
+    def __init__(self, shape: ModelShape, vectors: Mapping[str, LoadedVector] | None = None,
+                 unfit: Mapping[str, str] | None = None) -> None:
+        self.shape = shape
+        self._vectors = dict(vectors or {})
+        self._unfit = dict(unfit or {})
+        self._compose = lru_cache(maxsize=256)(self._compose_uncached)
+
+    @classmethod
+    def load(cls, paths: Iterable[str | os.PathLike[str]], shape: ModelShape) -> VectorLibrary:
+        """Load every vector file under ``paths``; two files of the same stem are an error."""
+        vectors: dict[str, LoadedVector] = {}
+        unfit: dict[str, str] = {}
+        for file in vector_files(paths):
+            name = file.stem
+            if name in vectors or name in unfit:
+                raise VectorFileError(f"two vector files are named '{name}' ('{file}' and an earlier one)")
+            vector = read_vector_file(file)
+            try:
+                check_same_model(vector.metadata, shape.as_metadata(), what=f"vector '{name}' ({file})")
+            except ModelMismatchError as error:
+                unfit[name] = str(error)
+                continue
+            digest = hashlib.sha256(file.read_bytes()).hexdigest()
+            vectors[name] = LoadedVector(name, vector, str(file), digest)
+        return cls(shape, vectors, unfit)
+
+    def add(self, name: str, vector: InContextVector, path: str = "") -> None:
+        """Serve ``vector`` under ``name`` (replacing one of that name); it must fit the model."""
+        check_same_model(vector.metadata, self.shape.as_metadata(), what=f"vector '{name}'")
+        digest = hashlib.sha256(vector.directions.numpy().tobytes() + repr(sorted(vector.metadata.items())).encode()).hexdigest()
+        self._vectors[name] = LoadedVector(name, vector, path, digest)
+        self._unfit.pop(name, None)
+        self._compose.cache_clear()
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._vectors)
+
+    @property
+    def unfit(self) -> dict[str, str]:
+        """Vectors that were found but belong to another model: name -> why."""
+        return dict(self._unfit)
+
+    def get(self, name: str, *, param: str = "vector") -> LoadedVector:
+        """The loaded vector ``name``, or a :class:`RequestError` that says why there is none."""
+        if name in self._vectors:
+            return self._vectors[name]
+        if name in self._unfit:
+            raise RequestError(
+                f"vector '{name}' cannot steer this model: {self._unfit[name]}", param=param, code="vector_mismatch"
+            )
+        known = ", ".join(self.names) or "none"
+        raise RequestError(f"no vector named '{name}' is loaded (loaded: {known})", param=param,
+                           code="vector_not_found")
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every loaded vector's name, file, metadata and recommended strength (for ``GET /v1/vectors``)."""
+        return [
+            {
+                "name": loaded.name,
+                "file": loaded.path,
+                "sha256": loaded.sha256,
+                "recommended_strength": loaded.vector.recommended_strength,
+                "default_strength": default_strength(loaded.vector),
+                "metadata": loaded.vector.metadata,
+            }
+            for loaded in (self._vectors[name] for name in self.names)
+        ]
+
+    def resolve(self, spec: SteeringSpec) -> SteeringSpec:
+        """``spec`` with every vector checked and every strength made explicit."""
+        terms = []
+        for i, term in enumerate(spec.terms):
+            loaded = self.get(term.vector, param=f"steering[{i}].vector")
+            strength = default_strength(loaded.vector) if term.strength is None else term.strength
+            terms.append(SteeringTerm(term.vector, strength))
+        return SteeringSpec(tuple(terms), spec.positions)
+
+    def compose(self, spec: SteeringSpec) -> InContextVector:
+        """The one vector ``spec`` means, to be applied at strength 1: ``sum(v_i * s_i)``."""
+        return self._compose(self.resolve(spec).terms)
+
+    def _compose_uncached(self, terms: tuple[SteeringTerm, ...]) -> InContextVector:
+        total: InContextVector | None = None
+        for term in terms:
+            scaled = self._vectors[term.vector].vector * term.strength
+            try:
+                total = scaled if total is None else total + scaled
+            except ICVError as error:  # e.g. vectors of different injection modes
+                raise RequestError(f"these vectors cannot be combined: {error}", param="steering",
+                                   code="incompatible_vectors") from None
+        assert total is not None
+        return total
+
+    def fingerprint(self, spec: SteeringSpec | None) -> str:
+        """A key that changes with the steering's exact effect (files, strengths, positions).
+
+        Engines that cache computed prefixes (vLLM's prefix cache) key them by it, so a
+        prefix computed under one steering is never reused under another.
+        """
+        if spec is None:
+            return "unsteered"
+        resolved = self.resolve(spec)
+        parts = [f"{self._vectors[t.vector].sha256}*{t.strength!r}" for t in resolved.terms]
+        payload = "+".join(parts) + f"@{resolved.positions}"
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def default_strength(vector: InContextVector) -> float:
+    """The strength :func:`icv.steer` uses for ``vector`` when none is given (its own mode and site)."""
+    from ..steer import default_strength_for
+
+    return default_strength_for(vector)
