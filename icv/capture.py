@@ -80,12 +80,22 @@ class LastTokenRecorder:
 
     With ``embeddings=True`` the input of the first module (the embedding output)
     is recorded too, as row 0: the paper's PCA runs over embeddings and layers.
+    ``embedding_module``: read row 0 from this module's output instead (the reference
+    code hooks the token embedding itself; for models that add position embeddings
+    or scale after it, that differs from the first block's input).
     """
 
-    def __init__(self, modules: Sequence[nn.Module], stop_after: nn.Module | None, embeddings: bool):
+    def __init__(
+        self,
+        modules: Sequence[nn.Module],
+        stop_after: nn.Module | None,
+        embeddings: bool,
+        embedding_module: nn.Module | None = None,
+    ):
         self._modules = list(modules)
         self._stop_after = stop_after
         self._embeddings = embeddings
+        self._embedding_module = embedding_module
         self._rows: torch.Tensor | None = None
         self._states: list[torch.Tensor | None] = []
 
@@ -107,12 +117,17 @@ class LastTokenRecorder:
         hidden = args[0] if args else kwargs["hidden_states"]
         self._states[0] = self._take(hidden)
 
+    def _embedding_output_hook(self, _module: nn.Module, _args: Any, output: Any) -> None:
+        self._states[0] = self._take(output_tensor(output))
+
     @contextmanager
     def attached(self):
         handles = HookHandles()
         try:
             offset = 1 if self._embeddings else 0
-            if self._embeddings:
+            if self._embeddings and self._embedding_module is not None:
+                handles.add(self._embedding_module.register_forward_hook(self._embedding_output_hook))
+            elif self._embeddings:
                 handles.add(
                     self._modules[0].register_forward_pre_hook(self._embedding_hook, with_kwargs=True)
                 )

@@ -144,7 +144,10 @@ def configure_extract(parser: argparse.ArgumentParser) -> None:
                         help="demonstrations: JSONL ({\"source\": ..., \"target\": ...}), CSV or TSV (two columns)")
     parser.add_argument("--out", required=True, metavar="VEC", type=Path, help="the vector file to write (.safetensors)")
     parser.add_argument("--model", metavar="NAME_OR_PATH", help="model folder, hub id, .gguf file or alias (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--method", choices=("pca", "mean"), default="pca", help="aggregation over pairs (default: pca, as the paper)")
+    parser.add_argument("--method", choices=("pca", "mean"), help="aggregation over pairs (default: pca + mean)")
+    parser.add_argument("--preset", choices=("paper",),
+                        help="paper: read the demonstrations exactly as the authors' reference code "
+                             "(punctuation deleted, svd_flip sign); excludes --method")
     parser.add_argument("--layers", type=layer_list, metavar="LIST",
                         help="keep only these decoder layers (e.g. 10-20 or 0,4,-1); the others get a zero direction")
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="texts per forward pass (default: 16)")
@@ -171,6 +174,7 @@ def run_extract(args: argparse.Namespace) -> int:
         tokenizer,
         demos,
         method=args.method,
+        preset=args.preset,
         batch_size=args.batch_size,
         name=args.name or Path(args.demos).stem,
         injection_mode=args.mode,

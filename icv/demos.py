@@ -20,6 +20,15 @@ from .errors import DemoError
 
 RAW_TEMPLATE = "{text}"
 
+# The reference code (Liu et al.) deletes each of these characters wherever it occurs in a
+# demonstration text, then strips whitespace at both ends, before reading it: "didn't." is
+# read as "didnt", so the last token is a word piece, not the final ".".
+REFERENCE_SPECIAL_CHARACTERS = "~!@#$%^&*()_+`-={}[]|\\:;\"'<>,.?/"
+_DELETE_SPECIAL = str.maketrans("", "", REFERENCE_SPECIAL_CHARACTERS)
+
+# How demonstration texts are cleaned before they are read: not at all, or as the reference code does.
+TEXT_CLEANINGS = ("none", "reference")
+
 
 @dataclass(frozen=True)
 class Demo:
@@ -81,6 +90,35 @@ def check_template(template: str) -> str:
 
 def format_text(template: str, text: str) -> str:
     return template.format(text=text)
+
+
+def strip_special_characters(text: str) -> str:
+    """The reference code's cleaning: delete every character of
+    :data:`REFERENCE_SPECIAL_CHARACTERS` anywhere in ``text``, then strip surrounding whitespace.
+
+    ``"I didn't like it - at all."`` becomes ``"I didnt like it  at all"`` (the double
+    space where the hyphen was stays, as in the reference).
+    """
+    return text.translate(_DELETE_SPECIAL).strip()
+
+
+def clean_demos(demos: Sequence[Demo], cleaning: str) -> list[Demo]:
+    """``demos`` with both texts cleaned by ``cleaning`` (one of :data:`TEXT_CLEANINGS`)."""
+    if cleaning not in TEXT_CLEANINGS:
+        raise DemoError(f"unknown text cleaning '{cleaning}': choose one of {', '.join(TEXT_CLEANINGS)}")
+    if cleaning == "none":
+        return list(demos)
+    cleaned = []
+    for i, demo in enumerate(demos):
+        source, target = strip_special_characters(demo.source), strip_special_characters(demo.target)
+        for side, text, original in (("source", source, demo.source), ("target", target, demo.target)):
+            if not text:
+                raise DemoError(
+                    f"demo {i} {side} {original!r:.60} is empty once punctuation and special "
+                    "characters are deleted (the reference code's cleaning)"
+                )
+        cleaned.append(Demo(source, target))
+    return cleaned
 
 
 # -- files ---------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 For every pair the activation at the last token of the source and of the target
 is read at every layer (batched, hooks only); the shift ``target - source`` is
-aggregated over pairs (PCA as in the paper, or the mean), split back into
-layers and normalised per layer.
+aggregated over pairs (PCA + mean as in the paper, or the mean), split back into
+layers and normalised per layer.  ``preset="paper"`` reads the demonstrations
+exactly as the authors' reference code does (:mod:`icv.presets`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -16,9 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metadata as meta
+from . import presets
 from .aggregate import aggregator, unit_rows
 from .capture import LastTokenRecorder, accepts_position_ids, pad_batch, tokenize
-from .demos import RAW_TEMPLATE, as_demos, check_template, demos_sha256, format_text
+from .demos import as_demos, check_template, clean_demos, demos_sha256, format_text
 from .errors import OptionError
 from .layers import SITES, Architecture, decoder_layers, site_modules
 from .models import model_name_of
@@ -56,6 +59,9 @@ def pad_token_id(tokenizer: Any) -> int:
     return 0
 
 
+EMBEDDING_ROWS = ("block_input", "embedding_output")
+
+
 def read_last_token_states(
     model: nn.Module,
     tokenizer: Any,
@@ -66,11 +72,14 @@ def read_last_token_states(
     padding_side: str = "right",
     progress: bool | None = None,
     architecture: Architecture | None = None,
+    embedding_row: str = "block_input",
 ) -> torch.Tensor:
     """``(len(texts), slots, hidden)`` float32 last-token activations.
 
     For ``site="block"`` slot 0 is the embedding output and slot ``l + 1`` the output of
     decoder block ``l``; for the other sites slot ``l`` is that module's output in layer ``l``.
+    ``embedding_row``: slot 0 is the first block's input (``"block_input"``) or the token
+    embedding module's output (``"embedding_output"``, as the reference code reads it).
     Texts are batched longest first, so padding stays small.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -79,7 +88,12 @@ def read_last_token_states(
         raise OptionError(f"unknown site '{site}': choose one of {', '.join(SITES)}")
     modules = site_modules(model, site, architecture)
     stop_after = decoder_layers(model, architecture)[-1] if site == "block" else modules[-1]
-    recorder = LastTokenRecorder(modules, stop_after=stop_after, embeddings=site == "block")
+    if embedding_row not in EMBEDDING_ROWS:
+        raise OptionError(f"embedding_row must be one of {', '.join(EMBEDDING_ROWS)}, got {embedding_row!r}")
+    embedding_module = model.get_input_embeddings() if embedding_row == "embedding_output" else None
+    recorder = LastTokenRecorder(
+        modules, stop_after=stop_after, embeddings=site == "block", embedding_module=embedding_module
+    )
     sequences = tokenize(tokenizer, texts, max_context(model, tokenizer))
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     device = model_device(model)
@@ -105,9 +119,10 @@ def extract(
     tokenizer: Any,
     demos: Iterable[object],
     *,
-    method: str = "pca",
-    site: str = "block",
-    template: str = RAW_TEMPLATE,
+    method: str | None = None,
+    site: str | None = None,
+    template: str | None = None,
+    preset: str | None = None,
     batch_size: int = 16,
     padding_side: str = "right",
     name: str = "icv",
@@ -119,16 +134,29 @@ def extract(
 ) -> InContextVector:
     """Read the in-context vector of ``demos`` (``(source, target)`` pairs) from ``model``.
 
-    ``method``: ``"pca"`` (the paper: first principal component of the shifts, sign
-    aligned with their mean, plus the mean) or ``"mean"``.  ``site``: where the shift
-    is read (``"block"``: the residual stream, as in the paper; ``"mlp"``; ``"attn"``).
-    ``template``: how each text is presented, ``"{text}"`` (raw, the paper) by default.
+    ``method``: ``"pca"`` (default: first principal component of the shifts, sign aligned
+    with their mean, plus the mean) or ``"mean"``.  ``site``: where the shift is read
+    (``"block"``: the residual stream, default; ``"mlp"``; ``"attn"``).  ``template``: how
+    each text is presented, ``"{text}"`` (raw) by default.
+    ``preset="paper"``: everything as the authors' reference code does it (punctuation and
+    special characters deleted from the texts, the ``svd_flip`` sign rule; see
+    :mod:`icv.presets`), recorded in the vector's metadata; it fixes ``method``, ``site``
+    and ``template``.
     ``injection_mode``/``injection_site``: how :func:`icv.steer` applies the vector by
-    default (the paper: ``"rotate"`` at the ``"mlp"`` output).
+    default (``"rotate"`` at the ``"mlp"`` output, as the reference code).
+    With one demonstration PCA is undefined: the mean is used, with a warning, and
+    ``method`` is recorded as ``"mean"``.
     """
-    pairs = as_demos(demos)
-    aggregate = aggregator(method)
-    check_template(template)
+    settings = presets.resolve(preset, method=method, site=site, template=template)
+    given = as_demos(demos)
+    pairs = clean_demos(given, settings.text_cleaning)
+    method = settings.method
+    if method == "pca" and len(pairs) < 2:
+        warnings.warn("one demonstration: PCA is undefined, using the mean shift", stacklevel=3)
+        method = "mean"
+    aggregate = aggregator(method, pca_sign=settings.pca_sign)
+    template = check_template(settings.template)
+    site = settings.site
     if injection_mode not in meta.MODES:
         raise OptionError(f"unknown injection_mode '{injection_mode}': choose one of {', '.join(meta.MODES)}")
     injection_site = injection_site or ("mlp" if injection_mode == "rotate" else "block")
@@ -146,6 +174,7 @@ def extract(
         padding_side=padding_side,
         progress=progress,
         architecture=architecture,
+        embedding_row=settings.embedding_row,
     )
     sources, targets = states[: len(pairs)], states[len(pairs) :]
     shifts = (targets - sources).flatten(start_dim=1)
@@ -164,9 +193,11 @@ def extract(
         "injection_mode": injection_mode,
         "injection_site": injection_site,
         "num_demos": len(pairs),
-        "demos_sha256": demos_sha256(pairs, template),
+        "demos_sha256": demos_sha256(given, template),
         "prompt_template": template,
         "recommended_strength": recommended_strength,
+        "preset": settings.preset,
+        "text_cleaning": settings.text_cleaning,
+        "pca_sign": settings.pca_sign if method == "pca" else "",
     }
     return InContextVector(unit_rows(per_layer), metadata, scales)
-

@@ -15,7 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import FormatVersionError, ICVError, ModelMismatchError, OptionError, VectorFileError
+from .aggregate import PCA_SIGNS
+from .demos import TEXT_CLEANINGS
 from .layers import SITES
+from .presets import PRESETS
 
 FORMAT_VERSION = 1
 
@@ -43,9 +46,16 @@ SCHEMA: dict[str, tuple[type, bool]] = {
     "demos_sha256": (str, True),
     "prompt_template": (str, True),
     "recommended_strength": (float, False),
+    "preset": (str, False),
+    "text_cleaning": (str, False),
+    "pca_sign": (str, False),
 }
 
 OPTIONAL_NONE = {"recommended_strength"}
+
+# Keys added after format 1 began, with the value that describes files written before them:
+# no preset, no text cleaning, and (for PCA) the component's sign aligned with the mean.
+ADDED_DEFAULTS: dict[str, Any] = {"preset": "", "text_cleaning": "none"}
 
 
 def encode(metadata: Mapping[str, Any]) -> dict[str, str]:
@@ -87,6 +97,8 @@ def validate(
                 continue
             if required:
                 raise error(f"{source} lacks the metadata field '{key}'")
+            if key in ADDED_DEFAULTS:
+                clean[key] = ADDED_DEFAULTS[key]
             continue
         value = metadata[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -118,12 +130,24 @@ def validate(
     for key in ("injection_site", "extraction_site"):
         if clean[key] not in SITES:
             raise error(f"{source}: {key} '{clean[key]}' is not one of {', '.join(SITES)}")
+    clean.setdefault("pca_sign", "mean" if clean["method"] == "pca" else "")
+    _check_choice(clean, "text_cleaning", TEXT_CLEANINGS, source, error)
+    _check_choice(clean, "pca_sign", ("", *PCA_SIGNS), source, error)
+    _check_choice(clean, "preset", ("", *PRESETS), source, error)
     unknown = sorted(set(metadata) - set(SCHEMA) - {"format"})
     if unknown:
         warnings.warn(
             f"{source}: ignoring unknown metadata keys {', '.join(unknown)}", stacklevel=3
         )
     return clean
+
+
+def _check_choice(
+    clean: dict[str, Any], key: str, choices: tuple[str, ...], source: str, error: type[ICVError]
+) -> None:
+    if clean[key] not in choices:
+        shown = ", ".join(repr(c) for c in choices)
+        raise error(f"{source}: metadata '{key}' is {clean[key]!r:.40}, not one of {shown}")
 
 
 def _refuse_newer(version: object, source: str) -> None:

@@ -139,6 +139,23 @@ def test_extract_options(model_dir, demos_file, tmp_path, capsys):
     assert bool((vector.layer_norms()[1:] > 0.99).all())
 
 
+def test_extract_preset_paper(model_dir, tmp_path, capsys, loaded):
+    demos = tmp_path / "punctuated.jsonl"
+    pairs = [("I didn't like it - at all.", "I liked it, a lot!"), ("Don't go; it's bad.", "Do go: it's good."),
+             ("What a waste?!", "What a treat.")]
+    demos.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in pairs))
+    out = tmp_path / "paper.safetensors"
+    code, _, _ = run(capsys, "extract", "--demos", demos, "--out", out, "--model", model_dir, "--preset", "paper", "--quiet")
+    assert code == 0
+    vector = icv.InContextVector.load(out)
+    assert (vector.metadata["preset"], vector.metadata["text_cleaning"]) == ("paper", "reference")
+    model, tokenizer = loaded
+    assert torch.allclose(vector.directions, icv.extract(model, tokenizer, pairs, preset="paper").directions, atol=1e-5)
+    code, _, err = run(capsys, "extract", "--demos", demos, "--out", tmp_path / "x.safetensors", "--model", model_dir,
+                       "--preset", "paper", "--method", "mean")
+    assert code == 1 and "preset='paper'" in err
+
+
 def test_extract_refuses_to_overwrite_without_force(vec, model_dir, demos_file, capsys):
     before = vec.read_bytes()
     code, _, err = run(capsys, "extract", "--demos", demos_file, "--out", vec, "--model", model_dir)

@@ -39,6 +39,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-rows", default=None, help="held-in rows for calibration, start:stop")
     parser.add_argument("--k", type=int, default=None, help="number of demonstrations")
     parser.add_argument("--method", default="pca", choices=("pca", "mean"))
+    parser.add_argument("--preset", default=None, choices=("paper",),
+                        help="extract with icv.extract(preset=...) (fixes --method and --template)")
     parser.add_argument("--template", default="raw", choices=("raw", "chat"),
                         help="how demo texts are presented at extraction")
     parser.add_argument("--mode", default="rotate", choices=("rotate", "add"))
@@ -95,8 +97,9 @@ def run(
     model, tokenizer = icv.load_model(args.model)
     template = chat_template(tokenizer) if args.template == "chat" else "{text}"
     site = args.site or ("mlp" if args.mode == "rotate" else "block")
-    vector = icv.extract(model, tokenizer, demos, method=args.method, template=template,
-                         injection_mode=args.mode, injection_site=site, name=name, progress=False)
+    reading = {"preset": args.preset} if args.preset else {"method": args.method, "template": template}
+    vector = icv.extract(model, tokenizer, demos, **reading, injection_mode=args.mode, injection_site=site,
+                         name=name, progress=False)
     steer_options: dict[str, Any] = {}
     if args.layers:
         steer_options["layers"] = list(rows(args.layers))
@@ -131,7 +134,8 @@ def run(
     )
     evaluation.settings.update(info)
     evaluation.settings["demos"] = [list(d) for d in demos]
-    evaluation.settings["extraction"] = {"method": args.method, "template": args.template,
+    evaluation.settings["extraction"] = {"preset": args.preset, "method": vector.metadata["method"],
+                                         "template": args.template,
                                          "mode": args.mode, "site": site, "layers": args.layers}
     evaluation.settings["total_seconds"] = round(time.perf_counter() - started, 1)
     paths = evaluation.save(out, stem=stem, title=f"{name}: {evaluation.settings['model']}")
