@@ -18,8 +18,10 @@ from .errors import (
     ICVError,
     ModelLoadError,
     ModelMismatchError,
+    ModelNameWarning,
     OptionError,
     ScorerError,
+    StackedSteeringWarning,
     SteeringError,
     UnknownOptionError,
     VectorExistsError,
@@ -28,7 +30,7 @@ from .errors import (
 from .extract import extract
 from .layers import Architecture, register_architecture
 from .models import load_model
-from .steer import Steering, is_steered, steer, unsteer
+from .steer import Steering, is_steered, steer, steer_averaged, unsteer
 from .vector import InContextVector
 
 __all__ = [
@@ -41,7 +43,9 @@ __all__ = [
     "InContextVector",
     "ModelLoadError",
     "ModelMismatchError",
+    "ModelNameWarning",
     "OptionError",
+    "StackedSteeringWarning",
     "Steering",
     "ScorerError",
     "SteeringError",
@@ -57,5 +61,6 @@ __all__ = [
     "read_demos",
     "register_architecture",
     "steer",
+    "steer_averaged",
     "unsteer",
 ]

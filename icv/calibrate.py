@@ -17,7 +17,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-import torch
 from torch import nn
 
 from .errors import OptionError
@@ -174,7 +173,7 @@ def calibrate(
     points: list[SweepPoint] = []
     baseline: SweepPoint | None = None
     for layers in layer_sets:
-        masked = _keep_layers(vector, layers, num_layers)
+        masked = _keep_layers(vector, layers)
         values = candidates if baseline is not None else [0.0, *candidates]
         measured = measure(masked, values, layers)
         if baseline is None:
@@ -214,7 +213,7 @@ def calibrate(
         style=style.name,
         content=content.name,
     )
-    result = _keep_layers(vector, chosen.layers, num_layers).with_metadata(
+    result = _keep_layers(vector, chosen.layers).with_metadata(
         recommended_strength=chosen.strength,
         injection_mode=mode,
         injection_site=site,
@@ -251,10 +250,6 @@ def _layer_list(layers: Iterable[int], num_layers: int) -> list[int]:
     return [i for i in range(num_layers) if float(weights[i]) != 0.0]
 
 
-def _keep_layers(vector: InContextVector, layers: list[int] | None, num_layers: int) -> InContextVector:
-    """``vector`` with the rows outside ``layers`` zeroed (a zero row steers nothing)."""
-    if layers is None:
-        return vector
-    mask = torch.zeros(num_layers)
-    mask[layers] = 1.0
-    return InContextVector(vector.directions * mask[:, None], vector.metadata, vector.layer_scales)
+def _keep_layers(vector: InContextVector, layers: list[int] | None) -> InContextVector:
+    """``vector`` with the rows outside ``layers`` zeroed (a zero row steers nothing), the layers recorded."""
+    return vector if layers is None else vector.only_layers(layers)

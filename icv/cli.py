@@ -160,11 +160,8 @@ def configure_extract(parser: argparse.ArgumentParser) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    import torch
-
     from .demos import read_demos
     from .extract import extract
-    from .steer import layer_weights
 
     _check_new_file(args.out, args.force)
     demos = read_demos(args.demos)
@@ -182,8 +179,7 @@ def run_extract(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     if args.layers is not None:
-        keep = layer_weights(args.layers, vector.num_layers) != 0
-        vector = InContextVector(vector.directions * keep[:, None].to(torch.float32), vector.metadata, vector.layer_scales)
+        vector = vector.only_layers(args.layers)
     vector.save(args.out, overwrite=args.force)
     _say(f"wrote {args.out}: {vector!r}", sys.stdout)
     return 0

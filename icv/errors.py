@@ -79,3 +79,14 @@ class RequestError(ICVError, ValueError):
     def to_openai(self) -> dict[str, dict[str, object]]:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+# -- warnings: a user can filter them by class ----------------------------------------
+
+
+class ModelNameWarning(UserWarning):
+    """A vector is used with a model of another name but the same type, width and depth."""
+
+
+class StackedSteeringWarning(UserWarning):
+    """A steering handle (not a ``with`` block) runs on a model that other steerings already steer."""

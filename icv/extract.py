@@ -200,4 +200,4 @@ def extract(
         "text_cleaning": settings.text_cleaning,
         "pca_sign": settings.pca_sign if method == "pca" else "",
     }
-    return InContextVector(unit_rows(per_layer), metadata, scales)
+    return InContextVector(unit_rows(per_layer), metadata, scales, shifts=per_layer)

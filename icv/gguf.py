@@ -32,7 +32,8 @@ Mapping to this library's vectors (``mode="add"``, ``site="block"``; see :mod:`i
   ``S`` on top of the folded strength, and ``--control-vector-layer-range A B`` selects
   blocks like ``layers=range(A, B + 1)``.
 * Import gives the vector llama.cpp would apply: ``directions[N] = direction.N``
-  (row 0 zero), ``layer_scales = 1``, ``recommended_strength = 1.0``,
+  (rows the file leaves out are zero, and ``layers`` lists the blocks it covers),
+  ``shifts = directions``, ``layer_scales = 1``, ``recommended_strength = 1.0``,
   ``injection_mode="add"``, ``injection_site="block"``, ``model_type`` from the hint,
   ``model_name=""`` (unknown), ``method="gguf"``.  So ``icv.steer(model, imported)``
   reproduces ``--control-vector FILE``, and ``strength=S`` reproduces
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from . import metadata as meta
 from .errors import OptionError, VectorExistsError, VectorFileError
@@ -297,18 +299,25 @@ def import_gguf(
     num_layers: int | None = None,
     model_type: str | None = None,
     name: str | None = None,
+    model: nn.Module | None = None,
 ) -> InContextVector:
     """Read a GGUF control vector (llama.cpp's cvector-generator, repeng, EasySteer, :func:`export_gguf`).
 
-    The result steers like llama.cpp applies the file (see the module docstring).
-    ``num_layers``: the model's decoder block count; by default one more than the
-    highest ``direction.N``, which is right for every full vector (they cover blocks
-    ``1 .. n_layer - 1``) but not for one that leaves out the last blocks.
+    The result steers like llama.cpp applies the file (see the module docstring) and
+    records the blocks the file covers (``vector.layers``): :func:`icv.steer` hooks only those.
+    ``num_layers`` (or ``model``, whose decoder layers are counted): the model's depth; the
+    vector is padded to it with zero rows.  Without either, the depth is one more than the
+    highest ``direction.N``; a file that leaves out the last blocks then gives a shorter
+    vector, which :func:`icv.steer` pads to the model it steers.
     ``model_type``: overrides ``controlvector.model_hint`` (which writers spell their
     own way, e.g. llama.cpp's ``gemma3`` for transformers' ``gemma3_text``).
     """
     file = Path(path)
     source = str(file)
+    if model is not None and num_layers is None:
+        from .layers import decoder_layers
+
+        num_layers = len(decoder_layers(model))
     reader = _open_reader(file)
     architecture = _field_value(reader, KEY_ARCHITECTURE)
     if architecture is None:
@@ -352,8 +361,27 @@ def import_gguf(
         "demos_sha256": "",
         "prompt_template": "",
         "recommended_strength": 1.0,
+        "layers": sorted({d.block for d in directions}),
     }
-    return InContextVector(rows, metadata, torch.ones(num_layers))
+    # What llama.cpp adds is the shift itself: both additive scales give the same push.
+    return InContextVector(rows, metadata, torch.ones(num_layers), shifts=rows)
+
+
+def pad_layers(vector: InContextVector, num_layers: int) -> InContextVector:
+    """An imported control vector padded with zero rows to a model of ``num_layers`` layers.
+
+    Only for vectors whose depth was guessed on import (``method="gguf"``, with the
+    covered layers recorded); any other vector's layer count is its model's.
+    """
+    m = vector.metadata
+    if m["method"] != "gguf" or m["layers"] is None or num_layers < vector.num_layers:
+        raise OptionError(f"vector '{vector.name}' cannot be padded to {num_layers} layers")
+    extra = num_layers - vector.num_layers
+    rows = torch.cat([vector.directions, torch.zeros(extra, vector.hidden_size)])
+    shifts = None if vector.shifts is None else torch.cat([vector.shifts, torch.zeros(extra, vector.hidden_size)])
+    scales = torch.cat([vector.layer_scales, torch.ones(extra)])
+    kept = {k: v for k, v in m.items() if k not in ("hidden_size", "num_layers")}
+    return InContextVector(rows, kept, scales, shifts)
 
 
 def is_gguf_file(path: str | os.PathLike[str]) -> bool:

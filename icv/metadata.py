@@ -14,13 +14,21 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import FormatVersionError, ICVError, ModelMismatchError, OptionError, VectorFileError
+from .errors import (
+    FormatVersionError,
+    ICVError,
+    ModelMismatchError,
+    ModelNameWarning,
+    OptionError,
+    VectorFileError,
+)
 from .aggregate import PCA_SIGNS
 from .demos import TEXT_CLEANINGS
 from .layers import SITES
 from .presets import PRESETS
 
-FORMAT_VERSION = 1
+# 1: directions and layer scales.  2: also the shifts at their own size (optional tensors).
+FORMAT_VERSION = 2
 
 MODES = ("rotate", "add")
 
@@ -49,9 +57,11 @@ SCHEMA: dict[str, tuple[type, bool]] = {
     "preset": (str, False),
     "text_cleaning": (str, False),
     "pca_sign": (str, False),
+    "layers": (list, False),
 }
 
-OPTIONAL_NONE = {"recommended_strength"}
+# None: no recommended strength; all layers.
+OPTIONAL_NONE = {"recommended_strength", "layers"}
 
 # Keys added after format 1 began, with the value that describes files written before them:
 # no preset, no text cleaning, and (for PCA) the component's sign aligned with the mean.
@@ -131,7 +141,10 @@ def validate(
         if clean[key] not in SITES:
             raise error(f"{source}: {key} '{clean[key]}' is not one of {', '.join(SITES)}")
     clean.setdefault("pca_sign", "mean" if clean["method"] == "pca" else "")
-    _check_choice(clean, "text_cleaning", TEXT_CLEANINGS, source, error)
+    if clean["layers"] is not None:
+        clean["layers"] = _layer_list(clean["layers"], clean["num_layers"], source, error)
+    # "mixed": a combination of vectors read with different cleanings.
+    _check_choice(clean, "text_cleaning", (*TEXT_CLEANINGS, "mixed"), source, error)
     _check_choice(clean, "pca_sign", ("", *PCA_SIGNS), source, error)
     _check_choice(clean, "preset", ("", *PRESETS), source, error)
     unknown = sorted(set(metadata) - set(SCHEMA) - {"format"})
@@ -140,6 +153,18 @@ def validate(
             f"{source}: ignoring unknown metadata keys {', '.join(unknown)}", stacklevel=3
         )
     return clean
+
+
+def _layer_list(layers: list[Any], num_layers: int, source: str, error: type[ICVError]) -> list[int]:
+    """The layers a vector covers: distinct indices in ``0 .. num_layers - 1``, ascending."""
+    if not layers or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_layers for i in layers):
+        raise error(
+            f"{source}: metadata 'layers' must list layer indices in 0 .. {num_layers - 1}, "
+            f"got {str(layers)[:60]}"
+        )
+    if sorted(set(layers)) != layers:
+        raise error(f"{source}: metadata 'layers' must be distinct and ascending, got {str(layers)[:60]}")
+    return layers
 
 
 def _check_choice(
@@ -175,7 +200,7 @@ def decode(header: Mapping[str, str], *, source: str) -> dict[str, Any]:
 
 
 def identity(metadata: Mapping[str, Any]) -> tuple[str, str, int, int]:
-    """What makes two vectors belong to the same model."""
+    """What describes the model a vector belongs to."""
     return (
         metadata["model_type"],
         metadata["model_name"],
@@ -191,13 +216,28 @@ def _same_name(a: str, b: str) -> bool:
     return a.rstrip("/").rsplit("/", 1)[-1].lower() == b.rstrip("/").rsplit("/", 1)[-1].lower()
 
 
-def check_same_model(a: Mapping[str, Any], b: Mapping[str, Any], *, what: str) -> None:
-    """Raise :class:`ModelMismatchError` unless ``a`` and ``b`` describe the same model."""
+def check_same_model(
+    a: Mapping[str, Any], b: Mapping[str, Any], *, what: str, strict: bool = False
+) -> None:
+    """Raise :class:`ModelMismatchError` unless ``a`` and ``b`` fit the same model.
+
+    What makes a vector fit is the model type, hidden size and layer count.  A different
+    model name (a local copy, a fine-tune, a converted folder) is a :class:`ModelNameWarning`,
+    or an error with ``strict=True``.
+    """
     problems = []
     for key in ("hidden_size", "num_layers", "model_type"):
         if a[key] != b[key] and (key != "model_type" or (a[key] and b[key])):
             problems.append(f"{key} {a[key]!r} vs {b[key]!r}")
-    if not _same_name(a["model_name"], b["model_name"]):
-        problems.append(f"model_name {a['model_name']!r} vs {b['model_name']!r}")
+    names_differ = not _same_name(a["model_name"], b["model_name"])
+    if names_differ and strict:
+        problems.append(f"model_name {a['model_name']!r} vs {b['model_name']!r} (strict)")
     if problems:
         raise ModelMismatchError(f"{what}: different models ({'; '.join(problems)})")
+    if names_differ:
+        warnings.warn(
+            f"{what}: model names differ ({a['model_name']!r} vs {b['model_name']!r}); the type, "
+            "hidden size and layer count match, so it is used (strict=True refuses it)",
+            ModelNameWarning,
+            stacklevel=3,
+        )

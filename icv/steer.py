@@ -5,12 +5,16 @@ activation ``x`` (at one position):
 
 * ``mode="rotate"`` (the paper): ``x' = normalize(x/|x| + boost * delta) * |x|`` with
   ``boost = 1 + max(0, cos(x, -delta))``, a norm-preserving turn towards ``delta``.
-  For one freshly extracted vector (``|v_l| = 1``) this is exactly the reference code.
+  For one freshly extracted vector (``|v_l| = 1``) this is exactly the reference code's
+  injection.
 * ``mode="add"`` (llama.cpp, repeng): ``x' = x + strength * weight_l * scale_l * v_l``,
-  where ``scale_l`` is the activation's typical size recorded at extraction.
+  where ``scale_l`` is the activation's typical size recorded at extraction
+  (``scale="activation"``), or ``x' = x + strength * weight_l * shift_l`` with the shift
+  at its own size (``scale="shift"``: CAA / steering-vectors).
 
 Both are linear in ``strength * v``, which is what makes vector arithmetic mean
-what it says.  Hooks cast the vector to each activation's device and dtype once
+what it says.  :func:`steer_averaged` applies several vectors the reference code's
+way instead (each with its own boost, the pushes averaged).  Hooks cast the vector to each activation's device and dtype once
 (cached), so half precision and models spread over devices work.
 """
 
@@ -19,15 +23,18 @@ from __future__ import annotations
 import math
 import numbers
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from . import metadata as meta
-from .errors import OptionError, SteeringError
+from .errors import OptionError, StackedSteeringWarning, SteeringError
+from .gguf import pad_layers
 from .hooks import HookHandles, output_tensor
 from .layers import SITES, Architecture, decoder_layers, site_modules
 from .models import model_name_of
@@ -63,6 +70,7 @@ class Steering:
         positions: str,
         architecture: Architecture | None,
         description: str,
+        average: bool = False,
     ) -> None:
         self.model = model
         self.mode = mode
@@ -71,18 +79,29 @@ class Steering:
         self.description = description
         self._handles = HookHandles()
         self._thread = threading.get_ident()
+        self._entered = False
+        self._stack_check: RemovableHandle | None = None
         modules = site_modules(model, site, architecture)
         tracker = PositionTracker(positions) if positions != "all" else None
-        _claim(model, self)
+        already = _claim(model, self)
         try:
+            if already:
+                self._stack_check = model.register_forward_pre_hook(self._warn_if_stacked_handle)
+                self._handles.add(self._stack_check)
             if tracker is not None:
                 self._handles.add(
                     model.register_forward_pre_hook(tracker.observe, with_kwargs=True)
                 )
-            if deltas.shape[0] > 1:
-                check = RowGroupCheck(deltas.shape[0])
-                self._handles.add(model.register_forward_pre_hook(check.observe, with_kwargs=True))
-            make = _rotation_hook if mode == "rotate" else _addition_hook
+            if average:
+                # Several vectors on every row, the reference code's way (see steer_averaged).
+                make = _averaged_rotation_hook if mode == "rotate" else _addition_hook
+                # rotate: (1, layers, K, hidden), so each layer's hook gets its K pushes as one row.
+                deltas = deltas.transpose(0, 1).unsqueeze(0) if mode == "rotate" else deltas.mean(0, keepdim=True)
+            else:
+                make = _rotation_hook if mode == "rotate" else _addition_hook
+                if deltas.shape[0] > 1:
+                    check = RowGroupCheck(deltas.shape[0])
+                    self._handles.add(model.register_forward_pre_hook(check.observe, with_kwargs=True))
             for layer, module in enumerate(modules):
                 if float(layer_weights[layer]) == 0.0:
                     continue
@@ -90,6 +109,29 @@ class Steering:
         except BaseException:
             self.remove()
             raise
+
+    def _warn_if_stacked_handle(self, _module: nn.Module, _args: Any) -> None:
+        """At the first forward pass: a bare handle stacked on live steerings is usually a forgotten one.
+
+        Decided here, not at construction, because only by now has a ``with`` block
+        entered its steering (stacking ``with`` blocks is deliberate, and silent).
+        """
+        if self._stack_check is not None:
+            self._stack_check.remove()  # once is enough
+        if self._entered:
+            return
+        with _registry_lock:
+            others = [s for s in _active.get(self.model, ()) if s is not self]
+        if others:
+            warnings.warn(
+                f"this model is steered {len(others) + 1} times at once: {self!r} was made as a "
+                f"handle while {', '.join(map(repr, others))} "
+                f"{'was' if len(others) == 1 else 'were'} live, and their pushes add up; remove "
+                "the handles you no longer need (handle.remove(), or icv.unsteer(model) for all), "
+                "or use `with icv.steer(...)` blocks",
+                StackedSteeringWarning,
+                stacklevel=2,
+            )
 
     @property
     def active(self) -> bool:
@@ -101,6 +143,7 @@ class Steering:
         _release(self.model, self)
 
     def __enter__(self) -> Steering:
+        self._entered = True
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -111,7 +154,8 @@ class Steering:
         return f"<Steering {self.description} mode={self.mode} site={self.site} ({state})>"
 
 
-def _claim(model: nn.Module, steering: Steering) -> None:
+def _claim(model: nn.Module, steering: Steering) -> bool:
+    """Register ``steering`` on ``model``; whether others were already live there."""
     with _registry_lock:
         live = _active.setdefault(model, [])
         others = {s._thread for s in live} - {steering._thread}
@@ -121,7 +165,9 @@ def _claim(model: nn.Module, steering: Steering) -> None:
                 "model, so concurrent steering would mix vectors: steer from one thread, or "
                 "give each thread its own model copy"
             )
+        already = bool(live)
         live.append(steering)
+        return already
 
 
 def _release(model: nn.Module, steering: Steering) -> None:
@@ -209,6 +255,33 @@ def _rotation_hook(delta: torch.Tensor, tracker: PositionTracker | None) -> Hook
     return hook
 
 
+def _prepare_averaged(deltas: torch.Tensor) -> tuple:
+    """(deltas / K, the K unit "away" directions as columns) for K vectors (zero rows stay zero)."""
+    wide = deltas.float()
+    norm = wide.norm(dim=-1, keepdim=True)
+    away = torch.where(norm > 0, -wide / norm.clamp_min(_EPS), torch.zeros_like(wide)).to(deltas.dtype)
+    return deltas / deltas.shape[0], away.transpose(0, 1).contiguous()
+
+
+def _averaged_rotation_hook(deltas: torch.Tensor, tracker: PositionTracker | None) -> Hook:
+    """Several vectors at once, as the reference code applies them: each push ``boost_k * d_k``
+    with its own boost, the pushes averaged, then one norm-preserving turn."""
+    variants = _Variants(deltas, _prepare_averaged)  # deltas: (1, K, hidden)
+
+    def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+        x = output if type(output) is torch.Tensor else output_tensor(output)
+        d, away = variants.get(x)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        coef = torch.matmul(x, away).clamp_min_(0.0).add_(norm)  # (..., K): boost_k * |x|
+        if tracker is not None:
+            coef.mul_(tracker.mask_for(x))
+        y = x + torch.matmul(coef, d)
+        y.mul_(norm.div_(torch.linalg.vector_norm(y, dim=-1, keepdim=True)).nan_to_num_(0.0, 0.0, 0.0))
+        return y if type(output) is torch.Tensor else _replace(output, y)
+
+    return hook
+
+
 def _addition_hook(delta: torch.Tensor, tracker: PositionTracker | None) -> Hook:
     variants = _Variants(delta, lambda d: (d,))
 
@@ -228,6 +301,13 @@ def _replace(output: Any, hidden: torch.Tensor) -> Any:
 # -- building a steering ----------------------------------------------------------------
 
 
+# How the additive mode sizes a layer's push: strength times the activation's typical
+# norm ("activation", default) or times the shift's own size ("shift": CAA / steering-vectors).
+SCALES = ("activation", "shift")
+# scale="shift" with no strength given: one whole shift, CAA's multiplier 1.
+SHIFT_STRENGTH = 1.0
+
+
 @checked_options
 def steer(
     model: nn.Module,
@@ -238,6 +318,8 @@ def steer(
     site: str | None = None,
     layers: Iterable[int] | Mapping[int, float] | torch.Tensor | None = None,
     positions: str = "all",
+    scale: str = "activation",
+    strict: bool = False,
     architecture: Architecture | None = None,
 ) -> Steering:
     """Steer ``model`` with ``vector`` until the returned handle is removed.
@@ -248,29 +330,29 @@ def steer(
     * ``strength``: a number, or one number per batch row; ``None`` uses the vector's
       recommended strength, else the library default for the mode.
     * ``vector``: one vector, or one per batch row (compare vectors in one batch).
-    * ``mode``/``site``: ``"rotate"`` at ``"mlp"`` (the paper, default) or ``"add"`` at
-      ``"block"`` (llama.cpp / repeng); any mode works at ``"block"``, ``"mlp"``, ``"attn"``.
+    * ``mode``/``site``: ``"rotate"`` at ``"mlp"`` (the reference code, default) or ``"add"``
+      at ``"block"`` (llama.cpp / repeng); any mode works at ``"block"``, ``"mlp"``, ``"attn"``.
       Defaults come from the vector's metadata.
     * ``layers``: which decoder layers to steer (indices, negative allowed), or a per-layer
-      strength profile ``{layer: weight}``; ``None`` steers all of them.
+      strength profile ``{layer: weight}``; ``None`` steers the layers the vector covers
+      (all, unless it was made for some, e.g. a partial GGUF control vector).
     * ``positions``: ``"all"`` (the paper), ``"prompt"`` or ``"generated"`` tokens only.
+    * ``scale`` (``mode="add"`` only): ``"activation"`` adds ``strength * layer_scales[l] * v_l``
+      (strength as a fraction of the activation's size); ``"shift"`` adds ``strength * shifts[l]``,
+      the shift at its own size: with a ``method="mean"`` vector at ``site="block"`` that is
+      CAA / steering-vectors with multiplier ``strength`` (default 1).
+    * ``strict``: refuse a vector made on a model of another name (by default a warning;
+      type, hidden size and layer count must match either way).
+
+    Several vectors on the same rows: ``steer(model, a + b)`` (their sum, one push), or
+    :func:`steer_averaged` (each pushed with its own boost, averaged: the reference code).
     """
     vectors = _as_vectors(vector)
-    first = vectors[0].metadata
-    mode = mode or first["injection_mode"]
-    if mode not in meta.MODES:
-        raise OptionError(f"unknown mode '{mode}': choose one of {', '.join(meta.MODES)}")
-    site = site or (first["injection_site"] if mode == first["injection_mode"] else _default_site(mode))
-    if site not in SITES:
-        raise OptionError(f"unknown site '{site}': choose one of {', '.join(SITES)}")
-    if positions not in POSITIONS:
-        raise OptionError(f"unknown positions '{positions}': choose one of {', '.join(POSITIONS)}")
-    num_layers = len(decoder_layers(model, architecture))
-    for v in vectors:
-        check_vector_fits(model, v, num_layers)
-    strengths = _row_strengths(strength, vectors, mode, site)
-    weights = layer_weights(layers, num_layers)
-    deltas = _deltas(vectors, strengths, weights, mode)
+    mode, site, vectors = _settings(model, vectors, mode, site, positions, scale, strict, architecture)
+    num_layers = vectors[0].num_layers
+    strengths = _row_strengths(strength, vectors, mode, site, scale)
+    weights = layer_weights(_covered_layers(vectors) if layers is None else layers, num_layers)
+    deltas = _deltas(vectors, strengths, weights, mode, scale)
     description = vectors[0].name if len(vectors) == 1 else f"{len(vectors)} vectors"
     return Steering(
         model,
@@ -284,6 +366,120 @@ def steer(
     )
 
 
+@checked_options
+def steer_averaged(
+    model: nn.Module,
+    vectors: Sequence[InContextVector],
+    strength: float | Sequence[float] | None = None,
+    *,
+    mode: str | None = None,
+    site: str | None = None,
+    layers: Iterable[int] | Mapping[int, float] | torch.Tensor | None = None,
+    positions: str = "all",
+    scale: str = "activation",
+    strict: bool = False,
+    architecture: Architecture | None = None,
+) -> Steering:
+    """Steer every row with several vectors the reference code's way: pushes averaged.
+
+    In the rotation each vector ``k`` pushes ``strength_k * boost_k * v_k`` with its own
+    ``boost_k = 1 + max(0, cos(x, -v_k))``; the pushes are averaged and one norm-preserving
+    turn applies them (the authors' code with several in-context vectors).  Averaging
+    dilutes each vector (two vectors each act at about half strength);
+    ``steer(model, a + b, s)``, the linear default, applies the sum's one push.  In the
+    additive mode the pushes are averaged too: ``steer(model, (a * s_a + b * s_b) / 2, 1)``.
+
+    ``strength``: one number for all vectors, one per vector, or ``None`` (each vector's
+    default).  The other options are those of :func:`steer`.
+    """
+    if isinstance(vectors, InContextVector) or not isinstance(vectors, Sequence) or not vectors:
+        raise OptionError("steer_averaged needs a non-empty list of icv.InContextVector")
+    parts = _as_vectors(list(vectors))
+    mode, site, parts = _settings(model, parts, mode, site, positions, scale, strict, architecture)
+    num_layers = parts[0].num_layers
+    what = "vectors: give one, or one per vector"
+    strengths = _row_strengths(strength, parts, mode, site, scale, what=what)
+    if len(strengths) != len(parts):
+        raise OptionError(f"{len(strengths)} strengths for {len(parts)} {what}")
+    weights = layer_weights(_covered_layers(parts) if layers is None else layers, num_layers)
+    deltas = _deltas(parts, strengths, weights, mode, scale)
+    names = " | ".join(v.name for v in parts)
+    return Steering(
+        model,
+        deltas,
+        weights,
+        mode=mode,
+        site=site,
+        positions=positions,
+        architecture=architecture,
+        description=f"'{names}' averaged, strength={_describe(strengths)}",
+        average=True,
+    )
+
+
+def _settings(
+    model: nn.Module,
+    vectors: list[InContextVector],
+    mode: str | None,
+    site: str | None,
+    positions: str,
+    scale: str,
+    strict: bool,
+    architecture: Architecture | None,
+) -> tuple[str, str, list[InContextVector]]:
+    """Checked (mode, site, vectors) for steering ``model`` with ``vectors``.
+
+    Imported control vectors shorter than the model (their files left out the last
+    blocks) come back padded to its depth.
+    """
+    first = vectors[0].metadata
+    mode = mode or first["injection_mode"]
+    if mode not in meta.MODES:
+        raise OptionError(f"unknown mode '{mode}': choose one of {', '.join(meta.MODES)}")
+    site = site or (first["injection_site"] if mode == first["injection_mode"] else _default_site(mode))
+    if site not in SITES:
+        raise OptionError(f"unknown site '{site}': choose one of {', '.join(SITES)}")
+    if positions not in POSITIONS:
+        raise OptionError(f"unknown positions '{positions}': choose one of {', '.join(POSITIONS)}")
+    if scale not in SCALES:
+        raise OptionError(f"unknown scale '{scale}': choose one of {', '.join(SCALES)}")
+    if scale == "shift":
+        if mode != "add":
+            raise OptionError("scale='shift' sizes the additive mode's push: use it with mode='add'")
+        unknown = [v.name for v in vectors if v.shifts is None]
+        if unknown:
+            raise OptionError(
+                f"vector '{unknown[0]}' does not know its shift's size (a format-1 file, or a sum "
+                "with one): scale='shift' needs it; re-extract the vector with this version"
+            )
+    if not isinstance(strict, bool):
+        raise OptionError(f"strict must be True or False, got {strict!r:.40}")
+    num_layers = len(decoder_layers(model, architecture))
+    vectors = [_to_depth(v, num_layers) for v in vectors]
+    for v in vectors:
+        check_vector_fits(model, v, num_layers, strict=strict)
+    return mode, site, vectors
+
+
+def _to_depth(vector: InContextVector, num_layers: int) -> InContextVector:
+    """A GGUF import whose depth was a guess, padded to the model's; any other vector as it is."""
+    covered = vector.layers
+    guessed = vector.metadata["method"] == "gguf" and covered is not None
+    if guessed and vector.num_layers < num_layers and max(covered) < num_layers:  # type: ignore[arg-type]
+        return pad_layers(vector, num_layers)
+    return vector
+
+
+def _covered_layers(vectors: list[InContextVector]) -> list[int] | None:
+    """The layers the vectors cover together (``None``: all)."""
+    covered: set[int] = set()
+    for v in vectors:
+        if v.layers is None:
+            return None
+        covered.update(v.layers)
+    return sorted(covered)
+
+
 def _default_site(mode: str) -> str:
     return "mlp" if mode == "rotate" else "block"
 
@@ -294,7 +490,7 @@ def _as_vectors(vector: object) -> list[InContextVector]:
     if isinstance(vector, Sequence) and vector and all(isinstance(v, InContextVector) for v in vector):
         first = vector[0].metadata
         for other in vector[1:]:
-            meta.check_same_model(first, other.metadata, what="per-row vectors")
+            meta.check_same_model(first, other.metadata, what=f"vectors '{vector[0].name}' and '{other.name}'")
         return list(vector)
     raise OptionError("vector must be an icv.InContextVector or a non-empty list of them (one per row)")
 
@@ -305,8 +501,14 @@ def hidden_size_of(model: nn.Module) -> int:
     return int(size if size is not None else model.config.hidden_size)
 
 
-def check_vector_fits(model: nn.Module, vector: InContextVector, num_layers: int | None = None) -> None:
-    """Raise :class:`ModelMismatchError` unless ``vector`` was made for ``model``."""
+def check_vector_fits(
+    model: nn.Module, vector: InContextVector, num_layers: int | None = None, *, strict: bool = False
+) -> None:
+    """Raise :class:`ModelMismatchError` unless ``vector`` fits ``model``.
+
+    It fits when the model type, hidden size and layer count match; a different model
+    name is a warning, or with ``strict=True`` an error.
+    """
     model_meta = {
         "hidden_size": hidden_size_of(model),
         "num_layers": num_layers if num_layers is not None else len(decoder_layers(model)),
@@ -314,7 +516,7 @@ def check_vector_fits(model: nn.Module, vector: InContextVector, num_layers: int
         "model_name": model_name_of(model),
     }
     meta.check_same_model(
-        vector.metadata, model_meta, what=f"vector '{vector.name}' does not fit this model"
+        vector.metadata, model_meta, what=f"vector '{vector.name}' and this model", strict=strict
     )
 
 
@@ -342,9 +544,16 @@ def default_strength_for(vector: InContextVector, mode: str | None = None, site:
 
 
 def _row_strengths(
-    strength: object, vectors: list[InContextVector], mode: str, site: str
+    strength: object,
+    vectors: list[InContextVector],
+    mode: str,
+    site: str,
+    scale: str = "activation",
+    what: str = "per-row vectors: give one per row",
 ) -> list[float]:
     """One strength per vector row (a single row when both are single)."""
+    if strength is None and scale == "shift":
+        return [SHIFT_STRENGTH] * len(vectors)
     if strength is None:
         return [default_strength_for(v, mode, site) for v in vectors]
     if isinstance(strength, torch.Tensor):
@@ -355,7 +564,7 @@ def _row_strengths(
             raise OptionError("strength must not be an empty sequence")
         if len(vectors) > 1 and len(values) != len(vectors):
             raise OptionError(
-                f"{len(values)} strengths for {len(vectors)} per-row vectors: give one per row"
+                f"{len(values)} strengths for {len(vectors)} {what}"
             )
         return values
     return [_finite(strength, "strength")] * len(vectors)
@@ -393,14 +602,18 @@ def layer_weights(
 
 
 def _deltas(
-    vectors: list[InContextVector], strengths: list[float], weights: torch.Tensor, mode: str
+    vectors: list[InContextVector], strengths: list[float], weights: torch.Tensor, mode: str,
+    scale: str = "activation",
 ) -> torch.Tensor:
     """``(rows, num_layers, hidden)`` float32: what each row adds (or turns towards) per layer."""
     per_vector = []
     for v in vectors:
-        d = v.directions * weights[:, None]
-        if mode == "add":
-            d = d * v.layer_scales[:, None]
+        if scale == "shift":
+            d = v.shifts * weights[:, None]  # type: ignore[operator]  # checked in _settings
+        else:
+            d = v.directions * weights[:, None]
+            if mode == "add":
+                d = d * v.layer_scales[:, None]
         per_vector.append(d)
     stacked = torch.stack(per_vector)  # (vectors, layers, hidden)
     # One vector with a strength per row broadcasts to a row each.

@@ -1,8 +1,10 @@
 """Vector files: self-describing safetensors, written atomically, read defensively.
 
 Layout: one float32 tensor ``direction.<l>`` of shape ``(hidden_size,)`` per layer,
-one float32 tensor ``layer_scales`` of shape ``(num_layers,)``, and the metadata
-(see :mod:`icv.metadata`) as header strings.  Vector files travel between people,
+one float32 tensor ``layer_scales`` of shape ``(num_layers,)``, from format 2 one
+float32 tensor ``shift.<l>`` of shape ``(hidden_size,)`` per layer when the shifts are
+known (all layers or none), and the metadata (see :mod:`icv.metadata`) as header
+strings.  Format 1 files (no shifts) load as vectors whose shifts are unknown.  Vector files travel between people,
 so loading treats every byte as hostile: the header is parsed and checked by
 this module (sizes, names, dtypes, shapes, offsets) before any tensor memory is
 allocated, and nothing is ever unpickled.  The tensors are then read by this
@@ -39,19 +41,24 @@ if TYPE_CHECKING:
 
 # Our headers are a few kB; anything far larger is not a vector file of ours.
 MAX_HEADER_BYTES = 1 << 20
-# Largest model we expect: 1,000 layers of width 65,536 in float32 (~256 MB).
-MAX_TENSOR_BYTES = 1000 * 65536 * 4 + 1000 * 4
+# Largest model we expect: 1,000 layers of width 65,536 in float32, directions and
+# shifts (~512 MB).
+MAX_TENSOR_BYTES = 2 * 1000 * 65536 * 4 + 1000 * 4
 
 
-def tensor_names(num_layers: int) -> list[str]:
-    return [f"direction.{layer}" for layer in range(num_layers)] + ["layer_scales"]
+def tensor_names(num_layers: int, shifts: bool = False) -> list[str]:
+    names = [f"direction.{layer}" for layer in range(num_layers)] + ["layer_scales"]
+    return names + ([f"shift.{layer}" for layer in range(num_layers)] if shifts else [])
 
 
 def to_bytes(vector: InContextVector) -> bytes:
-    """The complete file contents for ``vector``."""
+    """The complete file contents for ``vector`` (always the current format version)."""
     tensors = {f"direction.{l}": row.clone() for l, row in enumerate(vector.directions)}
     tensors["layer_scales"] = vector.layer_scales.clone()
-    return save_safetensors_bytes(tensors, metadata=meta.encode(vector.metadata))
+    if vector.shifts is not None:
+        tensors.update({f"shift.{l}": row.clone() for l, row in enumerate(vector.shifts)})
+    metadata = {**vector.metadata, "icv_format_version": meta.FORMAT_VERSION}
+    return save_safetensors_bytes(tensors, metadata=meta.encode(metadata))
 
 
 def save_vector(
@@ -215,26 +222,35 @@ def from_bytes(data: bytes, *, source: str = "vector file") -> InContextVector:
     num_layers, hidden = metadata["num_layers"], metadata["hidden_size"]
     start = 8 + _header_length(data)
     body = memoryview(data)[start:]
-    _check_sizes(header, num_layers, hidden, len(body), source)
-    _check_tensor_table(header, num_layers, hidden, len(body), source)
-    directions = torch.stack(
-        [_read_f32(body, header[f"direction.{l}"]["data_offsets"]) for l in range(num_layers)]
-    )
+    # Shift tensors exist from format 2 on, for all layers or none.
+    has_shifts = metadata["icv_format_version"] >= 2 and "shift.0" in header
+    _check_sizes(header, num_layers, hidden, len(body), has_shifts, source)
+    _check_tensor_table(header, num_layers, hidden, len(body), has_shifts, source)
+    directions = _read_rows(body, header, "direction", num_layers)
     scales = _read_f32(body, header["layer_scales"]["data_offsets"])
-    if not bool(torch.isfinite(directions).all()) or not bool(torch.isfinite(scales).all()):
+    shifts = _read_rows(body, header, "shift", num_layers) if has_shifts else None
+    finite = [torch.isfinite(t).all() for t in (directions, scales, shifts) if t is not None]
+    if not all(bool(f) for f in finite):
         raise VectorFileError(f"{source}: the vector holds NaN or infinite values")
     metadata = {k: v for k, v in metadata.items() if k not in ("hidden_size", "num_layers")}
-    return InContextVector(directions, metadata, scales)
+    return InContextVector(directions, metadata, scales, shifts)
 
 
-def _check_sizes(table: dict[str, Any], num_layers: int, hidden: int, body: int, source: str) -> None:
+def _read_rows(body: memoryview, header: dict[str, Any], prefix: str, num_layers: int) -> torch.Tensor:
+    return torch.stack([_read_f32(body, header[f"{prefix}.{l}"]["data_offsets"]) for l in range(num_layers)])
+
+
+def _check_sizes(
+    table: dict[str, Any], num_layers: int, hidden: int, body: int, shifts: bool, source: str
+) -> None:
     """Cheap checks first, so that absurd metadata costs nothing (no name lists, no memory)."""
-    if len(table) != num_layers + 1:
+    rows = 2 * num_layers if shifts else num_layers
+    if len(table) != rows + 1:
         raise VectorFileError(
-            f"{source}: the metadata says {num_layers} layers, so {num_layers + 1} tensors, "
+            f"{source}: the metadata says {num_layers} layers, so {rows + 1} tensors, "
             f"but the file lists {len(table)}"
         )
-    expected = 4 * num_layers * (hidden + 1)
+    expected = 4 * (rows * hidden + num_layers)
     if body != expected:
         raise VectorFileError(
             f"{source}: {body} bytes of tensor data, but {num_layers} layers of width {hidden} "
@@ -274,9 +290,9 @@ def _parse_header(data: bytes, source: str) -> dict[str, Any]:
 
 
 def _check_tensor_table(
-    table: dict[str, Any], num_layers: int, hidden: int, body: int, source: str
+    table: dict[str, Any], num_layers: int, hidden: int, body: int, shifts: bool, source: str
 ) -> None:
-    expected = set(tensor_names(num_layers))
+    expected = set(tensor_names(num_layers, shifts))
     names = set(table)
     if names != expected:
         missing = sorted(expected - names)[:3]

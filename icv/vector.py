@@ -2,11 +2,16 @@
 
 A vector is a value: every operation returns a new vector.  Directions are
 stored per layer; extraction makes each layer's direction unit-norm, and
-arithmetic combines them linearly without renormalising, so that
+arithmetic combines them linearly without renormalising or reweighting, so that
 
 * ``steer(v * k, strength=s)`` acts like ``steer(v, strength=k * s)``,
-* ``steer(v1 + v2)`` applies both behaviours,
+* ``steer(v1 + v2, strength=s)`` is steering with ``v1`` and ``v2`` together at ``s``
+  (exactly in the additive mode; in the rotation, one turn towards the sum),
 * ``steer(-v)`` pushes the other way.
+
+A sum recommends its parts' strength when they agree and none otherwise;
+``v.at(s)`` folds a strength into a vector (``v.at() + w.at()`` at strength 1
+applies each at its own recommendation).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import hashlib
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -32,15 +37,21 @@ class InContextVector:
     stream at each layer when the vector was made, which gives the additive mode
     (``mode="add"``) the same meaning of strength as the rotation: a fraction of
     the activation's size.
+    ``shifts`` has the shape of ``directions`` or is ``None`` (unknown: vectors saved in
+    format 1): the aggregated shift itself, at its own size, per layer, which
+    ``steer(..., mode="add", scale="shift")`` adds (CAA / steering-vectors).  It goes
+    through arithmetic exactly like the directions: ``(a + 2 * b).shifts`` is
+    ``a.shifts + 2 * b.shifts``.
     """
 
-    __slots__ = ("_directions", "_layer_scales", "_metadata")
+    __slots__ = ("_directions", "_layer_scales", "_metadata", "_shifts")
 
     def __init__(
         self,
         directions: torch.Tensor,
         metadata: Mapping[str, Any],
         layer_scales: torch.Tensor | None = None,
+        shifts: torch.Tensor | None = None,
     ) -> None:
         if not isinstance(directions, torch.Tensor) or directions.dim() != 2:
             raise OptionError("directions must be a tensor of shape (num_layers, hidden_size)")
@@ -53,6 +64,12 @@ class InContextVector:
             raise OptionError(
                 f"layer_scales must have shape ({num_layers},), got {tuple(layer_scales.shape)}"
             )
+        if shifts is not None:
+            if not isinstance(shifts, torch.Tensor) or shifts.shape != directions.shape:
+                raise OptionError(f"shifts must be a tensor of shape {tuple(directions.shape)} or None")
+            shifts = shifts.detach().to("cpu", torch.float32).contiguous()
+            if not bool(torch.isfinite(shifts).all()):
+                raise OptionError("a vector's shifts must be finite")
         if not bool(torch.isfinite(directions).all()) or not bool(torch.isfinite(layer_scales).all()):
             raise OptionError("a vector's directions and layer scales must be finite")
         full = dict(metadata)
@@ -64,6 +81,7 @@ class InContextVector:
         self._metadata = meta.validate(full, source="vector")
         self._directions = directions
         self._layer_scales = layer_scales
+        self._shifts = shifts
 
     # -- read-only views -------------------------------------------------------------
     @property
@@ -75,6 +93,15 @@ class InContextVector:
     def layer_scales(self) -> torch.Tensor:
         """Tensor of shape ``(num_layers,)``: residual-stream norms the additive mode uses."""
         return self._layer_scales
+
+    @property
+    def shifts(self) -> torch.Tensor | None:
+        """``(num_layers, hidden_size)``: the shift at its own size per layer; ``None`` if unknown."""
+        return self._shifts
+
+    def shift_norms(self) -> torch.Tensor | None:
+        """The norm of each layer's shift (what varies from layer to layer); ``None`` if unknown."""
+        return None if self._shifts is None else self._shifts.norm(dim=-1)
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -102,7 +129,56 @@ class InContextVector:
         fixed = {"hidden_size", "num_layers"} & set(updates)
         if fixed:
             raise OptionError(f"{', '.join(sorted(fixed))} follow from the directions' shape")
-        return InContextVector(self._directions, {**self._metadata, **updates}, self._layer_scales)
+        return InContextVector(
+            self._directions, {**self._metadata, **updates}, self._layer_scales, self._shifts
+        )
+
+    @property
+    def layers(self) -> list[int] | None:
+        """The layers this vector covers (steered by default); ``None``: all of them."""
+        layers = self._metadata["layers"]
+        return None if layers is None else list(layers)
+
+    def only_layers(self, layers: Iterable[int]) -> InContextVector:
+        """A copy that covers only ``layers`` (indices; negative count from the end).
+
+        The other layers' directions and shifts become zero (a zero row steers
+        nothing) and ``layers`` is recorded, so :func:`icv.steer` hooks only those.
+        """
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+            raise OptionError(f"layers must be layer indices, got {layers!r:.40}")
+        chosen = set()
+        for index in layers:
+            if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+                raise OptionError(f"layer indices must be integers, got {index!r:.40}")
+            if not -self.num_layers <= int(index) < self.num_layers:
+                raise OptionError(f"layer {index} is out of range for a vector of {self.num_layers} layers")
+            chosen.add(int(index) % self.num_layers)
+        if not chosen:
+            raise OptionError("layers must name at least one layer")
+        keep = torch.zeros(self.num_layers, 1)
+        keep[sorted(chosen)] = 1.0
+        shifts = None if self._shifts is None else self._shifts * keep
+        metadata = {**self._metadata, "layers": sorted(chosen)}
+        return InContextVector(self._directions * keep, metadata, self._layer_scales, shifts)
+
+    def at(self, strength: float | None = None) -> InContextVector:
+        """This vector with a strength folded in: ``self * strength``, recommending strength 1.
+
+        ``strength=None`` folds in the vector's recommended strength.  Sums of such vectors
+        apply each part at its own strength when steered at strength 1 (their default):
+        ``steer(model, p.at() + f.at())`` is ``p`` at its recommendation plus ``f`` at its.
+        """
+        if strength is None:
+            strength = self.recommended_strength
+            if strength is None:
+                raise OptionError(
+                    f"'{self.name}' has no recommended strength to fold in: give one, e.g. .at(0.06)"
+                )
+        k = _as_factor(strength)
+        if k is None:
+            raise OptionError(f"strength must be a number, got {strength!r:.40}")
+        return self._scaled(k, f"{k:g}*{_wrap(self.name)}").with_metadata(recommended_strength=1.0)
 
     def layer_norms(self) -> torch.Tensor:
         """The norm of each layer's direction (1 for a freshly extracted vector)."""
@@ -124,8 +200,9 @@ class InContextVector:
 
     # -- arithmetic ------------------------------------------------------------------
     def _scaled(self, factor: float, name: str) -> InContextVector:
+        shifts = None if self._shifts is None else self._shifts * factor
         return InContextVector(
-            self._directions * factor, {**self._metadata, "name": name}, self._layer_scales
+            self._directions * factor, {**self._metadata, "name": name}, self._layer_scales, shifts
         )
 
     def __mul__(self, factor: object) -> InContextVector:
@@ -171,10 +248,16 @@ class InContextVector:
         )
 
     def equal(self, other: InContextVector) -> bool:
-        """Exact equality of directions, scales and metadata."""
+        """Exact equality of directions, scales, shifts and metadata."""
+        same_shifts = (
+            self._shifts is None and other._shifts is None
+            if self._shifts is None or other._shifts is None
+            else torch.equal(self._shifts, other._shifts)
+        )
         return (
             torch.equal(self._directions, other._directions)
             and torch.equal(self._layer_scales, other._layer_scales)
+            and same_shifts
             and self._metadata == other._metadata
         )
 
@@ -202,39 +285,30 @@ def _wrap(name: str) -> str:
 
 
 def _combine(a: InContextVector, b: InContextVector, sign: float, name: str) -> InContextVector:
-    """``a + sign * b``, keeping each side's recommended strength in effect.
+    """``a + sign * b``: plain addition, so that steering with the sum is steering with both.
 
-    When both sides recommend the same strength (or none), directions add plainly.
-    Otherwise each side is weighted by its own recommended strength, relative to the
-    mean of the two, which becomes the sum's recommendation: steering with the sum
-    at its default strength applies each part at its own.
+    Directions add as they are (in the additive mode through each side's own layer
+    scale, so the sum adds exactly both sides' deltas); shifts add.  Nothing is
+    reweighted by recommended strengths: the sum recommends its parts' strength when
+    they agree, else none (fold strengths in first with :meth:`InContextVector.at`).
     """
     ma, mb = a._metadata, b._metadata
-    meta.check_same_model(ma, mb, what=f"cannot combine '{a.name}' and '{b.name}'")
+    meta.check_same_model(ma, mb, what=f"combining '{a.name}' and '{b.name}'")
     if (ma["injection_mode"], ma["injection_site"]) != (mb["injection_mode"], mb["injection_site"]):
         raise ModelMismatchError(
             f"cannot combine '{a.name}' ({ma['injection_mode']}@{ma['injection_site']}) with "
             f"'{b.name}' ({mb['injection_mode']}@{mb['injection_site']}): strengths of different "
             "injection modes mean different things; re-extract one of them or set its metadata"
         )
-    wa = wb = 1.0
-    strength = ma["recommended_strength"]
-    if strength != mb["recommended_strength"]:
-        default = meta.DEFAULT_STRENGTH[ma["injection_mode"]]
-        ra = ma["recommended_strength"] or default
-        rb = mb["recommended_strength"] or default
-        strength = (ra + rb) / 2
-        wa, wb = ra / strength, rb / strength
     scales = (a._layer_scales + b._layer_scales) / 2
     if ma["injection_mode"] == "add":
         # Additive steering adds strength * scale_l * direction_l: fold each side's own
         # scale in, so that the sum adds exactly both sides' deltas (not at a mean scale).
         own_a, own_b = a._layer_scales[:, None], b._layer_scales[:, None]
-        directions = (wa * own_a * a._directions + sign * wb * own_b * b._directions) / scales.clamp_min(
-            1e-30
-        )[:, None]
+        directions = (own_a * a._directions + sign * own_b * b._directions) / scales.clamp_min(1e-30)[:, None]
     else:
-        directions = wa * a._directions + sign * wb * b._directions
+        directions = a._directions + sign * b._directions
+    shifts = None if a._shifts is None or b._shifts is None else a._shifts + sign * b._shifts
     merged = {
         **ma,
         "name": name,
@@ -242,9 +316,23 @@ def _combine(a: InContextVector, b: InContextVector, sign: float, name: str) -> 
         "num_demos": ma["num_demos"] + mb["num_demos"],
         "demos_sha256": _hash_pair(ma["demos_sha256"], mb["demos_sha256"], sign),
         "model_name": ma["model_name"] or mb["model_name"],
-        "recommended_strength": strength,
+        "recommended_strength": _agreed(ma["recommended_strength"], mb["recommended_strength"]),
+        "preset": _agreed(ma["preset"], mb["preset"]) or "",
+        "text_cleaning": _agreed(ma["text_cleaning"], mb["text_cleaning"]) or "mixed",
+        "pca_sign": "",
+        "layers": _covered(ma["layers"], mb["layers"]),
     }
-    return InContextVector(directions, merged, scales)
+    return InContextVector(directions, merged, scales, shifts)
+
+
+def _covered(a: list[int] | None, b: list[int] | None) -> list[int] | None:
+    """The layers a sum covers: both parts' (``None``, all, wins)."""
+    return None if a is None or b is None else sorted(set(a) | set(b))
+
+
+def _agreed(a: Any, b: Any) -> Any:
+    """The value both sides share, else ``None``."""
+    return a if a == b else None
 
 
 def _hash_pair(a: str, b: str, sign: float) -> str:

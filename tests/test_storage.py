@@ -35,11 +35,43 @@ def test_file_describes_itself(vec, tmp_path):
     meta = header["__metadata__"]
     assert meta["format"] == "pt"
     assert meta["model_type"] == "llama" and meta["num_layers"] == "3" and meta["hidden_size"] == "32"
-    assert meta["icv_format_version"] == "1" and meta["method"] == "pca"
+    assert meta["icv_format_version"] == "2" and meta["method"] == "pca"
     assert meta["recommended_strength"] == "0.07" and len(meta["demos_sha256"]) == 64
+    assert (meta["preset"], meta["text_cleaning"], meta["pca_sign"], meta["layers"]) == ("", "none", "mean", "null")
     assert sorted(k for k in header if k != "__metadata__") == [
-        "direction.0", "direction.1", "direction.2", "layer_scales"]
+        "direction.0", "direction.1", "direction.2", "layer_scales", "shift.0", "shift.1", "shift.2"]
     assert header["direction.1"]["shape"] == [32] and header["direction.1"]["dtype"] == "F32"
+    assert header["shift.1"]["shape"] == [32] and header["shift.1"]["dtype"] == "F32"
+
+
+def _format_1_file(vec, path):
+    """A file as version 0.1.0 wrote it: directions and layer scales, format 1 metadata."""
+    from safetensors.torch import save_file
+
+    old_keys = ("icv_format_version", "library_version", "name", "model_name", "model_type", "hidden_size",
+                "num_layers", "method", "extraction_site", "injection_mode", "injection_site", "num_demos",
+                "demos_sha256", "prompt_template", "recommended_strength")
+    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in vec.metadata.items() if k in old_keys}
+    metadata["icv_format_version"] = "1"
+    tensors = {f"direction.{l}": row.clone() for l, row in enumerate(vec.directions)}
+    tensors["layer_scales"] = vec.layer_scales.clone()
+    save_file(tensors, str(path), metadata={"format": "pt", **metadata})
+
+
+def test_format_1_files_still_load_with_the_shift_unknown(vec, tmp_path, llama):
+    _format_1_file(vec, tmp_path / "old.safetensors")
+    old = icv.InContextVector.load(tmp_path / "old.safetensors")
+    assert torch.equal(old.directions, vec.directions) and torch.equal(old.layer_scales, vec.layer_scales)
+    assert old.shifts is None and old.shift_norms() is None
+    assert (old.metadata["preset"], old.metadata["text_cleaning"], old.metadata["pca_sign"]) == ("", "none", "mean")
+    with icv.steer(llama, old, 0.05):  # everything but the shift's size works
+        pass
+    with pytest.raises(icv.OptionError, match="does not know its shift's size.*re-extract"):
+        icv.steer(llama, old, 1.0, mode="add", scale="shift")
+    old.save(tmp_path / "again.safetensors")  # re-saved in the current format, still without shifts
+    again = icv.InContextVector.load(tmp_path / "again.safetensors")
+    assert header_of(tmp_path / "again.safetensors")["__metadata__"]["icv_format_version"] == "2"
+    assert again.shifts is None and torch.equal(again.directions, vec.directions)
 
 
 def test_refuses_to_overwrite_unless_asked(vec, tmp_path):

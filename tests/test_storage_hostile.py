@@ -170,7 +170,7 @@ def test_garbage_metadata_values(good, key):
             verdict = load(edited(good, lambda h: h["__metadata__"].__setitem__(key, value)))
             if isinstance(verdict, icv.InContextVector):
                 assert_valid(verdict)
-                assert (SCHEMA[key][0] is str or key == "recommended_strength"
+                assert (SCHEMA[key][0] is str or key == "recommended_strength" or (key == "layers" and value == "null")
                         or (key == "num_demos" and value.isdigit()))
             elif isinstance(verdict, icv.FormatVersionError):
                 assert key == "icv_format_version" and "format version 9" in str(verdict)
@@ -196,6 +196,15 @@ def test_absurd_layer_count_allocates_nothing(good):
 
 def test_absurd_hidden_size(good):
     refused(edited(good, lambda h: h["__metadata__"].update(hidden_size=str(10**15))), "bytes of tensor data")
+
+
+def test_shift_tensors_are_all_or_none(good):
+    def drop_one(header):
+        header.pop("shift.1")
+
+    refused(edited(good, drop_one), "tensors")
+    # Format 1 had no shift tensors: a format-1 header over a file with them is refused.
+    refused(edited(good, lambda h: h["__metadata__"].update(icv_format_version="1")), "tensors")
 
 
 def test_newer_format_version_is_refused_by_name(good):
@@ -275,8 +284,9 @@ def test_swapped_offsets_load_the_swapped_data(good):
         (lambda h: h.__setitem__("direction.3", h.pop("direction.0")), "missing ['direction.0']"),
         (lambda h: h.__setitem__("Direction.0", h.pop("direction.0")), "unexpected ['Direction.0']"),
         (lambda h: h.__setitem__("layer_scale", h.pop("layer_scales")), "missing ['layer_scales']"),
-        (lambda h: h.pop("direction.2"), "lists 3"),
-        (lambda h: h.__setitem__("extra", {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}), "lists 5"),
+        (lambda h: h.pop("direction.2"), "lists 6"),
+        (lambda h: h.__setitem__("extra", {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}), "lists 8"),
+        (lambda h: h.__setitem__("shift.3", h.pop("shift.0")), "tensors"),
     ],
 )
 def test_wrong_tensor_names(good, edit, match):
@@ -290,10 +300,10 @@ def test_trailing_or_missing_tensor_bytes(good):
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
-@pytest.mark.parametrize("where", ["direction", "scales"])
+@pytest.mark.parametrize("where", ["direction", "scales", "shift"])
 def test_nan_and_inf_values(good, value, where):
     header, body = split(good)
-    name = "direction.1" if where == "direction" else "layer_scales"
+    name = {"direction": "direction.1", "scales": "layer_scales", "shift": "shift.2"}[where]
     start = header[name]["data_offsets"][0] + 4
     patched = body[:start] + struct.pack("<f", value) + body[start + 4 :]
     refused(join(header, patched), "NaN or infinite")

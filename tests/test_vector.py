@@ -45,13 +45,50 @@ def test_addition_and_subtraction_are_plain_when_strengths_agree(vec, llama, tok
     assert (vec + other).metadata["method"] == "combination"
 
 
-def test_addition_keeps_each_recommended_strength_in_effect(vec):
+def test_addition_is_plain_and_recommends_only_an_agreed_strength(vec):
     a = vec.with_metadata(recommended_strength=0.04)
     b = vec.with_metadata(recommended_strength=0.08, name="b")
     total = a + b
-    assert total.recommended_strength == pytest.approx(0.06)
-    # at its default strength the sum applies 0.04*a + 0.08*b
-    assert torch.allclose(total.directions * 0.06, vec.directions * 0.04 + vec.directions * 0.08, atol=1e-6)
+    assert torch.equal(total.directions, vec.directions + vec.directions)  # no reweighting
+    assert total.recommended_strength is None  # the parts disagree: the mode's default applies
+    assert (a + a).recommended_strength == 0.04
+    assert (a - 0.5 * a).recommended_strength == 0.04
+
+
+def test_at_folds_a_strength_in(vec):
+    a = vec.with_metadata(recommended_strength=0.04)
+    folded = a.at()
+    assert torch.equal(folded.directions, vec.directions * 0.04) and folded.recommended_strength == 1.0
+    assert torch.equal(folded.shifts, vec.shifts * 0.04)
+    assert torch.equal(vec.at(0.5).directions, vec.directions * 0.5)
+    with pytest.raises(icv.OptionError, match="no recommended strength"):
+        vec.at()
+    with pytest.raises(icv.OptionError):
+        vec.at("strong")
+
+
+def test_shifts_go_through_arithmetic_like_directions(vec, llama, tokenizer):
+    other = icv.extract(llama, tokenizer, [("a b", "c d"), ("e f", "g h")], name="formal")
+    torch.testing.assert_close((vec + 2 * other).shifts, vec.shifts + 2 * other.shifts)
+    torch.testing.assert_close((vec - other / 4).shifts, vec.shifts - other.shifts / 4)
+    assert torch.equal((-vec).shifts, -vec.shifts)
+    # A fresh vector's shift is its direction at the shift's own size.
+    torch.testing.assert_close(vec.shifts, vec.directions * vec.shift_norms()[:, None])
+    assert bool((vec.shift_norms() > 0).all()) and not torch.allclose(vec.shift_norms(), vec.shift_norms()[0])
+    unknown = icv.InContextVector(vec.directions, vec.metadata, vec.layer_scales)
+    assert unknown.shifts is None and unknown.shift_norms() is None and (vec + unknown).shifts is None
+
+
+def test_only_layers_zeroes_the_rest_and_records_them(vec):
+    kept = vec.only_layers([0, -1])
+    assert kept.layers == [0, 2] and vec.layers is None
+    assert torch.equal(kept.directions[1], torch.zeros(vec.hidden_size))
+    assert torch.equal(kept.shifts[1], torch.zeros(vec.hidden_size))
+    assert torch.equal(kept.directions[2], vec.directions[2])
+    assert (kept + vec.only_layers([1])).layers == [0, 1, 2] and (kept + vec).layers is None
+    for bad in ([], [3], ["1"], "12"):
+        with pytest.raises(icv.OptionError):
+            vec.only_layers(bad)
 
 
 def test_bad_scalars(vec):
