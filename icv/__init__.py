@@ -6,61 +6,111 @@
         model.generate(...)
 """
 
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .calibrate import calibrate
-from .demos import Demo, read_demos
-from .evaluate import evaluate
-from .errors import (
-    ArchitectureError,
-    DemoError,
-    FormatVersionError,
-    ICVError,
-    ModelLoadError,
-    ModelMismatchError,
-    ModelNameWarning,
-    OptionError,
-    ScorerError,
-    StackedSteeringWarning,
-    SteeringError,
-    UnknownOptionError,
-    VectorExistsError,
-    VectorFileError,
-)
-from .extract import extract
-from .layers import Architecture, register_architecture
-from .models import load_model
-from .steer import Steering, is_steered, steer, steer_averaged, unsteer
-from .vector import InContextVector
+# Public names are imported on first use, not here: `import icv` (and so `icv --help`)
+# must not pay for torch and transformers.  name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "Architecture": "layers",
+    "ArchitectureError": "errors",
+    "Demo": "demos",
+    "DemoError": "errors",
+    "FormatVersionError": "errors",
+    "ICVError": "errors",
+    "InContextVector": "vector",
+    "ModelLoadError": "errors",
+    "ModelMismatchError": "errors",
+    "ModelNameWarning": "errors",
+    "OptionError": "errors",
+    "ScorerError": "errors",
+    "StackedSteeringWarning": "errors",
+    "Steering": "steer",
+    "SteeringError": "errors",
+    "UnknownOptionError": "errors",
+    "VectorExistsError": "errors",
+    "VectorFileError": "errors",
+    "calibrate": "calibrate",
+    "chat_reply_template": "prompts",
+    "evaluate": "evaluate",
+    "export_gguf": "gguf",
+    "extract": "extract",
+    "import_gguf": "gguf",
+    "is_steered": "steer",
+    "load_model": "models",
+    "read_demos": "demos",
+    "register_architecture": "layers",
+    "steer": "steer",
+    "steer_averaged": "steer",
+    "unsteer": "steer",
+}
+__all__ = ["__version__", *sorted(_EXPORTS)]
 
-__all__ = [
-    "Architecture",
-    "ArchitectureError",
-    "Demo",
-    "DemoError",
-    "FormatVersionError",
-    "ICVError",
-    "InContextVector",
-    "ModelLoadError",
-    "ModelMismatchError",
-    "ModelNameWarning",
-    "OptionError",
-    "StackedSteeringWarning",
-    "Steering",
-    "ScorerError",
-    "SteeringError",
-    "UnknownOptionError",
-    "VectorExistsError",
-    "VectorFileError",
-    "__version__",
-    "calibrate",
-    "evaluate",
-    "extract",
-    "is_steered",
-    "load_model",
-    "read_demos",
-    "register_architecture",
-    "steer",
-    "steer_averaged",
-    "unsteer",
-]
+if TYPE_CHECKING:  # what editors and type checkers see
+    from .calibrate import calibrate
+    from .demos import Demo, read_demos
+    from .errors import (
+        ArchitectureError,
+        DemoError,
+        FormatVersionError,
+        ICVError,
+        ModelLoadError,
+        ModelMismatchError,
+        ModelNameWarning,
+        OptionError,
+        ScorerError,
+        StackedSteeringWarning,
+        SteeringError,
+        UnknownOptionError,
+        VectorExistsError,
+        VectorFileError,
+    )
+    from .evaluate import evaluate
+    from .extract import extract
+    from .gguf import export_gguf, import_gguf
+    from .layers import Architecture, register_architecture
+    from .models import load_model
+    from .prompts import chat_reply_template
+    from .steer import Steering, is_steered, steer, steer_averaged, unsteer
+    from .vector import InContextVector
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or a submodule such as ``icv.prompts``) on first use."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'icv' has no attribute '{name}'") from None
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``icv.extract`` (and the other functions named like their module) the function.
+
+    Importing a submodule binds it on its package (``icv.extract = <module>``); with the
+    names loaded lazily, that binding would hide the function of the same name.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -15,15 +15,20 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
 from .errors import ICVError, OptionError, VectorExistsError, VectorFileError
-from .gguf import export_gguf, export_strength, import_gguf, is_gguf_file
-from .vector import InContextVector
+
+if TYPE_CHECKING:
+    from .vector import InContextVector
+
+# Nothing above imports torch or transformers: `icv --help` and usage errors stay instant.
+# Each subcommand imports what it needs when it runs.
 
 PROG = "icv"
 
@@ -51,6 +56,9 @@ def _check_new_file(path: Path, force: bool) -> None:
 
 def read_vector(path: str | Path) -> InContextVector:
     """An icv safetensors vector, or a GGUF control vector (recognised by its magic bytes)."""
+    from .gguf import import_gguf, is_gguf_file
+    from .vector import InContextVector
+
     if is_gguf_file(path):
         return import_gguf(path)
     return InContextVector.load(path)
@@ -62,38 +70,61 @@ class WeightedPath:
     weight: float
 
 
+VECTOR_SUFFIXES = (".safetensors", ".gguf")
+
+
 def weighted_path(text: str) -> WeightedPath:
-    """``PATH`` or ``PATH:WEIGHT`` (the weight is whatever follows the last colon, if it is a number)."""
+    """``PATH`` or ``PATH:WEIGHT``.
+
+    What follows the last colon is a weight unless it reads as part of a path (it holds a
+    folder separator or ends in a vector file's suffix, as in ``C:/v.safetensors``) or the
+    whole text names an existing file; a weight that is not a number is an error.
+    """
     path, sep, tail = text.rpartition(":")
-    if sep and path:
-        try:
-            weight = float(tail)
-        except ValueError:
-            return WeightedPath(text, 1.0)
-        if weight != weight or weight in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"weight of '{path}' must be finite, got {tail}")
-        return WeightedPath(path, weight)
-    return WeightedPath(text, 1.0)
+    if not (sep and path) or _looks_like_path(tail) or Path(text).is_file():
+        return WeightedPath(text, 1.0)
+    try:
+        weight = float(tail)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"the weight of '{path}' is not a number: '{tail}' (write PATH:WEIGHT, e.g. {path}:0.5)"
+        ) from None
+    if weight != weight or weight in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"weight of '{path}' must be finite, got {tail}")
+    return WeightedPath(path, weight)
 
 
-_LAYER_RANGE = re.compile(r"(\d+)-(\d+)")
+def _looks_like_path(tail: str) -> bool:
+    return "/" in tail or "\\" in tail or tail.lower().endswith(VECTOR_SUFFIXES)
+
+
+_LAYER_RANGE = re.compile(r"(-?\d+)-(-?\d+)")
 _LAYER_INDEX = re.compile(r"-?\d+")
 
 
 def layer_list(text: str) -> list[int]:
-    """``"3,5-8,-1"`` -> ``[3, 5, 6, 7, 8, -1]``: indices (negative from the end) and inclusive ranges."""
+    """``"3,5-8,-1"`` -> ``[3, 5, 6, 7, 8, -1]``: indices (negative from the end) and inclusive ranges.
+
+    A range counts from the start (``5-8``) or from the end (``-20--10``: the 20th-last to
+    the 10th-last layer); one that mixes the two would depend on the model's depth.
+    """
     layers: list[int] = []
     for part in text.replace(" ", "").split(","):
         if _LAYER_INDEX.fullmatch(part):
             layers.append(int(part))
         elif match := _LAYER_RANGE.fullmatch(part):
             first, last = int(match.group(1)), int(match.group(2))
+            if (first < 0) != (last < 0):
+                raise argparse.ArgumentTypeError(
+                    f"layer range '{part}' mixes a count from the start with one from the end "
+                    "(write 5-29, or -25--1)"
+                )
             if last < first:
                 raise argparse.ArgumentTypeError(f"layer range '{part}' runs backwards")
             layers.extend(range(first, last + 1))
         else:
             raise argparse.ArgumentTypeError(
-                f"'{part}' is not a layer index or range (examples: 3 / -1 / 5-12 / 0,4,8-10)"
+                f"'{part}' is not a layer index or range (examples: 3 / -1 / 5-12 / -20--10 / 0,4,8-10)"
             )
     return layers
 
@@ -118,11 +149,49 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _load_model(name: str | None) -> tuple[Any, Any]:
+def quiet(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "quiet", False))
+
+
+# Read by huggingface_hub and transformers when they are imported.
+QUIET_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+@contextmanager
+def quiet_libraries(enabled: bool) -> Iterator[None]:
+    """No progress bars or notices from transformers and the hub (model loading, scorers' models).
+
+    Before transformers is imported (the usual case: ``icv`` imports it only when a
+    command needs a model), the environment tells it; once imported, its switches do.
+    """
+    if not enabled:
+        yield
+        return
+    if "transformers" in sys.modules:
+        from .models import quiet_transformers
+
+        with quiet_transformers():
+            yield
+        return
+    saved = {key: os.environ.get(key) for key in QUIET_ENVIRONMENT}
+    os.environ.update(QUIET_ENVIRONMENT)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def load_model_for(args: argparse.Namespace, name: str | None) -> tuple[Any, Any]:
+    """The model a subcommand needs; with ``--quiet`` without a word or a progress bar."""
     from .models import load_model
 
-    _say(f"{PROG}: loading model {name or '(embedded default)'} ...")
-    return load_model(name)
+    if not quiet(args):
+        _say(f"{PROG}: loading model {name or '(embedded default)'} ...")
+    return load_model(name, progress=not quiet(args))
 
 
 def _weighted_sum(specs: Sequence[WeightedPath]) -> InContextVector:
@@ -141,13 +210,19 @@ def _weighted_sum(specs: Sequence[WeightedPath]) -> InContextVector:
 
 def configure_extract(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demos", required=True, metavar="FILE",
-                        help="demonstrations: JSONL ({\"source\": ..., \"target\": ...}), CSV or TSV (two columns)")
+                        help="demonstrations: JSONL ({\"source\": ..., \"target\": ...}), a .json array of pairs, CSV or TSV (two columns)")
     parser.add_argument("--out", required=True, metavar="VEC", type=Path, help="the vector file to write (.safetensors)")
     parser.add_argument("--model", metavar="NAME_OR_PATH", help="model folder, hub id, .gguf file or alias (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--method", choices=("pca", "mean"), help="aggregation over pairs (default: pca + mean)")
     parser.add_argument("--preset", choices=("paper",),
                         help="paper: read the demonstrations exactly as the authors' reference code "
                              "(punctuation deleted, svd_flip sign); excludes --method")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--template", metavar="TEXT",
+                      help="how each text is presented, with {text} where it goes (default: the raw text, as the paper)")
+    form.add_argument("--chat", action="store_true",
+                      help="read each text as the assistant's reply in the model's chat template (for vectors that "
+                           "steer chat answers; needs a chat model)")
     parser.add_argument("--layers", type=layer_list, metavar="LIST",
                         help="keep only these decoder layers (e.g. 10-20 or 0,4,-1); the others get a zero direction")
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="texts per forward pass (default: 16)")
@@ -155,28 +230,32 @@ def configure_extract(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("rotate", "add"), default="rotate",
                         help="how steering applies the vector by default (default: rotate, the paper)")
     parser.add_argument("--strength", type=finite_float, metavar="S", help="record a recommended strength in the vector")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    from .demos import read_demos
+    from .demos import check_template, read_demos
     from .extract import extract
+    from .prompts import chat_reply_template
 
     _check_new_file(args.out, args.force)
+    template = check_template(args.template) if args.template is not None else None
     demos = read_demos(args.demos)
-    model, tokenizer = _load_model(args.model)
+    model, tokenizer = load_model_for(args, args.model)
+    if args.chat:
+        template = chat_reply_template(tokenizer)
     vector = extract(
         model,
         tokenizer,
         demos,
         method=args.method,
         preset=args.preset,
+        template=template,
         batch_size=args.batch_size,
         name=args.name or Path(args.demos).stem,
         injection_mode=args.mode,
         recommended_strength=args.strength,
-        progress=not args.quiet,
+        progress=not quiet(args),
     )
     if args.layers is not None:
         vector = vector.only_layers(args.layers)
@@ -190,7 +269,7 @@ def run_extract(args: argparse.Namespace) -> int:
 
 def configure_inspect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("vector", metavar="VEC", help="a vector file (.safetensors) or a GGUF control vector")
-    parser.add_argument("--json", action="store_true", help="print the metadata and per-layer norms as JSON")
+    parser.add_argument("--json", action="store_true", help="print the metadata, per-layer scales and norms as JSON")
     parser.add_argument("--columns", type=positive_int, default=3, metavar="N", help="layers per line of the table (default: 3)")
 
 
@@ -204,12 +283,21 @@ def _strength_line(vector: InContextVector) -> str:
 
 
 def _layer_table(vector: InContextVector, columns: int) -> list[str]:
+    """Per layer, what varies: the residual stream's scale, and the direction's norm unless it is 1 everywhere."""
     norms = vector.layer_norms().tolist()
     scales = vector.layer_scales.tolist()
-    cells = [f"{layer:>5} {norm:>8.4f} {scale:>9.3f}" for layer, (norm, scale) in enumerate(zip(norms, scales))]
-    header = "   ".join([f"{'layer':>5} {'norm':>8} {'scale':>9}"] * min(columns, len(cells)))
+    unit = all(abs(norm - 1.0) < 1e-4 for norm in norms)
+    if unit:
+        cells = [f"{layer:>5} {scale:>9.3f}" for layer, scale in enumerate(scales)]
+        head = f"{'layer':>5} {'scale':>9}"
+        note = ["every layer's direction has norm 1; scale: the residual stream's typical norm at that layer"]
+    else:
+        cells = [f"{layer:>5} {scale:>9.3f} {norm:>8.4f}" for layer, (scale, norm) in enumerate(zip(scales, norms))]
+        head = f"{'layer':>5} {'scale':>9} {'norm':>8}"
+        note = ["scale: the residual stream's typical norm at that layer; norm: the direction's norm"]
+    header = "   ".join([head] * min(columns, len(cells)))
     rows = ["   ".join(cells[i : i + columns]) for i in range(0, len(cells), columns)]
-    return [header, *rows]
+    return [*note, header, *rows]
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -271,20 +359,13 @@ def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
     return prompt
 
 
-def chat_prompt(tokenizer: Any, prompt: str) -> str:
-    """``prompt`` as one user turn of the tokenizer's chat template, ready for the reply."""
-    if not getattr(tokenizer, "chat_template", None) or not hasattr(tokenizer, "apply_chat_template"):
-        raise OptionError("this model's tokenizer has no chat template: drop --chat")
-    messages = [{"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def run_generate(args: argparse.Namespace) -> int:
     from .generation import complete
+    from .prompts import chat_prompt
 
     prompt = _read_prompt(args, args.parser)
     vector = _weighted_sum(args.vector)
-    model, tokenizer = _load_model(args.model or vector.metadata["model_name"] or None)
+    model, tokenizer = load_model_for(args, args.model or vector.metadata["model_name"] or None)
     text = chat_prompt(tokenizer, prompt) if args.chat else prompt
     options: dict[str, Any] = {"positions": args.positions}
     if args.mode:
@@ -343,6 +424,8 @@ def run_export(args: argparse.Namespace) -> int:
             f"{PROG}: note: '{vector.name}' applies as {m['injection_mode']}@{m['injection_site']}; llama.cpp "
             "only adds at block outputs, so the file holds what `icv generate --mode add` does"
         )
+    from .gguf import export_gguf
+
     report = export_gguf(vector, args.out, strength=args.strength, overwrite=args.force)
     blocks = f"{report.blocks[0]}..{report.blocks[-1]}"
     _say(
@@ -366,11 +449,106 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from .gguf import import_gguf
+
     _check_new_file(args.out, args.force)
     vector = import_gguf(args.file, num_layers=args.num_layers, model_type=args.model_type, name=args.name)
     vector.save(args.out, overwrite=args.force)
     _say(f"wrote {args.out}: {vector!r}", sys.stdout)
     return 0
+
+
+# -- eval -----------------------------------------------------------------------------
+
+EVAL_STYLES = ("inoffensive", "negative", "positive")
+EVAL_METHODS = ("zero-shot", "icl", "icv")
+
+
+def configure_eval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--demos", metavar="FILE",
+                        help="demonstrations: .jsonl (source/target), .json, .csv or .tsv; needed for icl, and for "
+                             "icv unless --vector is given")
+    parser.add_argument("--inputs", required=True, metavar="FILE",
+                        help="test inputs, one per line; a second tab-separated column is the human reference")
+    parser.add_argument("--style", required=True, choices=EVAL_STYLES,
+                        help="style success: VADER positive/negative, or not offensive (alt-profanity-check)")
+    parser.add_argument("--model", metavar="NAME_OR_PATH",
+                        help="model name, folder or .gguf (default: the vector's model, else the embedded SmolLM2)")
+    parser.add_argument("--vector", metavar="VEC", help="a saved vector (or GGUF control vector) instead of extracting one from --demos")
+    parser.add_argument("--strengths", metavar="LIST", help="comma-separated ICV strengths, e.g. 0.03,0.05,0.07")
+    parser.add_argument("--methods", default=",".join(EVAL_METHODS), metavar="LIST",
+                        help="comma-separated subset of zero-shot,icl,icv (default: all three)")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N inputs")
+    parser.add_argument("--extract-method", default="pca", choices=("pca", "mean"))
+    parser.add_argument("--mode", choices=("rotate", "add"), help="injection mode (default: the vector's)")
+    parser.add_argument("--site", choices=("block", "mlp", "attn"), help="injection site")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=40, metavar="N")
+    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N")
+    parser.add_argument("--no-fluency", action="store_true", help="skip the perplexity scorer (Gemma 3 270M)")
+    parser.add_argument("--show", action="store_true", help="also print every output, each input with one line per method")
+    parser.add_argument("--out", default="icv-eval", metavar="DIR", help="folder for eval.json, eval.md and eval.png")
+
+
+def _eval_methods(args: argparse.Namespace) -> list[str]:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(EVAL_METHODS))
+    if unknown or not methods:
+        args.parser.error(f"--methods: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(EVAL_METHODS)}")
+    if args.demos is None and ("icl" in methods or ("icv" in methods and args.vector is None)):
+        args.parser.error("--demos is needed for the icl method, and for icv unless --vector is given")
+    return methods
+
+
+def _style_scorer(name: str) -> Any:
+    from .scorers import OffensiveScorer, SentimentScorer
+
+    return OffensiveScorer() if name == "inoffensive" else SentimentScorer(name)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .demos import read_demos
+    from .evaluate import evaluate, read_inputs
+    from .scorers import BleuScorer, PerplexityScorer, RepetitionScorer, fluency_model_for
+
+    methods = _eval_methods(args)
+    strengths = _parse_strengths(args.strengths) if args.strengths else None
+    demos = read_demos(args.demos) if args.demos else None
+    inputs, references = read_inputs(args.inputs, args.limit)
+    vector = read_vector(args.vector) if args.vector else None
+    model_name = args.model or (vector.metadata["model_name"] if vector is not None else None) or None
+    model, tokenizer = load_model_for(args, model_name)
+    fluency = [] if args.no_fluency else [PerplexityScorer(model_name=fluency_model_for(model))]
+    scorers = [RepetitionScorer(3), *fluency, *([BleuScorer()] if references is not None else [])]
+    steer_options = {k: v for k, v in (("mode", args.mode), ("site", args.site)) if v}
+    evaluation = evaluate(
+        model, tokenizer, demos, inputs,
+        style=_style_scorer(args.style),
+        scorers=scorers,
+        references=references,
+        vector=vector,
+        strengths=strengths,
+        methods=methods,
+        extract_options={"method": args.extract_method},
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        progress=False if quiet(args) else None,
+        **steer_options,
+    )
+    paths = evaluation.save(args.out)
+    print(evaluation.markdown())
+    if args.show:
+        from .display import side_by_side
+
+        print("\n" + side_by_side(inputs, {r.label: r.outputs for r in evaluation.results}))
+    print(f"\nwrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    return 0
+
+
+def _parse_strengths(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise OptionError(f"--strengths must be comma-separated numbers, got {text!r}") from None
 
 
 # -- the table of subcommands ---------------------------------------------------------
@@ -384,21 +562,9 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-def configure_eval(parser: argparse.ArgumentParser) -> None:
-    from .evaluate import add_eval_arguments
-
-    add_eval_arguments(parser)
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval as evaluate_from_args
-
-    return evaluate_from_args(args)
-
-
 COMMANDS: list[Command] = [
     Command("extract", "read an in-context vector from a file of demonstrations", configure_extract, run_extract),
-    Command("inspect", "show a vector's metadata and per-layer norms", configure_inspect, run_inspect),
+    Command("inspect", "show a vector's metadata and per-layer scales", configure_inspect, run_inspect),
     Command("generate", "complete a prompt with the model steered by one or more vectors", configure_generate, run_generate),
     Command("combine", "weighted sum of vectors of the same model", configure_combine, run_combine),
     Command("export", "write a vector as a llama.cpp GGUF control vector", configure_export, run_export),
@@ -412,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     # subcommand's default from overwriting a --debug given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars or loading messages (ours and transformers')")
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="In-context vectors: steer a language model with a few demonstrations.",
@@ -437,7 +605,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            code = args.run(args)
+            with quiet_libraries(quiet(args)):
+                code = args.run(args)
             sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
             return code
         except SystemExit as stop:  # parser.error() inside a subcommand

@@ -46,27 +46,54 @@ def _check_text(value: object, where: str) -> str:
     return value
 
 
-def as_demos(demos: Iterable[object]) -> list[Demo]:
-    """Validate and normalise demonstrations given as ``Demo``, pairs or dicts."""
-    if isinstance(demos, (str, bytes)) or not isinstance(demos, Iterable):
-        raise DemoError("demos must be a list of (source, target) pairs or icv.Demo objects")
+DEMO_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt")
+
+
+def as_demos(demos: Iterable[object] | str | os.PathLike[str]) -> list[Demo]:
+    """Validate and normalise demonstrations given as ``Demo``, pairs or dicts, or read them from a file.
+
+    A path (``pathlib.Path``, or a string naming a file or ending in a demonstration
+    file's suffix) is read with :func:`read_demos`.
+    """
+    if isinstance(demos, os.PathLike) or (isinstance(demos, str) and _names_a_file(demos)):
+        return read_demos(demos)
+    if isinstance(demos, str):
+        raise DemoError(
+            f"demos is a string, not a list of pairs, and no file {demos[:80]!r} exists: give "
+            "(source, target) pairs, or the path of a demonstration file (.jsonl, .json, .csv, .tsv)"
+        )
+    if isinstance(demos, bytes) or not isinstance(demos, Iterable):
+        raise DemoError("demos must be a list of (source, target) pairs or icv.Demo objects, or a file's path")
+    pairs = _pairs(demos)
+    if not pairs:
+        raise DemoError("no demonstrations given: at least one (source, target) pair is needed")
+    return pairs
+
+
+def _names_a_file(text: str) -> bool:
+    if text.lower().endswith(DEMO_SUFFIXES):
+        return True
+    try:
+        return "\n" not in text and Path(text).is_file()
+    except (OSError, ValueError):  # too long for a path, a NUL byte
+        return False
+
+
+def _pairs(demos: Iterable[object], where: str = "demo {}") -> list[Demo]:
     result = []
     for i, item in enumerate(demos):
         if isinstance(item, Demo):
             source, target = item.source, item.target
         elif isinstance(item, dict):
             if "source" not in item or "target" not in item:
-                raise DemoError(f"demo {i} needs the keys 'source' and 'target'")
+                raise DemoError(f"{where.format(i)} needs the keys 'source' and 'target'")
             source, target = item["source"], item["target"]
         elif isinstance(item, Sequence) and not isinstance(item, (str, bytes)) and len(item) == 2:
             source, target = item
         else:
-            raise DemoError(f"demo {i} must be a (source, target) pair, got {item!r:.60}")
-        result.append(
-            Demo(_check_text(source, f"demo {i} source"), _check_text(target, f"demo {i} target"))
-        )
-    if not result:
-        raise DemoError("no demonstrations given: at least one (source, target) pair is needed")
+            raise DemoError(f"{where.format(i)} must be a (source, target) pair, got {item!r:.60}")
+        here = where.format(i)
+        result.append(Demo(_check_text(source, f"{here} source"), _check_text(target, f"{here} target")))
     return result
 
 
@@ -125,11 +152,13 @@ def clean_demos(demos: Sequence[Demo], cleaning: str) -> list[Demo]:
 
 
 def read_demos(path: str | os.PathLike[str]) -> list[Demo]:
-    """Read demonstrations from JSONL (``source``/``target``), CSV or TSV (two columns).
+    """Read demonstrations from JSONL (``source``/``target``), JSON, CSV or TSV (two columns).
 
+    JSONL holds one ``{"source": ..., "target": ...}`` object per line.  A ``.json`` file
+    may be JSON Lines too, or one array of such objects or of ``[source, target]`` pairs.
     CSV/TSV files may start with a ``source,target`` header line.  Blank lines are
     skipped; a row with one column, or more than two non-empty ones, is an error.
-    Errors name the file and the line.
+    Errors name the file and the line (or the array's item).
     """
     try:
         file = Path(path)
@@ -147,7 +176,9 @@ def read_demos(path: str | os.PathLike[str]) -> list[Demo]:
         line = raw[: error.start].count(b"\n") + 1
         raise DemoError(f"{file}:{line}: not valid UTF-8 text") from None
     suffix = file.suffix.lower()
-    if suffix in (".jsonl", ".json"):
+    if suffix == ".json" and text.lstrip().startswith("["):
+        demos = _read_json_array(text, file)
+    elif suffix in (".jsonl", ".json"):
         demos = _read_jsonl(text, file)
     elif suffix in (".csv", ".tsv", ".txt"):
         demos = _read_delimited(text, file, "\t" if suffix != ".csv" else ",")
@@ -172,9 +203,24 @@ def _read_jsonl(text: str, file: Path) -> list[Demo]:
         except (ValueError, RecursionError):  # integers past the digit limit, deep nesting
             raise DemoError(f"{file}:{number}: JSON too large or too deeply nested") from None
         if not isinstance(item, dict) or "source" not in item or "target" not in item:
-            raise DemoError(f"{file}:{number}: expected an object with 'source' and 'target'")
+            hint = (
+                " (one array of pairs for the whole file? name it .json, or write one object per line)"
+                if isinstance(item, list) else ""
+            )
+            raise DemoError(f"{file}:{number}: expected an object with 'source' and 'target'{hint}")
         demos.append(_demo_at(item["source"], item["target"], file, number))
     return demos
+
+
+def _read_json_array(text: str, file: Path) -> list[Demo]:
+    """A ``.json`` file holding one array of ``{"source", "target"}`` objects or ``[source, target]`` pairs."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DemoError(f"{file}:{error.lineno}: invalid JSON ({error.msg})") from None
+    except (ValueError, RecursionError):
+        raise DemoError(f"{file}: JSON too large or too deeply nested") from None
+    return _pairs(items, where=f"{file}: item {{}}")
 
 
 def _read_delimited(text: str, file: Path, delimiter: str) -> list[Demo]:

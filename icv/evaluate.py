@@ -15,7 +15,6 @@ of style success against content preservation.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -28,17 +27,14 @@ from typing import Any
 from torch import nn
 
 from .demos import as_demos
-from .errors import ICVError, OptionError
+from .errors import OptionError
 from .extract import extract
 from .prompts import icl_prompt, paraphrase_prompt
 from .scorers import (
-    OffensiveScorer,
     PerplexityScorer,
     RepetitionScorer,
     Scorer,
-    SentimentScorer,
     SimilarityScorer,
-    BleuScorer,
     fluency_model_for,
     score_all,
     success_rate,
@@ -99,7 +95,7 @@ class Evaluation:
         return {"style": self.style, "content": self.content, "settings": self.settings, "results": rows}
 
     def markdown(self) -> str:
-        """The report as a markdown table (the recommended strength, if any, is marked)."""
+        """The report as a markdown table (the vector's recommended strength, if any, is marked)."""
         names = list(self.results[0].scores) if self.results else []
         extra = [n for n in names if n not in (self.style, self.content)]
         header = ["method", "strength", f"style success ({self.style_label})", f"content ({self.content})", *extra,
@@ -108,8 +104,10 @@ class Evaluation:
         recommended = self.settings.get("recommended_strength")
         for r in self.results:
             strength = "" if r.strength is None else f"{r.strength:g}"
+            # The vector's own recommendation: calibrated, or set by hand (`icv extract --strength`);
+            # the file does not say which, so neither does the table.
             if r.strength is not None and r.strength == recommended:
-                strength += " (calibrated)"
+                strength += " (recommended)"
             cells = [r.method, strength, _fmt(r.style_success), _fmt(r.content),
                      *(_fmt(r.scores[n]) for n in extra), _fmt(r.empty), f"{r.prompt_tokens:.1f}", f"{r.seconds:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
@@ -171,7 +169,7 @@ def _json_safe(value: Any) -> Any:
 def evaluate(
     model: nn.Module,
     tokenizer: Any,
-    demos: Iterable[object],
+    demos: Iterable[object] | None,
     inputs: Sequence[str],
     *,
     style: Scorer,
@@ -189,6 +187,7 @@ def evaluate(
 ) -> Evaluation:
     """Compare zero-shot, ICL and ICV on ``inputs`` with the same ``demos``.
 
+    ``demos`` may be ``None`` when no method needs them (zero-shot, and ICV with ``vector``).
     * ``style``: the style scorer (its success rate is the headline figure).
     * ``content``: content preservation, MiniLM similarity to the source by default.
     * ``scorers``: further scorers; default: 3-gram repetition and perplexity under
@@ -199,13 +198,15 @@ def evaluate(
       recommended strength, if it has one.
     * ``steer_options``: ``mode``, ``site``, ``layers``, ``positions`` for :func:`icv.steer`.
     """
-    pairs = as_demos(demos)
     inputs = check_inputs(inputs)
     if references is not None and len(references) != len(inputs):
         raise OptionError(f"{len(references)} references for {len(inputs)} inputs")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
         raise OptionError(f"unknown methods {unknown}: choose from {', '.join(METHODS)}")
+    if demos is None and ("icl" in methods or ("icv" in methods and vector is None)):
+        raise OptionError("demos are needed for the 'icl' method, and for 'icv' unless a vector is given")
+    pairs = as_demos(demos) if demos is not None else []
     if not isinstance(style, Scorer):
         raise OptionError("style must be an icv.scorers.Scorer (e.g. SentimentScorer())")
     content = content if content is not None else SimilarityScorer()
@@ -216,7 +217,7 @@ def evaluate(
     settings: dict[str, Any] = {
         "model": str(getattr(model.config, "_name_or_path", "")),
         "num_inputs": len(inputs),
-        "num_demos": len(pairs),
+        "num_demos": len(pairs) if demos is not None else None,
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
         "decoding": "greedy",
@@ -277,36 +278,7 @@ def _mean_tokens(tokenizer: Any, prompts: Sequence[str]) -> float:
     return sum(len(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts) / len(prompts)
 
 
-# -- command line -----------------------------------------------------------------------
-
-STYLES = {
-    "positive": lambda: SentimentScorer("positive"),
-    "negative": lambda: SentimentScorer("negative"),
-    "inoffensive": OffensiveScorer,
-}
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``icv eval`` (for a sub-command parser, or a stand-alone one)."""
-    parser.add_argument("--demos", required=True, help="demonstrations: .jsonl (source/target), .csv or .tsv")
-    parser.add_argument("--inputs", required=True,
-                        help="test inputs, one per line; a second tab-separated column is the human reference")
-    parser.add_argument("--style", required=True, choices=sorted(STYLES),
-                        help="style success: VADER positive/negative, or not offensive (alt-profanity-check)")
-    parser.add_argument("--model", default=None, help="model name, folder or .gguf (default: the embedded SmolLM2)")
-    parser.add_argument("--vector", default=None, help="a saved vector to use instead of extracting one from --demos")
-    parser.add_argument("--strengths", default=None, help="comma-separated ICV strengths, e.g. 0.03,0.05,0.07")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of zero-shot,icl,icv")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N inputs")
-    parser.add_argument("--extract-method", default="pca", choices=("pca", "mean"))
-    parser.add_argument("--mode", default=None, choices=("rotate", "add"), help="injection mode (default: the vector's)")
-    parser.add_argument("--site", default=None, choices=("block", "mlp", "attn"), help="injection site")
-    parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--no-fluency", action="store_true", help="skip the perplexity scorer (Gemma 3 270M)")
-    parser.add_argument("--out", default="icv-eval", help="folder for eval.json, eval.md and eval.png")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
+# -- inputs from a file ----------------------------------------------------------------
 
 
 def read_inputs(path: str | os.PathLike[str], limit: int | None = None) -> tuple[list[str], list[str] | None]:
@@ -325,58 +297,10 @@ def read_inputs(path: str | os.PathLike[str], limit: int | None = None) -> tuple
     return inputs, ([c[1].strip() for c in cells] if with_reference else None)
 
 
-def _parse_strengths(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise OptionError(f"--strengths must be comma-separated numbers, got {text!r}") from None
 
+if __name__ == "__main__":  # python -m icv.evaluate ... is icv eval ...
+    import sys
 
-def run_eval(args: argparse.Namespace) -> int:
-    """Run ``icv eval`` from parsed arguments; print the table; 0 on success."""
-    from .demos import read_demos
-    from .models import load_model
+    from .cli import main
 
-    strengths = _parse_strengths(args.strengths) if args.strengths else None
-    demos = read_demos(args.demos)
-    inputs, references = read_inputs(args.inputs, args.limit)
-    model, tokenizer = load_model(args.model)
-    vector = InContextVector.load(args.vector) if args.vector else None
-    fluency = [] if args.no_fluency else [PerplexityScorer(model_name=fluency_model_for(model))]
-    scorers: list[Scorer] = [RepetitionScorer(3), *fluency]
-    if references is not None:
-        scorers.append(BleuScorer())
-    steer_options = {k: v for k, v in (("mode", args.mode), ("site", args.site)) if v}
-    evaluation = evaluate(
-        model, tokenizer, demos, inputs,
-        style=STYLES[args.style](),
-        scorers=scorers,
-        references=references,
-        vector=vector,
-        strengths=strengths,
-        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-        extract_options={"method": args.extract_method},
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        progress=False if args.quiet else None,
-        **steer_options,
-    )
-    paths = evaluation.save(args.out)
-    print(evaluation.markdown())
-    print(f"\nwrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
-    return 0
-
-
-def cli_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m icv.evaluate ...``: the same as ``icv eval ...``."""
-    parser = add_eval_arguments(argparse.ArgumentParser(prog="icv eval", description=__doc__.splitlines()[0]))
-    args = parser.parse_args(argv)
-    try:
-        return run_eval(args)
-    except ICVError as error:
-        parser.exit(2, f"icv eval: error: {error}\n")
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(cli_main())
+    raise SystemExit(main(["eval", *sys.argv[1:]]))

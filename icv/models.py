@@ -12,7 +12,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,13 +91,45 @@ def load_model(
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
+    progress: bool = True,
     **kwargs: Any,
 ) -> tuple[nn.Module, Any]:
     """``(model, tokenizer)`` for the embedded default, an alias, a ``.gguf`` file, or any HF model.
 
     Extra keyword arguments go to ``AutoModelForCausalLM.from_pretrained`` (for example
-    ``device_map="auto"``).  The model is put in eval mode.
+    ``device_map="auto"``).  The model is put in eval mode.  ``progress=False`` silences
+    transformers' and the hub's progress bars and notices while loading.
     """
+    if progress:
+        return _load(name_or_path, dtype, device, kwargs)
+    with quiet_transformers():
+        return _load(name_or_path, dtype, device, kwargs)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No progress bars or notices from transformers and the hub inside the block (restored after)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    bars, hub_bars, verbosity = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if hub_bars:
+            enable_progress_bars()
+
+
+def _load(
+    name_or_path: str | os.PathLike[str] | None, dtype: torch.dtype, device: str | torch.device | None,
+    kwargs: dict[str, Any],
+) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     key = DEFAULT_MODEL if name_or_path is None else str(name_or_path)

@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save as save_safetensors_bytes
 
 from . import metadata as meta
-from .errors import VectorExistsError, VectorFileError
+from .errors import FormatVersionError, VectorExistsError, VectorFileError
 
 if TYPE_CHECKING:
     from .vector import InContextVector
@@ -169,9 +169,23 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def load_vector(path: str | os.PathLike[str]) -> InContextVector:
-    """Read and validate a vector file, or raise a :class:`VectorFileError`."""
+    """Read and validate a vector file, or raise a :class:`VectorFileError`.
+
+    A file of another kind (GGUF, demonstrations, model weights ...) gets an error that
+    says what it is and what reads it.
+    """
     file = _as_path(path)
-    return from_bytes(_read_bounded(file), source=str(file))
+    try:
+        return from_bytes(_read_bounded(file), source=str(file))
+    except FormatVersionError:
+        raise
+    except VectorFileError as error:
+        from .filekinds import what_it_is
+
+        kind = what_it_is(file)
+        if kind is None:
+            raise
+        raise VectorFileError(f"'{file}' is {kind}") from error
 
 
 MAX_FILE_BYTES = MAX_HEADER_BYTES + MAX_TENSOR_BYTES + 8

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import icv
+from icv.display import side_by_side
 from icv.generation import complete
-from icv.prompts import cut_answer, paraphrase_prompt
+from icv.prompts import chat_prompt, cut_answer, paraphrase_prompt
 
 RECIPES = Path(__file__).resolve().parent
 DEMOS_FILE = "demos.jsonl"
@@ -88,25 +88,6 @@ def rewrite_prompts(texts: Sequence[str]) -> list[str]:
     return [paraphrase_prompt(text) for text in texts]
 
 
-def chat_prompts(tokenizer: Any, questions: Sequence[str]) -> list[str]:
-    """Each question as a user turn in the model's chat template, ready for the answer."""
-    return [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
-        )
-        for q in questions
-    ]
-
-
-def answer_template(tokenizer: Any, request: str = "Say something.") -> str:
-    """An extraction template that reads each demonstration as the assistant's reply in a chat.
-
-    Role-play and formatting vectors steer chat answers; read from inside an answer,
-    their shift matches what steering meets (raw sentences give a weaker, noisier one).
-    """
-    return chat_prompts(tokenizer, [request])[0].replace("{", "{{").replace("}", "}}") + "{text}"
-
-
 def one_line(completion: str) -> str:
     """A chat answer with its line breaks and runs of spaces folded into single spaces."""
     return " ".join(completion.split())
@@ -134,18 +115,7 @@ def print_comparison(
     inputs: Sequence[str], columns: Mapping[str, Sequence[str]], *, file: TextIO | None = None
 ) -> None:
     """Each input followed by one line per column, labels aligned."""
-    out = file if file is not None else sys.stdout
-    width = max(len(label) for label in columns)
-    for i, text in enumerate(inputs):
-        print(f"[{i + 1}] {text}", file=out)
-        for label, outputs in columns.items():
-            answer = outputs[i].replace("\n", " / ") or "(empty)"
-            lines = textwrap.wrap(answer, 100 - width) or [answer]
-            print(f"    {label:<{width}} | {lines[0]}", file=out)
-            for more in lines[1:]:
-                print(f"    {'':<{width}} | {more}", file=out)
-        print(file=out)
-
+    print(side_by_side(inputs, columns), file=file if file is not None else sys.stdout)
 
 
 def run_one_vector_recipe(
@@ -167,13 +137,13 @@ def run_one_vector_recipe(
     """
     args = parse_args(description, strength=strength, out=default_out(recipe, name), argv=argv)
     model, tokenizer = icv.load_model()
-    options = {"template": answer_template(tokenizer)} if chat else {}
+    options = {"template": icv.chat_reply_template(tokenizer)} if chat else {}
     vector = extract_and_save(
         model, tokenizer, load_demos(recipe), name=name, strength=args.strength, out=args.out, **options
     )
     print(f"saved {args.out}  ({vector})\n")
     if chat:
-        columns = compare(model, tokenizer, chat_prompts(tokenizer, inputs), {label: (vector, args.strength)},
+        columns = compare(model, tokenizer, [chat_prompt(tokenizer, q) for q in inputs], {label: (vector, args.strength)},
                           max_new_tokens=40, cut=one_line)
     else:
         columns = compare(model, tokenizer, rewrite_prompts(inputs), {label: (vector, args.strength)})

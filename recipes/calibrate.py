@@ -22,9 +22,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import icv  # noqa: E402
-from icv.prompts import paraphrase_prompt  # noqa: E402
+from icv.prompts import chat_prompt, paraphrase_prompt  # noqa: E402
 from icv.scorers import FunctionScorer, OffensiveScorer, Scorer, SentimentScorer  # noqa: E402
-from _common import answer_template, chat_prompts, load_demos  # noqa: E402
+from _common import load_demos  # noqa: E402
 
 STRENGTHS = (0.03, 0.04, 0.05, 0.06, 0.07, 0.08)
 
@@ -63,7 +63,7 @@ class Setup:
 
 def _plain(name: str, chat: bool = False) -> Callable[[Any, Any], icv.InContextVector]:
     def build(model: Any, tokenizer: Any) -> icv.InContextVector:
-        template = answer_template(tokenizer) if chat else "{text}"
+        template = icv.chat_reply_template(tokenizer) if chat else "{text}"
         return icv.extract(model, tokenizer, load_demos(name), name=name, template=template, progress=False)
 
     return build
@@ -165,7 +165,7 @@ def main(names: list[str]) -> None:
     model, tokenizer = icv.load_model()
     for name in names or list(SETUPS):
         setup = SETUPS[name]
-        prompt = (lambda q: chat_prompts(tokenizer, [q])[0]) if setup.chat else paraphrase_prompt
+        prompt = (lambda q: chat_prompt(tokenizer, q)) if setup.chat else paraphrase_prompt
         vector = setup.build(model, tokenizer)
         calibrated, report = icv.calibrate(
             model, tokenizer, vector, setup.inputs, style=setup.style, strengths=STRENGTHS,

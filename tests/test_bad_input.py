@@ -40,6 +40,11 @@ FILES = {
     "missing key.jsonl": ('{"source": "a", "target": "b"}\n{"source": "a"}\n', icv.DemoError,
                           "{file}:2: expected an object with 'source' and 'target'"),
     "not an object.jsonl": ('["a", "b"]\n', icv.DemoError, "{file}:1: expected an object"),
+    "array in jsonl.jsonl": ('[["a", "b"], ["c", "d"]]\n', icv.DemoError, "name it .json, or write one object per line"),
+    "bad item.json": ('[["a", "b"],\n {"source": "c"}]', icv.DemoError, "{file}: item 1 needs the keys 'source' and 'target'"),
+    "empty item.json": ('[["a", " "]]', icv.DemoError, "{file}: item 0 target is empty"),
+    "broken array.json": ('[["a", "b"],\n ["c"', icv.DemoError, "{file}:2: invalid JSON"),
+    "empty array.json": ("[]", icv.DemoError, "{file}: no demonstrations found"),
     "invalid json.jsonl": ('{"source": "a", "target": "b"}\n\n{"source": \n', icv.DemoError,
                            "{file}:3: invalid JSON"),
     "deep json.jsonl": ("[" * 5000 + "\n", icv.DemoError, "{file}:1: JSON too large or too deeply nested"),
@@ -83,6 +88,16 @@ def test_blank_lines_and_trailing_empty_cells_are_ignored(tmp_path):
     assert icv.read_demos(jsonl) == [icv.Demo("a", "b"), icv.Demo("c", "d")]
 
 
+def test_a_json_file_may_hold_one_array_of_pairs_or_json_lines(tmp_path):
+    expected = [icv.Demo("a", "b"), icv.Demo("c", "d")]
+    array = tmp_path / "pairs.json"
+    array.write_text('[\n  ["a", "b"],\n  {"source": "c", "target": "d"}\n]\n')
+    assert icv.read_demos(array) == expected
+    lines = tmp_path / "lines.json"
+    lines.write_text('{"source": "a", "target": "b"}\n{"source": "c", "target": "d"}\n')
+    assert icv.read_demos(lines) == expected
+
+
 def test_line_separators_inside_json_strings_are_not_line_breaks(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"source": "a\u2028b", "target": "c\x85d\u2029"}\n{"source": "e", "target": "f"}\n'
@@ -109,7 +124,8 @@ def test_a_path_that_is_not_a_path():
 
 BAD_DEMOS = {
     "empty list": ([], "no demonstrations given"),
-    "a string": ("the food was cold", "must be a list"),
+    "a string": ("the food was cold", "demos is a string, not a list of pairs, and no file 'the food was cold'"),
+    "a missing file": ("absent-demos.jsonl", "cannot read demonstrations from 'absent-demos.jsonl'"),
     "not iterable": (3, "must be a list"),
     "empty source": ([("", "b")], "demo 0 source is empty"),
     "blank target": ([("a", "b"), ("a", "   ")], "demo 1 target is empty"),
@@ -128,6 +144,14 @@ def test_bad_demos_in_code(model, case):
     with pytest.raises(icv.DemoError, match=message.replace("(", r"\(").replace(")", r"\)")):
         icv.extract(model, ByteTokenizer(), demos)
     assert no_hooks(model)
+
+
+def test_extract_reads_a_demonstration_file_given_as_a_path(model, tmp_path):
+    path = tmp_path / "demos.jsonl"
+    path.write_text("".join(f'{{"source": "{s}", "target": "{t}"}}\n' for s, t in DEMOS))
+    expected = icv.extract(model, ByteTokenizer(), DEMOS)
+    for given in (path, str(path)):
+        assert icv.extract(model, ByteTokenizer(), given).equal(expected)
 
 
 def test_one_demo_falls_back_to_the_mean_with_a_warning(model):

@@ -13,9 +13,10 @@ import torch
 from tiny import DEMOS, tiny_model
 
 import icv
-from icv.cli import COMMANDS, chat_prompt, layer_list, main, weighted_path
+from icv.cli import COMMANDS, layer_list, main, weighted_path
 from icv.errors import DemoError, OptionError
 from icv.generation import complete
+from icv.prompts import chat_prompt
 from icv.gguf import additive_deltas, import_gguf
 
 CHAT_TEMPLATE = (
@@ -154,6 +155,21 @@ def test_extract_preset_paper(model_dir, tmp_path, capsys, loaded):
     code, _, err = run(capsys, "extract", "--demos", demos, "--out", tmp_path / "x.safetensors", "--model", model_dir,
                        "--preset", "paper", "--method", "mean")
     assert code == 1 and "preset='paper'" in err
+def test_extract_templates_plain_and_chat(model_dir, demos_file, loaded, tmp_path, capsys):
+    model, tokenizer = loaded
+    reply = icv.chat_reply_template(tokenizer)
+    assert reply.format(text="TEXT") == "<user>Say something.\n<assistant>TEXT"
+    for option, template in ((["--chat"], reply), (["--template", "Review: {text}"], "Review: {text}")):
+        out = tmp_path / f"{len(template)}.safetensors"
+        code, _, _ = run(capsys, "extract", "--demos", demos_file, "--out", out, "--model", model_dir, "--quiet", *option)
+        assert code == 0
+        vector = icv.InContextVector.load(out)
+        assert vector.metadata["prompt_template"] == template
+        assert vector.equal(icv.extract(model, tokenizer, DEMOS, template=template, name="warm"))
+    code, _, err = run(capsys, "extract", "--demos", demos_file, "--out", tmp_path / "x", "--template", "{oops}",
+                       "--model", tmp_path / "no-such-model")
+    assert code == 1 and "{text}" in err  # refused before any model loads
+    assert run(capsys, "extract", "--demos", demos_file, "--out", tmp_path / "x", "--chat", "--template", "{text}")[0] == 2
 
 
 def test_extract_refuses_to_overwrite_without_force(vec, model_dir, demos_file, capsys):
@@ -195,18 +211,27 @@ def test_extract_layer_out_of_range_is_an_error(model_dir, demos_file, tmp_path,
 # -- inspect --------------------------------------------------------------------------
 
 
-def test_inspect_shows_metadata_and_norms(vec, capsys):
+def test_inspect_shows_metadata_and_what_varies_per_layer(vec, tmp_path, capsys):
     code, out, _ = run(capsys, "inspect", vec)
     assert code == 0
     assert "warm" in out and "3 x 32" in out and "rotate@mlp" in out and "library default" in out
-    table = out.split("\n\n", 1)[1].splitlines()
-    assert table[0].split()[:3] == ["layer", "norm", "scale"]
-    assert [line.split()[0] for line in table[1:]] == ["0"]  # three layers fit on one line
-    assert run(capsys, "inspect", vec, "--columns", "1")[1].split("\n\n", 1)[1].count("\n") == 4
+    note, *table = out.split("\n\n", 1)[1].splitlines()
+    assert "norm 1" in note  # a fresh vector's directions are unit: no column of 1.0000
+    assert table[0].split()[:3] == ["layer", "scale", "layer"]
+    vector = icv.InContextVector.load(vec)
+    assert [float(x) for x in table[1].split()[1::2]] == pytest.approx(vector.layer_scales.tolist(), abs=1e-3)
+    assert run(capsys, "inspect", vec, "--columns", "1")[1].split("\n\n", 1)[1].count("\n") == 5
+    scaled = tmp_path / "scaled.safetensors"
+    InContextVector = icv.InContextVector
+    InContextVector(vector.directions * torch.tensor([[1.0], [2.0], [0.5]]), vector.metadata, vector.layer_scales).save(scaled)
+    table = run(capsys, "inspect", scaled)[1].split("\n\n", 1)[1].splitlines()[1:]
+    assert table[0].split()[:3] == ["layer", "scale", "norm"]
+    assert [float(x) for x in table[1].split()[2::3]] == pytest.approx([1.0, 2.0, 0.5], abs=1e-4)
     code, out, _ = run(capsys, "inspect", vec, "--json")
     report = json.loads(out)
     assert report["metadata"]["name"] == "warm" and len(report["layer_norms"]) == 3
     assert report["layer_norms"] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
+    assert report["layer_scales"] == pytest.approx(vector.layer_scales.tolist())
 
 
 def test_inspect_reads_gguf_and_refuses_garbage(vec, tmp_path, capsys):
@@ -267,8 +292,9 @@ def test_generate_chat_uses_the_template(vec, loaded, capsys):
 
 
 def test_chat_without_a_template_is_an_error(tokenizer):
-    with pytest.raises(OptionError, match="chat template"):
-        chat_prompt(tokenizer, "hello")
+    for make in (chat_prompt, icv.chat_reply_template):
+        with pytest.raises(OptionError, match="no chat template .a base model, such as Gemma 3 270M"):
+            make(tokenizer, "hello")
 
 
 def test_generate_bad_input(vec, tmp_path, monkeypatch, capsys):
@@ -390,3 +416,77 @@ def test_eval_subcommand_is_wired_and_checks_its_arguments(tmp_path, capsys):
     assert code == 1
     assert "--strengths must be comma-separated numbers" in capsys.readouterr().err
     assert main(["eval", "--demos", str(demos)]) == 2  # --inputs and --style are required
+
+
+# -- the command line's own behaviour (startup, --quiet, argument forms) ---------------
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    probe = (
+        "import sys\n"
+        "from icv.cli import COMMANDS, main\n"
+        "codes = [main(['--help']), main(['--version'])] + [main([c.name, '--help']) for c in COMMANDS]\n"
+        "codes.append(main(['generate', '--vector', 'v', '--layers', 'a', 'hi']))\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'numpy'})\n"
+        "print(codes, heavy, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    codes, heavy = result.stderr.strip().splitlines()[-1].rsplit("] [", 1)
+    assert codes.strip("[").split(", ")[-1] == "2" and set(codes.strip("[").split(", ")[:-1]) == {"0"}
+    assert heavy == "]", f"icv --help imported {heavy}"
+
+
+def test_quiet_silences_loading_messages_and_bars(model_dir, demos_file, tmp_path, capsys):
+    code, _, err = run(capsys, "extract", "--demos", demos_file, "--out", tmp_path / "a.safetensors", "--model", model_dir)
+    assert code == 0 and "loading model" in err and "Loading weights" in err
+    for i, argv in enumerate((["--quiet", "extract"], ["extract", "--quiet"])):
+        out = tmp_path / f"{i}.safetensors"
+        code, _, err = run(capsys, *argv, "--demos", demos_file, "--out", out, "--model", model_dir)
+        assert code == 0 and err == ""
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # restored after the command
+
+
+def test_combine_says_a_weight_is_not_a_number(vec, tmp_path, capsys):
+    code, _, err = run(capsys, "combine", f"{vec}:abc", "--out", tmp_path / "o.safetensors")
+    assert code == 2 and "weight of" in err and "not a number: 'abc'" in err
+    odd = tmp_path / "odd:name.safetensors"
+    odd.write_bytes(vec.read_bytes())
+    assert weighted_path(str(odd)) == weighted_path(f"{odd}:1")
+    assert weighted_path("x:y/v.gguf").path == "x:y/v.gguf"
+    with pytest.raises(Exception, match="not a number"):
+        weighted_path(f"{tmp_path}/absent:b")
+
+
+def test_layer_ranges_may_count_from_the_end(vec, loaded, capsys):
+    assert layer_list("-20--18,-1") == [-20, -19, -18, -1]
+    with pytest.raises(Exception, match="mixes"):
+        layer_list("-5-3")
+    with pytest.raises(Exception, match="backwards"):
+        layer_list("-1--3")
+    model, tokenizer = loaded
+    expected = complete(model, tokenizer, ["hi"], vector=icv.InContextVector.load(vec), strength=0.5,
+                        layers=[1, 2], max_new_tokens=4)[0]
+    code, out, _ = run(capsys, "generate", "--vector", vec, "--strength", "0.5", "--layers=-2--1",
+                       "--max-new-tokens", "4", "hi")
+    assert code == 0 and out == expected + "\n"
+
+
+def test_eval_with_a_saved_vector_needs_no_demos_and_shows_outputs(vec, tmp_path, capsys):
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("the food was bad\nslow service\n")
+    common = ["eval", "--inputs", inputs, "--style", "positive", "--no-fluency", "--max-new-tokens", "3",
+              "--out", tmp_path / "report"]
+    code, _, err = run(capsys, *common, "--methods", "icv")
+    assert code == 2 and "--demos is needed" in err
+    # The model comes from the vector, as for generate.
+    code, out, err = run(capsys, "--quiet", *common, "--vector", vec, "--methods", "zero-shot,icv", "--strengths", "0.5",
+                         "--show")
+    assert code == 0 and err == ""
+    shown = out.split("[1] the food was bad\n", 1)[1]
+    assert shown.splitlines()[0].startswith("    zero-shot | ") and shown.splitlines()[1].startswith("    icv @ 0.5 | ")
+    assert "[2] slow service" in shown
+    report = json.loads((tmp_path / "report" / "eval.json").read_text())
+    assert [r["outputs"][0] or "(empty)" for r in report["results"]] == [
+        line.split(" | ", 1)[1] for line in shown.splitlines()[:2]]

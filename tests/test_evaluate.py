@@ -8,7 +8,7 @@ import pytest
 
 import icv
 from icv.errors import OptionError
-from icv.evaluate import add_eval_arguments, cli_main, evaluate, read_inputs
+from icv.evaluate import evaluate, read_inputs
 from icv.scorers import FunctionScorer, RepetitionScorer
 from icv.sweep import steered_answers
 from tiny import ByteTokenizer
@@ -90,7 +90,8 @@ def test_recommended_strength_joins_the_default_sweep_and_is_marked(llama, tok):
         vector=vector, methods=["icv"], max_new_tokens=3,
     )
     assert [r.strength for r in evaluation.results] == [0.03, 0.05, 0.06, 0.07, 0.09]
-    assert "0.06 (calibrated)" in evaluation.markdown()
+    table = evaluation.markdown()
+    assert "0.06 (recommended)" in table and "calibrated" not in table  # set by hand here, not calibrated
 
 
 def test_bad_arguments_are_option_errors(llama, tok):
@@ -117,13 +118,22 @@ def test_read_inputs_with_and_without_references(tmp_path):
 
 
 def test_eval_arguments_and_cli_errors(tmp_path, capsys):
-    import argparse
+    from icv.cli import build_parser, main
 
-    args = add_eval_arguments(argparse.ArgumentParser()).parse_args(
-        ["--demos", "d.tsv", "--inputs", "i.txt", "--style", "inoffensive", "--strengths", "0.05,0.07"]
+    args = build_parser().parse_args(
+        ["eval", "--demos", "d.tsv", "--inputs", "i.txt", "--style", "inoffensive", "--strengths", "0.05,0.07"]
     )
     assert args.style == "inoffensive" and args.strengths == "0.05,0.07" and args.batch_size == 16
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["--demos", str(tmp_path / "none.tsv"), "--inputs", "x", "--style", "positive"])
-    assert exit_info.value.code == 2
+    assert main(["eval", "--demos", str(tmp_path / "none.tsv"), "--inputs", "x", "--style", "positive"]) == 1
     assert "cannot read demonstrations" in capsys.readouterr().err
+
+
+def test_demos_are_needed_only_by_the_methods_that_use_them(llama, tok):
+    vector = icv.extract(llama, tok, DEMOS)
+    report = evaluate(llama, tok, None, INPUTS, style=fake_style(), content=fake_content(), scorers=[],
+                      vector=vector, methods=["zero-shot", "icv"], strengths=[0.1], max_new_tokens=3)
+    assert [r.label for r in report.results] == ["zero-shot", "icv @ 0.1"]
+    assert report.settings["num_demos"] is None
+    for methods, given in ((["icl"], vector), (["icv"], None)):
+        with pytest.raises(OptionError, match="demos are needed"):
+            evaluate(llama, tok, None, INPUTS, style=fake_style(), vector=given, methods=methods)

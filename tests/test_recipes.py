@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -148,15 +149,14 @@ def test_prompt_helpers(common: ModuleType) -> None:
     assert common.rewrite_prompts(["Hi there."]) == [paraphrase_prompt("Hi there.")]
     assert common.one_line("  A\n\nB   c \n") == "A B c"
 
-    class ChatTokenizer:
-        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-            assert tokenize is False and add_generation_prompt is True
-            return "<user>{" + messages[0]["content"] + "}<assistant>"
 
-    assert common.chat_prompts(ChatTokenizer(), ["Q?"]) == ["<user>{Q?}<assistant>"]
-    template = common.answer_template(ChatTokenizer())
-    # Braces from the chat template are escaped: only {text} is a field.
-    assert template.format(text="ANSWER") == "<user>{Say something.}<assistant>ANSWER"
+def test_recipes_use_only_the_public_api() -> None:
+    private = re.compile(r"^\s*from icv\.\S+ import .*\b_\w+|icv\.\w+\._\w+|^\s*from _common import .*\b_\w+", re.M)
+    for script in sorted(RECIPES.glob("**/*.py")):
+        source = script.read_text()
+        assert not private.findall(source), f"{script} uses a private helper"
+        # Chat formats come from the library (icv.chat_reply_template, icv.prompts.chat_prompt).
+        assert "apply_chat_template" not in source, f"{script} builds a chat format itself"
 
 
 # -- the real model ------------------------------------------------------------------------

@@ -117,3 +117,59 @@ def test_saved_files_get_ordinary_permissions(vec, tmp_path):
         os.umask(mask)
     for name in ("v.safetensors", "v.gguf"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+
+
+def _gguf_model_file(path):
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", torch.zeros(4, 2).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+WRONG_FILES = {
+    # name: (writer, what the error must say)
+    "demos.jsonl": (lambda p: p.write_text('{"source": "a", "target": "b"}\n'), ["JSON Lines demonstrations", "icv.read_demos("]),
+    "demos.json": (lambda p: p.write_text('[["a", "b"]]'), ["JSON array", "icv.read_demos("]),
+    "demos.csv": (lambda p: p.write_text("bad food,good food\n"), ["CSV/TSV", "icv extract --demos"]),
+    "notes.txt": (lambda p: p.write_text("hello\n"), ["a text file"]),
+    "blank.safetensors": (lambda p: p.write_text("\n\n"), ["blank lines"]),
+    "model.safetensors": (
+        lambda p: __import__("safetensors.torch").torch.save_file({"model.layers.0.mlp.weight": torch.zeros(2)}, str(p)),
+        ["a model's weights", "icv.load_model("],
+    ),
+    "model.pt": (lambda p: torch.save({"w": torch.zeros(2)}, p), ["zip archive", "torch.save"]),
+    "old.pt": (lambda p: torch.save({"w": 1}, p, _use_new_zipfile_serialization=False), ["a pickle", "never unpickles"]),
+    "model.gguf": (_gguf_model_file, ["a GGUF model", "icv.load_model("]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRONG_FILES))
+def test_loading_another_kind_of_file_says_what_it_is(tmp_path, name):
+    write, expected = WRONG_FILES[name]
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(icv.VectorFileError) as caught:
+        icv.InContextVector.load(path)
+    message = str(caught.value)
+    assert message.startswith(f"'{path}' is ") and all(text in message for text in expected), message
+
+
+def test_loading_a_gguf_control_vector_names_import_gguf(vec, tmp_path):
+    pytest.importorskip("gguf")
+    path = tmp_path / "v.gguf"
+    with pytest.warns(UserWarning):  # block 0 dropped
+        icv.export_gguf(vec, path)
+    with pytest.raises(icv.VectorFileError, match=r"a GGUF control vector: read it with icv.import_gguf\("):
+        icv.InContextVector.load(path)
+    assert icv.import_gguf(path).num_layers == vec.num_layers  # the top-level name works
+
+
+def test_a_damaged_vector_file_keeps_its_own_error(vec, tmp_path):
+    path = tmp_path / "v.safetensors"
+    vec.save(path)
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(icv.VectorFileError, match="truncated or altered"):
+        icv.InContextVector.load(path)
