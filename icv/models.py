@@ -132,30 +132,35 @@ def _load(
 ) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    key = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
-    key = ALIASES.get(key.lower(), key)
-    display_name = key
-    if key in EMBEDDED:
-        folder = _converted(EMBEDDED[key].locate())
-    elif key.lower().endswith(".gguf"):
-        gguf = Path(key)
-        if not gguf.is_file():
-            raise ModelLoadError(f"no GGUF file at '{gguf}'")
-        display_name = gguf.stem
-        folder = _converted(gguf)
-    else:
-        folder = Path(key) if Path(key).exists() else None
-    source = str(folder) if folder is not None else key
+    source, display_name = model_source(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot load model '{key}': {error}") from error
+        raise ModelLoadError(f"cannot load model '{display_name}': {error}") from error
     if device is not None:
         model = model.to(device)
     model.eval()
     model.config._name_or_path = display_name
     return model, tokenizer
+
+
+def model_source(name_or_path: str | os.PathLike[str] | None = None) -> tuple[str, str]:
+    """``(what to load, the model's name)`` for a name :func:`load_model` accepts.
+
+    The embedded models and ``.gguf`` files become their converted (cached) safetensors
+    folder, which other engines (vLLM) can load too; the name is what vectors record.
+    """
+    key = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
+    key = ALIASES.get(key.lower(), key)
+    if key in EMBEDDED:
+        return str(_converted(EMBEDDED[key].locate())), key
+    if key.lower().endswith(".gguf"):
+        gguf = Path(key)
+        if not gguf.is_file():
+            raise ModelLoadError(f"no GGUF file at '{gguf}'")
+        return str(_converted(gguf)), gguf.stem
+    return key, key
 
 
 def model_name_of(model: nn.Module) -> str:

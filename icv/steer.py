@@ -223,11 +223,16 @@ class _Variants:
         return self._delta.repeat_interleave(batch // rows, dim=0).unsqueeze(1)
 
 
-def _prepare_rotation(delta: torch.Tensor) -> tuple:
-    """(delta, -delta/|delta| as a column for one matmul; zero rows stay zero)."""
+def away_directions(delta: torch.Tensor) -> torch.Tensor:
+    """``-delta/|delta|`` along the last axis (zero rows stay zero): what the rotation's boost measures."""
     wide = delta.float()
     norm = wide.norm(dim=-1, keepdim=True)
-    away = torch.where(norm > 0, -wide / norm.clamp_min(_EPS), torch.zeros_like(wide)).to(delta.dtype)
+    return torch.where(norm > 0, -wide / norm.clamp_min(_EPS), torch.zeros_like(wide)).to(delta.dtype)
+
+
+def _prepare_rotation(delta: torch.Tensor) -> tuple:
+    """(delta, -delta/|delta| as a column for one matmul; zero rows stay zero)."""
+    away = away_directions(delta)
     column = away.unsqueeze(-1) if delta.dim() == 1 else away.transpose(-1, -2)
     return delta, column
 
@@ -235,32 +240,41 @@ def _prepare_rotation(delta: torch.Tensor) -> tuple:
 def _rotation_hook(delta: torch.Tensor, tracker: PositionTracker | None) -> Hook:
     variants = _Variants(delta, _prepare_rotation)
 
-    # Nine tensor ops per call (the hook runs per layer per generated token, where the
-    # cost of launching ops, not arithmetic, dominates): no syncs, no Python loops.
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
         x = output if type(output) is torch.Tensor else output_tensor(output)
         d, away = variants.get(x)
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        # boost * |x| = |x| (1 + max(0, cos(x, -d))) = |x| + max(0, x . -d/|d|)
-        coef = torch.matmul(x, away).clamp_min_(0.0).add_(norm)
-        if tracker is not None:
-            coef.mul_(tracker.mask_for(x))
-        # x/|x| + boost*d, rescaled to |x|:  (x + boost |x| d) * |x| / |x + boost |x| d|
-        y = torch.addcmul(x, coef, d)
-        # |y| = 0 only where x = 0 (then y = 0 too): 0/0 -> 0 keeps it zero, in any dtype.
-        # Unsteered rows and positions get y = x, so |x|/|y| is exactly 1: bitwise unchanged.
-        y.mul_(norm.div_(torch.linalg.vector_norm(y, dim=-1, keepdim=True)).nan_to_num_(0.0, 0.0, 0.0))
+        y = rotate_towards(x, d, torch.matmul(x, away), None if tracker is None else tracker.mask_for(x))
         return y if type(output) is torch.Tensor else _replace(output, y)
 
     return hook
 
 
+def rotate_towards(
+    x: torch.Tensor, d: torch.Tensor, dot_away: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x`` turned towards ``d`` with its norm kept: the rotation every steering hook applies.
+
+    ``d`` broadcasts against ``x`` (one delta, one per row, or one per token);
+    ``dot_away`` is ``x . -d/|d|`` per position (0 where ``d`` is 0), shape ``(..., 1)``,
+    and is overwritten; ``mask`` (0 or 1 per position) leaves the positions at 0 untouched.
+    """
+    # Nine tensor ops (the hook runs per layer per generated token, where the cost of
+    # launching ops, not arithmetic, dominates): no syncs, no Python loops.
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    # boost * |x| = |x| (1 + max(0, cos(x, -d))) = |x| + max(0, x . -d/|d|)
+    coef = dot_away.clamp_min_(0.0).add_(norm)
+    if mask is not None:
+        coef.mul_(mask)
+    # x/|x| + boost*d, rescaled to |x|:  (x + boost |x| d) * |x| / |x + boost |x| d|
+    y = torch.addcmul(x, coef, d)
+    # |y| = 0 only where x = 0 (then y = 0 too): 0/0 -> 0 keeps it zero, in any dtype.
+    # Unsteered rows and positions get y = x, so |x|/|y| is exactly 1: bitwise unchanged.
+    return y.mul_(norm.div_(torch.linalg.vector_norm(y, dim=-1, keepdim=True)).nan_to_num_(0.0, 0.0, 0.0))
+
+
 def _prepare_averaged(deltas: torch.Tensor) -> tuple:
     """(deltas / K, the K unit "away" directions as columns) for K vectors (zero rows stay zero)."""
-    wide = deltas.float()
-    norm = wide.norm(dim=-1, keepdim=True)
-    away = torch.where(norm > 0, -wide / norm.clamp_min(_EPS), torch.zeros_like(wide)).to(deltas.dtype)
-    return deltas / deltas.shape[0], away.transpose(0, 1).contiguous()
+    return deltas / deltas.shape[0], away_directions(deltas).transpose(0, 1).contiguous()
 
 
 def _averaged_rotation_hook(deltas: torch.Tensor, tracker: PositionTracker | None) -> Hook:
@@ -352,7 +366,7 @@ def steer(
     num_layers = vectors[0].num_layers
     strengths = _row_strengths(strength, vectors, mode, site, scale)
     weights = layer_weights(_covered_layers(vectors) if layers is None else layers, num_layers)
-    deltas = _deltas(vectors, strengths, weights, mode, scale)
+    deltas = layer_deltas(vectors, strengths, weights, mode, scale)
     description = vectors[0].name if len(vectors) == 1 else f"{len(vectors)} vectors"
     return Steering(
         model,
@@ -402,7 +416,7 @@ def steer_averaged(
     if len(strengths) != len(parts):
         raise OptionError(f"{len(strengths)} strengths for {len(parts)} {what}")
     weights = layer_weights(_covered_layers(parts) if layers is None else layers, num_layers)
-    deltas = _deltas(parts, strengths, weights, mode, scale)
+    deltas = layer_deltas(parts, strengths, weights, mode, scale)
     names = " | ".join(v.name for v in parts)
     return Steering(
         model,
@@ -601,7 +615,7 @@ def layer_weights(
     return weights
 
 
-def _deltas(
+def layer_deltas(
     vectors: list[InContextVector], strengths: list[float], weights: torch.Tensor, mode: str,
     scale: str = "activation",
 ) -> torch.Tensor:

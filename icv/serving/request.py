@@ -126,3 +126,15 @@ def _strength(value: object, where: str, max_strength: float) -> float | None:
             code="invalid_strength",
         )
     return number
+
+
+def steering_fields(spec: SteeringSpec | None) -> dict[str, Any]:
+    """The request fields that ask for ``spec`` (``None``: unsteered), strengths as given.
+
+    Servers answer with it to say which steering was applied (strengths made explicit
+    by :meth:`VectorLibrary.resolve`), and it round-trips: ``parse_steering`` of it is ``spec``.
+    """
+    if spec is None:
+        return {STEERING_FIELD: None, POSITIONS_FIELD: None}
+    terms = [{"vector": t.vector, "strength": t.strength} for t in spec.terms]
+    return {STEERING_FIELD: terms, POSITIONS_FIELD: spec.positions}

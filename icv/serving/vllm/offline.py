@@ -1,0 +1,122 @@
+"""Steering vLLM's offline ``LLM``: every request alike, or each through its own ``SamplingParams``.
+
+::
+
+    from vllm import SamplingParams
+    from icv.serving.vllm import SteeredLLM
+
+    llm = SteeredLLM(vectors=["vectors/"], dtype="float32", max_model_len=512)
+    params = SamplingParams(max_tokens=30, temperature=0,
+                            extra_args={"steering": [{"vector": "positive", "strength": 0.06}],
+                                        "steering_positions": "generated"})
+    outputs = llm.generate(["The food was cold."], params)
+
+A request's ``extra_args`` take the same ``steering`` and ``steering_positions`` fields
+as the HTTP API; a request without a ``steering`` field gets the ``steering`` given
+to :class:`SteeredLLM` (none by default), and ``"steering": []`` opts out of it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ...errors import OptionError, SteeringError
+from ...models import model_source
+from ..request import POSITIONS_FIELD, STEERING_FIELD, SteeringSpec, parse_steering
+from .contract import STATUS_METHOD, STEERING_ARG, cache_salt, encode, load_library, plugin_environment
+
+
+class SteeredLLM:
+    """vLLM's ``LLM`` with the plugin's vectors loaded in every worker.
+
+    ``model``: anything :func:`icv.load_model` takes (default: the embedded model);
+    ``vectors``: vector files or folders (a vector's name is its file's stem);
+    ``steering``/``steering_positions``: what requests without their own ``steering``
+    get; other keyword arguments go to ``vllm.LLM`` (``enforce_eager`` defaults to
+    ``True``, which steering needs).  vLLM's processes read the vectors from
+    ``$ICV_VLLM_VECTORS``, which this sets (with ``VLLM_PLUGINS``) for this process.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        vectors: Iterable[str | os.PathLike[str]] = (),
+        *,
+        steering: Any = None,
+        steering_positions: str | None = None,
+        **llm_kwargs: Any,
+    ) -> None:
+        from vllm import LLM
+
+        paths = [str(Path(p)) for p in vectors]
+        if not paths:
+            raise OptionError("SteeredLLM needs vector files or folders: vectors=[...]")
+        if llm_kwargs.setdefault("enforce_eager", True) is not True:
+            raise SteeringError("steering needs vLLM in eager mode (hooks do not run in a compiled model "
+                                "or a CUDA graph): leave enforce_eager=True")
+        source, name = model_source(model)
+        os.environ.update(plugin_environment(paths, os.environ))  # vLLM's processes inherit it
+        llm_kwargs.setdefault("served_model_name", name)
+        self.llm = LLM(model=source, **llm_kwargs)
+        self.library = load_library(self.llm.llm_engine.vllm_config.model_config)
+        check_workers(self.llm.collective_rpc(STATUS_METHOD), self.library.names)
+        # What requests without a 'steering' field get (None: nothing); settable.
+        self.steering: SteeringSpec | None = self._resolve({STEERING_FIELD: steering, POSITIONS_FIELD: steering_positions})
+
+    def generate(self, prompts: Any, sampling_params: Any = None, **kwargs: Any) -> list[Any]:
+        """``LLM.generate`` with each request's steering checked, applied and cache-salted."""
+        from vllm import SamplingParams
+
+        many = isinstance(prompts, Sequence) and not isinstance(prompts, str)
+        prompt_list = list(prompts) if many else [prompts]
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        params_list = list(sampling_params) if isinstance(sampling_params, Sequence) else [sampling_params] * len(prompt_list)
+        if len(params_list) != len(prompt_list):
+            raise OptionError(f"{len(params_list)} sampling params for {len(prompt_list)} prompts")
+        steered = [self.prepare(p, s) for p, s in zip(prompt_list, params_list)]
+        return self.llm.generate([p for p, _ in steered], [s for _, s in steered], **kwargs)
+
+    def prepare(self, prompt: Any, params: Any) -> tuple[dict[str, Any], Any]:
+        """``(prompt, params)`` as the engine takes them: steering resolved into the extra argument."""
+        extra = dict(params.extra_args or {})
+        spec = self._resolve(extra) if STEERING_FIELD in extra else self._resolve_spec(self.steering)
+        for field in (STEERING_FIELD, POSITIONS_FIELD, STEERING_ARG):
+            extra.pop(field, None)
+        prompt = _as_prompt(prompt)
+        if spec is not None:
+            extra[STEERING_ARG] = encode(spec)
+            prompt["cache_salt"] = cache_salt(self.library.fingerprint(spec), prompt.get("cache_salt"))
+        params = params.clone()
+        params.extra_args = extra or None
+        return prompt, params
+
+    def _resolve(self, fields: Mapping[str, Any]) -> SteeringSpec | None:
+        return self._resolve_spec(parse_steering(fields))
+
+    def _resolve_spec(self, spec: SteeringSpec | None) -> SteeringSpec | None:
+        if spec is None:
+            return None
+        self.library.compose(spec)  # vectors that cannot combine fail here, not in a worker
+        return self.library.resolve(spec)
+
+
+def check_workers(statuses: Sequence[Any], names: Sequence[str]) -> None:
+    """Refuse to go on unless every worker hooked its model and loaded the same vectors."""
+    for rank, status in enumerate(statuses):
+        if not status or sorted(status.get("vectors", ())) != sorted(names):
+            raise SteeringError(
+                f"vLLM worker {rank} is not steering with the vectors loaded here ({', '.join(names)}): "
+                f"it reports {status!r}; is icv installed in vLLM's environment (pip install -e .)?"
+            )
+
+
+def _as_prompt(prompt: Any) -> dict[str, Any]:
+    if isinstance(prompt, str):
+        return {"prompt": prompt}
+    if isinstance(prompt, Mapping):
+        return dict(prompt)
+    raise OptionError(f"a prompt must be a string or a vLLM prompt dict, got {type(prompt).__name__}")

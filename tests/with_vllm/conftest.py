@@ -1,0 +1,61 @@
+"""Shared by the tests that run vLLM (``make test-vllm`` runs them in .venv-vllm).
+
+Vectors are extracted from the embedded model once per session; ``reference`` is what
+``icv.steer`` + ``model.generate`` give in float32, the ground truth vLLM must equal.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+import icv
+from icv.gguf import export_gguf
+from icv.serving import ModelShape, SteeringSpec, VectorLibrary
+from tiny import DEMOS as TINY_DEMOS
+from tiny import ByteTokenizer, tiny_model
+from vllm_cases import DEMOS
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default takes far more
+
+
+@pytest.fixture(scope="session")
+def vector_folder(real, tmp_path_factory):
+    """positive, negative (rotate@mlp), cheerful (a GGUF control vector: add@block) and one of another model."""
+    model, tok = real
+    folder = tmp_path_factory.mktemp("served-vectors")
+    positive = icv.extract(model, tok, DEMOS, name="positive")
+    positive.save(folder / "positive.safetensors")
+    icv.extract(model, tok, [(t, s) for s, t in DEMOS], name="negative").save(folder / "negative.safetensors")
+    with warnings.catch_warnings():  # block 0 does not fit a GGUF file: said elsewhere
+        warnings.simplefilter("ignore")
+        export_gguf(positive, folder / "cheerful.gguf", strength=0.04)
+    icv.extract(tiny_model("llama"), ByteTokenizer(), TINY_DEMOS, name="tiny").save(folder / "tiny.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def library(real, vector_folder):
+    return VectorLibrary.load([vector_folder], ModelShape.of(real[0]))
+
+
+@pytest.fixture(scope="session")
+def reference(real, library):
+    """``reference(spec, prompt_ids, max_tokens)``: greedy token ids under icv.steer (None: unsteered)."""
+    import torch
+
+    model, _ = real
+
+    def generate(request_spec: SteeringSpec | None, prompt_ids: list[int], max_tokens: int) -> list[int]:
+        ids = torch.tensor([prompt_ids])
+        kwargs = dict(max_new_tokens=max_tokens, do_sample=False, pad_token_id=model.config.eos_token_id)
+        if request_spec is None:
+            out = model.generate(ids, **kwargs)
+        else:
+            with icv.steer(model, library.compose(request_spec), strength=1.0, positions=request_spec.positions):
+                out = model.generate(ids, **kwargs)
+        return out[0, ids.shape[1]:].tolist()
+
+    return generate

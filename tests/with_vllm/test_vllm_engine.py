@@ -1,0 +1,112 @@
+"""Steering inside vLLM's offline engine gives the tokens icv.steer + model.generate give.
+
+Every request is compared with the transformers reference computed alone, in float32,
+so a batch that mixed them up (another request's vector, a prompt token steered under
+``"generated"``, a prefix cached under another steering) would fail.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed here: `make test-vllm` runs these tests in .venv-vllm")
+
+from vllm_cases import MAX_MODEL_LEN, fields, spec  # noqa: E402
+
+import icv  # noqa: E402
+from icv.errors import RequestError, SteeringError  # noqa: E402
+
+pytestmark = pytest.mark.real_model
+
+SENTENCES = ["the waiter ignored us for an hour .", "the room smelled and the bed was hard ."]
+CASES = [
+    None,
+    spec(("positive", 0.08)),
+    spec(("negative", 0.08)),
+    spec(("positive", 0.12), positions="generated"),
+    spec(("positive", 0.12), positions="prompt"),
+    spec(("positive", 0.06), ("negative", -0.04)),  # composition: v1 * s1 + v2 * s2
+    spec(("cheerful", None)),  # a GGUF control vector: addition at the block
+    spec(("cheerful", 1.5), positions="generated"),
+]
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def llm(vector_folder):
+    from icv.serving.vllm import SteeredLLM
+
+    engine = SteeredLLM(vectors=[vector_folder], dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0)
+    yield engine
+    engine.llm.llm_engine.engine_core.shutdown()
+
+
+def params(request_spec, max_tokens=MAX_TOKENS):
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, temperature=0, extra_args=fields(request_spec) or None)
+
+
+def tokens_of(outputs):
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def test_one_mixed_batch_gives_every_request_the_tokens_icv_steer_gives_it_alone(llm, real, reference):
+    _, tok = real
+    prompts = [icv.prompts.paraphrase_prompt(s) for s in SENTENCES]
+    batch = [(p, case) for p in prompts for case in CASES]
+    got = tokens_of(llm.generate([p for p, _ in batch], [params(c) for _, c in batch], use_tqdm=False))
+    expected = [reference(case, tok(p).input_ids, MAX_TOKENS) for p, case in batch]
+    for (prompt, case), g, e in zip(batch, got, expected):
+        assert g == e, f"{case} on {prompt!r}: vLLM {tok.decode(g)!r} vs transformers {tok.decode(e)!r}"
+    unsteered = {p: e for (p, case), e in zip(batch, expected) if case is None}
+    changed = sum(e != unsteered[p] for (p, case), e in zip(batch, expected) if case is not None)
+    assert changed >= len(batch) - len(prompts) - 2, "the cases should mostly change the output"
+
+
+def test_prefix_cached_prompts_are_reused_only_under_the_same_steering(llm, real, reference):
+    _, tok = real
+    # Longer than a KV block, so that vLLM caches its prefix.
+    prompt = " ".join(["The hotel was far from the station and the staff barely spoke."] * 12) + " In short,"
+    ids = tok(prompt).input_ids
+    first, second = spec(("positive", 0.1)), spec(("negative", 0.1))
+    for case, expect_cached in [(None, False), (first, False), (first, True), (second, False), (None, True)]:
+        (out,) = llm.generate([prompt], [params(case, 8)], use_tqdm=False)
+        assert list(out.outputs[0].token_ids) == reference(case, ids, 8), f"{case}"
+        assert (out.num_cached_tokens > 0) == expect_cached, f"{case}: {out.num_cached_tokens} cached tokens"
+
+
+def test_steer_all_requests_and_let_one_opt_out(llm, real, reference):
+    from vllm import SamplingParams
+
+    _, tok = real
+    prompt = icv.prompts.paraphrase_prompt(SENTENCES[0])
+    opt_out = SamplingParams(max_tokens=MAX_TOKENS, temperature=0, extra_args={"steering": []})
+    llm.steering = spec(("positive", 0.08))
+    try:
+        outputs = llm.generate([prompt] * 3, [params(None), params(spec(("negative", 0.08))), opt_out],
+                               use_tqdm=False)
+    finally:
+        llm.steering = None
+    ids = tok(prompt).input_ids
+    assert tokens_of(outputs) == [reference(spec(("positive", 0.08)), ids, MAX_TOKENS),
+                                  reference(spec(("negative", 0.08)), ids, MAX_TOKENS),
+                                  reference(None, ids, MAX_TOKENS)]
+
+
+def test_bad_steering_is_refused_before_it_reaches_the_engine(llm):
+    with pytest.raises(RequestError, match="no vector named 'nope'"):
+        llm.generate(["hi"], [params(spec(("nope", 0.1)))])
+    with pytest.raises(RequestError, match="cannot steer this model"):
+        llm.generate(["hi"], [params(spec(("tiny", 0.1)))])
+    with pytest.raises(RequestError, match="cannot be combined"):
+        llm.generate(["hi"], [params(spec(("positive", 0.1), ("cheerful", 1.0)))])
+    (out,) = llm.generate(["hi"], [params(None, 2)], use_tqdm=False)  # and it keeps serving
+    assert len(out.outputs[0].token_ids) == 2
+
+
+def test_steering_refuses_a_compiled_engine(vector_folder):
+    from icv.serving.vllm import SteeredLLM
+
+    with pytest.raises(SteeringError, match="eager"):
+        SteeredLLM(vectors=[vector_folder], dtype="float32", max_model_len=MAX_MODEL_LEN, enforce_eager=False)
