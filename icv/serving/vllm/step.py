@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...steer import layer_deltas
+from ...steer import layer_deltas, layer_weights
 from ..library import VectorLibrary
 from .contract import decode
 from .hooks import CompiledSteering, InjectionHooks
@@ -49,7 +49,6 @@ class StepSteering:
         self._dtype = dtype
         self._hooks: dict[tuple[str, str], InjectionHooks] = {}
         self._compiled: OrderedDict[str, CompiledSteering] = OrderedDict()
-        self._ones = torch.ones(library.shape.num_layers)
 
     def compiled(self, raw: str) -> CompiledSteering:
         """The steering an ``icv_steering`` argument asks for (compiled once, then cached)."""
@@ -62,7 +61,9 @@ class StepSteering:
             raise ValueError("an icv_steering argument must name at least one vector")
         vector = self.library.compose(spec)
         mode = vector.metadata["injection_mode"]
-        deltas = layer_deltas([vector], [1.0], self._ones, mode)[0]
+        # The layers the vector covers (all, unless it was made for some), as icv.steer does.
+        weights = layer_weights(vector.layers, self.library.shape.num_layers)
+        deltas = layer_deltas([vector], [1.0], weights, mode)[0]
         made = CompiledSteering(self.library.fingerprint(spec), mode, vector.metadata["injection_site"],
                                 spec.positions, deltas)
         self._compiled[raw] = made
