@@ -41,3 +41,12 @@ def test_the_launcher_needs_vectors_and_vllm(tmp_path):
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(OptionError, match="make setup-vllm"):
             launch.command(None, [tmp_path])
+
+
+def test_steering_fields_ask_for_what_they_describe():
+    from icv.serving import parse_steering
+    from icv.serving.request import steering_fields
+
+    spec = SteeringSpec((SteeringTerm("positive", None),), "prompt")
+    assert parse_steering(steering_fields(spec)) == spec
+    assert steering_fields(None) == {} and parse_steering(steering_fields(None)) is None

@@ -106,11 +106,11 @@ def test_a_response_says_which_steering_was_applied(server):
                             [b'{"id": "c1", ', b'"choices": []}'])
     assert STEERING_ARG in json.loads(given)["vllm_xargs"]
     answer = json.loads(out)
-    assert answer["steering"] == [{"vector": "positive", "strength": 0.05}] and answer["steering_positions"] == "all"
+    assert answer["steering"] == {"vectors": [{"vector": "positive", "strength": 0.05}], "positions": "all"}
     assert answer["id"] == "c1"
     assert dict(start["headers"])[b"content-length"] == str(len(out)).encode()
     _, _, out = run(server, "/v1/completions", body(), [b'{"id": "c2"}'])
-    assert json.loads(out) == {"steering": None, "steering_positions": None, "id": "c2"}
+    assert json.loads(out) == {"steering": None, "id": "c2"}
 
 
 def test_every_event_of_a_stream_carries_the_steering_even_when_split(server):
@@ -119,7 +119,7 @@ def test_every_event_of_a_stream_carries_the_steering_even_when_split(server):
                         events, content_type=b"text/event-stream; charset=utf-8")
     datas = [line[6:] for line in out.split(b"\n\n") if line.startswith(b"data: ")]
     assert [json.loads(d)["id"] for d in datas[:-1]] == ["a", "b"] and datas[-1] == b"[DONE]"
-    assert all(json.loads(d)["steering"][0]["vector"] == "positive" for d in datas[:-1])
+    assert all(json.loads(d)["steering"]["vectors"][0]["vector"] == "positive" for d in datas[:-1])
 
 
 def test_errors_are_openai_shaped_and_other_traffic_passes_untouched(server):

@@ -129,12 +129,11 @@ def _strength(value: object, where: str, max_strength: float) -> float | None:
 
 
 def steering_fields(spec: SteeringSpec | None) -> dict[str, Any]:
-    """The request fields that ask for ``spec`` (``None``: unsteered), strengths as given.
+    """The request fields that ask for ``spec`` (``{}`` for no steering): ``parse_steering`` of them is ``spec``.
 
-    Servers answer with it to say which steering was applied (strengths made explicit
-    by :meth:`VectorLibrary.resolve`), and it round-trips: ``parse_steering`` of it is ``spec``.
+    What a client sends, and how the vLLM engine carries a checked steering to its workers.
     """
     if spec is None:
-        return {STEERING_FIELD: None, POSITIONS_FIELD: None}
+        return {}
     terms = [{"vector": t.vector, "strength": t.strength} for t in spec.terms]
     return {STEERING_FIELD: terms, POSITIONS_FIELD: spec.positions}

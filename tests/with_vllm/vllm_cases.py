@@ -20,4 +20,4 @@ def fields(request_spec: SteeringSpec | None) -> dict:
     """The request fields (HTTP body or SamplingParams.extra_args) that ask for ``request_spec``."""
     from icv.serving.request import steering_fields
 
-    return {} if request_spec is None else steering_fields(request_spec)
+    return steering_fields(request_spec)

@@ -11,8 +11,9 @@ check and CORS), which for ``POST /v1/completions`` and ``/v1/chat/completions``
 * replaces them by the ``icv_steering`` extra argument (``vllm_xargs``) that the
   workers read, and sets ``cache_salt`` to the steering's fingerprint, so the
   prefix cache reuses a prompt's KV only under the same steering;
-* adds ``steering`` and ``steering_positions`` to the response (to every event of a
-  stream): the steering applied, strengths explicit, or ``null`` for none.
+* adds ``steering`` to the response (to every event of a stream), as the transformers
+  engine does: ``{"vectors": [{"vector", "strength"}...], "positions": ...}`` with every
+  strength explicit, or ``null`` for none.
 
 At start-up the plugin asks every worker (``collective_rpc``) what it steers with and
 refuses to serve unless each hooked its model with the same vectors.
@@ -27,7 +28,7 @@ from typing import Any
 
 from ...errors import RequestError
 from ..library import VectorLibrary
-from ..request import POSITIONS_FIELD, STEERING_FIELD, SteeringSpec, parse_steering, steering_fields
+from ..request import POSITIONS_FIELD, STEERING_FIELD, SteeringSpec, parse_steering
 from .contract import PLUGIN_NAME, STATUS_METHOD, STEERING_ARG, cache_salt, encode, load_library, vector_paths
 from .offline import check_workers
 
@@ -91,7 +92,14 @@ class SteeringMiddleware:
         except RequestError as error:
             await _send_error(send, error)
             return
-        await self.app(scope, _replay(body, receive), _annotating(send, steering_fields(spec)))
+        await self.app(scope, _replay(body, receive), _annotating(send, {STEERING_FIELD: applied(spec)}))
+
+
+def applied(spec: SteeringSpec | None) -> dict[str, Any] | None:
+    """What a response says was applied (the transformers engine's shape)."""
+    if spec is None:
+        return None
+    return {"vectors": [{"vector": t.vector, "strength": t.strength} for t in spec.terms], "positions": spec.positions}
 
 
 def rewrite(body: bytes, library: VectorLibrary | None) -> tuple[SteeringSpec | None, bytes]:
