@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import DEMOS, tiny_model
+from tiny import DEMOS, char_tokenizer, tiny_model
 
 import icv
 from icv.cli import COMMANDS, layer_list, main, weighted_path
@@ -19,36 +19,11 @@ from icv.generation import complete
 from icv.prompts import chat_prompt
 from icv.gguf import additive_deltas, import_gguf
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
-
-
-def _char_tokenizer():
-    """A saveable tokenizer: one token per printable ASCII character, BOS first, a chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for code in [*range(32, 127), 10]:
-        vocab[chr(code)] = len(vocab)
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama-model")
     tiny_model("llama").save_pretrained(folder)
-    _char_tokenizer().save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
     return folder
 
 
