@@ -562,6 +562,18 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
+def configure_serve(parser: argparse.ArgumentParser) -> None:
+    from .serving.command import add_serve_arguments
+
+    add_serve_arguments(parser)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .serving.command import run_serve as serve_from_args
+
+    return serve_from_args(args)
+
+
 COMMANDS: list[Command] = [
     Command("extract", "read an in-context vector from a file of demonstrations", configure_extract, run_extract),
     Command("inspect", "show a vector's metadata and per-layer scales", configure_inspect, run_inspect),
@@ -570,6 +582,7 @@ COMMANDS: list[Command] = [
     Command("export", "write a vector as a llama.cpp GGUF control vector", configure_export, run_export),
     Command("import", "read a GGUF control vector into a vector file", configure_import, run_import),
     Command("eval", "compare zero-shot, in-context learning and the ICV on test inputs", configure_eval, run_eval),
+    Command("serve", "serve the model over HTTP (OpenAI-compatible), steered per request", configure_serve, run_serve),
 ]
 
 

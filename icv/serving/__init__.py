@@ -10,6 +10,11 @@ client sends it through ``extra_body``)::
 :mod:`icv.serving.request` reads and checks that field; :mod:`icv.serving.library`
 holds the vectors a server has loaded and turns a request's steering into the
 one vector it means (``positive * 0.06 + formal * 0.03``, applied at strength 1).
+
+The embedded server (``icv serve``, engine ``transformers``): :mod:`icv.serving.engine`
+generates (one worker thread, requests batched per step), :mod:`icv.serving.app` holds
+the HTTP routes, :mod:`icv.serving.server` runs them on uvicorn, and
+:mod:`icv.serving.command` is the command line with its table of engines.
 """
 
 from .library import ModelShape, VectorLibrary

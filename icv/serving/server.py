@@ -18,11 +18,9 @@ from torch import nn
 
 from ..errors import ICVError
 from .app import ServerLimits, create_app
+from .command import DEFAULT_HOST, DEFAULT_PORT
 from .engine import BatchingPolicy, Engine
 from .library import ModelShape, VectorLibrary
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 
 
 def load_library(model: nn.Module, paths: Iterable[str | os.PathLike[str]]) -> VectorLibrary:

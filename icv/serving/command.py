@@ -1,0 +1,127 @@
+"""``icv serve``: its options and the table of engines (one row per engine).
+
+An engine is a function ``(args) -> exit code`` that serves until interrupted;
+:data:`ENGINES` is the one place that lists them, and ``--engine`` chooses among
+its rows.  Options every engine understands are added here; an engine's own
+options go in its ``add_arguments`` function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+DEFAULT_HOST = "127.0.0.1"  # loopback: the server has no authentication
+DEFAULT_PORT = 8000
+
+
+@dataclass(frozen=True)
+class ServeEngine:
+    """One way to serve: what it adds to the command line and how it runs."""
+
+    summary: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be a number >= 0")
+    return value
+
+
+# -- engine: transformers ---------------------------------------------------------------
+
+
+def add_transformers_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine transformers")
+    group.add_argument("--max-batch", type=_positive, default=16, metavar="N",
+                       help="rows decoded together at most (default: 16)")
+    group.add_argument("--gather-ms", type=_non_negative, default=5.0, metavar="MS",
+                       help="when idle, how long the first request waits for others to batch with (default: 5)")
+    group.add_argument("--max-queue", type=_positive, default=256, metavar="N",
+                       help="requests waiting at most; more get 503 (default: 256)")
+    group.add_argument("--max-tokens", type=_positive, default=1024, metavar="N",
+                       help="the largest max_tokens a request may ask for (default: 1024)")
+
+
+def run_transformers(args: argparse.Namespace) -> int:
+    from ..models import load_model
+    from .engine import BatchingPolicy
+    from .server import load_library, serve
+
+    _say(f"loading model {args.model or '(embedded default)'} ...")
+    model, tokenizer = load_model(args.model)
+    library = load_library(model, args.vectors)
+    _say(f"vectors: {', '.join(library.names) or 'none'}")
+    for name, reason in sorted(library.unfit.items()):
+        _say(f"not served (another model's vector): {name}: {reason}")
+    policy = BatchingPolicy(max_batch=args.max_batch, gather_ms=args.gather_ms, max_queue=args.max_queue)
+    _say(f"serving on http://{_url_host(args.host)}:{args.port}/v1 (Ctrl-C stops)")
+    serve(model, tokenizer, library, host=args.host, port=args.port, policy=policy, max_tokens=args.max_tokens,
+          model_id=args.served_model_name)
+    return 0
+
+
+ENGINES: dict[str, ServeEngine] = {
+    "transformers": ServeEngine("the model in this process, batched per step (default)", add_transformers_arguments,
+                                run_transformers),
+}
+
+
+# -- the subcommand ---------------------------------------------------------------------
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every option of ``icv serve`` (the common ones, then each engine's)."""
+    parser.add_argument("--model", metavar="NAME_OR_PATH",
+                        help="model folder, hub id, .gguf file or alias (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--vectors", nargs="+", default=[], metavar="DIR_OR_FILE",
+                        help="vector files (safetensors or GGUF) or folders of them; a vector's name is its file stem")
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="transformers",
+                        help="; ".join(f"{name}: {engine.summary}" for name, engine in ENGINES.items()))
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to listen on (default: {DEFAULT_HOST}; the server has no authentication)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    parser.add_argument("--served-model-name", metavar="NAME",
+                        help="the model's name in /v1/models and requests (default: the model's own name)")
+    for engine in ENGINES.values():
+        engine.add_arguments(parser)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if not _is_loopback(args.host):
+        _say(f"warning: listening on {args.host}: anyone who can reach it can use the model (no authentication)")
+    try:
+        return ENGINES[args.engine].run(args)
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: not an error
+        _say("stopped")
+        return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _say(message: str) -> None:
+    print(f"icv serve: {message}", file=sys.stderr, flush=True)

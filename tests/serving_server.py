@@ -1,0 +1,33 @@
+"""A real server for the serving tests: uvicorn on 127.0.0.1 (a free port), stopped at the end."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import icv
+from icv.serving import ModelShape, VectorLibrary
+
+pytest.importorskip("starlette", reason="the serving tests need the 'serve' extra (starlette, uvicorn)")
+pytest.importorskip("uvicorn", reason="the serving tests need the 'serve' extra (starlette, uvicorn)")
+httpx = pytest.importorskip("httpx", reason="the serving tests need httpx (the 'test' extra)")
+
+from icv.serving.server import BackgroundServer  # noqa: E402
+
+
+def library_from(folder: Path, model) -> VectorLibrary:
+    return VectorLibrary.load([folder], ModelShape.of(model))
+
+
+def wait_idle(server: BackgroundServer, timeout: float = 30.0) -> None:
+    """Wait until the engine has no request queued or decoding (so no hook is on the model)."""
+    deadline = time.monotonic() + timeout
+    while not server.engine.idle:
+        assert time.monotonic() < deadline, f"the engine is still busy: {server.engine.load()}"
+        time.sleep(0.01)
+    assert not icv.is_steered(server.engine.model), "an idle engine left a hook on the model"
+
+
+__all__ = ["BackgroundServer", "httpx", "library_from", "wait_idle"]

@@ -1,0 +1,168 @@
+"""The server on the embedded SmolLM2: real steering through the official openai client.
+
+Requests sent together (so they share batches) each get, token for token, the
+greedy text that ``icv.steer`` + ``model.generate`` give for them alone, for several
+vectors, strengths, positions, an additive vector, a composition and no steering.
+Also ``icv serve`` itself, started as a user starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from serving_server import BackgroundServer, httpx, library_from, wait_idle
+
+import icv
+from icv.prompts import paraphrase_prompt
+from icv.steer import default_strength_for
+
+openai = pytest.importorskip("openai", reason="the client tests need the official openai package (the 'test' extra)")
+
+pytestmark = pytest.mark.real_model
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+NEW = 12
+DEMOS = [
+    ("The food was cold and bland.", "The food was warm and delicious."),
+    ("The staff were rude to us.", "The staff were friendly to us."),
+    ("I hated every minute of it.", "I loved every minute of it."),
+    ("The room was dirty and small.", "The room was clean and spacious."),
+]
+
+
+@pytest.fixture(scope="module")
+def vectors(real, tmp_path_factory):
+    model, tok = real
+    folder = tmp_path_factory.mktemp("real-vectors")
+    positive = icv.extract(model, tok, DEMOS, name="positive", progress=False)
+    negative = icv.extract(model, tok, [(t, s) for s, t in DEMOS], name="negative", progress=False)
+    added = positive.with_metadata(injection_mode="add", injection_site="block", name="positive_add")
+    loaded = {"positive": positive, "negative": negative, "positive_add": added}
+    for name, vector in loaded.items():
+        vector.save(folder / f"{name}.safetensors")
+    return folder, loaded
+
+
+def generate_alone(model, tok, prompt: str, vector=None, strength=None, positions="all", special=True) -> str:
+    inputs = tok(prompt, return_tensors="pt", add_special_tokens=special)
+    with torch.no_grad():
+        if vector is None:
+            out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+        else:
+            with icv.steer(model, vector, strength, positions=positions):
+                out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+    return tok.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+SENTENCES = ["the waiter ignored us for an hour .", "the pizza was soggy and cold .",
+             "our room smelled awful .", "the manager was rude and unhelpful ."]
+
+
+def test_requests_sent_together_each_get_what_icv_steer_gives_alone(real, vectors):
+    model, tok = real
+    _, v = vectors
+    prompts = [paraphrase_prompt(s) for s in SENTENCES]
+    # (prompt, steering field, positions, the same steering in Python)
+    cases = [
+        (prompts[0], None, None, dict()),
+        (prompts[0], [{"vector": "positive", "strength": 0.07}], None, dict(vector=v["positive"], strength=0.07)),
+        (prompts[1], [{"vector": "positive", "strength": 0.07}], "generated",
+         dict(vector=v["positive"], strength=0.07, positions="generated")),
+        (prompts[2], [{"vector": "negative", "strength": 0.06}], "prompt",
+         dict(vector=v["negative"], strength=0.06, positions="prompt")),
+        (prompts[3], [{"vector": "positive_add"}], None, dict(vector=v["positive_add"])),  # its default strength
+        (prompts[1], [{"vector": "positive", "strength": 0.05}, {"vector": "negative", "strength": -0.03}], None,
+         dict(vector=v["positive"] * 0.05 + v["negative"] * -0.03, strength=1.0)),
+    ]
+    want = [generate_alone(model, tok, prompt, **python) for prompt, _, _, python in cases]
+    # The steering changes these texts (case 0 is prompt 0 unsteered): the comparison has teeth.
+    assert want[1] != want[0] and want[2] != generate_alone(model, tok, prompts[1])
+
+    with BackgroundServer(model, tok, library_from(vectors[0], model)) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+        def ask(case):
+            prompt, steering, positions, _ = case
+            extra = {} if steering is None else {"steering": steering}
+            if positions is not None:
+                extra["steering_positions"] = positions
+            return client.completions.create(model=MODEL, prompt=prompt, max_tokens=NEW, temperature=0,
+                                             extra_body=extra)
+
+        with ThreadPoolExecutor(len(cases)) as pool:
+            responses = list(pool.map(ask, cases))
+        wait_idle(server)
+        assert server.engine.stats.peak_batch > 1  # they were batched
+    for case, response, expected in zip(cases, responses, want):
+        assert response.choices[0].text == expected, case[1:3]
+    assert responses[0].steering is None
+    assert responses[2].steering == {"vectors": [{"vector": "positive", "strength": 0.07}], "positions": "generated"}
+    assert responses[4].steering["vectors"] == [{"vector": "positive_add",
+                                                 "strength": default_strength_for(v["positive_add"])}]
+
+
+def test_chat_streaming_and_not_equal_generate_on_the_chat_template(real, vectors):
+    model, tok = real
+    _, v = vectors
+    messages = [{"role": "user", "content": "Describe the hotel room in one sentence."}]
+    rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    want = generate_alone(model, tok, rendered, v["positive"], 0.07, positions="generated", special=False)
+    extra = {"steering": [{"vector": "positive", "strength": 0.07}], "steering_positions": "generated"}
+    with BackgroundServer(model, tok, library_from(vectors[0], model)) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=NEW, temperature=0,
+                                               extra_body=extra)
+        pieces = [chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=NEW, temperature=0, stream=True, extra_body=extra)
+            if chunk.choices]
+    assert whole.choices[0].message.content == want == "".join(pieces)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_icv_serve_in_one_command(real, vectors):
+    """``icv serve --vectors DIR`` as a user runs it: the openai client gets steered text; Ctrl-C stops it."""
+    model, tok = real
+    folder, v = vectors
+    prompt = paraphrase_prompt(SENTENCES[0])
+    want = generate_alone(model, tok, prompt, v["positive"], 0.07)
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "icv", "serve", "--vectors", str(folder), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parent.parent,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "icv serve did not come up"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        response = client.completions.create(model=MODEL, prompt=prompt, max_tokens=NEW, temperature=0,
+                                             extra_body={"steering": [{"vector": "positive", "strength": 0.07}]})
+        assert response.choices[0].text == want
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "vectors: negative, positive, positive_add" in output
