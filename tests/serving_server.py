@@ -21,6 +21,17 @@ def library_from(folder: Path, model) -> VectorLibrary:
     return VectorLibrary.load([folder], ModelShape.of(model))
 
 
+def save_vectors(model, tok, demos, folder: Path) -> dict:
+    """``positive`` (from ``demos``), ``negative`` (reversed) and ``positive_add`` (add@block), saved in ``folder``."""
+    positive = icv.extract(model, tok, demos, name="positive", progress=False)
+    negative = icv.extract(model, tok, [(t, s) for s, t in demos], name="negative", progress=False)
+    added = positive.with_metadata(injection_mode="add", injection_site="block", name="positive_add")
+    loaded = {"positive": positive, "negative": negative, "positive_add": added}
+    for name, vector in loaded.items():
+        vector.save(folder / f"{name}.safetensors")
+    return loaded
+
+
 def wait_idle(server: BackgroundServer, timeout: float = 30.0) -> None:
     """Wait until the engine has no request queued or decoding (so no hook is on the model)."""
     deadline = time.monotonic() + timeout
@@ -30,4 +41,4 @@ def wait_idle(server: BackgroundServer, timeout: float = 30.0) -> None:
     assert not icv.is_steered(server.engine.model), "an idle engine left a hook on the model"
 
 
-__all__ = ["BackgroundServer", "httpx", "library_from", "wait_idle"]
+__all__ = ["BackgroundServer", "httpx", "library_from", "save_vectors", "wait_idle"]

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from serving_server import BackgroundServer, httpx, library_from, wait_idle
+from serving_server import BackgroundServer, httpx, library_from, save_vectors, wait_idle
 from tiny import DEMOS, char_tokenizer, tiny_model
 
 import icv
@@ -38,13 +38,7 @@ def tok():
 def vectors(tmp_path_factory, tok):
     """Vector files for the tiny llama (and one of another model), and the vectors themselves."""
     folder = tmp_path_factory.mktemp("served-vectors")
-    model = tiny_model("llama")
-    positive = icv.extract(model, tok, DEMOS, name="positive", progress=False)
-    negative = icv.extract(model, tok, [(t, s) for s, t in DEMOS], name="negative", progress=False)
-    added = positive.with_metadata(injection_mode="add", injection_site="block", name="positive_add")
-    loaded = {"positive": positive, "negative": negative, "positive_add": added}
-    for name, vector in loaded.items():
-        vector.save(folder / f"{name}.safetensors")
+    loaded = save_vectors(tiny_model("llama"), tok, DEMOS, folder)
     icv.extract(tiny_model("qwen2"), tok, DEMOS, progress=False).save(folder / "qwen.safetensors")
     return folder, loaded
 

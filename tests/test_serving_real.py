@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from serving_server import BackgroundServer, httpx, library_from, wait_idle
+from serving_server import BackgroundServer, httpx, library_from, save_vectors, wait_idle
 
 import icv
 from icv.prompts import paraphrase_prompt
@@ -43,13 +43,7 @@ DEMOS = [
 def vectors(real, tmp_path_factory):
     model, tok = real
     folder = tmp_path_factory.mktemp("real-vectors")
-    positive = icv.extract(model, tok, DEMOS, name="positive", progress=False)
-    negative = icv.extract(model, tok, [(t, s) for s, t in DEMOS], name="negative", progress=False)
-    added = positive.with_metadata(injection_mode="add", injection_site="block", name="positive_add")
-    loaded = {"positive": positive, "negative": negative, "positive_add": added}
-    for name, vector in loaded.items():
-        vector.save(folder / f"{name}.safetensors")
-    return folder, loaded
+    return folder, save_vectors(model, tok, DEMOS, folder)
 
 
 def generate_alone(model, tok, prompt: str, vector=None, strength=None, positions="all", special=True) -> str:
