@@ -1,6 +1,6 @@
 """Run every speed benchmark and write docs/benchmarks.md (figures and the command that made them).
 
-    python benchmarks/run.py                  # all five, the embedded model (about 20-40 min on 2 busy cores)
+    python benchmarks/run.py                  # all six, the embedded model (about 25-45 min on 2 busy cores)
     python benchmarks/run.py --only generation icl
     python benchmarks/run.py --quick --out /tmp/bench.md   # tiny models, a smoke run of seconds
 
@@ -26,8 +26,9 @@ import extraction_speed
 import generation_speed
 import icv_vs_icl
 import load_time
+import serving_load
 
-SECTIONS = ("generation", "extraction", "memory", "icl", "load")
+SECTIONS = ("generation", "extraction", "memory", "icl", "load", "serving")
 
 
 def _generation(quick: bool) -> str:
@@ -126,12 +127,33 @@ def _load(quick: bool) -> str:
     )
 
 
+def _serving(quick: bool) -> str:
+    result = serving_load.measure(
+        "tiny" if quick else "embedded",
+        clients=4 if quick else 16,
+        per_client=2,
+        new_tokens=4 if quick else 32,
+        rounds=1 if quick else 3,
+        load_requests=20 if quick else 200,
+    )
+    return (
+        "## 6. Serving: the transformers engine of `icv serve` under load\n\n"
+        f"{(serving_load.__doc__ or '').split(chr(10) + chr(10))[1]}\n\n"
+        f"{serving_load.table(result)}\n\n"
+        "Throughput ratio = unsteered time / steered time per round (same requests, same token count). "
+        "`wrong` counts load-test answers that differ from the same request sent alone to the same server "
+        "(greedy, float32). Latency is per request, from sending it to the last byte of its answer, while "
+        "all clients keep the server busy.\n"
+    )
+
+
 RUNNERS: dict[str, Callable[[bool], str]] = {
     "generation": _generation,
     "extraction": _extraction,
     "memory": _memory,
     "icl": _icl,
     "load": _load,
+    "serving": _serving,
 }
 
 

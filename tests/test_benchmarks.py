@@ -18,6 +18,7 @@ import harness  # noqa: E402
 import icv_vs_icl  # noqa: E402
 import load_time  # noqa: E402
 import run  # noqa: E402
+import serving_load  # noqa: E402
 
 import icv  # noqa: E402
 from icv.aggregate import unit_rows  # noqa: E402
@@ -124,3 +125,20 @@ def test_run_writes_the_document_with_its_command(tmp_path):
     text = out.read_text()
     assert "python benchmarks/run.py --quick --only extraction" in text
     assert "## 2. Extraction cost" in text and "## 1." not in text
+
+
+def test_serving_load_runs_both_arms_and_checks_every_answer():
+    pytest.importorskip("uvicorn", reason="needs the 'serve' extra")
+    result = serving_load.measure("tiny", clients=3, per_client=1, new_tokens=2, rounds=1, load_requests=6)
+    assert result["ratio"].n == 1 and result["ratio"].median > 0
+    assert result["load"]["answered"] == 6 and result["load"]["wrong"] == 0
+    assert 0 < result["load"]["p50"] <= result["load"]["p95"]
+    assert "Load test" in serving_load.table(result)
+
+
+def test_serving_payloads_mix_steerings_and_leave_every_nth_unsteered():
+    bodies = serving_load.payloads(["a", "b"], 6, 4, 3)
+    steered = ["steering" in b for b in bodies]
+    assert steered == [False, True, True, False, True, True]
+    assert all(b["ignore_eos"] and b["max_tokens"] == 4 for b in bodies)
+    assert not any("steering" in b for b in serving_load.unsteered(bodies))

@@ -154,7 +154,8 @@ def test_several_prompts_and_token_ids_in_one_request(http, reference, tok):
     ids = tok("hello")["input_ids"]
     response = http.post("/v1/completions", json=body(["the room was", "service"])).json()
     assert [c["index"] for c in response["choices"]] == [0, 1]
-    assert [c["text"] for c in response["choices"]] == [expected(reference, tok, p) for p in ("the room was", "service")]
+    texts = [c["text"] for c in response["choices"]]
+    assert texts == [expected(reference, tok, p) for p in ("the room was", "service")]
     response = http.post("/v1/completions", json=body(ids)).json()
     assert response["choices"][0]["text"] == expected(reference, tok, "hello")
 
@@ -331,7 +332,8 @@ def test_the_stream_is_server_sent_events_ending_in_done(http):
 def test_time_to_first_piece_is_one_step_not_a_whole_batch(server):
     """A request that arrives while a long one decodes starts at the next step."""
     long_payload = body("the room was", max_tokens=150, stream=True)
-    with httpx.Client(base_url=server.url, timeout=60) as first, httpx.Client(base_url=server.url, timeout=60) as second:
+    with httpx.Client(base_url=server.url, timeout=60) as first, \
+            httpx.Client(base_url=server.url, timeout=60) as second:
         with first.stream("POST", "/v1/completions", json=long_payload) as running:
             lines = running.iter_lines()
             next(line for line in lines if line.startswith("data: "))

@@ -26,7 +26,7 @@ from icv.serving.steering import RowSteering, active_in
 from icv.serving.text import TextStream
 
 NEW = 8
-GREEDY = SamplingParams(max_tokens=NEW, temperature=0.0)
+GREEDY = SamplingParams(max_tokens=NEW, temperature=0.0, ignore_eos=True)  # random weights may emit EOS
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +98,6 @@ def wait_idle(engine: Engine, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def no_eos_engine(model, tok, **kwargs) -> Engine:
-    """An engine whose rows run to max_tokens (random weights may emit EOS any time)."""
-    engine = Engine(model, tok, **kwargs)
-    engine._eos = frozenset()
-    return engine
-
-
 def run_together(engine, tok, requests):
     listeners = []
     for prompt, steering in requests:
@@ -133,7 +126,7 @@ def steering_of(vectors, case):
 def test_a_mixed_batch_gives_each_request_what_it_gets_alone(model, tok, vectors):
     requests = [(prompt, steering_of(vectors, case)) for prompt, case in CASES]
     expected = [alone(model, tok, prompt, steering) for prompt, steering in requests]
-    engine = no_eos_engine(model, tok, start=False)  # everything queued first: one prefill, one batch
+    engine = Engine(model, tok, start=False)  # everything queued first: one prefill, one batch
     try:
         engine.start()
         results = run_together(engine, tok, requests)
@@ -156,13 +149,13 @@ def test_rows_joining_and_leaving_a_running_batch_match_alone(model, tok, vector
     first = [("the room was", ("rotate", "all"), 14), ("i think", None, 4)]
     later = [("service was slow", ("add", "generated"), 6), ("so", ("other", "prompt"), 9)]
     expected = [alone(model, tok, p, steering_of(vectors, c), n) for p, c, n in first + later]
-    engine = no_eos_engine(model, tok, policy=BatchingPolicy(gather_ms=0))
+    engine = Engine(model, tok, policy=BatchingPolicy(gather_ms=0))
 
     def send(requests):
         listeners = []
         for prompt, case, n in requests:
             listeners.append(Listener())
-            engine.submit(tok(prompt)["input_ids"], SamplingParams(max_tokens=n, temperature=0.0),
+            engine.submit(tok(prompt)["input_ids"], SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True),
                           steering_of(vectors, case), listeners[-1])
         return listeners
 
@@ -268,8 +261,8 @@ def test_sampling_is_greedy_at_temperature_zero_and_seeded_per_request():
 
 
 def test_seeded_sampling_through_the_engine_is_reproducible(model, tok):
-    params = SamplingParams(max_tokens=8, temperature=0.9, top_p=0.95, seed=3)
-    engine = no_eos_engine(model, tok)
+    params = SamplingParams(max_tokens=8, temperature=0.9, top_p=0.95, seed=3, ignore_eos=True)
+    engine = Engine(model, tok)
     try:
         results = []
         for _ in range(2):
@@ -282,19 +275,20 @@ def test_seeded_sampling_through_the_engine_is_reproducible(model, tok):
 
 
 def test_stop_strings_and_end_of_sequence_finish_a_row(model, tok):
-    engine = no_eos_engine(model, tok)
+    engine = Engine(model, tok)
     try:
         listener = Listener()
         engine.submit(tok("the room was")["input_ids"], GREEDY, None, listener)
         full, _ = listener.result()
         stop = full.text[3:5]  # a string the unsteered greedy text is known to contain
         listener = Listener()
-        engine.submit(tok("the room was")["input_ids"], SamplingParams(max_tokens=NEW, temperature=0.0, stop=(stop,)),
-                      None, listener)
+        stopping = SamplingParams(max_tokens=NEW, temperature=0.0, stop=(stop,), ignore_eos=True)
+        engine.submit(tok("the room was")["input_ids"], stopping, None, listener)
         stopped, streamed = listener.result()
-        engine._eos = frozenset({full.token_ids[2]})
+        engine._eos = frozenset({full.token_ids[2]})  # pretend the third token ends the sequence
         listener = Listener()
-        engine.submit(tok("the room was")["input_ids"], GREEDY, None, listener)
+        engine.submit(tok("the room was")["input_ids"], SamplingParams(max_tokens=NEW, temperature=0.0), None,
+                      listener)
         ended, _ = listener.result()
     finally:
         engine.close()
@@ -307,11 +301,11 @@ def test_stop_strings_and_end_of_sequence_finish_a_row(model, tok):
 
 
 def test_a_cancelled_request_leaves_the_batch_and_no_hook(model, tok, vectors):
-    engine = no_eos_engine(model, tok, max_tokens=500)
+    engine = Engine(model, tok, max_tokens=500)
     try:
         long_one = Listener()
-        job = engine.submit(tok("the room")["input_ids"], SamplingParams(max_tokens=200, temperature=0.0),
-                            RowSteering(vectors["rotate"]), long_one)
+        endless = SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
+        job = engine.submit(tok("the room")["input_ids"], endless, RowSteering(vectors["rotate"]), long_one)
         long_one.first()  # it is decoding
         job.cancel()
         other = Listener()
@@ -360,7 +354,7 @@ def test_a_full_queue_refuses_with_503(model, tok):
 
 
 def test_a_failing_step_fails_its_rows_and_the_engine_keeps_serving(model, tok, vectors, monkeypatch):
-    engine = no_eos_engine(model, tok)
+    engine = Engine(model, tok)
     real_step = DecodeBatch.step
     calls = {"n": 0}
 

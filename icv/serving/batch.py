@@ -28,7 +28,9 @@ from transformers.cache_utils import DynamicLayer
 from ..errors import SteeringError
 
 
-def left_padded(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(
+    prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)`` of ``prompts`` padded on the left to the longest."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)

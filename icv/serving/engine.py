@@ -150,7 +150,7 @@ class Job:
         piece = self._text.update(self.token_ids)
         if piece:
             self.send(TextDelta(piece))
-        if token in eos or self._text.stopped:
+        if (token in eos and not self.params.ignore_eos) or self._text.stopped:
             self.finish("stop")
         elif len(self.token_ids) >= self.params.max_tokens:
             self.finish("length")

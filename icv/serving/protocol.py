@@ -5,7 +5,7 @@ return what the engine needs, or raise :class:`RequestError` (400) naming the
 field at fault.  Fields the server implements are ``model``, ``prompt`` /
 ``messages``, ``max_tokens`` (chat also ``max_completion_tokens``),
 ``temperature``, ``top_p``, ``seed``, ``stop``, ``stream``, ``stream_options``,
-``user`` and the steering fields (:mod:`icv.serving.request`).  Fields that ask
+``user``, vLLM's ``ignore_eos`` and the steering fields (:mod:`icv.serving.request`).  Fields that ask
 for something it does not do are accepted only at their neutral value (``n: 1``,
 ``echo: false``, ``frequency_penalty: 0`` ...); any other field is refused, as
 OpenAI refuses unrecognized arguments, rather than silently ignored.
@@ -35,7 +35,7 @@ MAX_PROMPTS = 32
 ROLES = ("system", "user", "assistant", "developer", "tool")
 
 _COMMON = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "user",
-           STEERING_FIELD, POSITIONS_FIELD}
+           "ignore_eos", STEERING_FIELD, POSITIONS_FIELD}
 # Accepted only at these values: anything else asks for a feature this server lacks.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "n": (1, None),
@@ -101,6 +101,7 @@ def _request(body: Mapping[str, Any], prompts: tuple, messages: tuple, max_token
         top_p=_number(body.get("top_p"), "top_p", 1.0, 0.0, 1.0, open_low=True),
         seed=_integer(body.get("seed"), "seed", None, low=-(2**63), high=2**64 - 1),
         stop=_stop(body.get("stop")),
+        ignore_eos=_boolean(body.get("ignore_eos"), "ignore_eos", False),
     )
     return GenerationRequest(
         model=model,

@@ -24,6 +24,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens (benchmarks want fixed lengths)
 
     @property
     def greedy(self) -> bool:
