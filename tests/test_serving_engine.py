@@ -339,7 +339,7 @@ def test_requests_the_engine_cannot_serve_are_refused_at_once(model, tok, ids, p
 def test_a_vector_of_another_model_is_refused(model, tok):
     other = icv.extract(tiny_model("qwen2"), tok, DEMOS, progress=False)
     engine = Engine(model, tok, start=False)
-    with pytest.raises(RequestError, match="does not fit") as caught:
+    with pytest.raises(RequestError, match="different models") as caught:
         engine.submit([5], GREEDY, RowSteering(other), Listener())
     assert caught.value.code == "vector_mismatch"
 
