@@ -17,7 +17,29 @@ the HTTP routes, :mod:`icv.serving.server` runs them on uvicorn, and
 :mod:`icv.serving.command` is the command line with its table of engines.
 """
 
-from .library import ModelShape, VectorLibrary
-from .request import SteeringSpec, SteeringTerm, parse_steering
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .library import ModelShape, VectorLibrary
+    from .request import SteeringSpec, SteeringTerm, parse_steering
+
+# Imported on first use, as icv's own names are: `icv serve --help` reaches
+# icv.serving.command without loading torch.
+_HOMES = {
+    "ModelShape": ".library",
+    "VectorLibrary": ".library",
+    "SteeringSpec": ".request",
+    "SteeringTerm": ".request",
+    "parse_steering": ".request",
+}
 
 __all__ = ["ModelShape", "SteeringSpec", "SteeringTerm", "VectorLibrary", "parse_steering"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

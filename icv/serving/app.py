@@ -35,7 +35,7 @@ from . import protocol
 from .bridge import Call
 from .engine import Engine, Failed, Finished, TextDelta
 from .library import VectorLibrary
-from .request import DEFAULT_MAX_VECTORS
+from .request import DEFAULT_MAX_VECTORS, steering_json
 from .sampling import SamplingParams
 from .steering import RowSteering
 
@@ -96,7 +96,7 @@ class OpenAIRoutes:
         params = [self._params(parsed, ids, chat) for ids in prompts]
         call = Call(self.engine)
         call.submit(prompts, params, steering)
-        envelope = protocol.Envelope.new("chatcmpl" if chat else "cmpl", self.model_id, protocol.steering_json(spec))
+        envelope = protocol.Envelope.new("chatcmpl" if chat else "cmpl", self.model_id, steering_json(spec))
         if parsed.stream:
             stream = chat_stream if chat else completion_stream
             return StreamingResponse(_cancelling(call, stream(call, envelope, parsed.include_usage)),

@@ -246,16 +246,6 @@ def _content(value: object, where: str) -> str:
 # -- writing ---------------------------------------------------------------------------
 
 
-def steering_json(spec: SteeringSpec | None) -> dict[str, Any] | None:
-    """What a response says was applied: every vector with its (resolved) strength, and positions."""
-    if spec is None:
-        return None
-    return {
-        "vectors": [{"vector": term.vector, "strength": term.strength} for term in spec.terms],
-        "positions": spec.positions,
-    }
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 

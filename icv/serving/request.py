@@ -77,6 +77,20 @@ def parse_steering(
     return SteeringSpec(terms, positions)
 
 
+def steering_json(spec: SteeringSpec | None) -> dict[str, Any] | None:
+    """What a response says was applied: every vector with its (resolved) strength, and positions.
+
+    The same shape from every engine: ``{"vectors": [{"vector", "strength"}, ...], "positions"}``,
+    or ``None`` for an unsteered request.
+    """
+    if spec is None:
+        return None
+    return {
+        "vectors": [{"vector": term.vector, "strength": term.strength} for term in spec.terms],
+        "positions": spec.positions,
+    }
+
+
 def _positions(value: object) -> str:
     if value is None:
         return "all"

@@ -28,7 +28,7 @@ from typing import Any
 
 from ...errors import RequestError
 from ..library import VectorLibrary
-from ..request import POSITIONS_FIELD, STEERING_FIELD, SteeringSpec, parse_steering
+from ..request import POSITIONS_FIELD, STEERING_FIELD, SteeringSpec, parse_steering, steering_json
 from .contract import PLUGIN_NAME, STATUS_METHOD, STEERING_ARG, cache_salt, encode, load_library, vector_paths
 from .offline import check_workers
 
@@ -92,14 +92,7 @@ class SteeringMiddleware:
         except RequestError as error:
             await _send_error(send, error)
             return
-        await self.app(scope, _replay(body, receive), _annotating(send, {STEERING_FIELD: applied(spec)}))
-
-
-def applied(spec: SteeringSpec | None) -> dict[str, Any] | None:
-    """What a response says was applied (the transformers engine's shape)."""
-    if spec is None:
-        return None
-    return {"vectors": [{"vector": t.vector, "strength": t.strength} for t in spec.terms], "positions": spec.positions}
+        await self.app(scope, _replay(body, receive), _annotating(send, {STEERING_FIELD: steering_json(spec)}))
 
 
 def rewrite(body: bytes, library: VectorLibrary | None) -> tuple[SteeringSpec | None, bytes]:
