@@ -345,6 +345,9 @@ def configure_generate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=positive_int, default=40, metavar="N", help="tokens to generate (default: 40)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template (a user turn)")
     parser.add_argument("--compare", action="store_true", help="also print the unsteered completion")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse a vector made on a model of another name (by default a warning when "
+                             "the type, hidden size and layer count match)")
 
 
 def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
@@ -367,7 +370,7 @@ def run_generate(args: argparse.Namespace) -> int:
     vector = _weighted_sum(args.vector)
     model, tokenizer = load_model_for(args, args.model or vector.metadata["model_name"] or None)
     text = chat_prompt(tokenizer, prompt) if args.chat else prompt
-    options: dict[str, Any] = {"positions": args.positions}
+    options: dict[str, Any] = {"positions": args.positions, "strict": args.strict}
     if args.mode:
         options["mode"] = args.mode
     if args.layers is not None:

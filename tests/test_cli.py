@@ -288,6 +288,17 @@ def test_generate_refuses_a_vector_of_another_model(vec, tmp_path, capsys):
     assert code == 1
 
 
+def test_generate_takes_a_model_of_another_name_unless_strict(vec, model_dir, tmp_path, capsys):
+    renamed = icv.InContextVector.load(vec).with_metadata(model_name="someone/fine-tune")
+    renamed.save(tmp_path / "renamed.safetensors")
+    code, out, err = run(capsys, "generate", "--vector", tmp_path / "renamed.safetensors", "--model", model_dir,
+                         "--max-new-tokens", "2", "hi")
+    assert code == 0 and out and "model names differ" in err
+    code, _, err = run(capsys, "generate", "--vector", tmp_path / "renamed.safetensors", "--model", model_dir,
+                       "--strict", "--max-new-tokens", "2", "hi")
+    assert code == 1 and "strict" in err
+
+
 # -- combine --------------------------------------------------------------------------
 
 

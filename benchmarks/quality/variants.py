@@ -34,7 +34,8 @@ VARIANTS = ("plain", "stripped", "in-prompt", "unpaired-means")
 
 
 def strip_punctuation(text: str) -> str:
-    """The reference code's habit: no final punctuation, so the last token is a word."""
+    """No final punctuation, so the last token is a word (the reference code goes further and
+    deletes all punctuation everywhere: ``icv.extract(..., preset="paper")``)."""
     return re.sub(r"[.!?,;]+$", "", text).strip()
 
 
