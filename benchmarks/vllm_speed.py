@@ -11,7 +11,7 @@ EasySteer reports 0.86 for one vector in eager mode).
 
 Runs in .venv-vllm (``make setup-vllm``):
 
-    .venv-vllm/bin/python benchmarks/vllm_speed.py --requests 32 --tokens 32 --rounds 4
+    .venv-vllm/bin/python benchmarks/vllm_speed.py --out /tmp/vllm.md   # the section, in markdown
 """
 
 from __future__ import annotations
@@ -110,9 +110,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--out", type=Path, required=True, help="where the markdown section goes (vLLM logs to stdout)")
     args = parser.parse_args(argv)
-    print(section(measure(args.requests, args.tokens, args.rounds)))
+    args.out.write_text(section(measure(args.requests, args.tokens, args.rounds)), encoding="utf-8")
 
 
 if __name__ == "__main__":
