@@ -48,7 +48,7 @@ test-vllm: setup-vllm
 # vLLM's OpenAI server on the embedded model, steering with the vectors in VECTORS.
 VECTORS ?= vectors
 serve-vllm: setup-vllm
-	$(VPY) -m icv.serving.vllm.launch --vectors $(VECTORS)
+	$(VLLM_VENV)/bin/icv serve --engine vllm --vectors $(VECTORS)
 
 demo: setup
 	$(PY) recipes/sentiment/run.py

@@ -1,6 +1,6 @@
 """Run every speed benchmark and write docs/benchmarks.md (figures and the command that made them).
 
-    python benchmarks/run.py                  # all six, the embedded model (about 25-45 min on 2 busy cores)
+    python benchmarks/run.py                  # all seven, the embedded model (about 25-45 min on 2 busy cores)
     python benchmarks/run.py --only generation icl
     python benchmarks/run.py --quick --out /tmp/bench.md   # tiny models, a smoke run of seconds
 
@@ -13,7 +13,9 @@ import argparse
 import datetime
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +30,7 @@ import icv_vs_icl
 import load_time
 import serving_load
 
-SECTIONS = ("generation", "extraction", "memory", "icl", "load", "serving")
+SECTIONS = ("generation", "extraction", "memory", "icl", "load", "serving", "vllm")
 
 
 def _generation(quick: bool) -> str:
@@ -147,6 +149,19 @@ def _serving(quick: bool) -> str:
     )
 
 
+def _vllm(quick: bool) -> str:
+    """vllm_speed.py, run by .venv-vllm's Python: vLLM lives in its own environment."""
+    python = REPO / ".venv-vllm" / "bin" / "python"
+    if not python.is_file():
+        return "## 7. The vLLM engine\n\n(skipped: `make setup-vllm` makes the environment it runs in)\n"
+    sizes = ["--requests", "4", "--tokens", "4", "--rounds", "1", "--clients", "2", "--load-requests", "4"]
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "vllm.md"
+        subprocess.run([str(python), str(REPO / "benchmarks" / "vllm_speed.py"), "--out", str(out),
+                        *(sizes if quick else [])], check=True, cwd=REPO)
+        return out.read_text(encoding="utf-8")
+
+
 RUNNERS: dict[str, Callable[[bool], str]] = {
     "generation": _generation,
     "extraction": _extraction,
@@ -154,6 +169,7 @@ RUNNERS: dict[str, Callable[[bool], str]] = {
     "icl": _icl,
     "load": _load,
     "serving": _serving,
+    "vllm": _vllm,
 }
 
 

@@ -1,15 +1,20 @@
-"""6. The vLLM engine: output tokens/s with steering vs without, on the same requests.
+"""7. The vLLM engine: the cost of per-request steering, and vLLM against the transformers engine.
 
-One vLLM engine (``SteeredLLM``, float32, eager, prefix caching off so that every
-round pays its prefill) generates the same batch of requests, greedy, a fixed number
-of new tokens each (``ignore_eos``), in three arms per round: unsteered; every request
-steered with one vector; every request steered with its own mix (eight distinct
-steerings in the batch, compositions of two vectors included).  All steering is the
-default ``rotate@mlp`` on all layers at every position.  The figure is the median
-over rounds of ``unsteered time / steered time`` (1.0 = free; the target is >= 0.90,
-EasySteer reports 0.86 for one vector in eager mode).
+(a) Offline: one vLLM engine (``SteeredLLM``: float32, eager, prefix caching off so that
+every round pays its prefill) generates the same batch of requests, greedy, a fixed
+number of new tokens each (``ignore_eos``), in three arms per round: unsteered; every
+request steered with one vector; every request steered with its own (eight distinct
+steerings in the batch, compositions of two vectors included), all ``rotate@mlp`` on
+all layers at every position.  Speed ratio = unsteered time / steered time per round
+(target >= 0.90; EasySteer reports 0.86 for one vector in eager mode).
+(b) Over HTTP, on loopback, the transformers engine's workload (``serving_load.py``):
+16 concurrent clients, each request steered by one of several mixes (vectors,
+strengths, positions, an additive vector, a composition), sent to ``icv serve --engine
+vllm`` and to ``icv serve`` (transformers) on the same machine, arms alternating round
+by round; plus vLLM unsteered on the same requests, and a 200-request mixed load test
+of the vLLM server with every answer checked against the same request sent alone.
 
-Runs in .venv-vllm (``make setup-vllm``):
+Runs in .venv-vllm (``make setup-vllm``), which has both engines:
 
     .venv-vllm/bin/python benchmarks/vllm_speed.py --out /tmp/vllm.md   # the section, in markdown
 """
@@ -18,21 +23,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import alternate, markdown_table, median_seconds, speed_ratio
+from generation_speed import sentences_and_demos
+from harness import alternate, embedded_model, markdown_table, median_seconds, speed_ratio
+from serving_load import payloads, percentile, run_clients, save_vectors, unsteered
 
-import icv
 from icv.prompts import paraphrase_prompt
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 TARGET = 0.90
 MAX_MODEL_LEN = 512
-# (vector, strength) terms of the mixed arm's eight steerings
+# (vector, strength) terms of the offline mixed arm's eight steerings
 MIXED = [
     [("positive", 0.04)], [("positive", 0.06)], [("positive", 0.08)], [("negative", 0.05)],
     [("negative", 0.08)], [("positive", 0.06), ("negative", -0.03)], [("negative", 0.05), ("positive", 0.02)],
@@ -40,80 +47,141 @@ MIXED = [
 ]
 
 
-def vector_folder(folder: Path) -> None:
-    """positive and negative sentiment vectors of the embedded model (extracted in this process)."""
-    from generation_speed import sentences_and_demos
-
-    model, tok = icv.load_model()
-    _, demos = sentences_and_demos(1)
-    icv.extract(model, tok, demos, name="positive").save(folder / "positive.safetensors")
-    icv.extract(model, tok, [(t, s) for s, t in demos], name="negative").save(folder / "negative.safetensors")
-
-
-def steering(terms: Sequence[tuple[str, float]] | None) -> dict[str, Any] | None:
-    if terms is None:
-        return None
-    return {"steering": [{"vector": v, "strength": s} for v, s in terms]}
-
-
-def measure(requests: int, tokens: int, rounds: int) -> dict[str, Any]:
-    from generation_speed import sentences_and_demos
+def measure_offline(folder: Path, prompts: Sequence[str], tokens: int, rounds: int) -> dict[str, Any]:
     from vllm import SamplingParams
 
     from icv.serving.vllm import SteeredLLM
 
-    sentences, _ = sentences_and_demos(requests)
-    prompts = [paraphrase_prompt(s) for s in sentences]
-    with tempfile.TemporaryDirectory() as folder:
-        vector_folder(Path(folder))
-        llm = SteeredLLM(vectors=[folder], dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0,
-                         enable_prefix_caching=False)
+    llm = SteeredLLM(vectors=[folder], dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0,
+                     enable_prefix_caching=False)
 
-        def params(terms: Sequence[tuple[str, float]] | None) -> Any:
-            return SamplingParams(max_tokens=tokens, min_tokens=tokens, ignore_eos=True, temperature=0,
-                                  extra_args=steering(terms))
+    def params(terms: Sequence[tuple[str, float]] | None) -> Any:
+        extra = None if terms is None else {"steering": [{"vector": v, "strength": s} for v, s in terms]}
+        return SamplingParams(max_tokens=tokens, min_tokens=tokens, ignore_eos=True, temperature=0, extra_args=extra)
 
-        batches = {
-            "unsteered": [params(None)] * requests,
-            "one vector": [params(MIXED[2])] * requests,
-            "8 mixed steerings": [params(MIXED[i % len(MIXED)]) for i in range(requests)],
+    batches = {
+        "unsteered": [params(None)] * len(prompts),
+        "one vector": [params(MIXED[2])] * len(prompts),
+        "8 mixed steerings": [params(MIXED[i % len(MIXED)]) for i in range(len(prompts))],
+    }
+    try:
+        times = alternate({name: (lambda b=b: llm.generate(list(prompts), b, use_tqdm=False))
+                           for name, b in batches.items()}, rounds, warmup=1, label="vllm offline")
+    finally:
+        llm.llm.llm_engine.engine_core.shutdown()
+    return {"times": times, "requests": len(prompts), "tokens": tokens}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure_http(folder: Path, prompts: Sequence[str], clients: int, per_client: int, tokens: int, rounds: int,
+                 load_requests: int) -> dict[str, Any]:
+    from icv.serving import ModelShape, VectorLibrary
+    from icv.serving.engine import BatchingPolicy
+    from icv.serving.server import BackgroundServer
+    from icv.serving.vllm.launch import VllmServer
+
+    model, tokenizer = embedded_model()
+    library = VectorLibrary.load([folder], ModelShape.of(model))
+    steered = payloads(prompts, clients * per_client, tokens, None)
+    plain = unsteered(steered)
+    log = folder / "vllm.log"
+    with VllmServer([folder], port=free_port(), log=log, vllm_args=f"--max-model-len {MAX_MODEL_LEN}") as vllm, \
+            BackgroundServer(model, tokenizer, library, policy=BatchingPolicy(max_batch=clients),
+                             max_tokens=max(tokens, 16)) as transformers:
+        arms = {
+            "transformers, steered": lambda: run_clients(transformers.url, steered, clients),
+            "vLLM, steered": lambda: run_clients(vllm.url, steered, clients),
+            "vLLM, unsteered": lambda: run_clients(vllm.url, plain, clients),
         }
-        try:
-            times = alternate({name: (lambda b=b: llm.generate(prompts, b, use_tqdm=False))
-                               for name, b in batches.items()}, rounds, warmup=1, label="vllm")
-        finally:
-            llm.llm.llm_engine.engine_core.shutdown()
-    return {"times": times, "requests": requests, "tokens": tokens}
+        times = alternate(arms, rounds, warmup=1, label="vllm http")
+        mixed = payloads(prompts[:8], load_requests, tokens, 3)
+        load = run_clients(vllm.url, mixed, clients)
+        distinct = {repr(sorted(b.items())): b for b in mixed}
+        alone = {key: run_clients(vllm.url, [b], 1)["texts"][0] for key, b in distinct.items()}
+    wrong = sum(text != alone[repr(sorted(b.items()))] for b, text in zip(mixed, load["texts"]))
+    return {
+        "times": times, "clients": clients, "requests": clients * per_client, "tokens": tokens,
+        "load": {"requests": load_requests, "answered": len(load["texts"]), "wrong": wrong,
+                 "seconds": load["seconds"], "tokens_per_s": load["tokens"] / load["seconds"],
+                 "p50": percentile(load["latencies"], 0.5), "p95": percentile(load["latencies"], 0.95)},
+    }
+
+
+def measure(requests: int, tokens: int, rounds: int, clients: int, load_requests: int) -> dict[str, Any]:
+    sentences, demos = sentences_and_demos(max(requests, 2 * clients))
+    prompts = [paraphrase_prompt(s) for s in sentences]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model, tokenizer = embedded_model()
+        save_vectors(model, tokenizer, demos, folder)
+        del model
+        offline = measure_offline(folder, prompts[:requests], tokens, rounds)
+        http = measure_http(folder, prompts, clients, 2, tokens, rounds, load_requests)
+    return {"offline": offline, "http": http}
+
+
+def _ratio_row(times: dict[str, list[float]], arm: str, baseline: str, tokens: int) -> list[str]:
+    ratio = speed_ratio(times, arm, baseline)
+    return [arm, f"{tokens / median_seconds(times, arm):.1f}", ratio.text(), f"{ratio.low:.3f}-{ratio.high:.3f}"]
 
 
 def table(result: dict[str, Any]) -> str:
-    times, total = result["times"], result["requests"] * result["tokens"]
-    rows = []
-    for arm in times:
-        ratio = "1 (baseline)" if arm == "unsteered" else speed_ratio(times, arm, "unsteered").text()
-        rows.append([arm, f"{total / median_seconds(times, arm):.1f}", ratio])
-    return markdown_table(["arm", "output tokens/s (median)", "speed / unsteered"], rows)
+    offline, http = result["offline"], result["http"]
+    total = offline["requests"] * offline["tokens"]
+    rows = [["unsteered", f"{total / median_seconds(offline['times'], 'unsteered'):.1f}", "1 (baseline)", ""]]
+    rows += [_ratio_row(offline["times"], arm, "unsteered", total) for arm in ("one vector", "8 mixed steerings")]
+    head = ["arm", "output tokens/s (median)", "speed / baseline (median)", "min-max"]
+    total_http = http["requests"] * http["tokens"]
+    times = http["times"]
+    vs = [
+        _ratio_row(times, "vLLM, steered", "vLLM, unsteered", total_http),
+        _ratio_row(times, "vLLM, steered", "transformers, steered", total_http),
+        ["transformers, steered", f"{total_http / median_seconds(times, 'transformers, steered'):.1f}", "", ""],
+    ]
+    vs[0][0] = "vLLM steered / vLLM unsteered"
+    vs[1][0] = "vLLM steered / transformers steered"
+    load = http["load"]
+    loaded = markdown_table(
+        ["requests", "answered", "wrong", "seconds", "tokens/s", "p50 latency (s)", "p95 latency (s)"],
+        [[load["requests"], load["answered"], load["wrong"], f"{load['seconds']:.1f}", f"{load['tokens_per_s']:.1f}",
+          f"{load['p50']:.2f}", f"{load['p95']:.2f}"]])
+    return (
+        f"(a) Offline, {offline['requests']} requests x {offline['tokens']} new tokens per arm and round:\n\n"
+        f"{markdown_table(head, rows)}\n\n"
+        f"(b) Over HTTP, {http['clients']} clients, {http['requests']} requests x {http['tokens']} new tokens "
+        f"per arm and round:\n\n{markdown_table(head, vs)}\n\n"
+        f"Load test of the vLLM server ({http['clients']} clients, mixed steering, a third unsteered):\n\n{loaded}"
+    )
 
 
 def section(result: dict[str, Any]) -> str:
     doc = (__doc__ or "").split("\n\n")
     return (
-        "## 6. The vLLM engine: steered vs unsteered\n\n"
+        "## 7. The vLLM engine\n\n"
         f"{doc[1]}\n\n"
-        f"Model: the embedded SmolLM2-135M-Instruct (30 layers, hidden 576) in vllm-cpu 0.32.0; "
-        f"{result['requests']} requests x {result['tokens']} new tokens per arm and round.\n\n"
+        "Model: the embedded SmolLM2-135M-Instruct (30 layers, hidden 576), float32; vLLM is vllm-cpu 0.32.0, "
+        "which on this 2-core machine binds its worker to one core and keeps the other for its engine loop, "
+        "while the transformers engine's torch uses both.\n\n"
         f"{table(result)}\n"
     )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--requests", type=int, default=32)
-    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=32, help="offline batch size")
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per request")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--load-requests", type=int, default=200)
     parser.add_argument("--out", type=Path, required=True, help="where the markdown section goes (vLLM logs to stdout)")
     args = parser.parse_args(argv)
-    args.out.write_text(section(measure(args.requests, args.tokens, args.rounds)), encoding="utf-8")
+    result = measure(args.requests, args.tokens, args.rounds, args.clients, args.load_requests)
+    args.out.write_text(section(result), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -50,3 +50,25 @@ def test_steering_fields_ask_for_what_they_describe():
     spec = SteeringSpec((SteeringTerm("positive", None),), "prompt")
     assert parse_steering(steering_fields(spec)) == spec
     assert steering_fields(None) == {} and parse_steering(steering_fields(None)) is None
+
+
+def test_icv_serve_engine_vllm_becomes_vllms_server_with_the_plugin(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from icv import cli
+    from icv.serving.command import add_serve_arguments, vllm_command
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args(["--engine", "vllm", "--vectors", str(tmp_path), "--port", "8123",
+                              "--served-model-name", "smol", "--vllm-args", "--max-model-len 2048 -tp 2"])
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(OptionError, match="make setup-vllm"):
+            vllm_command(args)
+        assert cli.main(["serve", "--engine", "vllm", "--vectors", str(tmp_path)]) == 1
+        assert "make setup-vllm" in capsys.readouterr().err
+        return
+    argv, env = vllm_command(args)
+    assert argv[argv.index("--served-model-name") + 1] == "smol" and "--enforce-eager" in argv
+    assert argv[-4:] == ["--max-model-len", "2048", "-tp", "2"] and argv[argv.index("--port") + 1] == "8123"
+    assert env[VECTORS_ENV] == str(tmp_path.resolve()) and PLUGIN_NAME in env["VLLM_PLUGINS"].split(",")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,9 +75,37 @@ def run_transformers(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- engine: vllm -----------------------------------------------------------------------
+
+
+def add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine vllm (vLLM's OpenAI server with icv's plugin; make setup-vllm)")
+    group.add_argument("--vllm-args", default="", metavar="ARGS",
+                       help="more `vllm serve` options, in one string (e.g. \"--max-model-len 2048 -tp 2\")")
+
+
+def vllm_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """``(argv, environment)`` of the vLLM server ``icv serve --engine vllm`` becomes."""
+    from .vllm.launch import command
+
+    return command(args.model, args.vectors, host=args.host, port=args.port, extra=shlex.split(args.vllm_args),
+                   served_model_name=args.served_model_name)
+
+
+def run_vllm(args: argparse.Namespace) -> int:
+    import os
+
+    argv, env = vllm_command(args)
+    _say(f"starting vLLM: {shlex.join(argv)}")
+    os.execve(argv[0], argv, env)  # the server is vLLM's own process from here on
+    return 0  # not reached
+
+
 ENGINES: dict[str, ServeEngine] = {
     "transformers": ServeEngine("the model in this process, batched per step (default)", add_transformers_arguments,
                                 run_transformers),
+    "vllm": ServeEngine("vLLM's OpenAI server, steered in every worker by icv's plugin (needs vLLM installed)",
+                        add_vllm_arguments, run_vllm),
 }
 
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +25,6 @@ from vllm_cases import MAX_MODEL_LEN, fields, spec  # noqa: E402
 
 import icv  # noqa: E402
 from icv.models import DEFAULT_MODEL  # noqa: E402
-from icv.serving.vllm import launch  # noqa: E402
 
 pytestmark = pytest.mark.real_model
 
@@ -48,44 +44,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(vector_folder, tmp_path_factory):
-    """The base URL of a running server; stopped (with its engine processes) at the end."""
-    port = free_port()
-    argv, env = launch.command(None, [vector_folder], port=port, extra=["--max-model-len", str(MAX_MODEL_LEN)])
+    """The base URL of `icv serve --engine vllm` (the README's one command), stopped at the end."""
+    from icv.serving.vllm.launch import VllmServer
+
     log = tmp_path_factory.mktemp("server") / "vllm.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(process, url, log)
-        yield url
-    finally:
-        stop(process)
-
-
-def wait_until_healthy(process, url, log):
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the vLLM server exited ({process.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"the vLLM server did not start in {STARTUP_SECONDS} s:\n{log.read_text()[-4000:]}")
-
-
-def stop(process):
-    """SIGTERM to the server's process group (the API server, its engine and worker), then SIGKILL."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    with VllmServer([vector_folder], port=free_port(), log=log, vllm_args=f"--max-model-len {MAX_MODEL_LEN}",
+                    startup_seconds=STARTUP_SECONDS) as running:
+        yield running.url
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +75,9 @@ def expected_text(real, reference, library):
 
 def applied(request_spec, library):
     """What the server says it applied: the request's steering with default strengths made explicit."""
-    from icv.serving.vllm.http import applied as shape
+    from icv.serving.request import steering_json
 
-    return shape(library.resolve(request_spec) if request_spec else None)
+    return steering_json(library.resolve(request_spec) if request_spec else None)
 
 
 @pytest.mark.parametrize("case", [None, spec(("positive", 0.08)), spec(("cheerful", 1.5), positions="generated")])

