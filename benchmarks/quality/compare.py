@@ -7,7 +7,9 @@ Strengths of two extractions are not comparable (one vector may move the model f
 per unit of strength), so each run's ICV sweep is read as a curve of style success
 against content similarity, and style success is linearly interpolated where the
 curve crosses each similarity in ``--at`` (blank where a sweep does not reach it).
-Also printed: each run's calibrated strength and its scores.
+The curve starts at strength 0, which is the zero-shot row (steering at strength 0
+changes nothing): a run made with ``--methods icv`` borrows it from another run of
+the same model and test rows.  Also printed: each run's calibrated strength and its scores.
 """
 
 from __future__ import annotations
@@ -17,10 +19,22 @@ import json
 from pathlib import Path
 
 
-def icv_points(run: dict) -> list[tuple[float, float, float]]:
-    """(strength, content, style success) of every ICV row, most content first."""
+def icv_points(run: dict, zero: tuple[float, float, float] | None = None) -> list[tuple[float, float, float]]:
+    """(strength, content, style success) of every ICV row and strength 0, most content first."""
     points = [(r["strength"], r["content"], r["style_success"]) for r in run["results"] if r["method"] == "icv"]
-    return sorted(points, key=lambda p: -p[1])
+    return sorted(points + ([zero] if zero else []), key=lambda p: -p[1])
+
+
+def zero_shot(run: dict) -> tuple[float, float, float] | None:
+    for r in run["results"]:
+        if r["method"] == "zero-shot":
+            return (0.0, r["content"], r["style_success"])
+    return None
+
+
+def same_rows(a: dict, b: dict) -> bool:
+    keys = ("model", "test_rows", "data", "max_new_tokens")
+    return all(a["settings"].get(k) == b["settings"].get(k) for k in keys)
 
 
 def style_at(points: list[tuple[float, float, float]], similarity: float) -> float | None:
@@ -50,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     label = "offensive" if args.offensive else "style success"
     print(f"| run | calibrated: strength, {label}, similarity | " + " | ".join(f"{label} at {x:g}" for x in levels) + " |")
     print("|---|---|" + "---:|" * len(levels))
-    for path in args.runs:
-        run = json.loads(path.read_text())
-        points = icv_points(run)
+    runs = {path: json.loads(path.read_text()) for path in args.runs}
+    for path, run in runs.items():
+        zero = zero_shot(run) or next(
+            (zero_shot(other) for other in runs.values() if zero_shot(other) and same_rows(run, other)), None
+        )
+        points = icv_points(run, zero)
         chosen = calibrated(run)
         cal = "-" if chosen is None else f"{chosen[0]:g}, {show(chosen[2]):.1%}, {chosen[1]:.3f}"
         cells = []
