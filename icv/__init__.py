@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Architecture": "layers",
     "ArchitectureError": "errors",
+    "DefaultStrengthWarning": "strength",
     "Demo": "demos",
     "DemoError": "errors",
     "FormatVersionError": "errors",
@@ -77,6 +78,7 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from .layers import Architecture, register_architecture
     from .models import load_model
     from .prompts import chat_reply_template
+    from .strength import DefaultStrengthWarning
     from .steer import Steering, is_steered, steer, steer_averaged, unsteer
     from .vector import InContextVector
 

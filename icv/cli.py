@@ -277,9 +277,10 @@ def _strength_line(vector: InContextVector) -> str:
     m = vector.metadata
     if m["recommended_strength"] is not None:
         return f"{m['recommended_strength']:g} (for {m['injection_mode']}@{m['injection_site']})"
-    from .metadata import DEFAULT_STRENGTH
+    from .strength import default_strength
 
-    return f"none recorded (library default for {m['injection_mode']}: {DEFAULT_STRENGTH[m['injection_mode']]:g})"
+    guess = default_strength(m["injection_mode"], vector.num_layers)
+    return f"none recorded (steering guesses {guess:g} for {m['injection_mode']} on {vector.num_layers} layers)"
 
 
 def _layer_table(vector: InContextVector, columns: int) -> list[str]:

@@ -25,7 +25,7 @@ Mapping to this library's vectors (``mode="add"``, ``site="block"``; see :mod:`i
 * Export writes what additive block-output steering adds to block ``l``:
   ``direction.l = strength * layer_scales[l] * directions[l]`` for ``l = 1 .. L - 1``,
   with the strength folded in (default: the vector's recommended strength when its
-  metadata says ``add@block``, else ``icv.metadata.DEFAULT_STRENGTH["add"]``).  Block 0's
+  metadata says ``add@block``, else ``icv.strength.default_strength("add", L)``).  Block 0's
   direction is dropped, with a warning when it is not zero.  ``llama-cli
   --control-vector FILE`` then steers like ``icv.steer(model, vec, strength, mode="add",
   site="block", layers=range(1, L))``; ``--control-vector-scaled FILE S`` multiplies by
@@ -53,10 +53,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import metadata as meta
 from .errors import OptionError, VectorExistsError, VectorFileError
 from .vector import InContextVector
 from .storage import new_file_mode
+from .strength import planned_strength, warn_default
 
 ARCHITECTURE = "controlvector"
 KEY_ARCHITECTURE = "general.architecture"
@@ -104,12 +104,12 @@ def export_strength(vector: InContextVector) -> float:
 
     The vector's recommended strength applies only when it was recommended for the
     additive block-output mode; a strength recommended for the rotation means
-    something else (an angle), so the additive default takes over.
+    something else (an angle), so the additive default for the vector's depth takes
+    over, with a :class:`icv.DefaultStrengthWarning`.
     """
-    m = vector.metadata
-    if m["recommended_strength"] is not None and (m["injection_mode"], m["injection_site"]) == ("add", "block"):
-        return float(m["recommended_strength"])
-    return meta.DEFAULT_STRENGTH["add"]
+    planned = planned_strength(vector, "add", "block")
+    warn_default(vector, planned, "add", stacklevel=3)  # the caller of export_gguf
+    return planned.value
 
 
 def additive_deltas(vector: InContextVector, strength: float) -> torch.Tensor:

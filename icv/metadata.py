@@ -32,11 +32,6 @@ FORMAT_VERSION = 2
 
 MODES = ("rotate", "add")
 
-# Strength used when neither the caller nor the vector says: a rotation of about
-# 0.06 rad per layer, or adding 2% of the activation's norm, visibly steers
-# the embedded model without breaking fluency (docs/results.md has the sweep).
-DEFAULT_STRENGTH = {"rotate": 0.06, "add": 0.02}
-
 # key -> (type, required).  float keys accept ints; None is allowed where noted.
 SCHEMA: dict[str, tuple[type, bool]] = {
     "icv_format_version": (int, True),

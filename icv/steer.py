@@ -41,6 +41,7 @@ from .models import model_name_of
 from .options import checked_options
 from .positions import POSITIONS, PositionTracker
 from .rows import RowGroupCheck
+from .strength import planned_strength, warn_default
 from .vector import InContextVector
 
 _EPS = 1e-12
@@ -342,7 +343,8 @@ def steer(
     call ``.remove()``.
 
     * ``strength``: a number, or one number per batch row; ``None`` uses the vector's
-      recommended strength, else the library default for the mode.
+      recommended strength, else a default for the model's depth, with a
+      :class:`icv.DefaultStrengthWarning` (see :mod:`icv.strength`).
     * ``vector``: one vector, or one per batch row (compare vectors in one batch).
     * ``mode``/``site``: ``"rotate"`` at ``"mlp"`` (the reference code, default) or ``"add"``
       at ``"block"`` (llama.cpp / repeng); any mode works at ``"block"``, ``"mlp"``, ``"attn"``.
@@ -446,11 +448,9 @@ def _settings(
     Imported control vectors shorter than the model (their files left out the last
     blocks) come back padded to its depth.
     """
-    first = vectors[0].metadata
-    mode = mode or first["injection_mode"]
-    if mode not in meta.MODES:
+    if mode is not None and mode not in meta.MODES:
         raise OptionError(f"unknown mode '{mode}': choose one of {', '.join(meta.MODES)}")
-    site = site or (first["injection_site"] if mode == first["injection_mode"] else _default_site(mode))
+    mode, site = injection_of(vectors[0], mode, site)
     if site not in SITES:
         raise OptionError(f"unknown site '{site}': choose one of {', '.join(SITES)}")
     if positions not in POSITIONS:
@@ -492,6 +492,17 @@ def _covered_layers(vectors: list[InContextVector]) -> list[int] | None:
             return None
         covered.update(v.layers)
     return sorted(covered)
+
+
+def injection_of(vector: InContextVector, mode: str | None = None, site: str | None = None) -> tuple[str, str]:
+    """The ``(mode, site)`` that steering with ``vector`` uses: the given ones, else the vector's.
+
+    A mode other than the vector's comes with that mode's usual site (the rotation at
+    the MLP output, addition at the block output) unless ``site`` is given.
+    """
+    m = vector.metadata
+    mode = mode or m["injection_mode"]
+    return mode, site or (m["injection_site"] if mode == m["injection_mode"] else _default_site(mode))
 
 
 def _default_site(mode: str) -> str:
@@ -547,14 +558,10 @@ def default_strength_for(vector: InContextVector, mode: str | None = None, site:
     """The strength :func:`steer` uses for ``vector`` when none is given.
 
     The vector's recommended strength when it was recommended for this mode and site
-    (by default the vector's own), else the library's default for the mode.
+    (by default the vector's own), else a default for the model's depth
+    (:func:`icv.strength.default_strength`).
     """
-    m = vector.metadata
-    mode = mode or m["injection_mode"]
-    site = site or (m["injection_site"] if mode == m["injection_mode"] else _default_site(mode))
-    if m["recommended_strength"] is not None and (m["injection_mode"], m["injection_site"]) == (mode, site):
-        return m["recommended_strength"]
-    return meta.DEFAULT_STRENGTH[mode]
+    return planned_strength(vector, *injection_of(vector, mode, site)).value
 
 
 def _row_strengths(
@@ -569,7 +576,11 @@ def _row_strengths(
     if strength is None and scale == "shift":
         return [SHIFT_STRENGTH] * len(vectors)
     if strength is None:
-        return [default_strength_for(v, mode, site) for v in vectors]
+        planned = [planned_strength(v, mode, site) for v in vectors]
+        for v, p in zip(vectors, planned):
+            # Frames up to the caller: warn_default, here, steer (or steer_averaged), checked_options.
+            warn_default(v, p, mode, stacklevel=4)
+        return [p.value for p in planned]
     if isinstance(strength, torch.Tensor):
         strength = strength.tolist() if strength.dim() else strength.item()
     if isinstance(strength, Sequence) and not isinstance(strength, str):

@@ -189,7 +189,7 @@ def test_extract_layer_out_of_range_is_an_error(model_dir, demos_file, tmp_path,
 def test_inspect_shows_metadata_and_what_varies_per_layer(vec, tmp_path, capsys):
     code, out, _ = run(capsys, "inspect", vec)
     assert code == 0
-    assert "warm" in out and "3 x 32" in out and "rotate@mlp" in out and "library default" in out
+    assert "warm" in out and "3 x 32" in out and "rotate@mlp" in out and "steering guesses 0.5" in out
     note, *table = out.split("\n\n", 1)[1].splitlines()
     assert "norm 1" in note  # a fresh vector's directions are unit: no column of 1.0000
     assert table[0].split()[:3] == ["layer", "scale", "layer"]

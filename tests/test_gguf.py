@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import icv
-from icv import metadata as meta
 from icv.errors import ModelMismatchError, OptionError, VectorExistsError, VectorFileError
 from icv.gguf import additive_deltas, export_gguf, export_strength, import_gguf, is_gguf_file
+from icv.strength import default_strength
 
 gguf = pytest.importorskip("gguf")
 
@@ -78,16 +78,20 @@ def test_export_is_silent_when_block0_is_empty(vector, tmp_path):
     quiet = icv.InContextVector(rows, vector.metadata, vector.layer_scales)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        report = export_gguf(quiet, tmp_path / "v.gguf")
+        report = export_gguf(quiet, tmp_path / "v.gguf", strength=0.02)
     assert not report.dropped_block0
 
 
 def test_export_strength_defaults(vector):
-    assert export_strength(vector) == meta.DEFAULT_STRENGTH["add"]  # rotate@mlp: its strength is an angle
-    assert export_strength(vector.with_metadata(recommended_strength=0.3)) == meta.DEFAULT_STRENGTH["add"]
+    guess = default_strength("add", vector.num_layers)
+    with pytest.warns(icv.DefaultStrengthWarning, match=f"using {guess:g}"):
+        assert export_strength(vector) == guess  # rotate@mlp: its strength is an angle
+    with pytest.warns(icv.DefaultStrengthWarning):
+        assert export_strength(vector.with_metadata(recommended_strength=0.3)) == guess
     additive = vector.with_metadata(injection_mode="add", injection_site="block", recommended_strength=0.3)
     assert export_strength(additive) == 0.3
-    assert export_strength(additive.with_metadata(recommended_strength=None)) == meta.DEFAULT_STRENGTH["add"]
+    with pytest.warns(icv.DefaultStrengthWarning):
+        assert export_strength(additive.with_metadata(recommended_strength=None)) == guess
 
 
 def test_export_folds_the_recommended_additive_strength(vector, tmp_path):
