@@ -139,6 +139,28 @@ def finite_float(text: str) -> float:
     return value
 
 
+def strength_list(text: str) -> list[float]:
+    """``"0.02,0.04,0.08"`` -> ``[0.02, 0.04, 0.08]``: one strength or several, each finite, none repeated."""
+    values = [finite_float(part) for part in text.replace(" ", "").split(",")]
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"'{text}' repeats a strength")
+    return values
+
+
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must not be negative")
+    return value
+
+
+def probability(text: str) -> float:
+    value = finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be above 0 and at most 1")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -284,21 +306,26 @@ def _strength_line(vector: InContextVector) -> str:
 
 
 def _layer_table(vector: InContextVector, columns: int) -> list[str]:
-    """Per layer, what varies: the residual stream's scale, and the direction's norm unless it is 1 everywhere."""
+    """Per layer, what varies: the residual stream's scale, the shift's own norm (when the file
+    knows it), and the direction's norm unless it is 1 everywhere."""
+    shifts = vector.shift_norms()
     norms = vector.layer_norms().tolist()
-    scales = vector.layer_scales.tolist()
-    unit = all(abs(norm - 1.0) < 1e-4 for norm in norms)
-    if unit:
-        cells = [f"{layer:>5} {scale:>9.3f}" for layer, scale in enumerate(scales)]
-        head = f"{'layer':>5} {'scale':>9}"
-        note = ["every layer's direction has norm 1; scale: the residual stream's typical norm at that layer"]
+    table = {"scale": vector.layer_scales.tolist()}
+    notes = ["scale: the residual stream's typical norm at that layer"]
+    if shifts is not None:
+        table["shift"] = shifts.tolist()
+        notes.append("shift: the norm of the demonstrations' shift there")
+    if all(abs(norm - 1.0) < 1e-4 for norm in norms):
+        notes.append("every direction has norm 1")
     else:
-        cells = [f"{layer:>5} {scale:>9.3f} {norm:>8.4f}" for layer, (scale, norm) in enumerate(zip(scales, norms))]
-        head = f"{'layer':>5} {'scale':>9} {'norm':>8}"
-        note = ["scale: the residual stream's typical norm at that layer; norm: the direction's norm"]
+        table["norm"] = norms
+        notes.append("norm: the direction's norm")
+    head = f"{'layer':>5}" + "".join(f" {name:>9}" for name in table)
+    cells = [f"{layer:>5}" + "".join(f" {values[layer]:>9.4g}" for values in table.values())
+             for layer in range(vector.num_layers)]
     header = "   ".join([head] * min(columns, len(cells)))
     rows = ["   ".join(cells[i : i + columns]) for i in range(0, len(cells), columns)]
-    return [*note, header, *rows]
+    return ["; ".join(notes), header, *rows]
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -310,6 +337,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             "metadata": m,
             "layer_norms": vector.layer_norms().tolist(),
             "layer_scales": vector.layer_scales.tolist(),
+            "shift_norms": None if vector.shift_norms() is None else vector.shift_norms().tolist(),
         }
         print(json.dumps(report, indent=2))
         return 0
@@ -339,16 +367,28 @@ def configure_generate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vector", action="append", required=True, type=weighted_path, metavar="VEC[:WEIGHT]",
                         help="a vector (safetensors or GGUF), optionally weighted; repeat to add several")
     parser.add_argument("--model", metavar="NAME_OR_PATH", help="the model (default: the first vector's model, else the embedded one)")
-    parser.add_argument("--strength", type=finite_float, metavar="S", help="steering strength (default: the vector's recommended one)")
+    parser.add_argument("--strength", type=strength_list, metavar="S[,S...]",
+                        help="steering strength; several (0.02,0.04,0.08) are generated side by side in one batch "
+                             "(default: the vector's recommended one, else a default for the model's depth)")
+    parser.add_argument("--compare", action="store_true", help="also print the unsteered completion (a row of the same batch)")
     parser.add_argument("--mode", choices=("rotate", "add"), help="override the vector's injection mode")
-    parser.add_argument("--layers", type=layer_list, metavar="LIST", help="steer only these decoder layers (e.g. 10-20)")
+    parser.add_argument("--layers", type=layer_list, metavar="LIST", help="steer only these decoder layers (e.g. 10-20, -8--1)")
     parser.add_argument("--positions", choices=("all", "prompt", "generated"), default="all", help="which tokens to steer (default: all)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=40, metavar="N", help="tokens to generate (default: 40)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template (a user turn)")
-    parser.add_argument("--compare", action="store_true", help="also print the unsteered completion")
     parser.add_argument("--strict", action="store_true",
                         help="refuse a vector made on a model of another name (by default a warning when "
                              "the type, hidden size and layer count match)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=40, metavar="N", help="tokens to generate (default: 40)")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, metavar="T",
+                        help="0 (default): greedy; above 0: sample at this temperature")
+    parser.add_argument("--top-p", type=probability, metavar="P", help="with --temperature: nucleus sampling")
+    parser.add_argument("--seed", type=int, metavar="N", help="with --temperature: the random seed, for repeatable samples")
+    parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                        help="print the completion as it is generated (default: when the output is a terminal and "
+                             "there is one completion)")
+    parser.add_argument("-i", "--interactive", action="store_true",
+                        help="load the model once, then read prompts (and /commands that change the vector, strength ...) "
+                             "line by line; /help lists the commands")
 
 
 def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
@@ -363,28 +403,36 @@ def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
     return prompt
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    from .generation import complete
-    from .prompts import chat_prompt
+def _generate_settings(args: argparse.Namespace) -> Any:
+    from .session import Settings
 
-    prompt = _read_prompt(args, args.parser)
-    vector = _weighted_sum(args.vector)
-    model, tokenizer = load_model_for(args, args.model or vector.metadata["model_name"] or None)
-    text = chat_prompt(tokenizer, prompt) if args.chat else prompt
-    options: dict[str, Any] = {"positions": args.positions, "strict": args.strict}
-    if args.mode:
-        options["mode"] = args.mode
-    if args.layers is not None:
-        options["layers"] = args.layers
-    steered = complete(model, tokenizer, [text], vector=vector, strength=args.strength,
-                       max_new_tokens=args.max_new_tokens, progress=False, **options)[0]
-    if not args.compare:
-        print(steered)
+    if (args.top_p is not None or args.seed is not None) and args.temperature == 0:
+        args.parser.error("--top-p and --seed need --temperature above 0 (greedy decoding does not sample)")
+    if args.stream and (args.compare or len(args.strength or [None]) > 1):
+        args.parser.error("--stream shows one completion as it comes: drop --compare, or give one strength")
+    return Settings(
+        vectors=list(args.vector), strengths=args.strength, compare=args.compare, chat=args.chat, mode=args.mode,
+        layers=args.layers, positions=args.positions, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed, stream=args.stream, strict=args.strict,
+    )
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .session import Trial, interact
+
+    if args.interactive and args.prompt is not None:
+        args.parser.error("--interactive reads its prompts from standard input: drop PROMPT")
+    settings = _generate_settings(args)
+    prompt = None if args.interactive else _read_prompt(args, args.parser)
+    first = read_vector(args.vector[0].path)
+    model, tokenizer = load_model_for(args, args.model or first.metadata["model_name"] or None)
+    trial = Trial(model, tokenizer, settings, _weighted_sum)
+    if prompt is not None:
+        trial.run(prompt, sys.stdout)
         return 0
-    plain = complete(model, tokenizer, [text], max_new_tokens=args.max_new_tokens, progress=False)[0]
-    strength = "recommended" if args.strength is None else f"{args.strength:g}"
-    print(f"=== unsteered ===\n{plain}\n=== steered ({vector.name}, strength {strength}) ===\n{steered}")
-    return 0
+    parsers = {"vector": weighted_path, "strengths": strength_list, "layers": layer_list,
+               "temperature": non_negative_float, "top_p": probability, "seed": int, "tokens": positive_int}
+    return interact(trial, parsers, sys.stdin, sys.stdout, sys.stderr)
 
 
 # -- combine --------------------------------------------------------------------------

@@ -40,15 +40,20 @@ def complete(
     batch_size: int = 8,
     progress: bool | None = None,
     do_sample: bool = False,
+    temperature: float | None = None,
+    top_p: float | None = None,
     stop_strings: Sequence[str] | None = None,
+    streamer: Any = None,
     **steer_options: Any,
 ) -> list[str]:
     """Completions (new text only) for ``prompts``: greedy by default, batched with left padding.
 
     With ``vector`` the model is steered for the duration (``strength`` and
     ``steer_options`` go to :func:`icv.steer`); a per-row ``strength`` sequence has
-    one value per prompt.  ``stop_strings`` (e.g. ``['"']``) ends each row once it has
+    one value per prompt.  ``do_sample`` samples instead, with ``temperature`` and
+    ``top_p`` when given.  ``stop_strings`` (e.g. ``['"']``) ends each row once it has
     produced one of them, which saves most of the decoding when answers are short.
+    ``streamer`` (a transformers streamer) receives the tokens as they come (one prompt).
     """
     if isinstance(prompts, str):
         raise OptionError("prompts must be a list of strings, not one string")
@@ -70,8 +75,12 @@ def complete(
             do_sample=do_sample,
             pad_token_id=pad_token_id(tokenizer),
         )
+        if do_sample:
+            generate_kwargs.update({k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None})
         if stop_strings:
             generate_kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+        if streamer is not None:
+            generate_kwargs["streamer"] = streamer
         if vector is None:
             tokens = model.generate(**inputs, **generate_kwargs)
         else:

@@ -17,6 +17,8 @@ from icv.cli import COMMANDS, layer_list, main, weighted_path
 from icv.errors import DemoError, OptionError
 from icv.generation import complete
 from icv.prompts import chat_prompt
+from icv.display import side_by_side
+from icv.strength import default_strength
 from icv.gguf import additive_deltas, import_gguf
 
 @pytest.fixture(scope="module")
@@ -191,22 +193,26 @@ def test_inspect_shows_metadata_and_what_varies_per_layer(vec, tmp_path, capsys)
     assert code == 0
     assert "warm" in out and "3 x 32" in out and "rotate@mlp" in out and "steering guesses 0.5" in out
     note, *table = out.split("\n\n", 1)[1].splitlines()
-    assert "norm 1" in note  # a fresh vector's directions are unit: no column of 1.0000
-    assert table[0].split()[:3] == ["layer", "scale", "layer"]
+    assert "every direction has norm 1" in note  # a fresh vector's directions are unit: no column of 1.0000
+    assert table[0].split()[:4] == ["layer", "scale", "shift", "layer"]
     vector = icv.InContextVector.load(vec)
-    assert [float(x) for x in table[1].split()[1::2]] == pytest.approx(vector.layer_scales.tolist(), abs=1e-3)
+    cells = [float(x) for x in table[1].split()]
+    assert cells[1::3] == pytest.approx(vector.layer_scales.tolist(), rel=1e-3)
+    assert cells[2::3] == pytest.approx(vector.shift_norms().tolist(), rel=1e-3)
+    assert len(set(cells[2::3])) == 3  # what varies from layer to layer
     assert run(capsys, "inspect", vec, "--columns", "1")[1].split("\n\n", 1)[1].count("\n") == 5
     scaled = tmp_path / "scaled.safetensors"
     InContextVector = icv.InContextVector
     InContextVector(vector.directions * torch.tensor([[1.0], [2.0], [0.5]]), vector.metadata, vector.layer_scales).save(scaled)
-    table = run(capsys, "inspect", scaled)[1].split("\n\n", 1)[1].splitlines()[1:]
-    assert table[0].split()[:3] == ["layer", "scale", "norm"]
+    note, *table = run(capsys, "inspect", scaled)[1].split("\n\n", 1)[1].splitlines()
+    assert table[0].split()[:3] == ["layer", "scale", "norm"] and "shift" not in note  # no shift recorded
     assert [float(x) for x in table[1].split()[2::3]] == pytest.approx([1.0, 2.0, 0.5], abs=1e-4)
     code, out, _ = run(capsys, "inspect", vec, "--json")
     report = json.loads(out)
     assert report["metadata"]["name"] == "warm" and len(report["layer_norms"]) == 3
     assert report["layer_norms"] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
     assert report["layer_scales"] == pytest.approx(vector.layer_scales.tolist())
+    assert report["shift_norms"] == pytest.approx(vector.shift_norms().tolist())
 
 
 def test_inspect_reads_gguf_and_refuses_garbage(vec, tmp_path, capsys):
@@ -248,13 +254,101 @@ def test_generate_compare_reads_stdin_and_weights(vec, loaded, model_dir, tmp_pa
     cold = tmp_path / "cold.safetensors"
     assert run(capsys, "extract", "--demos", other, "--out", cold, "--model", model_dir, "--quiet")[0] == 0
     mix = icv.InContextVector.load(vec) * 0.5 + icv.InContextVector.load(cold) * -2.0
-    steered = complete(model, tokenizer, ["a meal"], vector=mix, strength=1.0, mode="add", layers=[1, 2], max_new_tokens=5)[0]
-    plain = complete(model, tokenizer, ["a meal"], max_new_tokens=5)[0]
+    # One batch: the unsteered row is strength 0 (bitwise unsteered), the steered row strength 1.
+    plain, steered = complete(model, tokenizer, ["a meal"] * 2, vector=mix, strength=[0.0, 1.0], mode="add",
+                              layers=[1, 2], max_new_tokens=5)
+    assert plain == complete(model, tokenizer, ["a meal"], max_new_tokens=5)[0]
     monkeypatch.setattr(sys, "stdin", io.StringIO("a meal\n"))
     code, out, _ = run(capsys, "generate", "--vector", f"{vec}:0.5", "--vector", f"{cold}:-2", "--model", model_dir,
                        "--strength", "1", "--mode", "add", "--layers", "1-2", "--max-new-tokens", "5", "--compare")
     assert code == 0
-    assert out == f"=== unsteered ===\n{plain}\n=== steered ({mix.name}, strength 1) ===\n{steered}\n"
+    assert out == side_by_side(None, {"unsteered": [plain], "1": [steered]}) + "\n"
+
+
+def test_generate_shows_several_strengths_side_by_side_in_one_batch(vec, loaded, capsys, monkeypatch):
+    model, tokenizer = loaded
+    vector = icv.InContextVector.load(vec)
+    rows = complete(model, tokenizer, ["the room"] * 4, vector=vector, strength=[0.0, 0.2, 0.4, 0.8], max_new_tokens=6)
+    calls = []
+    generate = type(model).generate  # the command loads its own copy of the model: count on the class
+    monkeypatch.setattr(type(model), "generate", lambda self, *a, **k: calls.append(k) or generate(self, *a, **k))
+    code, out, _ = run(capsys, "generate", "--vector", vec, "--strength", "0.2,0.4,0.8", "--compare",
+                       "--max-new-tokens", "6", "the room")
+    assert code == 0 and len(calls) == 1  # one batched generation for all four rows
+    assert out.splitlines() == [f"unsteered | {rows[0]}", f"0.2       | {rows[1]}", f"0.4       | {rows[2]}",
+                                f"0.8       | {rows[3]}"]
+    assert run(capsys, "generate", "--vector", vec, "--strength", "0.2,0.2", "x")[0] == 2
+
+
+def test_generate_labels_say_where_the_strength_came_from(vec, tmp_path, capsys):
+    guess = default_strength("rotate", 3)
+    code, out, err = run(capsys, "generate", "--vector", vec, "--compare", "--max-new-tokens", "2", "hi")
+    assert code == 0 and out.splitlines()[1].startswith(f"{guess:g} (default) | ")
+    assert "recommended" not in out and f"using {guess:g}" in err  # the guess is said, not hidden
+    recommended = tmp_path / "recommended.safetensors"
+    icv.InContextVector.load(vec).with_metadata(recommended_strength=0.3).save(recommended)
+    code, out, err = run(capsys, "generate", "--vector", recommended, "--compare", "--max-new-tokens", "2", "hi")
+    assert code == 0 and out.splitlines()[1].startswith("0.3 (recommended) | ") and "warning" not in err
+    code, out, _ = run(capsys, "generate", "--vector", recommended, "--mode", "add", "--compare", "--max-new-tokens", "2", "hi")
+    assert out.splitlines()[1].startswith(f"{default_strength('add', 3):g} (default) | ")  # an angle is no additive strength
+
+
+def test_generate_samples_repeatably_with_a_seed(vec, loaded, capsys):
+    sample = ["generate", "--vector", vec, "--strength", "0.5", "--max-new-tokens", "12", "--temperature", "1.5",
+              "--top-p", "0.95", "the room"]
+    first, second = run(capsys, *sample, "--seed", "3"), run(capsys, *sample, "--seed", "3")
+    assert first[0] == 0 and first[1] == second[1]
+    others = {run(capsys, *sample, "--seed", str(seed))[1] for seed in range(4, 8)}
+    greedy = run(capsys, "generate", "--vector", vec, "--strength", "0.5", "--max-new-tokens", "12", "the room")[1]
+    assert len(others | {first[1]}) > 1 and others != {greedy}
+    assert run(capsys, "generate", "--vector", vec, "--top-p", "0.9", "x")[0] == 2  # sampling options need --temperature
+    assert run(capsys, "generate", "--vector", vec, "--temperature", "-1", "x")[0] == 2
+
+
+def test_generate_streams_the_same_text(vec, capsys):
+    argv = ["generate", "--vector", vec, "--strength", "0.5", "--max-new-tokens", "8", "the room was"]
+    streamed, printed = run(capsys, *argv, "--stream"), run(capsys, *argv, "--no-stream")
+    assert streamed[0] == 0 and streamed[1] == printed[1]
+    assert run(capsys, *argv, "--stream", "--compare")[0] == 2
+
+
+def test_generate_interactive_keeps_the_model_and_changes_settings(vec, loaded, tmp_path, monkeypatch, capsys):
+    model, tokenizer = loaded
+    vector = icv.InContextVector.load(vec)
+    doubled = tmp_path / "doubled.safetensors"
+    (vector * 2).save(doubled)
+    lines = ["the room", "/strength 0.2,0.4", "the room", f"/vector {doubled}:0.5", "/compare on", "/strength 0.4",
+             "the room", "/frobnicate", "/strength zero", "/tokens 3", "/settings", "/quit", "never read"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    loads = []
+    monkeypatch.setattr("icv.models.load_model", lambda *a, load=icv.models.load_model, **k: loads.append(a) or load(*a, **k))
+    code, out, err = run(capsys, "generate", "--vector", vec, "--strength", "0.5", "--max-new-tokens", "5", "-i")
+    assert code == 0 and len(loads) == 1  # the model is loaded once
+
+    def batch(v, strengths):
+        return complete(model, tokenizer, ["the room"] * len(strengths), vector=v, strength=strengths, max_new_tokens=5)
+
+    one = batch(vector, [0.5])
+    two = batch(vector, [0.2, 0.4])
+    mixed = batch(vector * 2 * 0.5, [0.0, 0.4])
+    expected = "\n".join([
+        one[0],
+        side_by_side(None, {"0.2": [two[0]], "0.4": [two[1]]}),
+        side_by_side(None, {"unsteered": [mixed[0]], "0.4": [mixed[1]]}),
+    ])
+    assert out.startswith(expected + "\n")
+    assert "3 new tokens" in out.splitlines()[-1] and "doubled.safetensors:0.5" in out.splitlines()[-1]
+    assert "unknown command /frobnicate" in err and "'zero' is not a number" in err
+
+
+def test_generate_interactive_refuses_a_prompt_argument_and_survives_bad_vectors(vec, tmp_path, monkeypatch, capsys):
+    assert run(capsys, "generate", "--vector", vec, "-i", "hello")[0] == 2
+    wide = tmp_path / "wide.safetensors"
+    icv.InContextVector(torch.ones(3, 48), icv.InContextVector.load(vec).metadata).save(wide)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"/vector {wide}\n/vector {tmp_path / 'absent.safetensors'}\n/help\n"))
+    code, out, err = run(capsys, "generate", "--vector", vec, "-i")
+    assert code == 0 and "/strength" in out  # /help, after two refused vectors
+    assert err.count("icv: error:") == 2 and "48" in err
 
 
 def test_generate_chat_uses_the_template(vec, loaded, capsys):
@@ -387,7 +481,8 @@ def test_cli_on_the_embedded_model(real, tmp_path, capsys):
                         "Describe the hotel room.")
     prompt = chat_prompt(tokenizer, "Describe the hotel room.")
     plain = complete(model, tokenizer, [prompt], max_new_tokens=4)[0]
-    assert code == 0 and text.startswith(f"=== unsteered ===\n{plain}\n=== steered (positive")
+    guess = icv.strength.default_strength("rotate", 30)
+    assert code == 0 and text.startswith(f"unsteered      | {plain.strip()}\n{guess:g} (default) | ")
 
 
 def test_eval_subcommand_is_wired_and_checks_its_arguments(tmp_path, capsys):
