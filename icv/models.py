@@ -98,7 +98,7 @@ def load_model(
 
     Extra keyword arguments go to ``AutoModelForCausalLM.from_pretrained`` (for example
     ``device_map="auto"``).  The model is put in eval mode.  ``progress=False`` silences
-    transformers' and the hub's progress bars and notices while loading.
+    transformers' progress bars and notices while loading.
     """
     if progress:
         return _load(name_or_path, dtype, device, kwargs)
@@ -108,13 +108,11 @@ def load_model(
 
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """No progress bars or notices from transformers and the hub inside the block (restored after)."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    """No progress bars or notices from transformers inside the block (its settings restored after)."""
     from transformers.utils import logging as hf_logging
 
-    bars, hub_bars, verbosity = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled(), hf_logging.get_verbosity()
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
-    disable_progress_bars()
     hf_logging.set_verbosity_error()
     try:
         yield
@@ -122,8 +120,6 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-        if hub_bars:
-            enable_progress_bars()
 
 
 def _load(

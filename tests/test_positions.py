@@ -14,6 +14,8 @@ Proved on the tiny llama (float32) and briefly on the embedded model:
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from steering_reference import hook_count, manual_steering, rotate
@@ -83,6 +85,11 @@ def test_all_is_the_default(model, vec):
     default = steered(model, vec, PROMPTS, positions="all")
     with icv.steer(model, vec, STRENGTH["rotate"]):
         assert torch.equal(default, generate(model, PROMPTS))
+
+
+def cache_argument(model) -> str:
+    """The forward's cache keyword: ``cache`` in newer transformers 5.x, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _scores(model, prompts, **kwargs):
@@ -173,7 +180,7 @@ def test_prompt_mode_leaves_generated_positions_unsteered_in_the_cache_path(mode
             position = (attention.cumsum(-1) - 1)[:, -1:]
             out = model(
                 sequences[:, width + t : width + t + 1], attention_mask=attention,
-                position_ids=position, cache=cache, use_cache=True,
+                position_ids=position, use_cache=True, **{cache_argument(model): cache},
             )
             cache = out.past_key_values
             steps.append(out.logits[:, -1])
