@@ -170,6 +170,16 @@ def read_demos(path: str | os.PathLike[str]) -> list[Demo]:
         raise DemoError(f"cannot read demonstrations from '{file}': {error.strerror or error}") from None
     except ValueError as error:  # e.g. a NUL byte in the path
         raise DemoError(f"cannot read demonstrations from {str(file)[:200]!r}: {error}") from None
+    return parse_demos(raw, file)
+
+
+def parse_demos(raw: bytes, name: str | os.PathLike[str]) -> list[Demo]:
+    """Demonstrations from a file's contents, read as :func:`read_demos` reads the file ``name``.
+
+    ``name`` decides the format (by its suffix) and is what errors name: contents that
+    did not come from a file of this machine (an upload) are read by the same rules.
+    """
+    file = Path(name)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -26,9 +26,15 @@ def icl_prompt(demos: Sequence[Demo], text: str) -> str:
     return f"{PARAPHRASE_INSTRUCTION}\n{shots}{_example(text)}"
 
 
+# Where a paraphrase ends inside a completion: its closing quote, or the end of the line.
+ANSWER_ENDS = ('"', "\n")
+
+
 def cut_answer(completion: str) -> str:
     """The paraphrase inside a completion: up to the closing quote or the end of the line."""
-    answer = completion.split('"', 1)[0].split("\n", 1)[0]
+    answer = completion
+    for end in ANSWER_ENDS:
+        answer = answer.split(end, 1)[0]
     return answer.strip()
 
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import icv
 from icv.serving import ModelShape, VectorLibrary
@@ -41,4 +42,20 @@ def wait_idle(server: BackgroundServer, timeout: float = 30.0) -> None:
     assert not icv.is_steered(server.engine.model), "an idle engine left a hook on the model"
 
 
-__all__ = ["BackgroundServer", "httpx", "library_from", "save_vectors", "wait_idle"]
+def expected(model, tok, text, steering=None, positions="all", new=8, special=True):
+    """Greedy completion text by icv.steer + generate; ``steering`` is [(vector, strength), ...]."""
+    ids = torch.tensor([tok(text, add_special_tokens=special)["input_ids"]])
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                  pad_token_id=0)
+    if not steering:
+        out = model.generate(**kwargs)
+    else:
+        total = None
+        for vector, strength in steering:
+            total = vector * strength if total is None else total + vector * strength
+        with icv.steer(model, total, 1.0, positions=positions):
+            out = model.generate(**kwargs)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+__all__ = ["BackgroundServer", "expected", "httpx", "library_from", "save_vectors", "wait_idle"]

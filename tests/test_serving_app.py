@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from serving_server import BackgroundServer, httpx, library_from, save_vectors, wait_idle
+from serving_server import BackgroundServer, expected, httpx, library_from, save_vectors, wait_idle
 from tiny import DEMOS, char_tokenizer, tiny_model
 
 import icv
@@ -69,22 +69,6 @@ def http(server):
 @pytest.fixture
 def client(server):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def expected(model, tok, text, steering=None, positions="all", new=NEW, special=True):
-    """Greedy completion text by icv.steer + generate; ``steering`` is [(vector, strength), ...]."""
-    ids = torch.tensor([tok(text, add_special_tokens=special)["input_ids"]])
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
-                  pad_token_id=0)
-    if not steering:
-        out = model.generate(**kwargs)
-    else:
-        total = None
-        for vector, strength in steering:
-            total = vector * strength if total is None else total + vector * strength
-        with icv.steer(model, total, 1.0, positions=positions):
-            out = model.generate(**kwargs)
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 def body(prompt, steering=None, positions=None, **extra):

@@ -10,6 +10,7 @@ sampling, cancellation, refusals and failures.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 
 import pytest
@@ -395,3 +396,47 @@ def test_an_engine_refuses_a_model_steered_by_someone_else(model, tok, vectors):
     with icv.steer(model, vectors["rotate"]):
         with pytest.raises(SteeringError, match="already steered"):
             Engine(model, tok, start=False)
+
+
+# -- work on the model itself: run_exclusive ----------------------------------------------
+
+
+def test_exclusive_work_runs_on_the_worker_between_steps_with_no_hook(model, tok, vectors):
+    """Extraction while a steered row decodes: the row's tokens and the vector are both what they are alone."""
+    steering = RowSteering(vectors["rotate"], "generated")
+    want_tokens = alone(model, tok, "the room", steering, new=60)
+    want_vector = icv.extract(model, tok, DEMOS, name="made", progress=False)
+    engine = Engine(model, tok)
+    seen = {}
+
+    def work(served):
+        seen.update(thread=threading.current_thread().name, hooks=hook_count(served))
+        return icv.extract(served, tok, DEMOS, name="made", progress=False)
+
+    try:
+        row = Listener()
+        params = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
+        engine.submit(tok("the room")["input_ids"], params, steering, row)
+        row.first()  # decoding, with the decode steering's hooks held on the model
+        made = engine.run_exclusive(work).result(timeout=60)
+        finished, _ = row.result()
+        with pytest.raises(ZeroDivisionError):
+            engine.run_exclusive(lambda _model: 1 / 0).result(timeout=60)
+        wait_idle(engine)
+        assert engine.stats.tasks == 2
+    finally:
+        engine.close()
+    assert seen == {"thread": "icv-engine", "hooks": 0}
+    assert made.equal(want_vector)
+    assert list(finished.token_ids) == want_tokens
+    assert hook_count(model) == 0
+
+
+def test_exclusive_work_waiting_at_close_fails_with_503(model, tok):
+    engine = Engine(model, tok, start=False)
+    waiting = engine.run_exclusive(lambda _model: "never")
+    engine.close()
+    assert isinstance(waiting.exception(timeout=10), RequestError) and waiting.exception().status == 503
+    with pytest.raises(RequestError) as caught:
+        engine.run_exclusive(lambda _model: "never")
+    assert caught.value.status == 503

@@ -154,8 +154,11 @@ def test_icv_serve_in_one_command(real, vectors):
         response = client.completions.create(model=MODEL, prompt=prompt, max_tokens=NEW, temperature=0,
                                              extra_body={"steering": [{"vector": "positive", "strength": 0.07}]})
         assert response.choices[0].text == want
+        page = httpx.get(f"{url}/", timeout=10)  # the playground, at the address it prints
+        assert page.status_code == 200 and "icv playground" in page.text
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     assert "vectors: negative, positive, positive_add" in output
+    assert f"playground: http://127.0.0.1:{port}/ " in output

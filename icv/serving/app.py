@@ -10,7 +10,9 @@ rows dropped from the batch at the next step.
 
 The routes only translate: :mod:`icv.serving.protocol` checks bodies and writes
 responses, :class:`icv.serving.library.VectorLibrary` resolves steering, and the
-:class:`icv.serving.engine.Engine` generates.
+:class:`icv.serving.engine.Engine` generates.  The application also holds the
+routes that make and move vectors (:mod:`icv.serving.vector_routes`) and the
+playground page at ``/`` (:mod:`icv.serving.page`), a client of these routes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -34,20 +36,15 @@ from ..models import model_name_of
 from . import protocol
 from .bridge import Call
 from .engine import Engine, Failed, Finished, TextDelta
+from .http import ServerLimits, error_response, read_json
 from .library import VectorLibrary
-from .request import DEFAULT_MAX_VECTORS, steering_json
+from .page import PATHS, Playground
+from .request import steering_json
 from .sampling import SamplingParams
 from .steering import RowSteering
+from .vector_routes import VectorRoutes
 
 log = logging.getLogger("icv.serving")
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """What one request may ask for, beyond what the engine checks."""
-
-    max_body_bytes: int = 1 << 20
-    max_vectors: int = DEFAULT_MAX_VECTORS
 
 
 class OpenAIRoutes:
@@ -221,35 +218,7 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-# -- reading bodies and errors ---------------------------------------------------------
-
-
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The request's JSON object, refusing bodies over ``limit`` bytes before reading them whole."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise RequestError(f"the body is not valid JSON: {error}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise RequestError("the body must be a JSON object", code="invalid_json")
-    return data
-
-
-def _too_large(limit: int) -> RequestError:
-    return RequestError(f"the body is larger than this server accepts ({limit} bytes)", code="body_too_large",
-                        status=413)
-
-
-def error_response(error: RequestError) -> JSONResponse:
-    return JSONResponse(error.to_openai(), status_code=error.status)
+# -- errors ----------------------------------------------------------------------------
 
 
 async def _request_error(_request: Request, error: Exception) -> Response:
@@ -275,8 +244,11 @@ async def _server_error(_request: Request, error: Exception) -> Response:
 def create_app(engine: Engine, library: VectorLibrary, *, model_id: str | None = None,
                limits: ServerLimits | None = None) -> Starlette:
     """The ASGI application serving ``engine``'s model with ``library``'s vectors."""
-    routes = OpenAIRoutes(engine, library, model_id or model_name_of(engine.model) or "model",
-                          limits or ServerLimits())
+    limits = limits or ServerLimits()
+    model_id = model_id or model_name_of(engine.model) or "model"
+    routes = OpenAIRoutes(engine, library, model_id, limits)
+    made = VectorRoutes(engine, library, limits)
+    page = Playground(engine, model_id, limits)
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         RequestError: _request_error,
         HTTPException: _http_error,
@@ -289,6 +261,12 @@ def create_app(engine: Engine, library: VectorLibrary, *, model_id: str | None =
             Route("/v1/models", routes.models, methods=["GET"]),
             Route("/v1/vectors", routes.vectors, methods=["GET"]),
             Route("/health", routes.health, methods=["GET"]),
+            Route("/v1/vectors/extract", made.extract, methods=["POST"]),
+            Route("/v1/vectors/upload", made.upload, methods=["POST"]),
+            Route("/v1/vectors/{name}/download", made.download, methods=["GET"]),
+            Route("/v1/demos/parse", made.parse_demos, methods=["POST"]),
+            Route("/v1/playground", page.settings, methods=["GET"]),
+            *[Route(path, page.page, methods=["GET"]) for path in PATHS],
         ],
         exception_handlers=handlers,
     )

@@ -69,7 +69,9 @@ def run_transformers(args: argparse.Namespace) -> int:
     for name, reason in sorted(library.unfit.items()):
         _say(f"not served (another model's vector): {name}: {reason}")
     policy = BatchingPolicy(max_batch=args.max_batch, gather_ms=args.gather_ms, max_queue=args.max_queue)
-    _say(f"serving on http://{_url_host(args.host)}:{args.port}/v1 (Ctrl-C stops)")
+    address = f"http://{_url_host(args.host)}:{args.port}"
+    _say(f"serving on {address}/v1 (Ctrl-C stops)")
+    _say(f"playground: {address}/ (open it in a browser)")
     serve(model, tokenizer, library, host=args.host, port=args.port, policy=policy, max_tokens=args.max_tokens,
           model_id=args.served_model_name)
     return 0

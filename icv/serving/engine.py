@@ -16,7 +16,9 @@ without bound.
 
 Every request gets, through its ``sink`` (called from the worker thread), text
 pieces as they are decoded (:class:`TextDelta`), then :class:`Finished` or
-:class:`Failed`.  Greedy float32 output is token for token what
+:class:`Failed`.  Other work on the model itself (extracting a vector, which hooks
+it too) goes through :meth:`Engine.run_exclusive`: the worker runs it between two
+steps, with no steering hook on the model.  Greedy float32 output is token for token what
 ``icv.steer(model, vector, positions=...)`` + ``model.generate`` gives for the
 request alone, whatever else shares the batch.
 """
@@ -29,8 +31,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import torch
 from torch import nn
@@ -79,6 +82,8 @@ class Failed:
 
 Event = Union[TextDelta, Finished, Failed]
 Sink = Callable[[Event], None]
+T = TypeVar("T")
+Task = tuple[Callable[[nn.Module], Any], "Future[Any]"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class EngineStats:
     decode_rows: int = 0  # summed over steps: / decode_steps = mean batch
     generated_tokens: int = 0
     peak_batch: int = 0
+    tasks: int = 0  # work run with run_exclusive
 
     def snapshot(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -197,6 +203,7 @@ class Engine:
         self._eos = _eos_ids(model, tokenizer)
         self._vocab = int(model.get_input_embeddings().num_embeddings)
         self._queue: deque[Job] = deque()
+        self._tasks: deque[Task] = deque()  # run_exclusive's work; each leaves once it has run
         self._rows: list[Job] = []
         self._starting: list[Job] = []  # taken from the queue, not yet decoding
         self._batch: DecodeBatch | None = None
@@ -226,6 +233,22 @@ class Engine:
             self._lock.notify_all()
         return job
 
+    def run_exclusive(self, work: Callable[[nn.Module], T]) -> Future[T]:
+        """Run ``work(model)`` on the worker thread between two steps, with no steering hook on the model.
+
+        For work that hooks the served model itself, such as :func:`icv.extract`: hooks are
+        global to a model, so only the thread that steers it may add others.  Decoding
+        pauses while ``work`` runs.  The future holds its result or its exception; work
+        still waiting when the engine closes fails with 503.
+        """
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closing:
+                raise _closing()
+            self._tasks.append((work, future))
+            self._lock.notify_all()
+        return future
+
     def start(self) -> None:
         """Start the worker (engines made with ``start=False`` collect requests until then)."""
         self._thread.start()
@@ -245,7 +268,7 @@ class Engine:
     def idle(self) -> bool:
         """No request queued or decoding (and so no hook on the model)."""
         with self._lock:
-            return not self._queue and not self._rows and not self._starting
+            return not self._queue and not self._rows and not self._starting and not self._tasks
 
     def load(self) -> dict[str, int]:
         with self._lock:
@@ -282,6 +305,7 @@ class Engine:
                 jobs = self._admit()
                 if jobs is None:
                     break
+                self._run_tasks()
                 if jobs:
                     self._guarded(self._prefill, jobs)
                 if self._rows:
@@ -293,8 +317,29 @@ class Engine:
     def _fail_waiting(self) -> None:
         with self._lock:
             waiting, self._queue = list(self._queue), deque()
+            tasks, self._tasks = list(self._tasks), deque()
         for job in waiting:
             job.fail(_closing())
+        for _, future in tasks:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(_closing())
+
+    def _run_tasks(self) -> None:
+        """Run the waiting :meth:`run_exclusive` work, the decode steering's hooks off meanwhile."""
+        while True:
+            with self._lock:
+                if not self._tasks:
+                    return
+                work, future = self._tasks[0]
+            self._release_steering()  # taken up again at the next step
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(work(self.model))
+                except Exception as error:
+                    future.set_exception(error)
+            with self._lock:
+                self._tasks.popleft()
+                self.stats.tasks += 1
 
     def _guarded(self, work: Callable[..., None], *args: Any) -> None:
         """Run one prefill or step; if it fails (a bug, memory), fail its rows and keep serving."""
@@ -309,7 +354,7 @@ class Engine:
         """Requests to start now (blocking while there is nothing to do); ``None`` to stop."""
         with self._lock:
             if not self._rows:
-                while not self._queue and not self._closing:
+                while not self._queue and not self._tasks and not self._closing:
                     self._lock.wait()
                 deadline = time.monotonic() + self.policy.gather_ms / 1000
                 while len(self._queue) < self.policy.max_batch and not self._closing:

@@ -1,0 +1,77 @@
+"""What every route of ``icv serve`` shares: the server's limits, reading bodies, writing errors.
+
+Bodies are read with a bound (refused from their declared length before a byte is
+read, and again while reading); errors go out in OpenAI's shape,
+``{"error": {"message", "type", "param", "code"}}``, with the status the
+:class:`~icv.errors.RequestError` carries.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..errors import RequestError
+from .request import DEFAULT_MAX_VECTORS
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may ask for, beyond what the engine checks."""
+
+    max_body_bytes: int = 1 << 20
+    max_vectors: int = DEFAULT_MAX_VECTORS
+    max_upload_bytes: int = 16 << 20  # a vector file or a pair file
+    max_pairs: int = 128  # pairs one extraction reads
+    max_added_vectors: int = 32  # vectors extracted or uploaded while the server runs
+
+
+async def read_body(request: Request, limit: int, what: str = "the body") -> bytes:
+    """The request's body, refusing more than ``limit`` bytes before reading it whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(what, limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(what, limit)
+    return bytes(body)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object, refusing bodies over ``limit`` bytes before reading them whole."""
+    body = await read_body(request, limit)
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RequestError(f"the body is not valid JSON: {error}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise RequestError("the body must be a JSON object", code="invalid_json")
+    return data
+
+
+def require_content_type(request: Request, expected: str) -> None:
+    """Refuse (415) a body of another media type.
+
+    The routes that change the server take only types a browser will not send to
+    another site without asking it first (a CORS preflight, which this server never
+    grants), so a web page elsewhere cannot post to a server on the user's machine.
+    """
+    given = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if given != expected:
+        raise RequestError(f"send the body as {expected}, not {given or 'an untyped body'}", code="invalid_content_type",
+                           status=415)
+
+
+def _too_large(what: str, limit: int) -> RequestError:
+    return RequestError(f"{what} is larger than this server accepts ({limit} bytes)", code="body_too_large",
+                        status=413)
+
+
+def error_response(error: RequestError) -> JSONResponse:
+    return JSONResponse(error.to_openai(), status_code=error.status)
