@@ -17,7 +17,7 @@ VLLM_VERSION := 0.32.0
 MIN_VENV := .venv-min
 MPY := $(MIN_VENV)/bin/python
 
-.PHONY: setup demo test bench clean setup-vllm test-vllm serve-vllm setup-min test-min
+.PHONY: setup demo test bench clean setup-vllm test-vllm serve-vllm setup-min test-min browser screenshot
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,19 @@ test-vllm: setup-vllm
 VECTORS ?= vectors
 serve-vllm: setup-vllm
 	$(VLLM_VENV)/bin/icv serve --engine vllm --vectors $(VECTORS)
+
+# Headless Chromium for the browser tests: Debian's package (Playwright's own browser
+# download does not work here; its Python package comes with the test extra).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+		$$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends chromium; }
+
+# The README's picture of the playground, taken by its browser test.
+screenshot: setup browser
+	ICV_PLAYGROUND_SCREENSHOT=docs/img/playground.png $(PY) -m pytest -q -p no:randomly \
+		tests/test_playground_browser.py -k columns_hold
 
 demo: setup
 	$(PY) recipes/sentiment/run.py

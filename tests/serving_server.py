@@ -18,6 +18,15 @@ httpx = pytest.importorskip("httpx", reason="the serving tests need httpx (the '
 from icv.serving.server import BackgroundServer  # noqa: E402
 
 
+# Review sentences and their positive rewrites: the real model's demonstrations.
+REVIEW_DEMOS = [
+    ("The food was cold and bland.", "The food was warm and delicious."),
+    ("The staff were rude to us.", "The staff were friendly to us."),
+    ("I hated every minute of it.", "I loved every minute of it."),
+    ("The room was dirty and small.", "The room was clean and spacious."),
+]
+
+
 def library_from(folder: Path, model) -> VectorLibrary:
     return VectorLibrary.load([folder], ModelShape.of(model))
 
@@ -58,4 +67,4 @@ def expected(model, tok, text, steering=None, positions="all", new=8, special=Tr
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-__all__ = ["BackgroundServer", "expected", "httpx", "library_from", "save_vectors", "wait_idle"]
+__all__ = ["REVIEW_DEMOS", "BackgroundServer", "expected", "httpx", "library_from", "save_vectors", "wait_idle"]

@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 from browser import LocalOnly, launch, sync_playwright
-from serving_server import BackgroundServer, httpx, library_from, wait_idle
+from serving_server import REVIEW_DEMOS, BackgroundServer, httpx, library_from, wait_idle
 
 import icv
 from icv.gguf import import_gguf
@@ -31,12 +30,7 @@ pytestmark = pytest.mark.real_model
 SCREENSHOT_ENV = "ICV_PLAYGROUND_SCREENSHOT"
 SENTENCE = "the food was cold and the waiter was rude ."
 UPLOAD_LIMIT = 1 << 20
-PAIRS = [
-    ("The food was cold and bland.", "The food was warm and delicious."),
-    ("The staff were rude to us.", "The staff were friendly to us."),
-    ("I hated every minute of it.", "I loved every minute of it."),
-    ("The room was dirty and small.", "The room was clean and spacious."),
-]
+PAIRS = REVIEW_DEMOS
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +109,7 @@ def test_columns_hold_what_the_api_returns_for_the_same_requests(page, server, t
     moved = float(row.locator(".strength").input_value())
     assert moved == pytest.approx(default * 1.25, rel=0.02)
     assert row.locator("input[type=checkbox]").is_checked()  # moving a slider chooses its vector
-    page.fill("#max-tokens", "20")
+    page.fill("#max-tokens", "32")
     page.click("#generate")
     columns = wait_for_columns(page)
 

@@ -15,7 +15,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 from serving_server import BackgroundServer, expected, httpx, library_from, save_vectors, wait_idle
 from tiny import DEMOS, char_tokenizer, tiny_model
 

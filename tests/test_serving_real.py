@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from serving_server import BackgroundServer, httpx, library_from, save_vectors, wait_idle
+from serving_server import REVIEW_DEMOS, BackgroundServer, httpx, library_from, save_vectors, wait_idle
 
 import icv
 from icv.prompts import paraphrase_prompt
@@ -31,12 +31,7 @@ pytestmark = pytest.mark.real_model
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 NEW = 12
-DEMOS = [
-    ("The food was cold and bland.", "The food was warm and delicious."),
-    ("The staff were rude to us.", "The staff were friendly to us."),
-    ("I hated every minute of it.", "I loved every minute of it."),
-    ("The room was dirty and small.", "The room was clean and spacious."),
-]
+DEMOS = REVIEW_DEMOS
 
 
 @pytest.fixture(scope="module")

@@ -206,7 +206,7 @@ def hostile_files(tok):
     nan = bytearray(good)
     nan[-4:] = b"\x00\x00\xc0\x7f"  # the last float of the file: NaN
     return {
-        "garbage": (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......", "header"),
+        "garbage": (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......", "not an icv vector"),
         "absurd header length": ((10**12).to_bytes(8, "little") + b"{}", "header"),
         "truncated": (good[: len(good) // 2], ""),
         "NaN": (bytes(nan), "NaN"),
@@ -269,7 +269,8 @@ def test_downloads_are_the_files_the_library_writes(http, saved, tmp_path):
     assert response.headers["content-disposition"] == 'attachment; filename="negative.gguf"'
     assert response.content == (tmp_path / "local.gguf").read_bytes()
     (tmp_path / "served.gguf").write_bytes(response.content)
-    assert torch.equal(import_gguf(tmp_path / "served.gguf").directions, import_gguf(tmp_path / "local.gguf").directions)
+    served, local = import_gguf(tmp_path / "served.gguf"), import_gguf(tmp_path / "local.gguf")
+    assert torch.equal(served.directions, local.directions)
 
 
 def test_bad_downloads(http):

@@ -64,8 +64,8 @@ def require_content_type(request: Request, expected: str) -> None:
     """
     given = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if given != expected:
-        raise RequestError(f"send the body as {expected}, not {given or 'an untyped body'}", code="invalid_content_type",
-                           status=415)
+        raise RequestError(f"send the body as {expected}, not {given or 'an untyped body'}",
+                           code="invalid_content_type", status=415)
 
 
 def _too_large(what: str, limit: int) -> RequestError:
