@@ -73,6 +73,10 @@ def test_help_and_usage_errors(capsys):
     assert run(capsys, "generate", "--vector", "v", "--strength", "nan", "hi")[0] == 2
     assert run(capsys, "generate", "hi")[0] == 2  # --vector is required
     assert run(capsys, "combine", "--out", "o")[0] == 2
+    code, _, err = run(capsys, "serve", "--max-batch", "0")
+    assert code == 2 and "--max-batch: '0' must be at least 1" in err
+    code, _, err = run(capsys, "serve", "--gather-ms", "-1")
+    assert code == 2 and "--gather-ms: '-1' must not be negative" in err
     assert run(capsys, "export", "v", "--format", "onnx", "--out", "o")[0] == 2
     assert run(capsys, "import", "f.gguf")[0] == 2
 

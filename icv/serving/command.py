@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..cli import non_negative_float, positive_int
+
 DEFAULT_HOST = "127.0.0.1"  # loopback: the server has no authentication
 DEFAULT_PORT = 8000
 
@@ -28,32 +30,18 @@ class ServeEngine:
     run: Callable[[argparse.Namespace], int]
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be a number >= 0")
-    return value
-
-
 # -- engine: transformers ---------------------------------------------------------------
 
 
 def add_transformers_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine transformers")
-    group.add_argument("--max-batch", type=_positive, default=16, metavar="N",
+    group.add_argument("--max-batch", type=positive_int, default=16, metavar="N",
                        help="rows decoded together at most (default: 16)")
-    group.add_argument("--gather-ms", type=_non_negative, default=5.0, metavar="MS",
+    group.add_argument("--gather-ms", type=non_negative_float, default=5.0, metavar="MS",
                        help="when idle, how long the first request waits for others to batch with (default: 5)")
-    group.add_argument("--max-queue", type=_positive, default=256, metavar="N",
+    group.add_argument("--max-queue", type=positive_int, default=256, metavar="N",
                        help="requests waiting at most; more get 503 (default: 256)")
-    group.add_argument("--max-tokens", type=_positive, default=1024, metavar="N",
+    group.add_argument("--max-tokens", type=positive_int, default=1024, metavar="N",
                        help="the largest max_tokens a request may ask for (default: 1024)")
 
 
