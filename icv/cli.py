@@ -669,6 +669,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
+        # Deprecations are for developers (Python hides them outside __main__ too): a
+        # command shows the user only warnings about what it did, whatever filters the
+        # caller (a test runner, an embedding program) set.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
         try:
             with quiet_libraries(quiet(args)):
                 code = args.run(args)

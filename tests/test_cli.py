@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from tiny import DEMOS, char_tokenizer, tiny_model
 
 import icv
+from icv import cli
 from icv.cli import COMMANDS, layer_list, main, weighted_path
 from icv.errors import DemoError, OptionError
 from icv.generation import complete
@@ -575,3 +577,22 @@ def test_eval_with_a_saved_vector_needs_no_demos_and_shows_outputs(vec, tmp_path
     report = json.loads((tmp_path / "report" / "eval.json").read_text())
     assert [r["outputs"][0] or "(empty)" for r in report["results"]] == [
         line.split(" | ", 1)[1] for line in shown.splitlines()[:2]]
+
+
+class _MixedDeprecation(UserWarning, DeprecationWarning):
+    """Like pyparsing's deprecations, which matplotlib triggers: both kinds at once."""
+
+
+def test_the_cli_shows_warnings_for_the_user_not_deprecations(capsys, vec, monkeypatch):
+    read = cli.read_vector
+
+    def noisy(path):
+        warnings.warn("old API", DeprecationWarning)
+        warnings.warn("old name", _MixedDeprecation)
+        warnings.warn("soon old", PendingDeprecationWarning)
+        warnings.warn("for the user", UserWarning)
+        return read(path)
+
+    monkeypatch.setattr(cli, "read_vector", noisy)
+    code, _, err = run(capsys, "inspect", vec)
+    assert code == 0 and err == "icv: warning: for the user\n"
