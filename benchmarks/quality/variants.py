@@ -30,7 +30,7 @@ from icv.evaluate import Evaluation, evaluate  # noqa: E402
 from icv.prompts import paraphrase_prompt  # noqa: E402
 from icv.scorers import SentimentScorer, SimilarityScorer  # noqa: E402
 
-VARIANTS = ("plain", "stripped", "in-prompt", "unpaired-means")
+VARIANTS = ("plain", "stripped", "in-prompt", "unpaired-means", "pca-spread")
 
 
 def strip_punctuation(text: str) -> str:
@@ -51,6 +51,27 @@ def variant_demos(variant: str, k: int, unpaired: int) -> list[tuple[str, str]]:
         positive = (DATA / "yelp" / "sentiment.dev.1").read_text(encoding="utf-8").splitlines()[:unpaired]
         return [(n.strip(), p.strip()) for n, p in zip(negative, positive)]
     return list(pairs)
+
+
+def spread_weighted_pca(model, tokenizer, demos: list[tuple[str, str]]) -> icv.InContextVector:
+    """The mean shift plus the principal component scaled by the spread of the demonstrations'
+    projections on it (their standard deviation), where "PCA + mean" adds the unit component.
+
+    Built from the library's own vectors: a ``mean`` vector's shifts are the mean shift per layer,
+    a ``pca`` vector's are mean + unit component (same demos), and each demonstration alone gives
+    its own shift.
+    """
+    mean = icv.extract(model, tokenizer, demos, method="mean", progress=False)
+    pca = icv.extract(model, tokenizer, demos, method="pca", progress=False)
+    component = pca.shifts - mean.shifts
+    own = torch.stack([icv.extract(model, tokenizer, [pair], method="mean", progress=False).shifts for pair in demos])
+    scores = ((own - mean.shifts) * component).flatten(start_dim=1).sum(dim=1)
+    combined = mean.shifts + scores.std() * component
+    print(json.dumps({"mean_norm": round(float(mean.shifts.norm()), 2), "component_norm": round(float(component.norm()), 4),
+                      "spread": round(float(scores.std()), 2)}), file=sys.stderr)
+    directions = combined / combined.norm(dim=-1, keepdim=True)
+    metadata = dict(mean.metadata, method="pca", name="pca-spread")
+    return icv.InContextVector(directions, metadata, layer_scales=mean.layer_scales, shifts=combined)
 
 
 def style_at_content(evaluation: Evaluation, floor: float = 0.65) -> float | None:
@@ -80,7 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, tokenizer = icv.load_model(args.model)
     demos = variant_demos(args.variant, args.k, args.unpaired)
     method = "mean" if args.variant == "unpaired-means" else "pca"
-    vector = icv.extract(model, tokenizer, demos, method=method, progress=False)
+    if args.variant == "pca-spread":
+        vector = spread_weighted_pca(model, tokenizer, demos)
+    else:
+        vector = icv.extract(model, tokenizer, demos, method=method, progress=False)
     steer_options = {k: v for k, v in (("positions", args.positions),) if v}
     if args.layers:
         steer_options["layers"] = list(rows(args.layers))
