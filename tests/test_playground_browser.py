@@ -196,7 +196,9 @@ def test_stop_ends_the_generation_on_the_server(page, server):
     before = server.engine.stats.snapshot()
     page.fill("#max-tokens", "400")
     page.fill("#scales", "1, 2")
-    page.fill("#prompt", "Write a long story about a dragon.")
+    # A text the model goes on with for hundreds of tokens unsteered too ("Write a long story
+    # about a dragon." as free text ends at once, so its column could finish before Stop).
+    page.fill("#prompt", "Once upon a time, in a land far away, there lived a dragon who")
     page.check("input[name=format][value=text]")
     vector_row(page, "positive").locator("input[type=checkbox]").check()
     page.click("#generate")
