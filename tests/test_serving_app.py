@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -250,12 +252,20 @@ def test_a_client_gone_mid_stream_leaves_no_hook_and_no_stuck_request(server, ht
 
 
 def test_a_client_gone_before_a_whole_response_frees_its_row(server):
+    """A non-streaming client that hangs up while its request decodes: the row is dropped."""
     before = server.engine.stats.cancelled
-    payload = body("the room was", [("positive", 1.0)], max_tokens=190)
-    # 190 tokens of the tiny model take about 0.3 s on a fast core: leave well before that.
-    with httpx.Client(base_url=server.url, timeout=0.03) as impatient:
-        with pytest.raises(httpx.TimeoutException):
-            impatient.post("/v1/completions", json=payload)
+    payload = json.dumps(body("the room was", [("positive", 1.0)], max_tokens=190)).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head + payload)
+        # Hang up only once the engine decodes it: leaving on a timer raced both ways (before
+        # the server had read the request, or after 190 tiny-model tokens had finished).
+        deadline = time.monotonic() + 10
+        while server.engine.load()["running"] == 0:
+            assert time.monotonic() < deadline, "the request never started decoding"
+            time.sleep(0.002)
     wait_idle(server, timeout=20)
     assert server.engine.stats.cancelled >= before + 1
 
