@@ -89,7 +89,8 @@ def run(middleware, path, payload, response_chunks, status=200, content_type=b"a
     async def receive():
         return {"type": "http.request", "body": payload, "more_body": False}
 
-    scope = {"type": "http", "method": "POST", "path": path, "app": SimpleNamespace(state=middleware.state)}
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [],  # an ASGI scope always has headers
+             "app": SimpleNamespace(state=middleware.state)}
     asyncio.run(SteeringMiddleware(app, max_body=1000)(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")

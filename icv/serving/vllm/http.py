@@ -26,7 +26,10 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from starlette.requests import ClientDisconnect, Request
+
 from ...errors import RequestError
+from ..http import error_response, read_body
 from ..library import VectorLibrary
 from ..request import POSITIONS_FIELD, STEERING_FIELD, SteeringSpec, parse_steering, steering_json
 from .contract import PLUGIN_NAME, STATUS_METHOD, STEERING_ARG, cache_salt, encode, load_library, vector_paths
@@ -81,16 +84,14 @@ class SteeringMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in STEERED_PATHS:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive, self.max_body)
-        if body is None:
-            await _send_error(send, RequestError(f"the request body is over {self.max_body} bytes", param=None,
-                                                 code="body_too_large", status=413))
-            return
         library = getattr(scope["app"].state, "icv_library", None) if "app" in scope else None
         try:
+            body = await read_body(Request(scope, receive), self.max_body)
             spec, body = rewrite(body, library)
+        except ClientDisconnect:
+            return  # gone before its request was whole: nothing to answer
         except RequestError as error:
-            await _send_error(send, error)
+            await error_response(error)(scope, receive, send)
             return
         await self.app(scope, _replay(body, receive), _annotating(send, {STEERING_FIELD: steering_json(spec)}))
 
@@ -126,32 +127,6 @@ def rewrite(body: bytes, library: VectorLibrary | None) -> tuple[SteeringSpec | 
         request["vllm_xargs"] = {**(xargs or {}), STEERING_ARG: encode(spec)}
         request["cache_salt"] = cache_salt(library.fingerprint(spec), request.get("cache_salt"))
     return spec, json.dumps(request).encode()
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or ``None`` once it passes ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break  # the client went away: vLLM will see the disconnect on its own receive
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-async def _send_error(send: Send, error: RequestError) -> None:
-    """``error`` as OpenAI's servers answer it: its status and ``{"error": {...}}``."""
-    body = json.dumps(error.to_openai()).encode()
-    await send({"type": "http.response.start", "status": error.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
