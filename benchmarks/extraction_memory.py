@@ -110,7 +110,10 @@ def measure_in_subprocess(model_name: str, pairs: list[tuple[str, str]], method:
     request = json.dumps({"model": model_name, "pairs": pairs, "method": method})
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker"],
-        input=request, capture_output=True, text=True, check=False,
+        input=request,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"memory worker failed:\n{done.stderr[-2000:]}")
@@ -124,8 +127,9 @@ def worker() -> None:
     print(json.dumps({**result, "model": describe(model)}))
 
 
-def measure(model_name: str, pairs: list[tuple[str, str]], repeats: Sequence[int],
-            counts: Sequence[int]) -> list[dict]:
+def measure(
+    model_name: str, pairs: list[tuple[str, str]], repeats: Sequence[int], counts: Sequence[int]
+) -> list[dict]:
     """Every method at each text length (all pairs), and at each pair count (shortest texts)."""
     configs = [(len(pairs), r) for r in repeats] + [(c, min(repeats)) for c in counts if c != len(pairs)]
     results = []
@@ -143,12 +147,18 @@ def _mib(kib: float) -> str:
 def table(results: Sequence[dict]) -> str:
     rows = []
     for r in results:
-        rows.append([
-            r["method"], r["texts"], r["repeat"], r["tokens"], r["padded_width"],
-            _mib(r["added_kib"]), f"{r['kept_bytes'] / 2**10:.1f}",
-        ])
-    header = ["method", "texts", "text repeated", "tokens", "padded width", "peak added (MiB)",
-              "kept (KiB)"]
+        rows.append(
+            [
+                r["method"],
+                r["texts"],
+                r["repeat"],
+                r["tokens"],
+                r["padded_width"],
+                _mib(r["added_kib"]),
+                f"{r['kept_bytes'] / 2**10:.1f}",
+            ]
+        )
+    header = ["method", "texts", "text repeated", "tokens", "padded width", "peak added (MiB)", "kept (KiB)"]
     note = "" if all(r["exact_peak"] for r in results) else "\n\n(peak from ru_maxrss: not reset)"
     return markdown_table(header, rows) + note
 

@@ -17,8 +17,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from harness import MODELS, alternate, describe, has_yelp, markdown_table, median_seconds, speed_ratio
-from harness import yelp_pairs
+from harness import (
+    MODELS,
+    alternate,
+    describe,
+    has_yelp,
+    markdown_table,
+    median_seconds,
+    speed_ratio,
+    yelp_pairs,
+)
 
 import icv
 from icv.aggregate import aggregator
@@ -101,16 +109,24 @@ def measure(model_name: str, pairs: int, batch_size: int, rounds: int) -> dict[s
 
 def table(result: dict[str, Any]) -> str:
     s = result["seconds"]
-    rows = [[
-        result["model"],
-        f"{result['pairs']} pairs ({2 * result['pairs']} texts), batch {result['batch_size']}",
-        f"{s['extract']:.2f} / {s['plain']:.2f} / {s['paper']:.2f}",
-        result["vs_plain"].text(),
-        "yes" if result["vs_plain"].median >= TARGET else "no",
-        result["vs_paper"].text(2) + "x",
-    ]]
-    header = ["model", "demonstrations", "median s: extract / plain forward / paper's way",
-              "extract speed vs plain forward", f">= {TARGET}", "speed-up vs paper's way"]
+    rows = [
+        [
+            result["model"],
+            f"{result['pairs']} pairs ({2 * result['pairs']} texts), batch {result['batch_size']}",
+            f"{s['extract']:.2f} / {s['plain']:.2f} / {s['paper']:.2f}",
+            result["vs_plain"].text(),
+            "yes" if result["vs_plain"].median >= TARGET else "no",
+            result["vs_paper"].text(2) + "x",
+        ]
+    ]
+    header = [
+        "model",
+        "demonstrations",
+        "median s: extract / plain forward / paper's way",
+        "extract speed vs plain forward",
+        f">= {TARGET}",
+        "speed-up vs paper's way",
+    ]
     return markdown_table(header, rows)
 
 

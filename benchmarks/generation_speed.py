@@ -121,11 +121,27 @@ def table(results: Sequence[dict[str, Any]]) -> str:
         for mode, ratio in r["ratios"].items():
             met = "yes" if ratio.median >= TARGET else "no"
             rows.append(
-                [r["model"], r["batch"], r["new_tokens"], f"{r['tokens_per_s']:.1f}", mode,
-                 ratio.text(), f"{ratio.low:.3f}-{ratio.high:.3f}", met]
+                [
+                    r["model"],
+                    r["batch"],
+                    r["new_tokens"],
+                    f"{r['tokens_per_s']:.1f}",
+                    mode,
+                    ratio.text(),
+                    f"{ratio.low:.3f}-{ratio.high:.3f}",
+                    met,
+                ]
             )
-    header = ["model", "batch", "new tokens", "unsteered tok/s", "steering", "speed ratio (median)",
-              "min-max", f">= {TARGET}"]
+    header = [
+        "model",
+        "batch",
+        "new tokens",
+        "unsteered tok/s",
+        "steering",
+        "speed ratio (median)",
+        "min-max",
+        f">= {TARGET}",
+    ]
     return markdown_table(header, rows)
 
 

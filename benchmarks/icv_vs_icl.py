@@ -42,15 +42,22 @@ def data(queries: int) -> tuple[list[tuple[str, str]], list[str]]:
     return demos, [f"query number {i} was bad" for i in range(queries)]
 
 
-def _arm(model: torch.nn.Module, inputs: dict, measure: str, new_tokens: int, pad: int,
-         vector: icv.InContextVector | None) -> Callable[[], None]:
+def _arm(
+    model: torch.nn.Module,
+    inputs: dict,
+    measure: str,
+    new_tokens: int,
+    pad: int,
+    vector: icv.InContextVector | None,
+) -> Callable[[], None]:
     def run() -> None:
         if measure == "prefill":
             model(**inputs)
         else:
             count = 1 if measure == "ttft" else new_tokens
-            model.generate(**inputs, max_new_tokens=count, min_new_tokens=count, do_sample=False,
-                           pad_token_id=pad)
+            model.generate(
+                **inputs, max_new_tokens=count, min_new_tokens=count, do_sample=False, pad_token_id=pad
+            )
 
     if vector is None:
         return run
@@ -109,8 +116,9 @@ def icv_vs_icl(
     }
 
 
-def measure(model_name: str, queries: int, new_tokens: int, rounds: int,
-            ks: Sequence[int] = (5, 16)) -> dict[str, Any]:
+def measure(
+    model_name: str, queries: int, new_tokens: int, rounds: int, ks: Sequence[int] = (5, 16)
+) -> dict[str, Any]:
     model, tokenizer = MODELS[model_name]()
     demos, sentences = data(queries)
     result = icv_vs_icl(model, tokenizer, demos, sentences, ks=ks, new_tokens=new_tokens, rounds=rounds)
@@ -119,19 +127,39 @@ def measure(model_name: str, queries: int, new_tokens: int, rounds: int,
 
 def table(result: dict[str, Any]) -> str:
     tokens, secs = result["prompt_tokens"], result["seconds"]
-    rows = [[
-        f"zero-shot + ICV ({result['icv_demos']} demos)", f"{tokens['icv']:.0f}", "1",
-        *(f"{secs['icv'][m] * 1000:.0f}" for m in MEASURES), "1", "1", "1",
-    ]]
+    rows = [
+        [
+            f"zero-shot + ICV ({result['icv_demos']} demos)",
+            f"{tokens['icv']:.0f}",
+            "1",
+            *(f"{secs['icv'][m] * 1000:.0f}" for m in MEASURES),
+            "1",
+            "1",
+            "1",
+        ]
+    ]
     for name, per in result["ratios"].items():
         length = tokens[name] / tokens["icv"]
-        rows.append([
-            f"ICL, k = {name[3:]}", f"{tokens[name]:.0f}", f"{length:.2f}",
-            *(f"{secs[name][m] * 1000:.0f}" for m in MEASURES),
-            *(per[m].text(2) for m in MEASURES),
-        ])
-    header = ["prompt", "prompt tokens (mean)", "length ratio", "prefill ms", "TTFT ms",
-              f"total ms ({result['new_tokens']} tokens)", "prefill ratio", "TTFT ratio", "total ratio"]
+        rows.append(
+            [
+                f"ICL, k = {name[3:]}",
+                f"{tokens[name]:.0f}",
+                f"{length:.2f}",
+                *(f"{secs[name][m] * 1000:.0f}" for m in MEASURES),
+                *(per[m].text(2) for m in MEASURES),
+            ]
+        )
+    header = [
+        "prompt",
+        "prompt tokens (mean)",
+        "length ratio",
+        "prefill ms",
+        "TTFT ms",
+        f"total ms ({result['new_tokens']} tokens)",
+        "prefill ratio",
+        "TTFT ratio",
+        "total ratio",
+    ]
     return markdown_table(header, rows)
 
 

@@ -59,13 +59,22 @@ def load_times(name: str | None = None, later: int = 2) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = [[
-        result["model"], f"{result['first_s']:.1f}",
-        f"{result['later_s']:.1f} ({', '.join(f'{s:.1f}' for s in result['later_all'])})",
-        f"{result['fraction']:.3f}", f"{result['import_s']:.1f}",
-    ]]
-    header = ["model", "first call s (converts)", "later calls s (median; each)",
-              "later / first", "import icv s"]
+    rows = [
+        [
+            result["model"],
+            f"{result['first_s']:.1f}",
+            f"{result['later_s']:.1f} ({', '.join(f'{s:.1f}' for s in result['later_all'])})",
+            f"{result['fraction']:.3f}",
+            f"{result['import_s']:.1f}",
+        ]
+    ]
+    header = [
+        "model",
+        "first call s (converts)",
+        "later calls s (median; each)",
+        "later / first",
+        "import icv s",
+    ]
     return markdown_table(header, rows)
 
 

@@ -20,15 +20,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-from harness import REPO
-
 import extraction_memory
 import extraction_speed
 import generation_speed
 import icv_vs_icl
 import load_time
 import serving_load
+import torch
+from harness import REPO
 
 SECTIONS = ("generation", "extraction", "memory", "icl", "load", "serving", "vllm")
 
@@ -36,7 +35,9 @@ SECTIONS = ("generation", "extraction", "memory", "icl", "load", "serving", "vll
 def _generation(quick: bool) -> str:
     model = "tiny" if quick else "embedded"
     embedded = generation_speed.measure(model, [1, 8], 4 if quick else 64, 2 if quick else 4)
-    wide = generation_speed.measure("tiny" if quick else "wide", [1, 8], 4 if quick else 16, 2 if quick else 3)
+    wide = generation_speed.measure(
+        "tiny" if quick else "wide", [1, 8], 4 if quick else 16, 2 if quick else 3
+    )
     return (
         "## 1. Generation overhead (steered vs unsteered `model.generate`)\n\n"
         "Greedy, fixed number of new tokens, same prompts (Yelp paraphrase prompts, left-padded), "
@@ -58,7 +59,9 @@ def _generation(quick: bool) -> str:
 
 
 def _extraction(quick: bool) -> str:
-    result = extraction_speed.measure("tiny" if quick else "embedded", 4 if quick else 16, 16, 2 if quick else 3)
+    result = extraction_speed.measure(
+        "tiny" if quick else "embedded", 4 if quick else 16, 16, 2 if quick else 3
+    )
     return (
         "## 2. Extraction cost\n\n"
         "`icv.extract` vs a plain batched forward (`model(**batch, use_cache=False)`) over the same 2N "
@@ -157,8 +160,17 @@ def _vllm(quick: bool) -> str:
     sizes = ["--requests", "4", "--tokens", "4", "--rounds", "1", "--clients", "2", "--load-requests", "4"]
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "vllm.md"
-        subprocess.run([str(python), str(REPO / "benchmarks" / "vllm_speed.py"), "--out", str(out),
-                        *(sizes if quick else [])], check=True, cwd=REPO)
+        subprocess.run(
+            [
+                str(python),
+                str(REPO / "benchmarks" / "vllm_speed.py"),
+                "--out",
+                str(out),
+                *(sizes if quick else []),
+            ],
+            check=True,
+            cwd=REPO,
+        )
         return out.read_text(encoding="utf-8")
 
 
@@ -209,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny models and sizes: a smoke run")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="torch CPU threads (default: torch's); 1 is steadier on a machine shared with other jobs",
     )
     args = parser.parse_args(argv)

@@ -62,15 +62,21 @@ def save_vectors(model: Any, tokenizer: Any, demos: Sequence[tuple[str, str]], f
     negative = icv.extract(model, tokenizer, [(t, s) for s, t in demos], name="negative", progress=False)
     positive.save(folder / "positive.safetensors")
     negative.save(folder / "negative.safetensors")
-    positive.with_metadata(injection_mode="add", injection_site="block").save(folder / "positive_add.safetensors")
+    positive.with_metadata(injection_mode="add", injection_site="block").save(
+        folder / "positive_add.safetensors"
+    )
 
 
 def payloads(prompts: Sequence[str], count: int, new_tokens: int, steered_every: int | None) -> list[dict]:
     """``count`` requests over ``prompts``; every ``steered_every``-th left unsteered (None: all steered)."""
     out = []
     for i in range(count):
-        body: dict[str, Any] = {"prompt": prompts[i % len(prompts)], "max_tokens": new_tokens, "temperature": 0,
-                                "ignore_eos": True}
+        body: dict[str, Any] = {
+            "prompt": prompts[i % len(prompts)],
+            "max_tokens": new_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
         if steered_every is None or i % steered_every:
             body.update(MIXES[i % len(MIXES)])
         out.append(body)
@@ -98,8 +104,12 @@ def run_clients(url: str, bodies: Sequence[dict], clients: int) -> dict[str, Any
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(send, bodies))
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "tokens": sum(r[1] for r in results), "latencies": [r[0] for r in results],
-            "texts": [r[2] for r in results]}
+    return {
+        "seconds": seconds,
+        "tokens": sum(r[1] for r in results),
+        "latencies": [r[0] for r in results],
+        "texts": [r[2] for r in results],
+    }
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -107,8 +117,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(model_name: str, clients: int, per_client: int, new_tokens: int, rounds: int,
-            load_requests: int) -> dict[str, Any]:
+def measure(
+    model_name: str, clients: int, per_client: int, new_tokens: int, rounds: int, load_requests: int
+) -> dict[str, Any]:
     model, tokenizer = MODELS[model_name]()
     sentences, demos = sentences_and_demos(max(clients, 32))
     prompts = [paraphrase_prompt(s) for s in sentences]
@@ -159,18 +170,57 @@ def measure(model_name: str, clients: int, per_client: int, new_tokens: int, rou
 def table(result: dict[str, Any]) -> str:
     ratio = result["ratio"]
     speed = markdown_table(
-        ["model", "clients", "requests per arm", "new tokens", "steered tok/s", "unsteered tok/s",
-         "throughput ratio (median)", "min-max", f">= {TARGET}"],
-        [[result["model"], result["clients"], result["requests"], result["new_tokens"],
-          f"{result['tokens_per_s']['steered']:.1f}", f"{result['tokens_per_s']['unsteered']:.1f}", ratio.text(),
-          f"{ratio.low:.3f}-{ratio.high:.3f}", "yes" if ratio.median >= TARGET else "no"]],
+        [
+            "model",
+            "clients",
+            "requests per arm",
+            "new tokens",
+            "steered tok/s",
+            "unsteered tok/s",
+            "throughput ratio (median)",
+            "min-max",
+            f">= {TARGET}",
+        ],
+        [
+            [
+                result["model"],
+                result["clients"],
+                result["requests"],
+                result["new_tokens"],
+                f"{result['tokens_per_s']['steered']:.1f}",
+                f"{result['tokens_per_s']['unsteered']:.1f}",
+                ratio.text(),
+                f"{ratio.low:.3f}-{ratio.high:.3f}",
+                "yes" if ratio.median >= TARGET else "no",
+            ]
+        ],
     )
     load = result["load"]
     loaded = markdown_table(
-        ["requests", "answered", "wrong", "seconds", "requests/s", "tokens/s", "p50 latency (s)", "p95 latency (s)",
-         "mean batch"],
-        [[load["requests"], load["answered"], load["wrong"], f"{load['seconds']:.1f}", f"{load['requests_per_s']:.2f}",
-          f"{load['tokens_per_s']:.1f}", f"{load['p50']:.2f}", f"{load['p95']:.2f}", f"{load['mean_batch']:.1f}"]],
+        [
+            "requests",
+            "answered",
+            "wrong",
+            "seconds",
+            "requests/s",
+            "tokens/s",
+            "p50 latency (s)",
+            "p95 latency (s)",
+            "mean batch",
+        ],
+        [
+            [
+                load["requests"],
+                load["answered"],
+                load["wrong"],
+                f"{load['seconds']:.1f}",
+                f"{load['requests_per_s']:.2f}",
+                f"{load['tokens_per_s']:.1f}",
+                f"{load['p50']:.2f}",
+                f"{load['p95']:.2f}",
+                f"{load['mean_batch']:.1f}",
+            ]
+        ],
     )
     return f"{speed}\n\nLoad test ({result['clients']} concurrent clients, mixed steering, a third unsteered):\n\n{loaded}"
 
@@ -184,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--load-requests", type=int, default=200)
     args = parser.parse_args(argv)
-    result = measure(args.model, args.clients, args.per_client, args.new_tokens, args.rounds, args.load_requests)
+    result = measure(
+        args.model, args.clients, args.per_client, args.new_tokens, args.rounds, args.load_requests
+    )
     print(table(result))
     print(f"wrong answers in the load test: {result['load']['wrong']}", file=sys.stderr)
 

@@ -41,8 +41,13 @@ TARGET = 0.90
 MAX_MODEL_LEN = 512
 # (vector, strength) terms of the offline mixed arm's eight steerings
 MIXED = [
-    [("positive", 0.04)], [("positive", 0.06)], [("positive", 0.08)], [("negative", 0.05)],
-    [("negative", 0.08)], [("positive", 0.06), ("negative", -0.03)], [("negative", 0.05), ("positive", 0.02)],
+    [("positive", 0.04)],
+    [("positive", 0.06)],
+    [("positive", 0.08)],
+    [("negative", 0.05)],
+    [("negative", 0.08)],
+    [("positive", 0.06), ("negative", -0.03)],
+    [("negative", 0.05), ("positive", 0.02)],
     [("positive", 0.1)],
 ]
 
@@ -52,12 +57,15 @@ def measure_offline(folder: Path, prompts: Sequence[str], tokens: int, rounds: i
 
     from icv.serving.vllm import SteeredLLM
 
-    llm = SteeredLLM(vectors=[folder], dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0,
-                     enable_prefix_caching=False)
+    llm = SteeredLLM(
+        vectors=[folder], dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0, enable_prefix_caching=False
+    )
 
     def params(terms: Sequence[tuple[str, float]] | None) -> Any:
         extra = None if terms is None else {"steering": [{"vector": v, "strength": s} for v, s in terms]}
-        return SamplingParams(max_tokens=tokens, min_tokens=tokens, ignore_eos=True, temperature=0, extra_args=extra)
+        return SamplingParams(
+            max_tokens=tokens, min_tokens=tokens, ignore_eos=True, temperature=0, extra_args=extra
+        )
 
     batches = {
         "unsteered": [params(None)] * len(prompts),
@@ -65,8 +73,15 @@ def measure_offline(folder: Path, prompts: Sequence[str], tokens: int, rounds: i
         "8 mixed steerings": [params(MIXED[i % len(MIXED)]) for i in range(len(prompts))],
     }
     try:
-        times = alternate({name: (lambda b=b: llm.generate(list(prompts), b, use_tqdm=False))
-                           for name, b in batches.items()}, rounds, warmup=1, label="vllm offline")
+        times = alternate(
+            {
+                name: (lambda b=b: llm.generate(list(prompts), b, use_tqdm=False))
+                for name, b in batches.items()
+            },
+            rounds,
+            warmup=1,
+            label="vllm offline",
+        )
     finally:
         llm.llm.llm_engine.engine_core.shutdown()
     return {"times": times, "requests": len(prompts), "tokens": tokens}
@@ -78,8 +93,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure_http(folder: Path, prompts: Sequence[str], clients: int, per_client: int, tokens: int, rounds: int,
-                 load_requests: int) -> dict[str, Any]:
+def measure_http(
+    folder: Path,
+    prompts: Sequence[str],
+    clients: int,
+    per_client: int,
+    tokens: int,
+    rounds: int,
+    load_requests: int,
+) -> dict[str, Any]:
     from icv.serving import ModelShape, VectorLibrary
     from icv.serving.engine import BatchingPolicy
     from icv.serving.server import BackgroundServer
@@ -90,9 +112,12 @@ def measure_http(folder: Path, prompts: Sequence[str], clients: int, per_client:
     steered = payloads(prompts, clients * per_client, tokens, None)
     plain = unsteered(steered)
     log = folder / "vllm.log"
-    with VllmServer([folder], port=free_port(), log=log, vllm_args=f"--max-model-len {MAX_MODEL_LEN}") as vllm, \
-            BackgroundServer(model, tokenizer, library, policy=BatchingPolicy(max_batch=clients),
-                             max_tokens=max(tokens, 16)) as transformers:
+    with (
+        VllmServer([folder], port=free_port(), log=log, vllm_args=f"--max-model-len {MAX_MODEL_LEN}") as vllm,
+        BackgroundServer(
+            model, tokenizer, library, policy=BatchingPolicy(max_batch=clients), max_tokens=max(tokens, 16)
+        ) as transformers,
+    ):
         arms = {
             "transformers, steered": lambda: run_clients(transformers.url, steered, clients),
             "vLLM, steered": lambda: run_clients(vllm.url, steered, clients),
@@ -105,10 +130,19 @@ def measure_http(folder: Path, prompts: Sequence[str], clients: int, per_client:
         alone = {key: run_clients(vllm.url, [b], 1)["texts"][0] for key, b in distinct.items()}
     wrong = sum(text != alone[repr(sorted(b.items()))] for b, text in zip(mixed, load["texts"]))
     return {
-        "times": times, "clients": clients, "requests": clients * per_client, "tokens": tokens,
-        "load": {"requests": load_requests, "answered": len(load["texts"]), "wrong": wrong,
-                 "seconds": load["seconds"], "tokens_per_s": load["tokens"] / load["seconds"],
-                 "p50": percentile(load["latencies"], 0.5), "p95": percentile(load["latencies"], 0.95)},
+        "times": times,
+        "clients": clients,
+        "requests": clients * per_client,
+        "tokens": tokens,
+        "load": {
+            "requests": load_requests,
+            "answered": len(load["texts"]),
+            "wrong": wrong,
+            "seconds": load["seconds"],
+            "tokens_per_s": load["tokens"] / load["seconds"],
+            "p50": percentile(load["latencies"], 0.5),
+            "p95": percentile(load["latencies"], 0.95),
+        },
     }
 
 
@@ -127,29 +161,51 @@ def measure(requests: int, tokens: int, rounds: int, clients: int, load_requests
 
 def _ratio_row(times: dict[str, list[float]], arm: str, baseline: str, tokens: int) -> list[str]:
     ratio = speed_ratio(times, arm, baseline)
-    return [arm, f"{tokens / median_seconds(times, arm):.1f}", ratio.text(), f"{ratio.low:.3f}-{ratio.high:.3f}"]
+    return [
+        arm,
+        f"{tokens / median_seconds(times, arm):.1f}",
+        ratio.text(),
+        f"{ratio.low:.3f}-{ratio.high:.3f}",
+    ]
 
 
 def table(result: dict[str, Any]) -> str:
     offline, http = result["offline"], result["http"]
     total = offline["requests"] * offline["tokens"]
     rows = [["unsteered", f"{total / median_seconds(offline['times'], 'unsteered'):.1f}", "1 (baseline)", ""]]
-    rows += [_ratio_row(offline["times"], arm, "unsteered", total) for arm in ("one vector", "8 mixed steerings")]
+    rows += [
+        _ratio_row(offline["times"], arm, "unsteered", total) for arm in ("one vector", "8 mixed steerings")
+    ]
     head = ["arm", "output tokens/s (median)", "speed / baseline (median)", "min-max"]
     total_http = http["requests"] * http["tokens"]
     times = http["times"]
     vs = [
         _ratio_row(times, "vLLM, steered", "vLLM, unsteered", total_http),
         _ratio_row(times, "vLLM, steered", "transformers, steered", total_http),
-        ["transformers, steered", f"{total_http / median_seconds(times, 'transformers, steered'):.1f}", "", ""],
+        [
+            "transformers, steered",
+            f"{total_http / median_seconds(times, 'transformers, steered'):.1f}",
+            "",
+            "",
+        ],
     ]
     vs[0][0] = "vLLM steered / vLLM unsteered"
     vs[1][0] = "vLLM steered / transformers steered"
     load = http["load"]
     loaded = markdown_table(
         ["requests", "answered", "wrong", "seconds", "tokens/s", "p50 latency (s)", "p95 latency (s)"],
-        [[load["requests"], load["answered"], load["wrong"], f"{load['seconds']:.1f}", f"{load['tokens_per_s']:.1f}",
-          f"{load['p50']:.2f}", f"{load['p95']:.2f}"]])
+        [
+            [
+                load["requests"],
+                load["answered"],
+                load["wrong"],
+                f"{load['seconds']:.1f}",
+                f"{load['tokens_per_s']:.1f}",
+                f"{load['p50']:.2f}",
+                f"{load['p95']:.2f}",
+            ]
+        ],
+    )
     return (
         f"(a) Offline, {offline['requests']} requests x {offline['tokens']} new tokens per arm and round:\n\n"
         f"{markdown_table(head, rows)}\n\n"
@@ -178,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--load-requests", type=int, default=200)
-    parser.add_argument("--out", type=Path, required=True, help="where the markdown section goes (vLLM logs to stdout)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="where the markdown section goes (vLLM logs to stdout)"
+    )
     args = parser.parse_args(argv)
     result = measure(args.requests, args.tokens, args.rounds, args.clients, args.load_requests)
     args.out.write_text(section(result), encoding="utf-8")

@@ -1,9 +1,9 @@
 """icv: steer a language model with in-context vectors read from a few demonstrations.
 
-    model, tok = icv.load_model()
-    vec = icv.extract(model, tok, [("The food was cold.", "The food was hot."), ...])
-    with icv.steer(model, vec):
-        model.generate(...)
+model, tok = icv.load_model()
+vec = icv.extract(model, tok, [("The food was cold.", "The food was hot."), ...])
+with icv.steer(model, vec):
+    model.generate(...)
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from .layers import Architecture, register_architecture
     from .models import load_model
     from .prompts import chat_reply_template
-    from .strength import DefaultStrengthWarning
     from .steer import Steering, is_steered, steer, steer_averaged, unsteer
+    from .strength import DefaultStrengthWarning
     from .vector import InContextVector
 
 

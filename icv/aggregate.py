@@ -40,9 +40,7 @@ def pca_shift(shifts: torch.Tensor, sign: str = "mean") -> torch.Tensor:
         raise OptionError(f"unknown PCA sign rule '{sign}': choose one of {', '.join(PCA_SIGNS)}")
     mean = shifts.mean(dim=0)
     if shifts.shape[0] < 2:
-        warnings.warn(
-            "one demonstration: PCA is undefined, using the mean shift", stacklevel=3
-        )
+        warnings.warn("one demonstration: PCA is undefined, using the mean shift", stacklevel=3)
         return mean
     centred = shifts - mean
     # The top right-singular vector of the centred matrix is the first principal

@@ -72,7 +72,11 @@ class CalibrationReport:
             mark = " **(chosen)**" if point is self.chosen else ""
             layers = _describe_layers(point.layers)
             ppl = "" if point.perplexity is None else f"{point.perplexity:.1f}"
-            verdict = "baseline" if point is self.baseline else ("yes" if point.passes else ", ".join(point.reasons))
+            verdict = (
+                "baseline"
+                if point is self.baseline
+                else ("yes" if point.passes else ", ".join(point.reasons))
+            )
             lines.append(
                 f"| {point.strength:g}{mark} | {layers} | {point.style_success:.2f} | {point.content:.2f} | "
                 f"{point.repetition:.2f} | {ppl} | {verdict} |"
@@ -138,7 +142,11 @@ def calibrate(
     scorers = [style, content, repetition] + ([fluency] if fluency is not None else [])
     mode = mode or vector.metadata["injection_mode"]
     if site is None:
-        site = vector.metadata["injection_site"] if mode == vector.metadata["injection_mode"] else _SITE_FOR_MODE[mode]
+        site = (
+            vector.metadata["injection_site"]
+            if mode == vector.metadata["injection_mode"]
+            else _SITE_FOR_MODE[mode]
+        )
     steer_options = {"mode": mode, "site": site}
     num_layers = len(decoder_layers(model))
     layer_sets: list[list[int] | None] = [None]
@@ -149,8 +157,16 @@ def calibrate(
 
     def measure(masked: InContextVector, values: list[float], layers: list[int] | None) -> list[SweepPoint]:
         answers = steered_answers(
-            model, tokenizer, masked, inputs, values, prompt=prompt, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, progress=progress, **steer_options,
+            model,
+            tokenizer,
+            masked,
+            inputs,
+            values,
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            **steer_options,
         )
         points = []
         for s in values:

@@ -49,9 +49,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list
     return ids
 
 
-def pad_batch(
-    sequences: Sequence[Sequence[int]], pad_id: int, side: str, device: torch.device
-) -> Batch:
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str, device: torch.device) -> Batch:
     """Pad to a rectangle on ``side``; positions stay 0-based for each text either way."""
     if side not in ("left", "right"):
         raise OptionError(f"padding_side must be 'left' or 'right', got {side!r}")

@@ -40,7 +40,9 @@ def _say(message: str, stream: TextIO | None = None) -> None:
     print(message, file=stream or sys.stderr)
 
 
-def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+def _show_warning(
+    message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
     # Library warnings are for the user here, not for a developer: no file and line.
     _say(f"{PROG}: warning: {message}")
 
@@ -231,27 +233,64 @@ def _weighted_sum(specs: Sequence[WeightedPath]) -> InContextVector:
 
 
 def configure_extract(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--demos", required=True, metavar="FILE",
-                        help="demonstrations: JSONL ({\"source\": ..., \"target\": ...}), a .json array of pairs, CSV or TSV (two columns)")
-    parser.add_argument("--out", required=True, metavar="VEC", type=Path, help="the vector file to write (.safetensors)")
-    parser.add_argument("--model", metavar="NAME_OR_PATH", help="model folder, hub id, .gguf file or alias (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--method", choices=("pca", "mean"), help="aggregation over pairs (default: pca + mean)")
-    parser.add_argument("--preset", choices=("paper",),
-                        help="paper: read the demonstrations exactly as the authors' reference code "
-                             "(punctuation deleted, svd_flip sign); excludes --method")
+    parser.add_argument(
+        "--demos",
+        required=True,
+        metavar="FILE",
+        help='demonstrations: JSONL ({"source": ..., "target": ...}), a .json array of pairs, CSV or TSV (two columns)',
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="VEC", type=Path, help="the vector file to write (.safetensors)"
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="model folder, hub id, .gguf file or alias (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    parser.add_argument(
+        "--method", choices=("pca", "mean"), help="aggregation over pairs (default: pca + mean)"
+    )
+    parser.add_argument(
+        "--preset",
+        choices=("paper",),
+        help="paper: read the demonstrations exactly as the authors' reference code "
+        "(punctuation deleted, svd_flip sign); excludes --method",
+    )
     form = parser.add_mutually_exclusive_group()
-    form.add_argument("--template", metavar="TEXT",
-                      help="how each text is presented, with {text} where it goes (default: the raw text, as the paper)")
-    form.add_argument("--chat", action="store_true",
-                      help="read each text as the assistant's reply in the model's chat template (for vectors that "
-                           "steer chat answers; needs a chat model)")
-    parser.add_argument("--layers", type=layer_list, metavar="LIST",
-                        help="keep only these decoder layers (e.g. 10-20 or 0,4,-1); the others get a zero direction")
-    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="texts per forward pass (default: 16)")
+    form.add_argument(
+        "--template",
+        metavar="TEXT",
+        help="how each text is presented, with {text} where it goes (default: the raw text, as the paper)",
+    )
+    form.add_argument(
+        "--chat",
+        action="store_true",
+        help="read each text as the assistant's reply in the model's chat template (for vectors that "
+        "steer chat answers; needs a chat model)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=layer_list,
+        metavar="LIST",
+        help="keep only these decoder layers (e.g. 10-20 or 0,4,-1); the others get a zero direction",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        metavar="N",
+        help="texts per forward pass (default: 16)",
+    )
     parser.add_argument("--name", help="the vector's name (default: the demonstrations file's name)")
-    parser.add_argument("--mode", choices=("rotate", "add"), default="rotate",
-                        help="how steering applies the vector by default (default: rotate, the paper)")
-    parser.add_argument("--strength", type=finite_float, metavar="S", help="record a recommended strength in the vector")
+    parser.add_argument(
+        "--mode",
+        choices=("rotate", "add"),
+        default="rotate",
+        help="how steering applies the vector by default (default: rotate, the paper)",
+    )
+    parser.add_argument(
+        "--strength", type=finite_float, metavar="S", help="record a recommended strength in the vector"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
@@ -291,8 +330,16 @@ def run_extract(args: argparse.Namespace) -> int:
 
 def configure_inspect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("vector", metavar="VEC", help="a vector file (.safetensors) or a GGUF control vector")
-    parser.add_argument("--json", action="store_true", help="print the metadata, per-layer scales and norms as JSON")
-    parser.add_argument("--columns", type=positive_int, default=3, metavar="N", help="layers per line of the table (default: 3)")
+    parser.add_argument(
+        "--json", action="store_true", help="print the metadata, per-layer scales and norms as JSON"
+    )
+    parser.add_argument(
+        "--columns",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="layers per line of the table (default: 3)",
+    )
 
 
 def _strength_line(vector: InContextVector) -> str:
@@ -302,7 +349,9 @@ def _strength_line(vector: InContextVector) -> str:
     from .strength import default_strength
 
     guess = default_strength(m["injection_mode"], vector.num_layers)
-    return f"none recorded (steering guesses {guess:g} for {m['injection_mode']} on {vector.num_layers} layers)"
+    return (
+        f"none recorded (steering guesses {guess:g} for {m['injection_mode']} on {vector.num_layers} layers)"
+    )
 
 
 def _layer_table(vector: InContextVector, columns: int) -> list[str]:
@@ -321,8 +370,10 @@ def _layer_table(vector: InContextVector, columns: int) -> list[str]:
         table["norm"] = norms
         notes.append("norm: the direction's norm")
     head = f"{'layer':>5}" + "".join(f" {name:>9}" for name in table)
-    cells = [f"{layer:>5}" + "".join(f" {values[layer]:>9.4g}" for values in table.values())
-             for layer in range(vector.num_layers)]
+    cells = [
+        f"{layer:>5}" + "".join(f" {values[layer]:>9.4g}" for values in table.values())
+        for layer in range(vector.num_layers)
+    ]
     header = "   ".join([head] * min(columns, len(cells)))
     rows = ["   ".join(cells[i : i + columns]) for i in range(0, len(cells), columns)]
     return ["; ".join(notes), header, *rows]
@@ -363,32 +414,86 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def configure_generate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt; read from standard input when absent or '-'")
-    parser.add_argument("--vector", action="append", required=True, type=weighted_path, metavar="VEC[:WEIGHT]",
-                        help="a vector (safetensors or GGUF), optionally weighted; repeat to add several")
-    parser.add_argument("--model", metavar="NAME_OR_PATH", help="the model (default: the first vector's model, else the embedded one)")
-    parser.add_argument("--strength", type=strength_list, metavar="S[,S...]",
-                        help="steering strength; several (0.02,0.04,0.08) are generated side by side in one batch "
-                             "(default: the vector's recommended one, else a default for the model's depth)")
-    parser.add_argument("--compare", action="store_true", help="also print the unsteered completion (a row of the same batch)")
+    parser.add_argument(
+        "prompt", nargs="?", metavar="PROMPT", help="the prompt; read from standard input when absent or '-'"
+    )
+    parser.add_argument(
+        "--vector",
+        action="append",
+        required=True,
+        type=weighted_path,
+        metavar="VEC[:WEIGHT]",
+        help="a vector (safetensors or GGUF), optionally weighted; repeat to add several",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="the model (default: the first vector's model, else the embedded one)",
+    )
+    parser.add_argument(
+        "--strength",
+        type=strength_list,
+        metavar="S[,S...]",
+        help="steering strength; several (0.02,0.04,0.08) are generated side by side in one batch "
+        "(default: the vector's recommended one, else a default for the model's depth)",
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="also print the unsteered completion (a row of the same batch)"
+    )
     parser.add_argument("--mode", choices=("rotate", "add"), help="override the vector's injection mode")
-    parser.add_argument("--layers", type=layer_list, metavar="LIST", help="steer only these decoder layers (e.g. 10-20, -8--1)")
-    parser.add_argument("--positions", choices=("all", "prompt", "generated"), default="all", help="which tokens to steer (default: all)")
-    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template (a user turn)")
-    parser.add_argument("--strict", action="store_true",
-                        help="refuse a vector made on a model of another name (by default a warning when "
-                             "the type, hidden size and layer count match)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=40, metavar="N", help="tokens to generate (default: 40)")
-    parser.add_argument("--temperature", type=non_negative_float, default=0.0, metavar="T",
-                        help="0 (default): greedy; above 0: sample at this temperature")
+    parser.add_argument(
+        "--layers",
+        type=layer_list,
+        metavar="LIST",
+        help="steer only these decoder layers (e.g. 10-20, -8--1)",
+    )
+    parser.add_argument(
+        "--positions",
+        choices=("all", "prompt", "generated"),
+        default="all",
+        help="which tokens to steer (default: all)",
+    )
+    parser.add_argument(
+        "--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template (a user turn)"
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a vector made on a model of another name (by default a warning when "
+        "the type, hidden size and layer count match)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=40,
+        metavar="N",
+        help="tokens to generate (default: 40)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=non_negative_float,
+        default=0.0,
+        metavar="T",
+        help="0 (default): greedy; above 0: sample at this temperature",
+    )
     parser.add_argument("--top-p", type=probability, metavar="P", help="with --temperature: nucleus sampling")
-    parser.add_argument("--seed", type=int, metavar="N", help="with --temperature: the random seed, for repeatable samples")
-    parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
-                        help="print the completion as it is generated (default: when the output is a terminal and "
-                             "there is one completion)")
-    parser.add_argument("-i", "--interactive", action="store_true",
-                        help="load the model once, then read prompts (and /commands that change the vector, strength ...) "
-                             "line by line; /help lists the commands")
+    parser.add_argument(
+        "--seed", type=int, metavar="N", help="with --temperature: the random seed, for repeatable samples"
+    )
+    parser.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="print the completion as it is generated (default: when the output is a terminal and "
+        "there is one completion)",
+    )
+    parser.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="load the model once, then read prompts (and /commands that change the vector, strength ...) "
+        "line by line; /help lists the commands",
+    )
 
 
 def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
@@ -411,9 +516,19 @@ def _generate_settings(args: argparse.Namespace) -> Any:
     if args.stream and (args.compare or len(args.strength or [None]) > 1):
         args.parser.error("--stream shows one completion as it comes: drop --compare, or give one strength")
     return Settings(
-        vectors=list(args.vector), strengths=args.strength, compare=args.compare, chat=args.chat, mode=args.mode,
-        layers=args.layers, positions=args.positions, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed, stream=args.stream, strict=args.strict,
+        vectors=list(args.vector),
+        strengths=args.strength,
+        compare=args.compare,
+        chat=args.chat,
+        mode=args.mode,
+        layers=args.layers,
+        positions=args.positions,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stream=args.stream,
+        strict=args.strict,
     )
 
 
@@ -430,8 +545,15 @@ def run_generate(args: argparse.Namespace) -> int:
     if prompt is not None:
         trial.run(prompt, sys.stdout)
         return 0
-    parsers = {"vector": weighted_path, "strengths": strength_list, "layers": layer_list,
-               "temperature": non_negative_float, "top_p": probability, "seed": int, "tokens": positive_int}
+    parsers = {
+        "vector": weighted_path,
+        "strengths": strength_list,
+        "layers": layer_list,
+        "temperature": non_negative_float,
+        "top_p": probability,
+        "seed": int,
+        "tokens": positive_int,
+    }
     return interact(trial, parsers, sys.stdin, sys.stdout, sys.stderr)
 
 
@@ -439,7 +561,13 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def configure_combine(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("vectors", nargs="+", type=weighted_path, metavar="VEC[:WEIGHT]", help="vectors to add, each optionally weighted")
+    parser.add_argument(
+        "vectors",
+        nargs="+",
+        type=weighted_path,
+        metavar="VEC[:WEIGHT]",
+        help="vectors to add, each optionally weighted",
+    )
     parser.add_argument("--out", required=True, type=Path, metavar="OUT", help="the vector file to write")
     parser.add_argument("--name", help="the combination's name (default: the arithmetic it records)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -460,10 +588,21 @@ def run_combine(args: argparse.Namespace) -> int:
 
 def configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("vector", metavar="VEC", help="the vector file to export")
-    parser.add_argument("--format", choices=("gguf",), default="gguf", help="gguf: llama.cpp control vector (the only format so far)")
-    parser.add_argument("--out", required=True, type=Path, metavar="FILE", help="the file to write, e.g. vec.gguf")
-    parser.add_argument("--strength", type=finite_float, metavar="S",
-                        help="strength folded into the file (default: the vector's add@block recommendation, else the library's additive default)")
+    parser.add_argument(
+        "--format",
+        choices=("gguf",),
+        default="gguf",
+        help="gguf: llama.cpp control vector (the only format so far)",
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="FILE", help="the file to write, e.g. vec.gguf"
+    )
+    parser.add_argument(
+        "--strength",
+        type=finite_float,
+        metavar="S",
+        help="strength folded into the file (default: the vector's add@block recommendation, else the library's additive default)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
@@ -491,12 +630,26 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def configure_import(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE.gguf", help="a GGUF control vector (llama.cpp cvector-generator, repeng, EasySteer)")
-    parser.add_argument("--out", required=True, type=Path, metavar="VEC", help="the vector file to write (.safetensors)")
-    parser.add_argument("--num-layers", type=positive_int, metavar="N",
-                        help="the model's decoder block count (default: one more than the highest direction.N)")
-    parser.add_argument("--model-type", metavar="TYPE", help="override the file's model hint (transformers' model_type)")
-    parser.add_argument("--name", help="the vector's name (default: the file's general.name, else its file name)")
+    parser.add_argument(
+        "file",
+        metavar="FILE.gguf",
+        help="a GGUF control vector (llama.cpp cvector-generator, repeng, EasySteer)",
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="VEC", help="the vector file to write (.safetensors)"
+    )
+    parser.add_argument(
+        "--num-layers",
+        type=positive_int,
+        metavar="N",
+        help="the model's decoder block count (default: one more than the highest direction.N)",
+    )
+    parser.add_argument(
+        "--model-type", metavar="TYPE", help="override the file's model hint (transformers' model_type)"
+    )
+    parser.add_argument(
+        "--name", help="the vector's name (default: the file's general.name, else its file name)"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
@@ -517,19 +670,43 @@ EVAL_METHODS = ("zero-shot", "icl", "icv")
 
 
 def configure_eval(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--demos", metavar="FILE",
-                        help="demonstrations: .jsonl (source/target), .json, .csv or .tsv; needed for icl, and for "
-                             "icv unless --vector is given")
-    parser.add_argument("--inputs", required=True, metavar="FILE",
-                        help="test inputs, one per line; a second tab-separated column is the human reference")
-    parser.add_argument("--style", required=True, choices=EVAL_STYLES,
-                        help="style success: VADER positive/negative, or not offensive (alt-profanity-check)")
-    parser.add_argument("--model", metavar="NAME_OR_PATH",
-                        help="model name, folder or .gguf (default: the vector's model, else the embedded SmolLM2)")
-    parser.add_argument("--vector", metavar="VEC", help="a saved vector (or GGUF control vector) instead of extracting one from --demos")
-    parser.add_argument("--strengths", metavar="LIST", help="comma-separated ICV strengths, e.g. 0.03,0.05,0.07")
-    parser.add_argument("--methods", default=",".join(EVAL_METHODS), metavar="LIST",
-                        help="comma-separated subset of zero-shot,icl,icv (default: all three)")
+    parser.add_argument(
+        "--demos",
+        metavar="FILE",
+        help="demonstrations: .jsonl (source/target), .json, .csv or .tsv; needed for icl, and for "
+        "icv unless --vector is given",
+    )
+    parser.add_argument(
+        "--inputs",
+        required=True,
+        metavar="FILE",
+        help="test inputs, one per line; a second tab-separated column is the human reference",
+    )
+    parser.add_argument(
+        "--style",
+        required=True,
+        choices=EVAL_STYLES,
+        help="style success: VADER positive/negative, or not offensive (alt-profanity-check)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="model name, folder or .gguf (default: the vector's model, else the embedded SmolLM2)",
+    )
+    parser.add_argument(
+        "--vector",
+        metavar="VEC",
+        help="a saved vector (or GGUF control vector) instead of extracting one from --demos",
+    )
+    parser.add_argument(
+        "--strengths", metavar="LIST", help="comma-separated ICV strengths, e.g. 0.03,0.05,0.07"
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(EVAL_METHODS),
+        metavar="LIST",
+        help="comma-separated subset of zero-shot,icl,icv (default: all three)",
+    )
     parser.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N inputs")
     parser.add_argument("--extract-method", default="pca", choices=("pca", "mean"))
     parser.add_argument("--mode", choices=("rotate", "add"), help="injection mode (default: the vector's)")
@@ -537,15 +714,21 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=positive_int, default=40, metavar="N")
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N")
     parser.add_argument("--no-fluency", action="store_true", help="skip the perplexity scorer (Gemma 3 270M)")
-    parser.add_argument("--show", action="store_true", help="also print every output, each input with one line per method")
-    parser.add_argument("--out", default="icv-eval", metavar="DIR", help="folder for eval.json, eval.md and eval.png")
+    parser.add_argument(
+        "--show", action="store_true", help="also print every output, each input with one line per method"
+    )
+    parser.add_argument(
+        "--out", default="icv-eval", metavar="DIR", help="folder for eval.json, eval.md and eval.png"
+    )
 
 
 def _eval_methods(args: argparse.Namespace) -> list[str]:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(EVAL_METHODS))
     if unknown or not methods:
-        args.parser.error(f"--methods: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(EVAL_METHODS)}")
+        args.parser.error(
+            f"--methods: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(EVAL_METHODS)}"
+        )
     if args.demos is None and ("icl" in methods or ("icv" in methods and args.vector is None)):
         args.parser.error("--demos is needed for the icl method, and for icv unless --vector is given")
     return methods
@@ -573,7 +756,10 @@ def run_eval(args: argparse.Namespace) -> int:
     scorers = [RepetitionScorer(3), *fluency, *([BleuScorer()] if references is not None else [])]
     steer_options = {k: v for k, v in (("mode", args.mode), ("site", args.site)) if v}
     evaluation = evaluate(
-        model, tokenizer, demos, inputs,
+        model,
+        tokenizer,
+        demos,
+        inputs,
         style=_style_scorer(args.style),
         scorers=scorers,
         references=references,
@@ -627,14 +813,28 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Command] = [
-    Command("extract", "read an in-context vector from a file of demonstrations", configure_extract, run_extract),
+    Command(
+        "extract", "read an in-context vector from a file of demonstrations", configure_extract, run_extract
+    ),
     Command("inspect", "show a vector's metadata and per-layer scales", configure_inspect, run_inspect),
-    Command("generate", "complete a prompt with the model steered by one or more vectors", configure_generate, run_generate),
+    Command(
+        "generate",
+        "complete a prompt with the model steered by one or more vectors",
+        configure_generate,
+        run_generate,
+    ),
     Command("combine", "weighted sum of vectors of the same model", configure_combine, run_combine),
     Command("export", "write a vector as a llama.cpp GGUF control vector", configure_export, run_export),
     Command("import", "read a GGUF control vector into a vector file", configure_import, run_import),
-    Command("eval", "compare zero-shot, in-context learning and the ICV on test inputs", configure_eval, run_eval),
-    Command("serve", "serve the model over HTTP (OpenAI-compatible), steered per request", configure_serve, run_serve),
+    Command(
+        "eval", "compare zero-shot, in-context learning and the ICV on test inputs", configure_eval, run_eval
+    ),
+    Command(
+        "serve",
+        "serve the model over HTTP (OpenAI-compatible), steered per request",
+        configure_serve,
+        run_serve,
+    ),
 ]
 
 
@@ -642,9 +842,15 @@ def build_parser() -> argparse.ArgumentParser:
     # --debug is accepted before or after the subcommand; SUPPRESS keeps the
     # subcommand's default from overwriting a --debug given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
-    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress bars or loading messages (ours and transformers')")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors"
+    )
+    common.add_argument(
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress bars or loading messages (ours and transformers')",
+    )
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="In-context vectors: steer a language model with a few demonstrations.",
@@ -653,7 +859,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        sub = commands.add_parser(command.name, help=command.summary, description=command.summary, parents=[common])
+        sub = commands.add_parser(
+            command.name, help=command.summary, description=command.summary, parents=[common]
+        )
         command.configure(sub)
         sub.set_defaults(run=command.run, parser=sub)
     return parser

@@ -63,7 +63,9 @@ def as_demos(demos: Iterable[object] | str | os.PathLike[str]) -> list[Demo]:
             "(source, target) pairs, or the path of a demonstration file (.jsonl, .json, .csv, .tsv)"
         )
     if isinstance(demos, bytes) or not isinstance(demos, Iterable):
-        raise DemoError("demos must be a list of (source, target) pairs or icv.Demo objects, or a file's path")
+        raise DemoError(
+            "demos must be a list of (source, target) pairs or icv.Demo objects, or a file's path"
+        )
     pairs = _pairs(demos)
     if not pairs:
         raise DemoError("no demonstrations given: at least one (source, target) pair is needed")
@@ -215,7 +217,8 @@ def _read_jsonl(text: str, file: Path) -> list[Demo]:
         if not isinstance(item, dict) or "source" not in item or "target" not in item:
             hint = (
                 " (one array of pairs for the whole file? name it .json, or write one object per line)"
-                if isinstance(item, list) else ""
+                if isinstance(item, list)
+                else ""
             )
             raise DemoError(f"{file}:{number}: expected an object with 'source' and 'target'{hint}")
         demos.append(_demo_at(item["source"], item["target"], file, number))
@@ -252,9 +255,7 @@ def _read_delimited(text: str, file: Path, delimiter: str) -> list[Demo]:
             # More than two usually means an unquoted delimiter inside a sentence:
             # taking the first two cells would make a wrong demonstration silently.
             hint = f"; quote fields that contain {delimiter!r}" if len(row) > 2 else ""
-            raise DemoError(
-                f"{file}:{number}: expected two columns (source, target), got {len(row)}{hint}"
-            )
+            raise DemoError(f"{file}:{number}: expected two columns (source, target), got {len(row)}{hint}")
         if not demos and [c.strip().lower() for c in row[:2]] == ["source", "target"]:
             continue
         demos.append(_demo_at(row[0], row[1], file, number))

@@ -98,8 +98,16 @@ class Evaluation:
         """The report as a markdown table (the vector's recommended strength, if any, is marked)."""
         names = list(self.results[0].scores) if self.results else []
         extra = [n for n in names if n not in (self.style, self.content)]
-        header = ["method", "strength", f"style success ({self.style_label})", f"content ({self.content})", *extra,
-                  "empty", "prompt tokens", "seconds"]
+        header = [
+            "method",
+            "strength",
+            f"style success ({self.style_label})",
+            f"content ({self.content})",
+            *extra,
+            "empty",
+            "prompt tokens",
+            "seconds",
+        ]
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         recommended = self.settings.get("recommended_strength")
         for r in self.results:
@@ -108,8 +116,16 @@ class Evaluation:
             # the file does not say which, so neither does the table.
             if r.strength is not None and r.strength == recommended:
                 strength += " (recommended)"
-            cells = [r.method, strength, _fmt(r.style_success), _fmt(r.content),
-                     *(_fmt(r.scores[n]) for n in extra), _fmt(r.empty), f"{r.prompt_tokens:.1f}", f"{r.seconds:.1f}"]
+            cells = [
+                r.method,
+                strength,
+                _fmt(r.style_success),
+                _fmt(r.content),
+                *(_fmt(r.scores[n]) for n in extra),
+                _fmt(r.empty),
+                f"{r.prompt_tokens:.1f}",
+                f"{r.seconds:.1f}",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -124,12 +140,25 @@ class Evaluation:
         axes = figure.add_subplot()
         sweep = sorted((r for r in self.results if r.method == "icv"), key=lambda r: r.strength or 0.0)
         if sweep:
-            axes.plot([r.content for r in sweep], [r.style_success for r in sweep], "o-", color="tab:blue",
-                      label="ICV (strength sweep)")
+            axes.plot(
+                [r.content for r in sweep],
+                [r.style_success for r in sweep],
+                "o-",
+                color="tab:blue",
+                label="ICV (strength sweep)",
+            )
             for r in sweep:
-                axes.annotate(f"{r.strength:g}", (r.content, r.style_success), textcoords="offset points",
-                              xytext=(4, 4), fontsize=8)
-        markers = {"icl": ("s", "tab:orange", "ICL (demos in prompt)"), "zero-shot": ("^", "tab:green", "zero-shot")}
+                axes.annotate(
+                    f"{r.strength:g}",
+                    (r.content, r.style_success),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=8,
+                )
+        markers = {
+            "icl": ("s", "tab:orange", "ICL (demos in prompt)"),
+            "zero-shot": ("^", "tab:green", "zero-shot"),
+        }
         for method, (marker, color, label) in markers.items():
             for r in self.results:
                 if r.method == method:
@@ -147,12 +176,16 @@ class Evaluation:
         figure.savefig(target)
         return target
 
-    def save(self, folder: str | os.PathLike[str], stem: str = "eval", title: str | None = None) -> dict[str, Path]:
+    def save(
+        self, folder: str | os.PathLike[str], stem: str = "eval", title: str | None = None
+    ) -> dict[str, Path]:
         """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``folder``."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=_json_safe) + "\n")
+        paths["json"].write_text(
+            json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=_json_safe) + "\n"
+        )
         paths["markdown"].write_text(self.markdown() + "\n")
         self.plot(paths["plot"], title=title)
         return paths
@@ -210,8 +243,11 @@ def evaluate(
     if not isinstance(style, Scorer):
         raise OptionError("style must be an icv.scorers.Scorer (e.g. SentimentScorer())")
     content = content if content is not None else SimilarityScorer()
-    extras = (list(scorers) if scorers is not None
-              else [RepetitionScorer(3), PerplexityScorer(model_name=fluency_model_for(model))])
+    extras = (
+        list(scorers)
+        if scorers is not None
+        else [RepetitionScorer(3), PerplexityScorer(model_name=fluency_model_for(model))]
+    )
     all_scorers = [style, content, *extras]
 
     settings: dict[str, Any] = {
@@ -227,10 +263,19 @@ def evaluate(
     runs: list[tuple[str, float | None, list[str], Completions]] = []
     if "zero-shot" in methods:
         prompts = [paraphrase_prompt(x) for x in inputs]
-        runs.append(("zero-shot", None, prompts, _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress)))
+        runs.append(
+            (
+                "zero-shot",
+                None,
+                prompts,
+                _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress),
+            )
+        )
     if "icl" in methods:
         prompts = [icl_prompt(pairs, x) for x in inputs]
-        runs.append(("icl", None, prompts, _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress)))
+        runs.append(
+            ("icl", None, prompts, _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress))
+        )
     if "icv" in methods:
         if vector is None:
             started = time.perf_counter()
@@ -243,8 +288,16 @@ def evaluate(
         sweep = sorted(check_strengths(sweep))
         settings.update(recommended_strength=recommended, vector=vector.metadata, strengths=sweep)
         answers = steered_answers(
-            model, tokenizer, vector, inputs, sweep, prompt=paraphrase_prompt,
-            max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, **steer_options,
+            model,
+            tokenizer,
+            vector,
+            inputs,
+            sweep,
+            prompt=paraphrase_prompt,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            **steer_options,
         )
         prompts = [paraphrase_prompt(x) for x in inputs]
         runs.extend(("icv", s, prompts, answers[s]) for s in sweep)
@@ -268,10 +321,17 @@ def evaluate(
     return Evaluation(results, style.name, content.name, settings)
 
 
-def _generate(model: nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
-              progress: bool | None) -> Completions:
-    return generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            progress=progress)
+def _generate(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool | None,
+) -> Completions:
+    return generate_answers(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
 
 
 def _mean_tokens(tokenizer: Any, prompts: Sequence[str]) -> float:
@@ -295,7 +355,6 @@ def read_inputs(path: str | os.PathLike[str], limit: int | None = None) -> tuple
     inputs = [c[0].strip() for c in cells]
     with_reference = all(len(c) > 1 and c[1].strip() for c in cells)
     return inputs, ([c[1].strip() for c in cells] if with_reference else None)
-
 
 
 if __name__ == "__main__":  # python -m icv.evaluate ... is icv eval ...

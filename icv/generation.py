@@ -76,7 +76,9 @@ def complete(
             pad_token_id=pad_token_id(tokenizer),
         )
         if do_sample:
-            generate_kwargs.update({k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None})
+            generate_kwargs.update(
+                {k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None}
+            )
         if stop_strings:
             generate_kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
         if streamer is not None:

@@ -54,9 +54,9 @@ import torch
 from torch import nn
 
 from .errors import OptionError, VectorExistsError, VectorFileError
-from .vector import InContextVector
 from .storage import new_file_mode
 from .strength import planned_strength, warn_default
+from .vector import InContextVector
 
 ARCHITECTURE = "controlvector"
 KEY_ARCHITECTURE = "general.architecture"
@@ -352,7 +352,9 @@ def import_gguf(
     metadata = {
         "name": name or (file_name if isinstance(file_name, str) and file_name else file.stem),
         "model_name": "",
-        "model_type": model_type if model_type is not None else _model_type(_field_value(reader, KEY_MODEL_HINT)),
+        "model_type": model_type
+        if model_type is not None
+        else _model_type(_field_value(reader, KEY_MODEL_HINT)),
         "method": "gguf",
         "extraction_site": "block",
         "injection_mode": "add",
@@ -378,7 +380,9 @@ def pad_layers(vector: InContextVector, num_layers: int) -> InContextVector:
         raise OptionError(f"vector '{vector.name}' cannot be padded to {num_layers} layers")
     extra = num_layers - vector.num_layers
     rows = torch.cat([vector.directions, torch.zeros(extra, vector.hidden_size)])
-    shifts = None if vector.shifts is None else torch.cat([vector.shifts, torch.zeros(extra, vector.hidden_size)])
+    shifts = (
+        None if vector.shifts is None else torch.cat([vector.shifts, torch.zeros(extra, vector.hidden_size)])
+    )
     scales = torch.cat([vector.layer_scales, torch.ones(extra)])
     kept = {k: v for k, v in m.items() if k not in ("hidden_size", "num_layers")}
     return InContextVector(rows, kept, scales, shifts)

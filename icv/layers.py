@@ -89,9 +89,7 @@ def architecture_of(model: nn.Module, override: Architecture | None = None) -> A
         return override
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type is None:
-        raise ArchitectureError(
-            "the model has no config.model_type; pass architecture=icv.Architecture(...)"
-        )
+        raise ArchitectureError("the model has no config.model_type; pass architecture=icv.Architecture(...)")
     try:
         return ARCHITECTURES[model_type]
     except KeyError:
@@ -118,9 +116,7 @@ def decoder_layers(model: nn.Module, override: Architecture | None = None) -> li
 SITES = ("block", "mlp", "attn")
 
 
-def site_modules(
-    model: nn.Module, site: str, override: Architecture | None = None
-) -> list[nn.Module]:
+def site_modules(model: nn.Module, site: str, override: Architecture | None = None) -> list[nn.Module]:
     """The module per layer whose output is the activation at ``site``."""
     layers = decoder_layers(model, override)
     if site == "block":

@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from .aggregate import PCA_SIGNS
+from .demos import TEXT_CLEANINGS
 from .errors import (
     FormatVersionError,
     ICVError,
@@ -22,8 +24,6 @@ from .errors import (
     OptionError,
     VectorFileError,
 )
-from .aggregate import PCA_SIGNS
-from .demos import TEXT_CLEANINGS
 from .layers import SITES
 from .presets import PRESETS
 
@@ -112,16 +112,13 @@ def validate(
             except OverflowError:  # found by fuzzing: an integer past float range
                 raise error(f"{source}: metadata '{key}' is too large to be a number") from None
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise error(
-                f"{source}: metadata '{key}' should be {kind.__name__}, got {value!r:.60}"
-            )
+            raise error(f"{source}: metadata '{key}' should be {kind.__name__}, got {value!r:.60}")
         if kind is float and not math.isfinite(value):
             raise error(f"{source}: metadata '{key}' is not finite ({value})")
         clean[key] = value
     if clean["icv_format_version"] < 1:
         raise error(
-            f"{source}: metadata 'icv_format_version' is {clean['icv_format_version']}; "
-            "versions start at 1"
+            f"{source}: metadata 'icv_format_version' is {clean['icv_format_version']}; versions start at 1"
         )
     for key in ("hidden_size", "num_layers"):
         if clean[key] < 1:
@@ -129,9 +126,7 @@ def validate(
     if clean["num_demos"] < 0:
         raise error(f"{source}: metadata 'num_demos' is negative")
     if clean["injection_mode"] not in MODES:
-        raise error(
-            f"{source}: injection_mode '{clean['injection_mode']}' is not one of {', '.join(MODES)}"
-        )
+        raise error(f"{source}: injection_mode '{clean['injection_mode']}' is not one of {', '.join(MODES)}")
     for key in ("injection_site", "extraction_site"):
         if clean[key] not in SITES:
             raise error(f"{source}: {key} '{clean[key]}' is not one of {', '.join(SITES)}")
@@ -144,15 +139,15 @@ def validate(
     _check_choice(clean, "preset", ("", *PRESETS), source, error)
     unknown = sorted(set(metadata) - set(SCHEMA) - {"format"})
     if unknown:
-        warnings.warn(
-            f"{source}: ignoring unknown metadata keys {', '.join(unknown)}", stacklevel=3
-        )
+        warnings.warn(f"{source}: ignoring unknown metadata keys {', '.join(unknown)}", stacklevel=3)
     return clean
 
 
 def _layer_list(layers: list[Any], num_layers: int, source: str, error: type[ICVError]) -> list[int]:
     """The layers a vector covers: distinct indices in ``0 .. num_layers - 1``, ascending."""
-    if not layers or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_layers for i in layers):
+    if not layers or not all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_layers for i in layers
+    ):
         raise error(
             f"{source}: metadata 'layers' must list layer indices in 0 .. {num_layers - 1}, "
             f"got {str(layers)[:60]}"
@@ -211,9 +206,7 @@ def _same_name(a: str, b: str) -> bool:
     return a.rstrip("/").rsplit("/", 1)[-1].lower() == b.rstrip("/").rsplit("/", 1)[-1].lower()
 
 
-def check_same_model(
-    a: Mapping[str, Any], b: Mapping[str, Any], *, what: str, strict: bool = False
-) -> None:
+def check_same_model(a: Mapping[str, Any], b: Mapping[str, Any], *, what: str, strict: bool = False) -> None:
     """Raise :class:`ModelMismatchError` unless ``a`` and ``b`` fit the same model.
 
     What makes a vector fit is the model type, hidden size and layer count.  A different

@@ -123,7 +123,9 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def _load(
-    name_or_path: str | os.PathLike[str] | None, dtype: torch.dtype, device: str | torch.device | None,
+    name_or_path: str | os.PathLike[str] | None,
+    dtype: torch.dtype,
+    device: str | torch.device | None,
     kwargs: dict[str, Any],
 ) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -70,4 +70,3 @@ def resolve(preset: str | None, **given: Any) -> ExtractionSettings:
                 f"drop {key}={value!r} or drop the preset"
             )
     return settings
-

@@ -22,7 +22,7 @@ def paraphrase_prompt(text: str) -> str:
 
 def icl_prompt(demos: Sequence[Demo], text: str) -> str:
     """The in-context-learning baseline: the same demonstrations written before the query."""
-    shots = "".join(f"{_example(d.source)}{d.target}\"\n" for d in demos)
+    shots = "".join(f'{_example(d.source)}{d.target}"\n' for d in demos)
     return f"{PARAPHRASE_INSTRUCTION}\n{shots}{_example(text)}"
 
 

@@ -72,9 +72,7 @@ class Scorer(ABC):
                     raise OptionError(f"scorer '{self.name}' needs {what}, one per output")
                 continue
             if len(given) != len(outputs):
-                raise OptionError(
-                    f"scorer '{self.name}': {len(given)} {what} for {len(outputs)} outputs"
-                )
+                raise OptionError(f"scorer '{self.name}': {len(given)} {what} for {len(outputs)} outputs")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} '{self.name}'>"
@@ -119,7 +117,9 @@ class FunctionScorer(Scorer):
         self.check(outputs, sources, references)
         values = [float(v) for v in self._function(list(outputs), sources, references)]
         if len(values) != len(outputs):
-            raise ScorerError(f"scorer '{self.name}' returned {len(values)} values for {len(outputs)} outputs")
+            raise ScorerError(
+                f"scorer '{self.name}' returned {len(values)} values for {len(outputs)} outputs"
+            )
         return values
 
 
@@ -128,8 +128,7 @@ def _require(module: str, package: str, extra: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise ScorerError(
-            f"this scorer needs the package {package}: pip install {package} "
-            f"(or pip install 'icv[{extra}]')"
+            f"this scorer needs the package {package}: pip install {package} (or pip install 'icv[{extra}]')"
         ) from None
 
 
@@ -345,7 +344,9 @@ class PerplexityScorer(Scorer):
         from .extract import model_device, pad_token_id
 
         device = model_device(model)
-        sequences = [list(tokenizer(t, add_special_tokens=True)["input_ids"]) if t.strip() else [] for t in outputs]
+        sequences = [
+            list(tokenizer(t, add_special_tokens=True)["input_ids"]) if t.strip() else [] for t in outputs
+        ]
         values = [math.nan] * len(outputs)
         scored = [i for i, s in enumerate(sequences) if len(s) >= 2]
         for start in range(0, len(scored), self.batch_size):
@@ -414,6 +415,8 @@ def score_all(
     for scorer in scorers:
         values = scorer.score(outputs, sources, references)
         if len(values) != len(outputs):
-            raise ScorerError(f"scorer '{scorer.name}' returned {len(values)} values for {len(outputs)} outputs")
+            raise ScorerError(
+                f"scorer '{scorer.name}' returned {len(values)} values for {len(outputs)} outputs"
+            )
         results[scorer.name] = (values, scorer.summary(values, outputs, sources, references))
     return results

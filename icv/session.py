@@ -82,8 +82,8 @@ class Trial:
 
         ``warn``: say so (:class:`icv.DefaultStrengthWarning`) where a strength is a guess.
         """
-        from .strength import planned_strength, warn_default
         from .steer import injection_of
+        from .strength import planned_strength, warn_default
 
         mode, site = injection_of(self.vector, self.settings.mode)
         given = self.settings.strengths or [None]
@@ -104,7 +104,9 @@ class Trial:
         rows = self.rows(warn=True)
         text = chat_prompt(self.tokenizer, prompt) if settings.chat else prompt
         if settings.stream and len(rows) > 1:
-            raise OptionError("streaming shows one completion as it comes: drop --compare, or give one strength")
+            raise OptionError(
+                "streaming shows one completion as it comes: drop --compare, or give one strength"
+            )
         stream = settings.stream if settings.stream is not None else len(rows) == 1 and out.isatty()
         options: dict[str, Any] = {"positions": settings.positions, "strict": settings.strict}
         if settings.mode:
@@ -117,11 +119,19 @@ class Trial:
             torch.manual_seed(settings.seed)
         streamer = text_streamer(self.tokenizer, out) if stream else None
         outputs = complete(
-            self.model, self.tokenizer, [text] * len(rows), vector=self.vector,
-            strength=[row.strength for row in rows], max_new_tokens=settings.max_new_tokens,
-            batch_size=len(rows), progress=False, do_sample=settings.sampling,
+            self.model,
+            self.tokenizer,
+            [text] * len(rows),
+            vector=self.vector,
+            strength=[row.strength for row in rows],
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=len(rows),
+            progress=False,
+            do_sample=settings.sampling,
             temperature=settings.temperature if settings.sampling else None,
-            top_p=settings.top_p if settings.sampling else None, streamer=streamer, **options,
+            top_p=settings.top_p if settings.sampling else None,
+            streamer=streamer,
+            **options,
         )
         if streamer is not None:
             return
@@ -184,8 +194,10 @@ def describe(settings: Settings, trial: Trial) -> str:
     layers = "all layers" if settings.layers is None else f"layers {settings.layers}"
     vectors = " + ".join(f"{v.path}:{v.weight:g}" for v in settings.vectors)
     mode = settings.mode or trial.vector.metadata["injection_mode"]
-    return (f"vector {vectors} ({trial.vector.name}); rows: {rows}; mode {mode}; {layers}; "
-            f"chat {'on' if settings.chat else 'off'}; {sampling}; {settings.max_new_tokens} new tokens")
+    return (
+        f"vector {vectors} ({trial.vector.name}); rows: {rows}; mode {mode}; {layers}; "
+        f"chat {'on' if settings.chat else 'off'}; {sampling}; {settings.max_new_tokens} new tokens"
+    )
 
 
 def interact(trial: Trial, parsers: dict[str, Parse], stdin: TextIO, out: TextIO, err: TextIO) -> int:
@@ -230,7 +242,11 @@ def _command(trial: Trial, line: str, parsers: dict[str, Parse], out: TextIO) ->
         trial.use_vectors([parsers["vector"](part) for part in rest.split()])
     elif name in SETTERS:
         attribute, parse_name, empty = SETTERS[name]
-        value = empty if not rest else (parsers[parse_name] if parse_name in parsers else BUILTIN[parse_name])(rest)
+        value = (
+            empty
+            if not rest
+            else (parsers[parse_name] if parse_name in parsers else BUILTIN[parse_name])(rest)
+        )
         trial.settings = replace(settings, **{attribute: value})
     else:
         raise OptionError(f"unknown command /{name}: /help lists them")
@@ -250,4 +266,3 @@ SETTERS: dict[str, tuple[str, str, Any]] = {
     "tokens": ("max_new_tokens", "tokens", 40),
 }
 BUILTIN: dict[str, Parse] = {"on_off": _on_off, "mode": _choice("rotate", "add")}
-

@@ -90,14 +90,14 @@ class Steering:
                 self._stack_check = model.register_forward_pre_hook(self._warn_if_stacked_handle)
                 self._handles.add(self._stack_check)
             if tracker is not None:
-                self._handles.add(
-                    model.register_forward_pre_hook(tracker.observe, with_kwargs=True)
-                )
+                self._handles.add(model.register_forward_pre_hook(tracker.observe, with_kwargs=True))
             if average:
                 # Several vectors on every row, the reference code's way (see steer_averaged).
                 make = _averaged_rotation_hook if mode == "rotate" else _addition_hook
                 # rotate: (1, layers, K, hidden), so each layer's hook gets its K pushes as one row.
-                deltas = deltas.transpose(0, 1).unsqueeze(0) if mode == "rotate" else deltas.mean(0, keepdim=True)
+                deltas = (
+                    deltas.transpose(0, 1).unsqueeze(0) if mode == "rotate" else deltas.mean(0, keepdim=True)
+                )
             else:
                 make = _rotation_hook if mode == "rotate" else _addition_hook
                 if deltas.shape[0] > 1:
@@ -217,8 +217,7 @@ class _Variants:
             return self._delta[0]
         if batch % rows:
             raise SteeringError(
-                f"steering was given {rows} per-row strengths or vectors, but the batch has "
-                f"{batch} rows"
+                f"steering was given {rows} per-row strengths or vectors, but the batch has {batch} rows"
             )
         # Beam search and num_return_sequences repeat each prompt row consecutively.
         return self._delta.repeat_interleave(batch // rows, dim=0).unsqueeze(1)
@@ -494,7 +493,9 @@ def _covered_layers(vectors: list[InContextVector]) -> list[int] | None:
     return sorted(covered)
 
 
-def injection_of(vector: InContextVector, mode: str | None = None, site: str | None = None) -> tuple[str, str]:
+def injection_of(
+    vector: InContextVector, mode: str | None = None, site: str | None = None
+) -> tuple[str, str]:
     """The ``(mode, site)`` that steering with ``vector`` uses: the given ones, else the vector's.
 
     A mode other than the vector's comes with that mode's usual site (the rotation at
@@ -515,7 +516,9 @@ def _as_vectors(vector: object) -> list[InContextVector]:
     if isinstance(vector, Sequence) and vector and all(isinstance(v, InContextVector) for v in vector):
         first = vector[0].metadata
         for other in vector[1:]:
-            meta.check_same_model(first, other.metadata, what=f"vectors '{vector[0].name}' and '{other.name}'")
+            meta.check_same_model(
+                first, other.metadata, what=f"vectors '{vector[0].name}' and '{other.name}'"
+            )
         return list(vector)
     raise OptionError("vector must be an icv.InContextVector or a non-empty list of them (one per row)")
 
@@ -588,9 +591,7 @@ def _row_strengths(
         if not values:
             raise OptionError("strength must not be an empty sequence")
         if len(vectors) > 1 and len(values) != len(vectors):
-            raise OptionError(
-                f"{len(values)} strengths for {len(vectors)} {what}"
-            )
+            raise OptionError(f"{len(values)} strengths for {len(vectors)} {what}")
         return values
     return [_finite(strength, "strength")] * len(vectors)
 
@@ -627,7 +628,10 @@ def layer_weights(
 
 
 def layer_deltas(
-    vectors: list[InContextVector], strengths: list[float], weights: torch.Tensor, mode: str,
+    vectors: list[InContextVector],
+    strengths: list[float],
+    weights: torch.Tensor,
+    mode: str,
     scale: str = "activation",
 ) -> torch.Tensor:
     """``(rows, num_layers, hidden)`` float32: what each row adds (or turns towards) per layer."""
@@ -646,4 +650,8 @@ def layer_deltas(
 
 
 def _describe(strengths: list[float]) -> str:
-    return f"{strengths[0]:g}" if len(set(strengths)) == 1 else "[" + ", ".join(f"{s:g}" for s in strengths) + "]"
+    return (
+        f"{strengths[0]:g}"
+        if len(set(strengths)) == 1
+        else "[" + ", ".join(f"{s:g}" for s in strengths) + "]"
+    )

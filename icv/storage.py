@@ -61,17 +61,13 @@ def to_bytes(vector: InContextVector) -> bytes:
     return save_safetensors_bytes(tensors, metadata=meta.encode(metadata))
 
 
-def save_vector(
-    vector: InContextVector, path: str | os.PathLike[str], *, overwrite: bool = False
-) -> None:
+def save_vector(vector: InContextVector, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
     """Write ``vector`` to ``path``: temp file in the same folder, fsync, rename."""
     target = _as_path(path)
     if target.is_dir():
         raise VectorFileError(f"cannot save a vector to '{target}': it is a directory")
     if not overwrite and _exists(target):
-        raise VectorExistsError(
-            f"'{target}' exists; pass overwrite=True (or --force) to replace it"
-        )
+        raise VectorExistsError(f"'{target}' exists; pass overwrite=True (or --force) to replace it")
     data = to_bytes(vector)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
@@ -208,9 +204,7 @@ def _read_bounded(path: Path) -> bytes:
             if not stat.S_ISREG(info.st_mode):
                 raise VectorFileError(f"'{path}' is not a regular file (a device or a pipe?)")
             if info.st_size > MAX_FILE_BYTES:
-                raise VectorFileError(
-                    f"'{path}' is {info.st_size} bytes: too large to be a vector file"
-                )
+                raise VectorFileError(f"'{path}' is {info.st_size} bytes: too large to be a vector file")
             # Bounded even if the file grows while we read it.
             data = handle.read(MAX_FILE_BYTES + 1)
     except VectorFileError:
@@ -290,9 +284,7 @@ def _parse_header(data: bytes, source: str) -> dict[str, Any]:
         raise VectorFileError(f"{source}: {len(data)} bytes is too short to be a vector file")
     length = _header_length(data)
     if length > MAX_HEADER_BYTES or length > len(data) - 8:
-        raise VectorFileError(
-            f"{source}: header length {length} does not fit the file ({len(data)} bytes)"
-        )
+        raise VectorFileError(f"{source}: header length {length} does not fit the file ({len(data)} bytes)")
     try:
         header = json.loads(data[8 : 8 + length].decode("utf-8"))
     # ValueError: bad UTF-8 or JSON, or an integer past Python's digit limit.
@@ -325,8 +317,7 @@ def _check_tensor_table(
             )
         if not isinstance(info, dict) or info["dtype"] != "F32" or info["shape"] != shape:
             raise VectorFileError(
-                f"{source}: tensor '{name}' should be F32 of shape {shape}, got "
-                f"{_describe(info)}"
+                f"{source}: tensor '{name}' should be F32 of shape {shape}, got {_describe(info)}"
             )
         offsets = info.get("data_offsets")
         if (

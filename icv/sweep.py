@@ -81,8 +81,13 @@ def generate_answers(
     """Unsteered greedy answers for ``prompts``, timed."""
     started = time.perf_counter()
     raw = complete(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        progress=_show(progress, len(prompts), batch_size), stop_strings=_stops(tokenizer, stop_strings),
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=_show(progress, len(prompts), batch_size),
+        stop_strings=_stops(tokenizer, stop_strings),
     )
     return Completions([cut_answer(r) for r in raw], raw, time.perf_counter() - started)
 

@@ -48,9 +48,7 @@ def parse_args(
         default=strength,
         help=f"steering strength, also saved as the vector's recommended strength (default {strength:g})",
     )
-    parser.add_argument(
-        "--out", type=Path, default=out, help=f"where to save the vector (default {out})"
-    )
+    parser.add_argument("--out", type=Path, default=out, help=f"where to save the vector (default {out})")
     return parser.parse_args(argv)
 
 
@@ -143,8 +141,14 @@ def run_one_vector_recipe(
     )
     print(f"saved {args.out}  ({vector})\n")
     if chat:
-        columns = compare(model, tokenizer, [chat_prompt(tokenizer, q) for q in inputs], {label: (vector, args.strength)},
-                          max_new_tokens=40, cut=one_line)
+        columns = compare(
+            model,
+            tokenizer,
+            [chat_prompt(tokenizer, q) for q in inputs],
+            {label: (vector, args.strength)},
+            max_new_tokens=40,
+            cut=one_line,
+        )
     else:
         columns = compare(model, tokenizer, rewrite_prompts(inputs), {label: (vector, args.strength)})
     print_comparison(inputs, columns)

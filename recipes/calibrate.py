@@ -21,10 +21,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import load_demos  # noqa: E402
+
 import icv  # noqa: E402
 from icv.prompts import chat_prompt, paraphrase_prompt  # noqa: E402
 from icv.scorers import FunctionScorer, OffensiveScorer, Scorer, SentimentScorer  # noqa: E402
-from _common import load_demos  # noqa: E402
 
 STRENGTHS = (0.03, 0.04, 0.05, 0.06, 0.07, 0.08)
 
@@ -48,8 +49,12 @@ def _upper(outputs: list[str], _sources: Any, _references: Any) -> list[float]:
     return [1.0 if len(l) >= 3 and sum(c.isupper() for c in l) / len(l) > 0.7 else 0.0 for l in letters]
 
 
-ARCHAIC = r"\b(thee|thou|thy|thine|hath|doth|art|ye|'tis|whither|wherefore|prithee|methinks|hark|\w+(est|eth))\b"
-PIRATE = r"\b(arr+|ahoy|matey|hearty|hearties|aye|ye|yer|landlubber|treasure|sail\w*|ship\w*|sea|captain|\w+in')\b"
+ARCHAIC = (
+    r"\b(thee|thou|thy|thine|hath|doth|art|ye|'tis|whither|wherefore|prithee|methinks|hark|\w+(est|eth))\b"
+)
+PIRATE = (
+    r"\b(arr+|ahoy|matey|hearty|hearties|aye|ye|yer|landlubber|treasure|sail\w*|ship\w*|sea|captain|\w+in')\b"
+)
 
 
 @dataclass
@@ -138,8 +143,12 @@ SETUPS: dict[str, Setup] = {
         FunctionScorer("archaic", _share(ARCHAIC)),
         0.55,
     ),
-    "roleplay": Setup(_plain("roleplay", chat=True), QUESTIONS, FunctionScorer("pirate", _share(PIRATE)), 0.35, True),
-    "formatting": Setup(_plain("formatting", chat=True), QUESTIONS, FunctionScorer("upper_case", _upper), 0.35, True),
+    "roleplay": Setup(
+        _plain("roleplay", chat=True), QUESTIONS, FunctionScorer("pirate", _share(PIRATE)), 0.35, True
+    ),
+    "formatting": Setup(
+        _plain("formatting", chat=True), QUESTIONS, FunctionScorer("upper_case", _upper), 0.35, True
+    ),
     "compose_add": Setup(
         _positive_formal,
         [
@@ -152,9 +161,7 @@ SETUPS: dict[str, Setup] = {
         ],
         FunctionScorer(
             "positive_and_formal",
-            lambda o, s, r: [
-                a * b for a, b in zip(SentimentScorer("positive").score(o), _formal(o, s, r))
-            ],
+            lambda o, s, r: [a * b for a, b in zip(SentimentScorer("positive").score(o), _formal(o, s, r))],
         ),
         0.55,
     ),
@@ -168,8 +175,16 @@ def main(names: list[str]) -> None:
         prompt = (lambda q: chat_prompt(tokenizer, q)) if setup.chat else paraphrase_prompt
         vector = setup.build(model, tokenizer)
         calibrated, report = icv.calibrate(
-            model, tokenizer, vector, setup.inputs, style=setup.style, strengths=STRENGTHS,
-            min_content=setup.min_content, prompt=prompt, max_new_tokens=32, batch_size=len(setup.inputs) * 7,
+            model,
+            tokenizer,
+            vector,
+            setup.inputs,
+            style=setup.style,
+            strengths=STRENGTHS,
+            min_content=setup.min_content,
+            prompt=prompt,
+            max_new_tokens=32,
+            batch_size=len(setup.inputs) * 7,
             progress=False,
         )
         print(f"## {name}: chosen {calibrated.recommended_strength:g} (feasible: {report.feasible})")

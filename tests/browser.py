@@ -38,8 +38,9 @@ def chromium_path() -> str | None:
 
 def sync_playwright():
     """Playwright's sync API, or a skip that says what to install."""
-    api = pytest.importorskip("playwright.sync_api",
-                              reason="the browser tests need Playwright's Python package (the 'test' extra)")
+    api = pytest.importorskip(
+        "playwright.sync_api", reason="the browser tests need Playwright's Python package (the 'test' extra)"
+    )
     if chromium_path() is None:
         pytest.skip(f"no Chromium to drive: install Debian's chromium (`make browser`) or set {CHROMIUM_ENV}")
     return api.sync_playwright

@@ -34,7 +34,9 @@ def pytest_configure(config):
 
 def run_conditions(config) -> str:
     seed = getattr(config.option, "randomly_seed", None)
-    order = f"random order, seed {seed} (replay: --randomly-seed={seed})" if seed is not None else "file order"
+    order = (
+        f"random order, seed {seed} (replay: --randomly-seed={seed})" if seed is not None else "file order"
+    )
     return f"torch threads: {config._icv_threads} (fixed for the session; {THREADS_ENV} sets it); {order}"
 
 

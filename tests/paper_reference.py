@@ -23,9 +23,8 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
-from torch import nn
-
 from steering_reference import site_module
+from torch import nn
 
 SPECIAL = set("~!@#$%^&*()_+`-={}[]|\\:;\"'<>,.?/")
 
@@ -106,8 +105,10 @@ def paper_steering(model: nn.Module, vectors: Sequence[torch.Tensor], lams: Sequ
 
         return hook
 
-    handles = [site_module(model, layer, "mlp").register_forward_hook(make(layer))
-               for layer in range(_num_layers(model))]
+    handles = [
+        site_module(model, layer, "mlp").register_forward_hook(make(layer))
+        for layer in range(_num_layers(model))
+    ]
     try:
         yield
     finally:

@@ -17,7 +17,6 @@ httpx = pytest.importorskip("httpx", reason="the serving tests need httpx (the '
 
 from icv.serving.server import BackgroundServer  # noqa: E402
 
-
 # Review sentences and their positive rewrites: the real model's demonstrations.
 REVIEW_DEMOS = [
     ("The food was cold and bland.", "The food was warm and delicious."),
@@ -54,8 +53,13 @@ def wait_idle(server: BackgroundServer, timeout: float = 30.0) -> None:
 def expected(model, tok, text, steering=None, positions="all", new=8, special=True):
     """Greedy completion text by icv.steer + generate; ``steering`` is [(vector, strength), ...]."""
     ids = torch.tensor([tok(text, add_special_tokens=special)["input_ids"]])
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
-                  pad_token_id=0)
+    kwargs = dict(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new,
+        do_sample=False,
+        pad_token_id=0,
+    )
     if not steering:
         out = model.generate(**kwargs)
     else:
@@ -64,7 +68,15 @@ def expected(model, tok, text, steering=None, positions="all", new=8, special=Tr
             total = vector * strength if total is None else total + vector * strength
         with icv.steer(model, total, 1.0, positions=positions):
             out = model.generate(**kwargs)
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
-__all__ = ["REVIEW_DEMOS", "BackgroundServer", "expected", "httpx", "library_from", "save_vectors", "wait_idle"]
+__all__ = [
+    "REVIEW_DEMOS",
+    "BackgroundServer",
+    "expected",
+    "httpx",
+    "library_from",
+    "save_vectors",
+    "wait_idle",
+]

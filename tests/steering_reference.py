@@ -105,6 +105,4 @@ def manual_steering(
 
 def hook_count(model: nn.Module) -> int:
     """Forward and pre-forward hooks on every module of ``model``."""
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()
-    )
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

@@ -10,9 +10,9 @@ import warnings
 
 import pytest
 import torch
+from tiny import DEMOS, ByteTokenizer, tiny_model
 
 import icv
-from tiny import DEMOS, ByteTokenizer, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +35,35 @@ FILES = {
     # name: (content, error type, text the message must contain; {file} is the path)
     "missing column.csv": ("a,b\nonly one\n", icv.DemoError, "{file}:2: expected two columns"),
     "missing column.tsv": ("a\tb\n\nc\n", icv.DemoError, "{file}:3: expected two columns"),
-    "extra column.csv": ("a,b\nthe food, sadly, was cold,warm food\n", icv.DemoError,
-                         "{file}:2: expected two columns (source, target), got 4; quote fields"),
-    "missing key.jsonl": ('{"source": "a", "target": "b"}\n{"source": "a"}\n', icv.DemoError,
-                          "{file}:2: expected an object with 'source' and 'target'"),
+    "extra column.csv": (
+        "a,b\nthe food, sadly, was cold,warm food\n",
+        icv.DemoError,
+        "{file}:2: expected two columns (source, target), got 4; quote fields",
+    ),
+    "missing key.jsonl": (
+        '{"source": "a", "target": "b"}\n{"source": "a"}\n',
+        icv.DemoError,
+        "{file}:2: expected an object with 'source' and 'target'",
+    ),
     "not an object.jsonl": ('["a", "b"]\n', icv.DemoError, "{file}:1: expected an object"),
-    "array in jsonl.jsonl": ('[["a", "b"], ["c", "d"]]\n', icv.DemoError, "name it .json, or write one object per line"),
-    "bad item.json": ('[["a", "b"],\n {"source": "c"}]', icv.DemoError, "{file}: item 1 needs the keys 'source' and 'target'"),
+    "array in jsonl.jsonl": (
+        '[["a", "b"], ["c", "d"]]\n',
+        icv.DemoError,
+        "name it .json, or write one object per line",
+    ),
+    "bad item.json": (
+        '[["a", "b"],\n {"source": "c"}]',
+        icv.DemoError,
+        "{file}: item 1 needs the keys 'source' and 'target'",
+    ),
     "empty item.json": ('[["a", " "]]', icv.DemoError, "{file}: item 0 target is empty"),
     "broken array.json": ('[["a", "b"],\n ["c"', icv.DemoError, "{file}:2: invalid JSON"),
     "empty array.json": ("[]", icv.DemoError, "{file}: no demonstrations found"),
-    "invalid json.jsonl": ('{"source": "a", "target": "b"}\n\n{"source": \n', icv.DemoError,
-                           "{file}:3: invalid JSON"),
+    "invalid json.jsonl": (
+        '{"source": "a", "target": "b"}\n\n{"source": \n',
+        icv.DemoError,
+        "{file}:3: invalid JSON",
+    ),
     "deep json.jsonl": ("[" * 5000 + "\n", icv.DemoError, "{file}:1: JSON too large or too deeply nested"),
     "huge int.jsonl": ('{"source": ' + "1" * 5000 + "}\n", icv.DemoError, "{file}:1: JSON too large"),
     "number.jsonl": ('{"source": 3, "target": "b"}\n', icv.DemoError, "{file}:1: source must be a string"),
@@ -73,7 +90,11 @@ def test_bad_demo_files(tmp_path, name):
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
 def test_non_utf8_bytes_name_the_file_and_line(tmp_path, suffix):
     path = tmp_path / f"latin1{suffix}"
-    good = '{"source": "a", "target": "b"}\n' if suffix == ".jsonl" else "a,b\n".replace(",", "," if suffix == ".csv" else "\t")
+    good = (
+        '{"source": "a", "target": "b"}\n'
+        if suffix == ".jsonl"
+        else "a,b\n".replace(",", "," if suffix == ".csv" else "\t")
+    )
     path.write_bytes(good.encode() * 2 + "caf\xe9".encode("latin-1") + b"\n")
     with pytest.raises(icv.DemoError, match=rf"latin1\{suffix}:3: not valid UTF-8"):
         icv.read_demos(path)
@@ -100,8 +121,10 @@ def test_a_json_file_may_hold_one_array_of_pairs_or_json_lines(tmp_path):
 
 def test_line_separators_inside_json_strings_are_not_line_breaks(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"source": "a\u2028b", "target": "c\x85d\u2029"}\n{"source": "e", "target": "f"}\n'
-                    '{"source": 1}\n', encoding="utf-8")
+    path.write_text(
+        '{"source": "a\u2028b", "target": "c\x85d\u2029"}\n{"source": "e", "target": "f"}\n{"source": 1}\n',
+        encoding="utf-8",
+    )
     with pytest.raises(icv.DemoError, match=r"d\.jsonl:3:"):  # line numbers as an editor counts them
         icv.read_demos(path)
     path.write_text('{"source": "a\u2028b", "target": "c"}\n', encoding="utf-8")
@@ -124,7 +147,10 @@ def test_a_path_that_is_not_a_path():
 
 BAD_DEMOS = {
     "empty list": ([], "no demonstrations given"),
-    "a string": ("the food was cold", "demos is a string, not a list of pairs, and no file 'the food was cold'"),
+    "a string": (
+        "the food was cold",
+        "demos is a string, not a list of pairs, and no file 'the food was cold'",
+    ),
     "a missing file": ("absent-demos.jsonl", "cannot read demonstrations from 'absent-demos.jsonl'"),
     "not iterable": (3, "must be a list"),
     "empty source": ([("", "b")], "demo 0 source is empty"),
@@ -176,7 +202,9 @@ def test_demos_longer_than_the_context_are_cut_from_the_left(model):
     inside = "." * context  # one token per byte: the context ends inside this filler
     long_a = [("x" * (2 * context) + inside + s, "y" * (3 * context) + inside + t) for s, t in DEMOS]
     long_b = [("q" * context + inside + s, "w" * 10 + inside + t) for s, t in DEMOS]
-    with pytest.warns(UserWarning, match=rf"exceed the model's context of {context} tokens and were truncated from the left"):
+    with pytest.warns(
+        UserWarning, match=rf"exceed the model's context of {context} tokens and were truncated from the left"
+    ):
         a = icv.extract(model, ByteTokenizer(), long_a)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -193,22 +221,41 @@ STEER_OPTIONS = {
     "strength NaN": (dict(strength=math.nan), icv.OptionError, "strength must be finite, got nan"),
     "strength inf": (dict(strength=math.inf), icv.OptionError, "strength must be finite, got inf"),
     "strength -inf": (dict(strength=-math.inf), icv.OptionError, "strength must be finite"),
-    "strength tensor NaN": (dict(strength=torch.tensor(float("nan"))), icv.OptionError, "strength must be finite"),
+    "strength tensor NaN": (
+        dict(strength=torch.tensor(float("nan"))),
+        icv.OptionError,
+        "strength must be finite",
+    ),
     "per-row strength inf": (dict(strength=[0.1, math.inf]), icv.OptionError, "strength[1] must be finite"),
     "strength text": (dict(strength="0.1"), icv.OptionError, "strength must be a number"),
-    "layer too high": (dict(layers=[0, 3]), icv.OptionError, "layer 3 is out of range for a model with 3 layers"),
+    "layer too high": (
+        dict(layers=[0, 3]),
+        icv.OptionError,
+        "layer 3 is out of range for a model with 3 layers",
+    ),
     "layer too low": (dict(layers=[-4]), icv.OptionError, "layer -4 is out of range"),
     "layer not an int": (dict(layers=[1.5]), icv.OptionError, "layer indices must be integers"),
     "layers an int": (dict(layers=5), icv.OptionError, "layers must be layer indices"),
     "layers empty": (dict(layers=[]), icv.OptionError, "no layer selected"),
     "layer weight NaN": (dict(layers={0: math.nan}), icv.OptionError, "weight of layer 0 must be finite"),
-    "profile wrong shape": (dict(layers=torch.ones(4)), icv.OptionError, "layer profile tensor must have shape (3,)"),
-    "profile inf": (dict(layers=torch.tensor([1.0, math.inf, 1.0])), icv.OptionError, "layer profile must be finite"),
+    "profile wrong shape": (
+        dict(layers=torch.ones(4)),
+        icv.OptionError,
+        "layer profile tensor must have shape (3,)",
+    ),
+    "profile inf": (
+        dict(layers=torch.tensor([1.0, math.inf, 1.0])),
+        icv.OptionError,
+        "layer profile must be finite",
+    ),
     "unknown mode": (dict(mode="push"), icv.OptionError, "unknown mode 'push'"),
     "unknown site": (dict(site="mlpp"), icv.OptionError, "unknown site 'mlpp'"),
     "unknown positions": (dict(positions="last"), icv.OptionError, "unknown positions 'last'"),
-    "misspelt option": (dict(strenght=0.1), icv.UnknownOptionError,
-                        "icv.steer() has no option 'strenght' (did you mean 'strength'?)"),
+    "misspelt option": (
+        dict(strenght=0.1),
+        icv.UnknownOptionError,
+        "icv.steer() has no option 'strenght' (did you mean 'strength'?)",
+    ),
     "unknown option": (dict(temperature=0.7), icv.UnknownOptionError, "has no option 'temperature'"),
     "not a vector": (dict(vector="v.safetensors"), icv.OptionError, "vector must be an icv.InContextVector"),
 }
@@ -233,14 +280,28 @@ def test_unknown_options_are_also_type_errors(model, vector):
 
 
 def test_every_existing_keyword_still_works(model, vector):
-    with icv.steer(model, vector, 0.1, mode="add", site="block", layers=[0, -1], positions="prompt",
-                   architecture=None):
+    with icv.steer(
+        model, vector, 0.1, mode="add", site="block", layers=[0, -1], positions="prompt", architecture=None
+    ):
         pass
     with icv.steer(model=model, vector=vector, strength=0.1):
         pass
-    icv.extract(model=model, tokenizer=ByteTokenizer(), demos=DEMOS, method="mean", site="mlp",
-                template="Q: {text}", batch_size=2, padding_side="left", name="n", injection_mode="add",
-                injection_site="attn", recommended_strength=0.2, progress=False, architecture=None)
+    icv.extract(
+        model=model,
+        tokenizer=ByteTokenizer(),
+        demos=DEMOS,
+        method="mean",
+        site="mlp",
+        template="Q: {text}",
+        batch_size=2,
+        padding_side="left",
+        name="n",
+        injection_mode="add",
+        injection_site="attn",
+        recommended_strength=0.2,
+        progress=False,
+        architecture=None,
+    )
 
 
 EXTRACT_OPTIONS = {
@@ -248,18 +309,39 @@ EXTRACT_OPTIONS = {
     "unknown site": (dict(site="residual"), icv.OptionError, "unknown site 'residual'"),
     "unknown injection mode": (dict(injection_mode="push"), icv.OptionError, "unknown injection_mode 'push'"),
     "unknown injection site": (dict(injection_site="head"), icv.OptionError, "unknown injection_site 'head'"),
-    "bad padding side": (dict(padding_side="middle"), icv.OptionError, "padding_side must be 'left' or 'right'"),
+    "bad padding side": (
+        dict(padding_side="middle"),
+        icv.OptionError,
+        "padding_side must be 'left' or 'right'",
+    ),
     "batch size 0": (dict(batch_size=0), icv.OptionError, "batch_size must be a positive integer"),
     "batch size float": (dict(batch_size=2.5), icv.OptionError, "batch_size must be a positive integer"),
-    "template without {text}": (dict(template="Q: {query}"), icv.DemoError, "template must be a string containing '{text}'"),
-    "template with other braces": (dict(template="{text} {x}"), icv.DemoError, "has braces other than '{text}'"),
-    "recommended strength NaN": (dict(recommended_strength=math.nan), icv.OptionError,
-                                 "metadata 'recommended_strength' is not finite"),
-    "recommended strength text": (dict(recommended_strength="0.1"), icv.OptionError,
-                                  "metadata 'recommended_strength' should be float"),
+    "template without {text}": (
+        dict(template="Q: {query}"),
+        icv.DemoError,
+        "template must be a string containing '{text}'",
+    ),
+    "template with other braces": (
+        dict(template="{text} {x}"),
+        icv.DemoError,
+        "has braces other than '{text}'",
+    ),
+    "recommended strength NaN": (
+        dict(recommended_strength=math.nan),
+        icv.OptionError,
+        "metadata 'recommended_strength' is not finite",
+    ),
+    "recommended strength text": (
+        dict(recommended_strength="0.1"),
+        icv.OptionError,
+        "metadata 'recommended_strength' should be float",
+    ),
     "name not a string": (dict(name=3), icv.OptionError, "metadata 'name' should be str"),
-    "misspelt option": (dict(methd="mean"), icv.UnknownOptionError,
-                        "icv.extract() has no option 'methd' (did you mean 'method'?)"),
+    "misspelt option": (
+        dict(methd="mean"),
+        icv.UnknownOptionError,
+        "icv.extract() has no option 'methd' (did you mean 'method'?)",
+    ),
 }
 
 

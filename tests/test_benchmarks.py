@@ -79,7 +79,9 @@ def test_extraction_cost_compares_three_arms():
 def test_memory_run_keeps_the_vector_small_and_hidden_states_growing_with_tokens():
     model, tokenizer = tiny_model("llama"), ByteTokenizer()
     short = extraction_memory.run_once(model, tokenizer, list(DEMOS), "hidden_states")
-    longer = extraction_memory.run_once(model, tokenizer, extraction_memory.stretched(DEMOS, 2), "hidden_states")
+    longer = extraction_memory.run_once(
+        model, tokenizer, extraction_memory.stretched(DEMOS, 2), "hidden_states"
+    )
     vector = extraction_memory.run_once(model, tokenizer, extraction_memory.stretched(DEMOS, 2), "extract")
     assert longer["tokens"] > short["tokens"] and longer["kept_bytes"] > short["kept_bytes"]
     layers, hidden = model.config.num_hidden_layers, model.config.hidden_size

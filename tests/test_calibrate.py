@@ -6,12 +6,12 @@ import importlib
 
 import pytest
 import torch
+from tiny import ByteTokenizer
 
 import icv
 from icv.errors import OptionError
 from icv.scorers import FunctionScorer
 from icv.sweep import Completions
-from tiny import ByteTokenizer
 
 calibration = importlib.import_module("icv.calibrate")  # icv.calibrate is the function
 DEMOS = [("bad day", "good day"), ("i hate it", "i love it")]
@@ -42,17 +42,26 @@ def strength_as_text(monkeypatch):
 
 
 def of_strength(name, function, higher_is_better=True):
-    return FunctionScorer(name, lambda outputs, s, r: [function(float(o)) for o in outputs],
-                          higher_is_better=higher_is_better)
+    return FunctionScorer(
+        name, lambda outputs, s, r: [function(float(o)) for o in outputs], higher_is_better=higher_is_better
+    )
 
 
-STYLE = of_strength("style", lambda s: min(1.0, 10 * s))        # rises with strength
-CONTENT = of_strength("content", lambda s: 1.0 - 4 * s)          # >= 0.65 up to s = 0.0875
+STYLE = of_strength("style", lambda s: min(1.0, 10 * s))  # rises with strength
+CONTENT = of_strength("content", lambda s: 1.0 - 4 * s)  # >= 0.65 up to s = 0.0875
 
 
 def test_picks_the_strongest_strength_within_the_content_floor(llama, vector, strength_as_text):
-    result = icv.calibrate(llama, ByteTokenizer(), vector, INPUTS, style=STYLE, content=CONTENT,
-                           strengths=[0.03, 0.05, 0.07, 0.09, 0.11], min_content=0.65)
+    result = icv.calibrate(
+        llama,
+        ByteTokenizer(),
+        vector,
+        INPUTS,
+        style=STYLE,
+        content=CONTENT,
+        strengths=[0.03, 0.05, 0.07, 0.09, 0.11],
+        min_content=0.65,
+    )
     assert result.report.chosen.strength == 0.07
     assert result.vector.recommended_strength == 0.07
     assert result.report.feasible
@@ -64,9 +73,21 @@ def test_picks_the_strongest_strength_within_the_content_floor(llama, vector, st
 
 
 def test_perplexity_ceiling_is_relative_to_the_unsteered_outputs(llama, vector, strength_as_text):
-    fluency = of_strength("ppl", lambda s: 10.0 + 2000.0 * s * s, higher_is_better=False)  # doubles at s = 0.0707
-    result = icv.calibrate(llama, ByteTokenizer(), vector, INPUTS, style=STYLE, content=CONTENT, fluency=fluency,
-                           strengths=[0.04, 0.06, 0.08], min_content=0.0, max_perplexity_ratio=2.0)
+    fluency = of_strength(
+        "ppl", lambda s: 10.0 + 2000.0 * s * s, higher_is_better=False
+    )  # doubles at s = 0.0707
+    result = icv.calibrate(
+        llama,
+        ByteTokenizer(),
+        vector,
+        INPUTS,
+        style=STYLE,
+        content=CONTENT,
+        fluency=fluency,
+        strengths=[0.04, 0.06, 0.08],
+        min_content=0.0,
+        max_perplexity_ratio=2.0,
+    )
     assert result.report.floors["max_perplexity"] == pytest.approx(20.0)
     assert result.report.chosen.strength == 0.06
     assert any("perplexity" in reason for reason in result.report.points[-1].reasons)
@@ -74,22 +95,32 @@ def test_perplexity_ceiling_is_relative_to_the_unsteered_outputs(llama, vector, 
 
 def test_ties_go_to_the_smaller_strength(llama, vector, strength_as_text):
     flat = of_strength("style", lambda s: 1.0)
-    result = icv.calibrate(llama, ByteTokenizer(), vector, INPUTS, style=flat, content=CONTENT,
-                           strengths=[0.02, 0.04, 0.06])
+    result = icv.calibrate(
+        llama, ByteTokenizer(), vector, INPUTS, style=flat, content=CONTENT, strengths=[0.02, 0.04, 0.06]
+    )
     assert result.vector.recommended_strength == 0.02
 
 
 def test_no_feasible_strength_warns_and_takes_the_smallest(llama, vector, strength_as_text):
     with pytest.warns(UserWarning, match="no strength"):
-        result = icv.calibrate(llama, ByteTokenizer(), vector, INPUTS, style=STYLE, content=CONTENT,
-                               strengths=[0.2, 0.1], min_content=0.9)
+        result = icv.calibrate(
+            llama,
+            ByteTokenizer(),
+            vector,
+            INPUTS,
+            style=STYLE,
+            content=CONTENT,
+            strengths=[0.2, 0.1],
+            min_content=0.9,
+        )
     assert not result.report.feasible
     assert result.vector.recommended_strength == 0.1
 
 
 def test_recommended_strength_is_what_steer_uses(llama, vector, strength_as_text):
-    result = icv.calibrate(llama, ByteTokenizer(), vector, INPUTS, style=STYLE, content=CONTENT,
-                           strengths=[0.05], mode="add")
+    result = icv.calibrate(
+        llama, ByteTokenizer(), vector, INPUTS, style=STYLE, content=CONTENT, strengths=[0.05], mode="add"
+    )
     assert result.vector.metadata["injection_mode"] == "add"
     assert result.vector.metadata["injection_site"] == "block"
     with icv.steer(llama, result.vector) as steering:
@@ -109,9 +140,15 @@ def test_layer_ranges_on_a_tiny_model(llama, vector):
     """Real generation: the chosen layer set is kept in the returned vector, the rest zeroed."""
     prefers_layer_one = FunctionScorer("style", lambda outputs, s, r: [1.0] * len(outputs))
     result = icv.calibrate(
-        llama, DecodingTokenizer(), vector, INPUTS, style=prefers_layer_one,
+        llama,
+        DecodingTokenizer(),
+        vector,
+        INPUTS,
+        style=prefers_layer_one,
         content=FunctionScorer("content", lambda outputs, s, r: [1.0] * len(outputs)),
-        strengths=[0.1], layer_ranges=[[1], range(0, 3)], max_new_tokens=4,
+        strengths=[0.1],
+        layer_ranges=[[1], range(0, 3)],
+        max_new_tokens=4,
     )
     chosen = result.report.chosen
     assert chosen.layers == [1]  # tie on style and strength: the first candidate wins

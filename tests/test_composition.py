@@ -10,16 +10,23 @@ import warnings
 
 import pytest
 import torch
-
-import icv
 from paper_reference import paper_steering
 from steering_reference import add, hook_count, manual_steering, site_module
 from tiny import ByteTokenizer, tiny_model
 
-POSITIVE = [("the food was cold", "the food was warm"), ("service was slow", "service was quick"),
-            ("i hated it", "i loved it"), ("dirty room", "clean room")]
-FORMAL = [("gonna be late, sry", "I will be late, my apologies"), ("thx a lot", "Thank you very much"),
-          ("wanna come?", "Would you like to come?")]
+import icv
+
+POSITIVE = [
+    ("the food was cold", "the food was warm"),
+    ("service was slow", "service was quick"),
+    ("i hated it", "i loved it"),
+    ("dirty room", "clean room"),
+]
+FORMAL = [
+    ("gonna be late, sry", "I will be late, my apologies"),
+    ("thx a lot", "Thank you very much"),
+    ("wanna come?", "Would you like to come?"),
+]
 TEXT = "the waiter was rude and slow"
 
 
@@ -44,9 +51,14 @@ def mean_block_shift(model, tok, demos) -> torch.Tensor:
 
     def read(text):
         captured = {}
-        handles = [site_module(model, l, "block").register_forward_hook(
-            lambda _m, _a, out, l=l: captured.__setitem__(l, (out if isinstance(out, torch.Tensor) else out[0])[0, -1]))
-            for l in range(layers)]
+        handles = [
+            site_module(model, l, "block").register_forward_hook(
+                lambda _m, _a, out, l=l: captured.__setitem__(
+                    l, (out if isinstance(out, torch.Tensor) else out[0])[0, -1]
+                )
+            )
+            for l in range(layers)
+        ]
         try:
             logits(model, tok, text)
         finally:
@@ -104,7 +116,9 @@ def pair(model, tok):
 
 
 def _as_add(v):
-    return v.with_metadata(injection_mode="add", injection_site="block", recommended_strength=v.recommended_strength)
+    return v.with_metadata(
+        injection_mode="add", injection_site="block", recommended_strength=v.recommended_strength
+    )
 
 
 def test_adding_zero_times_a_vector_changes_nothing(model, tok, pair):
@@ -278,7 +292,9 @@ def test_imported_partial_control_vector_steers_only_its_layers(model, tok, tmp_
     padded = icv.gguf.import_gguf(tmp_path / "partial.gguf", model=model)
     assert padded.num_layers == 3 and padded.layers == [1]
     assert torch.equal(padded.directions[2], torch.zeros(32))
-    assert torch.equal(icv.gguf.import_gguf(tmp_path / "partial.gguf", num_layers=3).directions, padded.directions)
+    assert torch.equal(
+        icv.gguf.import_gguf(tmp_path / "partial.gguf", num_layers=3).directions, padded.directions
+    )
     with icv.steer(model, short) as steering:  # padded to the model it steers
         assert hook_count(model) == 1 and steering.active
         steered = logits(model, tok)

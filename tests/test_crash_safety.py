@@ -19,9 +19,17 @@ import torch
 
 import icv
 
-META = dict(model_name="crash-test", model_type="llama", method="mean", extraction_site="block",
-            injection_mode="rotate", injection_site="mlp", num_demos=1, demos_sha256="0" * 64,
-            prompt_template="{text}")
+META = dict(
+    model_name="crash-test",
+    model_type="llama",
+    method="mean",
+    extraction_site="block",
+    injection_mode="rotate",
+    injection_site="mlp",
+    num_demos=1,
+    demos_sha256="0" * 64,
+    prompt_template="{text}",
+)
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "fork") or sys.platform == "darwin", reason="needs fork() and SIGKILL"

@@ -45,8 +45,13 @@ def offloaded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama")
     tiny_model("llama").save_pretrained(folder / "model")
     device_map = {
-        "model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
-        "model.layers.1": "disk", "model.layers.2": "disk", "model.norm": "cpu", "lm_head": "cpu",
+        "model.embed_tokens": "cpu",
+        "model.rotary_emb": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.layers.2": "disk",
+        "model.norm": "cpu",
+        "lm_head": "cpu",
     }
     model = AutoModelForCausalLM.from_pretrained(
         folder / "model", device_map=device_map, offload_folder=folder / "offload", dtype=torch.float32
@@ -93,17 +98,22 @@ def test_steering_a_disk_offloaded_model_matches_one_device(offloaded, reference
 @pytest.mark.parametrize("positions", ["all", "generated"])
 def test_generation_on_a_disk_offloaded_model_matches_one_device(offloaded, reference, positions):
     model, vec = reference
-    assert torch.equal(generate(offloaded, vec, positions=positions), generate(model, vec, positions=positions))
+    assert torch.equal(
+        generate(offloaded, vec, positions=positions), generate(model, vec, positions=positions)
+    )
 
 
 def test_cpu_offload_with_per_row_strengths(reference):
     model, vec = reference
     offloaded = cpu_offload(copy.deepcopy(model), execution_device=torch.device("cpu"))
     assert offloaded.model.layers[0].mlp.down_proj.weight.device.type == "meta"
-    torch.testing.assert_close(icv.extract(offloaded, ByteTokenizer(), DEMOS).directions, vec.directions,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        icv.extract(offloaded, ByteTokenizer(), DEMOS).directions, vec.directions, atol=1e-6, rtol=0
+    )
     strengths = [0.0, 0.5, 1.0]
-    torch.testing.assert_close(logits(offloaded, vec, strengths), logits(model, vec, strengths), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        logits(offloaded, vec, strengths), logits(model, vec, strengths), atol=1e-5, rtol=0
+    )
     assert not icv.is_steered(offloaded)
 
 
@@ -151,28 +161,41 @@ def test_deltas_are_cast_to_each_activations_device_and_dtype():
     assert variants.get(torch.zeros(4, 3, 8))[0] is variants.get(torch.ones(4, 5, 8))[0]  # cast once
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: a model split over cuda:0 and the CPU")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU: a model split over cuda:0 and the CPU"
+)
 def test_a_model_split_between_gpu_and_cpu_matches_one_device(reference, tmp_path):
     model, vec = reference
     model.save_pretrained(tmp_path / "model")
     device_map = {
-        "model.embed_tokens": 0, "model.rotary_emb": 0, "model.layers.0": 0, "model.layers.1": "cpu",
-        "model.layers.2": 0, "model.norm": 0, "lm_head": 0,
+        "model.embed_tokens": 0,
+        "model.rotary_emb": 0,
+        "model.layers.0": 0,
+        "model.layers.1": "cpu",
+        "model.layers.2": 0,
+        "model.norm": 0,
+        "lm_head": 0,
     }
-    split = AutoModelForCausalLM.from_pretrained(tmp_path / "model", device_map=device_map, dtype=torch.float32)
+    split = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "model", device_map=device_map, dtype=torch.float32
+    )
     split.config._name_or_path = "tiny-llama"
     split_vec = icv.extract(split, ByteTokenizer(), DEMOS)
     torch.testing.assert_close(split_vec.directions, vec.directions, atol=1e-5, rtol=0)
     for mode in ("rotate", "add"):
-        torch.testing.assert_close(logits(split, vec, 0.8, mode=mode).cpu(), logits(model, vec, 0.8, mode=mode),
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            logits(split, vec, 0.8, mode=mode).cpu(), logits(model, vec, 0.8, mode=mode), atol=1e-4, rtol=0
+        )
 
 
 @pytest.mark.real_model
 def test_real_model_in_bfloat16_matches_float32(real):
     model, tok = real
-    demos = [("The food was cold.", "The food was hot."), ("I hated it.", "I loved it."),
-             ("The staff were rude.", "The staff were kind.")]
+    demos = [
+        ("The food was cold.", "The food was hot."),
+        ("I hated it.", "I loved it."),
+        ("The staff were rude.", "The staff were kind."),
+    ]
     vec = icv.extract(model, tok, demos)
     half = copy.deepcopy(model).to(torch.bfloat16)
     half_vec = icv.extract(half, tok, demos)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny import ByteTokenizer
 
 import icv
 from icv.errors import OptionError
 from icv.evaluate import evaluate, read_inputs
 from icv.scorers import FunctionScorer, RepetitionScorer
 from icv.sweep import steered_answers
-from tiny import ByteTokenizer
 
 DEMOS = [("bad day", "good day"), ("i hate it", "i love it")]
 INPUTS = ["the food was cold", "slow service", "meh"]
@@ -26,12 +26,17 @@ class DecodingTokenizer(ByteTokenizer):
 
 def fake_style():
     # Deterministic function of the text, so steering that changes text changes it.
-    return FunctionScorer("vowels", lambda outputs, s, r: [float(sum(c in "aeiou" for c in o) % 2) for o in outputs])
+    return FunctionScorer(
+        "vowels", lambda outputs, s, r: [float(sum(c in "aeiou" for c in o) % 2) for o in outputs]
+    )
 
 
 def fake_content():
-    return FunctionScorer("overlap", lambda outputs, sources, r: [len(set(o) & set(s)) / 26 for o, s in zip(outputs, sources)],
-                          needs_sources=True)
+    return FunctionScorer(
+        "overlap",
+        lambda outputs, sources, r: [len(set(o) & set(s)) / 26 for o, s in zip(outputs, sources)],
+        needs_sources=True,
+    )
 
 
 @pytest.fixture
@@ -41,8 +46,16 @@ def tok():
 
 def test_harness_reports_every_method_and_writes_json_markdown_png(llama, tok, tmp_path):
     evaluation = evaluate(
-        llama, tok, DEMOS, INPUTS, style=fake_style(), content=fake_content(),
-        scorers=[RepetitionScorer(3)], strengths=[0.05, 0.2], max_new_tokens=6, batch_size=2,
+        llama,
+        tok,
+        DEMOS,
+        INPUTS,
+        style=fake_style(),
+        content=fake_content(),
+        scorers=[RepetitionScorer(3)],
+        strengths=[0.05, 0.2],
+        max_new_tokens=6,
+        batch_size=2,
     )
     labels = [r.label for r in evaluation.results]
     assert labels == ["zero-shot", "icl", "icv @ 0.05", "icv @ 0.2"]
@@ -68,8 +81,17 @@ def test_harness_reports_every_method_and_writes_json_markdown_png(llama, tok, t
 
 def test_icv_at_strength_zero_matches_zero_shot(llama, tok):
     evaluation = evaluate(
-        llama, tok, DEMOS, INPUTS, style=fake_style(), content=fake_content(), scorers=[],
-        strengths=[0.0, 0.5], methods=["zero-shot", "icv"], max_new_tokens=6, batch_size=4,
+        llama,
+        tok,
+        DEMOS,
+        INPUTS,
+        style=fake_style(),
+        content=fake_content(),
+        scorers=[],
+        strengths=[0.0, 0.5],
+        methods=["zero-shot", "icv"],
+        max_new_tokens=6,
+        batch_size=4,
     )
     assert evaluation.result("icv", 0.0).outputs == evaluation.result("zero-shot").outputs
     assert evaluation.result("icv", 0.5).outputs != evaluation.result("zero-shot").outputs
@@ -86,8 +108,16 @@ def test_per_row_strengths_in_one_batch_match_separate_runs(llama, tok):
 def test_recommended_strength_joins_the_default_sweep_and_is_marked(llama, tok):
     vector = icv.extract(llama, tok, DEMOS).with_metadata(recommended_strength=0.06)
     evaluation = evaluate(
-        llama, tok, DEMOS, INPUTS[:1], style=fake_style(), content=fake_content(), scorers=[],
-        vector=vector, methods=["icv"], max_new_tokens=3,
+        llama,
+        tok,
+        DEMOS,
+        INPUTS[:1],
+        style=fake_style(),
+        content=fake_content(),
+        scorers=[],
+        vector=vector,
+        methods=["icv"],
+        max_new_tokens=3,
     )
     assert [r.strength for r in evaluation.results] == [0.03, 0.05, 0.06, 0.07, 0.09]
     table = evaluation.markdown()
@@ -102,8 +132,17 @@ def test_bad_arguments_are_option_errors(llama, tok):
     with pytest.raises(OptionError, match="inputs"):
         evaluate(llama, tok, DEMOS, [], style=fake_style())
     with pytest.raises(OptionError, match="repeat"):
-        evaluate(llama, tok, DEMOS, INPUTS, style=fake_style(), content=fake_content(), scorers=[],
-                 methods=["icv"], strengths=[0.1, 0.1])
+        evaluate(
+            llama,
+            tok,
+            DEMOS,
+            INPUTS,
+            style=fake_style(),
+            content=fake_content(),
+            scorers=[],
+            methods=["icv"],
+            strengths=[0.1, 0.1],
+        )
 
 
 def test_read_inputs_with_and_without_references(tmp_path):
@@ -121,7 +160,17 @@ def test_eval_arguments_and_cli_errors(tmp_path, capsys):
     from icv.cli import build_parser, main
 
     args = build_parser().parse_args(
-        ["eval", "--demos", "d.tsv", "--inputs", "i.txt", "--style", "inoffensive", "--strengths", "0.05,0.07"]
+        [
+            "eval",
+            "--demos",
+            "d.tsv",
+            "--inputs",
+            "i.txt",
+            "--style",
+            "inoffensive",
+            "--strengths",
+            "0.05,0.07",
+        ]
     )
     assert args.style == "inoffensive" and args.strengths == "0.05,0.07" and args.batch_size == 16
     assert main(["eval", "--demos", str(tmp_path / "none.tsv"), "--inputs", "x", "--style", "positive"]) == 1
@@ -130,8 +179,19 @@ def test_eval_arguments_and_cli_errors(tmp_path, capsys):
 
 def test_demos_are_needed_only_by_the_methods_that_use_them(llama, tok):
     vector = icv.extract(llama, tok, DEMOS)
-    report = evaluate(llama, tok, None, INPUTS, style=fake_style(), content=fake_content(), scorers=[],
-                      vector=vector, methods=["zero-shot", "icv"], strengths=[0.1], max_new_tokens=3)
+    report = evaluate(
+        llama,
+        tok,
+        None,
+        INPUTS,
+        style=fake_style(),
+        content=fake_content(),
+        scorers=[],
+        vector=vector,
+        methods=["zero-shot", "icv"],
+        strengths=[0.1],
+        max_new_tokens=3,
+    )
     assert [r.label for r in report.results] == ["zero-shot", "icv @ 0.1"]
     assert report.settings["num_demos"] is None
     for methods, given in ((["icl"], vector), (["icv"], None)):

@@ -1,15 +1,14 @@
 """Extraction: the paper's aggregation, last-token reading under any padding, errors, hygiene."""
 
-import warnings
 
 import pytest
 import torch
+from steering_reference import hook_count
+from tiny import tiny_model
 
 import icv
 from icv.aggregate import mean_shift, pca_shift
 from icv.extract import read_last_token_states
-from steering_reference import hook_count
-from tiny import tiny_model
 
 
 def test_pca_is_first_component_plus_mean_sign_aligned():

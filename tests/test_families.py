@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
-import icv
 from steering_reference import hook_count as library_hooks
 from tiny import FAMILIES, HIDDEN, LAYERS, tiny_model
+
+import icv
 
 PROMPT = torch.tensor([[1, 40, 41, 42, 43, 44, 45]])
 

@@ -21,7 +21,9 @@ def vector(llama, tokenizer, demos):
     return icv.extract(llama, tokenizer, demos, name="warm")
 
 
-def write_control_vector(path, tensors, *, arch="controlvector", hint="llama", layer_count=None, signed=False):
+def write_control_vector(
+    path, tensors, *, arch="controlvector", hint="llama", layer_count=None, signed=False
+):
     """A file the way repeng (uint32 layer_count) or llama.cpp's cvector-generator (int32) write it."""
     writer = gguf.GGUFWriter(str(path), arch)
     if hint is not None:
@@ -44,8 +46,12 @@ def read_layout(path):
         if key.startswith("GGUF."):
             continue
         last = field.parts[-1]
-        fields[key] = bytes(last).decode() if field.types[0] == gguf.GGUFValueType.STRING else last.tolist()[0]
-    tensors = {t.name: (int(t.tensor_type), [int(n) for n in t.shape], np.array(t.data)) for t in reader.tensors}
+        fields[key] = (
+            bytes(last).decode() if field.types[0] == gguf.GGUFValueType.STRING else last.tolist()[0]
+        )
+    tensors = {
+        t.name: (int(t.tensor_type), [int(n) for n in t.shape], np.array(t.data)) for t in reader.tensors
+    }
     return fields, tensors
 
 
@@ -100,7 +106,9 @@ def test_export_folds_the_recommended_additive_strength(vector, tmp_path):
         export_gguf(additive, tmp_path / "v.gguf")
     _, tensors = read_layout(tmp_path / "v.gguf")
     torch.testing.assert_close(torch.from_numpy(tensors["direction.2"][2]), additive_deltas(additive, 0.3)[2])
-    torch.testing.assert_close(additive_deltas(additive, 0.3)[2], 0.3 * vector.layer_scales[2] * vector.directions[2])
+    torch.testing.assert_close(
+        additive_deltas(additive, 0.3)[2], 0.3 * vector.layer_scales[2] * vector.directions[2]
+    )
 
 
 def test_export_refuses_bad_targets_and_options(vector, tmp_path):
@@ -131,8 +139,14 @@ def test_export_overwrites_when_asked(vector, tmp_path):
 
 def _gguf_metadata():
     return {
-        "model_name": "", "method": "gguf", "extraction_site": "block", "injection_mode": "add",
-        "injection_site": "block", "num_demos": 0, "demos_sha256": "", "prompt_template": "",
+        "model_name": "",
+        "method": "gguf",
+        "extraction_site": "block",
+        "injection_mode": "add",
+        "injection_site": "block",
+        "num_demos": 0,
+        "demos_sha256": "",
+        "prompt_template": "",
     }
 
 
@@ -172,6 +186,7 @@ def test_imported_vector_saves_as_icv_file(vector, tmp_path):
 def _add_by_hand(model, rows):
     handles = []
     for block, layer in enumerate(model.model.layers):
+
         def hook(_module, _args, output, delta=rows[block]):
             if isinstance(output, torch.Tensor):
                 return output + delta
@@ -213,7 +228,9 @@ def test_steering_an_imported_vector_adds_each_direction_to_its_block(vector, ll
 
 
 def test_imported_vector_of_another_width_does_not_fit(llama, tmp_path):
-    path = write_control_vector(tmp_path / "w.gguf", {"direction.1": np.ones(8, np.float32), "direction.2": np.ones(8, np.float32)})
+    path = write_control_vector(
+        tmp_path / "w.gguf", {"direction.1": np.ones(8, np.float32), "direction.2": np.ones(8, np.float32)}
+    )
     with pytest.raises(ModelMismatchError):
         icv.steer(llama, import_gguf(path))
 
@@ -246,7 +263,9 @@ def test_cvector_generator_layout_loads(tmp_path):
 
 def test_partial_vector_needs_the_layer_count(tmp_path):
     # repeng with hidden_layers=[1, 2] on a 4-layer model: the file cannot tell the depth.
-    path = write_control_vector(tmp_path / "p.gguf", {"direction.2": np.ones(4, np.float32), "direction.1": np.ones(4, np.float32)})
+    path = write_control_vector(
+        tmp_path / "p.gguf", {"direction.2": np.ones(4, np.float32), "direction.1": np.ones(4, np.float32)}
+    )
     assert import_gguf(path).num_layers == 3
     vector = import_gguf(path, num_layers=4, model_type="qwen2", name="mine")
     assert vector.num_layers == 4 and torch.equal(vector.directions[3], torch.zeros(4))
@@ -263,14 +282,19 @@ def test_missing_hint_means_any_model_type(tmp_path):
 
 
 def test_direction_zero_is_read_with_a_warning(tmp_path):
-    path = write_control_vector(tmp_path / "z.gguf", {"direction.0": np.full(4, 2.0, np.float32), "direction.1": np.ones(4, np.float32)})
+    path = write_control_vector(
+        tmp_path / "z.gguf",
+        {"direction.0": np.full(4, 2.0, np.float32), "direction.1": np.ones(4, np.float32)},
+    )
     with pytest.warns(UserWarning, match="direction.0"):
         vector = import_gguf(path)
     assert torch.equal(vector.directions[0], torch.full((4,), 2.0))
 
 
 def test_other_tensors_are_skipped_with_a_warning(tmp_path):
-    path = write_control_vector(tmp_path / "x.gguf", {"direction.1": np.ones(4, np.float32), "extra": np.ones(4, np.float32)})
+    path = write_control_vector(
+        tmp_path / "x.gguf", {"direction.1": np.ones(4, np.float32), "extra": np.ones(4, np.float32)}
+    )
     with pytest.warns(UserWarning, match="extra"):
         vector = import_gguf(path)
     assert vector.num_layers == 2
@@ -284,7 +308,11 @@ def test_other_tensors_are_skipped_with_a_warning(tmp_path):
     [
         ({"direction.1": np.ones(4, np.float16)}, "controlvector", "F32"),
         ({"direction.1": np.ones((2, 4), np.float32)}, "controlvector", "one dimension"),
-        ({"direction.1": np.ones(4, np.float32), "direction.2": np.ones(5, np.float32)}, "controlvector", "different lengths"),
+        (
+            {"direction.1": np.ones(4, np.float32), "direction.2": np.ones(5, np.float32)},
+            "controlvector",
+            "different lengths",
+        ),
         ({"direction.1": np.array([1.0, np.nan], np.float32)}, "controlvector", "NaN"),
         ({"direction.1": np.array([1.0, np.inf], np.float32)}, "controlvector", "NaN or infinite"),
         ({"direction.x": np.ones(4, np.float32)}, "controlvector", "layer index"),

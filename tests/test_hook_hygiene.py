@@ -12,11 +12,11 @@ import threading
 
 import pytest
 import torch
+from tiny import DEMOS, ByteTokenizer, tiny_model
 from torch.nn.modules import module as torch_module
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 import icv
-from tiny import DEMOS, ByteTokenizer, tiny_model
 
 HOOK_DICTS = (
     "_forward_hooks",

@@ -99,9 +99,22 @@ def test_a_float_tensor_is_a_per_layer_profile(model, vec):
 
 @pytest.mark.parametrize(
     "layers",
-    [[LAYERS], [-LAYERS - 1], {LAYERS: 1.0}, range(0, LAYERS + 2), [], {0: 0.0}, [1.5], [True],
-     {0: float("nan")}, torch.ones(LAYERS + 1), torch.tensor([0.0, float("inf"), 1.0]), 1, "12",
-     torch.tensor([LAYERS])],
+    [
+        [LAYERS],
+        [-LAYERS - 1],
+        {LAYERS: 1.0},
+        range(0, LAYERS + 2),
+        [],
+        {0: 0.0},
+        [1.5],
+        [True],
+        {0: float("nan")},
+        torch.ones(LAYERS + 1),
+        torch.tensor([0.0, float("inf"), 1.0]),
+        1,
+        "12",
+        torch.tensor([LAYERS]),
+    ],
 )
 def test_bad_layer_selections_are_option_errors_and_leave_no_hook(model, vec, layers):
     before = hook_count(model)
@@ -112,7 +125,9 @@ def test_bad_layer_selections_are_option_errors_and_leave_no_hook(model, vec, la
 
 
 def test_integer_tensor_selects_layers(model, vec):
-    assert torch.equal(steered(model, vec, 1.0, layers=torch.tensor([1, 2])), steered(model, vec, 1.0, layers=[1, 2]))
+    assert torch.equal(
+        steered(model, vec, 1.0, layers=torch.tensor([1, 2])), steered(model, vec, 1.0, layers=[1, 2])
+    )
 
 
 # -- sites x modes ----------------------------------------------------------------------
@@ -164,15 +179,23 @@ def test_scaling_the_vector_is_scaling_the_strength(model, vec, mode):
 def test_negating_the_vector_is_negating_the_strength(model, vec, mode):
     s = 0.6 if mode == "rotate" else 0.2
     assert torch.equal(steered(model, -vec, s, mode=mode), steered(model, vec, -s, mode=mode))
-    assert not torch.allclose(steered(model, -vec, s, mode=mode), steered(model, vec, s, mode=mode), atol=1e-4)
+    assert not torch.allclose(
+        steered(model, -vec, s, mode=mode), steered(model, vec, s, mode=mode), atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("mode", ["rotate", "add"])
 def test_a_sum_applies_both_deltas(model, vec, other, mode):
     s = 0.6 if mode == "rotate" else 0.2
-    a, b = (vec, other) if mode == "rotate" else (
-        icv.extract(model, ByteTokenizer(), DEMOS, injection_mode="add"),
-        icv.extract(model, ByteTokenizer(), [("bad", "good"), ("sad day", "happy day")], injection_mode="add"),
+    a, b = (
+        (vec, other)
+        if mode == "rotate"
+        else (
+            icv.extract(model, ByteTokenizer(), DEMOS, injection_mode="add"),
+            icv.extract(
+                model, ByteTokenizer(), [("bad", "good"), ("sad day", "happy day")], injection_mode="add"
+            ),
+        )
     )
     assert not torch.equal(a.layer_scales, b.layer_scales)  # the case that needs care in "add"
     scale = (lambda v: v.layer_scales[:, None]) if mode == "add" else (lambda v: 1.0)
@@ -181,7 +204,10 @@ def test_a_sum_applies_both_deltas(model, vec, other, mode):
     got = steered(model, a + b, s, mode=mode)
     close(got, reference(model, site, range(LAYERS), mode, deltas))
     difference = steered(model, a - b, s, mode=mode)
-    close(difference, reference(model, site, range(LAYERS), mode, s * (scale(a) * a.directions - scale(b) * b.directions)))
+    close(
+        difference,
+        reference(model, site, range(LAYERS), mode, s * (scale(a) * a.directions - scale(b) * b.directions)),
+    )
     if mode == "add":  # additions commute: the sum is the two steerings at once
         with icv.steer(model, a, s), icv.steer(model, b, s):
             close(got, logits(model), atol=1e-6)
@@ -193,7 +219,9 @@ def test_the_default_is_the_papers_injection_exactly(model, vec):
     lam = 0.1
     assert torch.allclose(vec.layer_norms(), torch.ones(LAYERS))
     got = steered(model, vec, lam)
-    with manual_steering(model, "mlp", range(LAYERS), lambda x, l: paper_icv_layer(x, vec.directions[l], lam)):
+    with manual_steering(
+        model, "mlp", range(LAYERS), lambda x, l: paper_icv_layer(x, vec.directions[l], lam)
+    ):
         expected = logits(model)
     close(got, expected, atol=1e-5)
     assert not torch.allclose(got, logits(model), atol=1e-5)
@@ -207,7 +235,9 @@ def _last_token_outputs(model, site, text):
     seen = {}
     handles = [
         site_module(model, l, site).register_forward_hook(
-            lambda _m, _a, out, l=l: seen.__setitem__(l, (out if isinstance(out, torch.Tensor) else out[0])[0, -1])
+            lambda _m, _a, out, l=l: seen.__setitem__(
+                l, (out if isinstance(out, torch.Tensor) else out[0])[0, -1]
+            )
         )
         for l in range(LAYERS)
     ]
@@ -223,10 +253,12 @@ def _last_token_outputs(model, site, text):
 @pytest.mark.parametrize("site", ["block", "mlp", "attn"])
 def test_extraction_reads_the_shift_at_the_site(model, site):
     vec = icv.extract(model, ByteTokenizer(), DEMOS, site=site, method="mean")
-    shifts = torch.stack([
-        _last_token_outputs(model, site, target) - _last_token_outputs(model, site, source)
-        for source, target in DEMOS
-    ]).mean(0)
+    shifts = torch.stack(
+        [
+            _last_token_outputs(model, site, target) - _last_token_outputs(model, site, source)
+            for source, target in DEMOS
+        ]
+    ).mean(0)
     expected = shifts / shifts.norm(dim=-1, keepdim=True)
     close(vec.directions, expected, atol=1e-5)
     states = torch.stack([_last_token_outputs(model, site, t) for pair in DEMOS for t in pair])
@@ -262,7 +294,9 @@ def test_steering_at_the_extraction_site_with_addition(model, site):
 @pytest.mark.real_model
 def test_real_model_layer_range_and_sites(real):
     model, tok = real
-    vec = icv.extract(model, tok, [("The food was cold.", "The food was hot."), ("I hated it.", "I loved it.")])
+    vec = icv.extract(
+        model, tok, [("The food was cold.", "The food was hot."), ("I hated it.", "I loved it.")]
+    )
     ids = tok("The restaurant was", return_tensors="pt")
     with torch.no_grad():
         plain = model(**ids).logits

@@ -57,7 +57,9 @@ def _library_run(model, ids: list[int], steps: int) -> tuple[torch.Tensor, list[
         logits = model(inputs).logits[0, -1]
     if steps == 0:
         return logits, []
-    out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=steps, do_sample=False)
+    out = model.generate(
+        inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=steps, do_sample=False
+    )
     return logits, out[0, len(ids) :].tolist()
 
 

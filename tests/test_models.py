@@ -1,6 +1,5 @@
 """load_model: the embedded default from its package, aliases, GGUF paths, clear errors."""
 
-from pathlib import Path
 
 import pytest
 
@@ -25,9 +24,9 @@ def test_missing_paths_raise_model_load_error(tmp_path):
 
 def test_local_folder_loads_the_ordinary_way(tmp_path):
     from tiny import tiny_model
-
+    from tokenizers import Tokenizer
+    from tokenizers import models as tok_models
     from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models as tok_models
 
     tiny_model("llama").save_pretrained(tmp_path)
     backend = Tokenizer(tok_models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from paper_reference import clean, paper_steering, paper_vector
+from tiny import ByteTokenizer, tiny_model
 
 import icv
 from icv.aggregate import pca_shift
 from icv.demos import strip_special_characters
-from paper_reference import clean, paper_steering, paper_vector
-from tiny import ByteTokenizer, tiny_model
 
 # Punctuation, apostrophes, hyphens, quotes and brackets: what the reference's cleaning deletes.
 DEMO_SETS = {
@@ -73,7 +73,12 @@ def test_the_preset_is_recorded_and_survives_a_file(tmp_path):
     model, tok = tiny_model("llama"), ByteTokenizer()
     vector = icv.extract(model, tok, DEMO_SETS["quotes"], preset="paper")
     m = vector.metadata
-    assert (m["preset"], m["text_cleaning"], m["pca_sign"], m["method"]) == ("paper", "reference", "svd_flip", "pca")
+    assert (m["preset"], m["text_cleaning"], m["pca_sign"], m["method"]) == (
+        "paper",
+        "reference",
+        "svd_flip",
+        "pca",
+    )
     vector.save(tmp_path / "v.safetensors")
     assert icv.InContextVector.load(tmp_path / "v.safetensors").equal(vector)
     plain = icv.extract(model, tok, DEMO_SETS["quotes"]).metadata
@@ -137,7 +142,9 @@ def test_paper_preset_matches_the_reference_port_on_the_real_model(real):
     vector = icv.extract(model, tok, demos, preset="paper")
     reference = paper_vector(model, tok, demos)
     for layer in range(vector.num_layers):
-        cos = torch.nn.functional.cosine_similarity(vector.directions[layer].double(), reference[layer], dim=0)
+        cos = torch.nn.functional.cosine_similarity(
+            vector.directions[layer].double(), reference[layer], dim=0
+        )
         assert cos > 0.99999, (layer, float(cos))
     with icv.steer(model, vector, strength=0.1):
         ours = _logits(model, tok)

@@ -38,8 +38,9 @@ def other(model):
 def run(model, prompts, **kwargs):
     """(new tokens, per-step logits) of generation (greedy unless told)."""
     batch = ByteTokenizer().batch(prompts, side="left")
-    options = dict(max_new_tokens=NEW, do_sample=False, pad_token_id=0, output_logits=True,
-                   return_dict_in_generate=True)
+    options = dict(
+        max_new_tokens=NEW, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True
+    )
     out = model.generate(**batch, **{**options, **kwargs})
     return out.sequences[:, batch["input_ids"].shape[1] :], torch.stack(out.logits, dim=1)
 
@@ -183,8 +184,11 @@ def test_vectors_of_different_models_cannot_share_a_batch(model, vec):
 @pytest.mark.real_model
 def test_real_model_strength_sweep_in_one_batch(real):
     model, tok = real
-    demos = [("The food was cold.", "The food was hot."), ("I hated it.", "I loved it."),
-             ("The staff were rude.", "The staff were kind.")]
+    demos = [
+        ("The food was cold.", "The food was hot."),
+        ("I hated it.", "I loved it."),
+        ("The staff were rude.", "The staff were kind."),
+    ]
     vec = icv.extract(model, tok, demos)
     from icv.generation import complete
 

@@ -39,7 +39,8 @@ def server(real, tmp_path_factory):
     folder = tmp_path_factory.mktemp("playground-vectors")
     icv.extract(model, tok, PAIRS, name="positive", progress=False).save(folder / "positive.safetensors")
     icv.extract(model, tok, [(t, s) for s, t in PAIRS], name="negative", progress=False).save(
-        folder / "negative.safetensors")
+        folder / "negative.safetensors"
+    )
     limits = ServerLimits(max_upload_bytes=UPLOAD_LIMIT)
     with BackgroundServer(model, tok, library_from(folder, model), max_tokens=400, limits=limits) as running:
         yield running
@@ -81,10 +82,14 @@ def wait_for_columns(page, timeout: float = 120_000) -> list[dict]:
     page.wait_for_function(
         "() => { const c = [...document.querySelectorAll('.column')];"
         " return c.length && c.every(x => ['done', 'failed', 'stopped'].includes(x.dataset.state)); }",
-        timeout=timeout)
-    return page.eval_on_selector_all(".column", """columns => columns.map(c => ({
+        timeout=timeout,
+    )
+    return page.eval_on_selector_all(
+        ".column",
+        """columns => columns.map(c => ({
         path: c.dataset.path, body: JSON.parse(c.dataset.body), state: c.dataset.state,
-        text: c.querySelector('.text').textContent, note: c.querySelector('.end').textContent}))""")
+        text: c.querySelector('.text').textContent, note: c.querySelector('.end').textContent}))""",
+    )
 
 
 def api_text(server, path: str, body: dict) -> str:
@@ -156,19 +161,43 @@ def test_a_vector_built_from_typed_pairs_is_served_and_downloads(page, server, t
 
 def test_bad_input_gets_a_visible_message(page, server):
     # A hostile vector file: the server's loader refuses it and the page says why.
-    page.set_input_files("#vector-file", files=[{"name": "evil.safetensors", "mimeType": "application/octet-stream",
-                                                  "buffer": (10**9).to_bytes(8, "little") + b"{}"}])
+    page.set_input_files(
+        "#vector-file",
+        files=[
+            {
+                "name": "evil.safetensors",
+                "mimeType": "application/octet-stream",
+                "buffer": (10**9).to_bytes(8, "little") + b"{}",
+            }
+        ],
+    )
     page.wait_for_selector("#vector-message.error")
     assert "evil.safetensors" in page.locator("#vector-message").inner_text()
     assert "evil" not in {v["name"] for v in httpx.get(f"{server.url}/v1/vectors").json()["data"]}
     # A file larger than the server takes is refused before it is sent.
-    page.set_input_files("#vector-file", files=[{"name": "huge.safetensors", "mimeType": "application/octet-stream",
-                                                  "buffer": b"\0" * (UPLOAD_LIMIT + 1)}])
+    page.set_input_files(
+        "#vector-file",
+        files=[
+            {
+                "name": "huge.safetensors",
+                "mimeType": "application/octet-stream",
+                "buffer": b"\0" * (UPLOAD_LIMIT + 1),
+            }
+        ],
+    )
     page.wait_for_function("() => document.querySelector('#vector-message').textContent.includes('huge')")
     assert "takes files up to" in page.locator("#vector-message").inner_text()
     # A pair file that does not parse: the library's reader names the line.
-    page.set_input_files("#pairs-file", files=[{"name": "pairs.jsonl", "mimeType": "application/octet-stream",
-                                                 "buffer": b'{"source": "a", "target": "b"}\n{"source": oops}\n'}])
+    page.set_input_files(
+        "#pairs-file",
+        files=[
+            {
+                "name": "pairs.jsonl",
+                "mimeType": "application/octet-stream",
+                "buffer": b'{"source": "a", "target": "b"}\n{"source": oops}\n',
+            }
+        ],
+    )
     page.wait_for_selector("#build-message.error")
     assert "pairs.jsonl:2" in page.locator("#build-message").inner_text()
     # A strength out of range: every steered column fails with the server's message; the unsteered one runs.
@@ -182,7 +211,13 @@ def test_bad_input_gets_a_visible_message(page, server):
 
 
 def test_a_shared_address_naming_an_unknown_vector_says_so(page, server):
-    view = {"format": "text", "prompt": "Hello", "vectors": [["nowhere", 0.05]], "scales": "1", "max_tokens": 4}
+    view = {
+        "format": "text",
+        "prompt": "Hello",
+        "vectors": [["nowhere", 0.05]],
+        "scales": "1",
+        "max_tokens": 4,
+    }
     page.goto(f"{server.url}/#{json.dumps(view)}")
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
@@ -202,7 +237,9 @@ def test_stop_ends_the_generation_on_the_server(page, server):
     page.check("input[name=format][value=text]")
     vector_row(page, "positive").locator("input[type=checkbox]").check()
     page.click("#generate")
-    page.wait_for_function("() => document.querySelector('.column').dataset.state !== 'waiting'", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('.column').dataset.state !== 'waiting'", timeout=60_000
+    )
     page.click("#stop")
     columns = wait_for_columns(page, timeout=10_000)
     assert [c["state"] for c in columns] == ["stopped"] * 3

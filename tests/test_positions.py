@@ -95,8 +95,13 @@ def cache_argument(model) -> str:
 def _scores(model, prompts, **kwargs):
     batch = ByteTokenizer().batch(prompts, side="left")
     out = model.generate(
-        **batch, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
-        output_logits=True, return_dict_in_generate=True, **kwargs,
+        **batch,
+        max_new_tokens=NEW,
+        do_sample=False,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
+        **kwargs,
     )
     return out.sequences, torch.stack(out.logits, dim=1), batch["input_ids"].shape[1]
 
@@ -120,11 +125,14 @@ def test_positions_match_a_reference_masked_by_absolute_position(model, vec, pos
         return absolute < width if positions == "prompt" else absolute >= width
 
     deltas = s * vec.directions
-    with torch.no_grad(), manual_steering(
-        model, "mlp", range(3), lambda x, l: rotate(x, deltas[l]), keep=keep
+    with (
+        torch.no_grad(),
+        manual_steering(model, "mlp", range(3), lambda x, l: rotate(x, deltas[l]), keep=keep),
     ):
         reference = model(
-            sequences[:, :-1], attention_mask=attention[:, :-1], position_ids=position_ids[:, :-1],
+            sequences[:, :-1],
+            attention_mask=attention[:, :-1],
+            position_ids=position_ids[:, :-1],
             use_cache=False,
         ).logits[:, width - 1 :]
     torch.testing.assert_close(logits, reference, atol=2e-5, rtol=1e-4)
@@ -170,7 +178,8 @@ def test_prompt_mode_leaves_generated_positions_unsteered_in_the_cache_path(mode
         attention = batch["attention_mask"]
         with icv.steer(model, vec, STRENGTH["rotate"], positions="all"):
             out = model(
-                **batch, position_ids=(attention.cumsum(-1) - 1).masked_fill(attention == 0, 1),
+                **batch,
+                position_ids=(attention.cumsum(-1) - 1).masked_fill(attention == 0, 1),
                 use_cache=True,
             )
         cache = out.past_key_values
@@ -179,8 +188,11 @@ def test_prompt_mode_leaves_generated_positions_unsteered_in_the_cache_path(mode
             attention = torch.cat([attention, torch.ones(len(PROMPTS), 1, dtype=torch.long)], dim=1)
             position = (attention.cumsum(-1) - 1)[:, -1:]
             out = model(
-                sequences[:, width + t : width + t + 1], attention_mask=attention,
-                position_ids=position, use_cache=True, **{cache_argument(model): cache},
+                sequences[:, width + t : width + t + 1],
+                attention_mask=attention,
+                position_ids=position,
+                use_cache=True,
+                **{cache_argument(model): cache},
             )
             cache = out.past_key_values
             steps.append(out.logits[:, -1])
@@ -212,9 +224,15 @@ def test_a_new_generate_call_starts_a_new_prompt(model, vec):
     prompt = ByteTokenizer().batch(["the room was"])
 
     def logits_from(ids):
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
-                             do_sample=False, pad_token_id=0, output_logits=True,
-                             return_dict_in_generate=True)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
         return torch.stack(out.logits, dim=1)
 
     with icv.steer(model, vec, STRENGTH["rotate"], positions="prompt"):
@@ -269,8 +287,11 @@ def test_real_model_cache_batch_and_generated_positions(real):
     """The embedded model, positions="generated" (the mode most sensitive to position
     bookkeeping): cache == no cache, and the padded row == that prompt alone."""
     model, tok = real
-    demos = [("The food was cold.", "The food was hot."), ("I hated it.", "I loved it."),
-             ("The staff were rude.", "The staff were kind.")]
+    demos = [
+        ("The food was cold.", "The food was hot."),
+        ("I hated it.", "I loved it."),
+        ("The staff were rude.", "The staff were kind."),
+    ]
     vec = icv.extract(model, tok, demos)
     prompts = ["The restaurant down the street was", "My day was"]
     from icv.generation import left_padded
@@ -278,9 +299,10 @@ def test_real_model_cache_batch_and_generated_positions(real):
     def run(ps, use_cache):
         batch = left_padded(tok, ps, torch.device("cpu"))
         with icv.steer(model, vec, 0.1, positions="generated"):
-            out = model.generate(**batch, max_new_tokens=4, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, use_cache=use_cache)
-        return out[:, batch["input_ids"].shape[1]:]
+            out = model.generate(
+                **batch, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id, use_cache=use_cache
+            )
+        return out[:, batch["input_ids"].shape[1] :]
 
     cached = run(prompts, True)
     assert torch.equal(cached, run(prompts, False))

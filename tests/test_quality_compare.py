@@ -13,8 +13,17 @@ import compare  # noqa: E402
 
 def _run(rows, calibrated=None, **settings):
     results = [{"method": m, "strength": s, "content": c, "style_success": y} for m, s, c, y in rows]
-    return {"results": results, "settings": {"model": "m", "test_rows": "0:200", "data": "d", "max_new_tokens": 40,
-                                             "calibrated_strength": calibrated, **settings}}
+    return {
+        "results": results,
+        "settings": {
+            "model": "m",
+            "test_rows": "0:200",
+            "data": "d",
+            "max_new_tokens": 40,
+            "calibrated_strength": calibrated,
+            **settings,
+        },
+    }
 
 
 def test_style_is_interpolated_where_the_sweep_crosses_a_similarity():

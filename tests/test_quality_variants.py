@@ -19,7 +19,7 @@ def test_pca_spread_is_the_mean_plus_the_component_scaled_by_the_spread_of_the_p
     model, tok = tiny_model("llama"), ByteTokenizer()
     pairs = [(d[0], d[1]) for d in DEMOS]
     states = read_last_token_states(model, tok, [s for s, _ in pairs] + [t for _, t in pairs])
-    shifts = (states[len(pairs):] - states[: len(pairs)]).double()  # (k, 1 + layers, hidden)
+    shifts = (states[len(pairs) :] - states[: len(pairs)]).double()  # (k, 1 + layers, hidden)
     flat = shifts.flatten(start_dim=1)
     mean = flat.mean(dim=0)
     _, _, vh = torch.linalg.svd(flat - mean, full_matrices=False)

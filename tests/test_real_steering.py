@@ -43,10 +43,16 @@ def share_positive(texts):
 def test_steering_turns_most_negative_sentences_positive(real, positive):
     model, tok = real
     prompts = [paraphrase_prompt(s) for s in NEGATIVE]
-    both = complete(model, tok, prompts * 2, vector=positive,
-                    strength=[0.0] * len(prompts) + [0.07] * len(prompts), max_new_tokens=30)
+    both = complete(
+        model,
+        tok,
+        prompts * 2,
+        vector=positive,
+        strength=[0.0] * len(prompts) + [0.07] * len(prompts),
+        max_new_tokens=30,
+    )
     plain = [cut_answer(t) for t in both[: len(prompts)]]
-    steered = [cut_answer(t) for t in both[len(prompts):]]
+    steered = [cut_answer(t) for t in both[len(prompts) :]]
     assert share_positive(plain) <= 0.34, plain
     assert share_positive(steered) >= 0.67, steered
 

@@ -11,11 +11,11 @@ from types import ModuleType
 
 import pytest
 import torch
+from tiny import DEMOS, ByteTokenizer, tiny_model
 
 import icv
 from icv.generation import complete
 from icv.prompts import paraphrase_prompt
-from tiny import DEMOS, ByteTokenizer, tiny_model
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 NAMES = [
@@ -102,7 +102,9 @@ def test_parse_args_defaults_and_overrides(common: ModuleType, tmp_path: Path) -
     assert (args.strength, args.out) == (0.05, default)
     args = common.parse_args("demo", strength=0.05, out=default, argv=["--strength", "0.08", "--out", "x.st"])
     assert (args.strength, args.out) == (0.08, Path("x.st"))
-    assert common.default_out("sentiment", "positive") == RECIPES / "sentiment" / "out" / "positive.safetensors"
+    assert (
+        common.default_out("sentiment", "positive") == RECIPES / "sentiment" / "out" / "positive.safetensors"
+    )
 
 
 def test_extract_and_save_records_the_strength_and_overwrites(common: ModuleType, tmp_path: Path) -> None:
@@ -122,8 +124,12 @@ def test_compare_gives_an_unsteered_column_then_one_per_vector(common: ModuleTyp
     vector = icv.extract(model, tokenizer, DEMOS, progress=False)
     prompts = ["the food was", "service was"]
     columns = common.compare(
-        model, tokenizer, prompts, {"strong": (vector, 2.0), "off": (vector, 0.0)},
-        max_new_tokens=6, cut=lambda text: text.upper(),
+        model,
+        tokenizer,
+        prompts,
+        {"strong": (vector, 2.0), "off": (vector, 0.0)},
+        max_new_tokens=6,
+        cut=lambda text: text.upper(),
     )
     assert list(columns) == ["unsteered", "strong", "off"]
     plain = complete(model, tokenizer, prompts, max_new_tokens=6)
@@ -136,7 +142,9 @@ def test_compare_gives_an_unsteered_column_then_one_per_vector(common: ModuleTyp
 def test_print_comparison_lines_up_inputs_and_columns(common: ModuleType) -> None:
     buffer = io.StringIO()
     long = "word " * 40
-    common.print_comparison(["first", "second"], {"unsteered": ["a\nb", ""], "steered": [long, "d"]}, file=buffer)
+    common.print_comparison(
+        ["first", "second"], {"unsteered": ["a\nb", ""], "steered": [long, "d"]}, file=buffer
+    )
     text = buffer.getvalue()
     assert "[1] first" in text and "[2] second" in text
     assert "    unsteered | a / b" in text
@@ -151,7 +159,9 @@ def test_prompt_helpers(common: ModuleType) -> None:
 
 
 def test_recipes_use_only_the_public_api() -> None:
-    private = re.compile(r"^\s*from icv\.\S+ import .*\b_\w+|icv\.\w+\._\w+|^\s*from _common import .*\b_\w+", re.M)
+    private = re.compile(
+        r"^\s*from icv\.\S+ import .*\b_\w+|icv\.\w+\._\w+|^\s*from _common import .*\b_\w+", re.M
+    )
     for script in sorted(RECIPES.glob("**/*.py")):
         source = script.read_text()
         assert not private.findall(source), f"{script} uses a private helper"
@@ -182,7 +192,11 @@ def test_sentiment_recipe_turns_negative_sentences_positive(real, monkeypatch: p
         model, tokenizer, common.load_demos("sentiment"), name="positive", strength=recipe.STRENGTH, out=None
     )
     columns = common.compare(
-        model, tokenizer, common.rewrite_prompts(negative), {"positive": (vector, recipe.STRENGTH)}, max_new_tokens=30
+        model,
+        tokenizer,
+        common.rewrite_prompts(negative),
+        {"positive": (vector, recipe.STRENGTH)},
+        max_new_tokens=30,
     )
     vader = SentimentIntensityAnalyzer()
 

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
+from tiny import VOCAB, ByteTokenizer, tiny_model
 
 from icv.errors import OptionError, ScorerError
 from icv.scorers import (
-    fluency_model_for,
     BleuScorer,
     FunctionScorer,
     OffensiveScorer,
@@ -18,16 +18,18 @@ from icv.scorers import (
     RepetitionScorer,
     SentimentScorer,
     SimilarityScorer,
+    fluency_model_for,
     repeated_ngram_share,
     score_all,
     success_rate,
 )
-from tiny import VOCAB, ByteTokenizer, tiny_model
 
 
 def test_sentiment_counts_positive_outputs():
     scorer = SentimentScorer("positive")
-    assert scorer.score(["The food was wonderful and the staff were lovely.", "The food was awful.", "It is a table."]) == [1.0, 0.0, 0.0]
+    assert scorer.score(
+        ["The food was wonderful and the staff were lovely.", "The food was awful.", "It is a table."]
+    ) == [1.0, 0.0, 0.0]
     assert scorer.higher_is_better and scorer.name == "positive"
 
 
@@ -158,6 +160,9 @@ def test_fluency_judge_is_never_the_steered_model():
 def test_gemma_perplexity_prefers_fluent_text():
     scorer = PerplexityScorer()
     fluent, salad = scorer.score(
-        ["The service was friendly and the food arrived quickly.", "food the quickly was arrived service and friendly the"]
+        [
+            "The service was friendly and the food arrived quickly.",
+            "food the quickly was arrived service and friendly the",
+        ]
     )
     assert 1.0 < fluent < salad

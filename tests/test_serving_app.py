@@ -24,7 +24,9 @@ import icv
 from icv.serving.app import ServerLimits
 from icv.serving.engine import BatchingPolicy
 
-openai = pytest.importorskip("openai", reason="the client tests need the official openai package (the 'test' extra)")
+openai = pytest.importorskip(
+    "openai", reason="the client tests need the official openai package (the 'test' extra)"
+)
 
 MAX_BODY = 16 * 1024
 NEW = 8
@@ -49,8 +51,14 @@ def server(vectors, tok):
     folder, _ = vectors
     model = tiny_model("llama")
     limits = ServerLimits(max_body_bytes=MAX_BODY)
-    with BackgroundServer(model, tok, library_from(folder, model), max_tokens=200, limits=limits,
-                          policy=BatchingPolicy(max_batch=16, gather_ms=2)) as running:
+    with BackgroundServer(
+        model,
+        tok,
+        library_from(folder, model),
+        max_tokens=200,
+        limits=limits,
+        policy=BatchingPolicy(max_batch=16, gather_ms=2),
+    ) as running:
         yield running
     assert not icv.is_steered(model)
 
@@ -89,14 +97,23 @@ def test_openai_client_completions_streaming_and_not(client, vectors, reference,
     steering = {"steering": [{"vector": "positive", "strength": 1.5}], "steering_positions": "generated"}
     want = expected(reference, tok, "the room was", [(loaded["positive"], 1.5)], positions="generated")
     assert want != expected(reference, tok, "the room was")  # the steering changes this text
-    whole = client.completions.create(model="tiny-llama", prompt="the room was", max_tokens=NEW, temperature=0,
-                                      extra_body=steering)
+    whole = client.completions.create(
+        model="tiny-llama", prompt="the room was", max_tokens=NEW, temperature=0, extra_body=steering
+    )
     assert whole.choices[0].text == want
     assert whole.choices[0].finish_reason in ("stop", "length")
     assert whole.usage.prompt_tokens == len(tok("the room was")["input_ids"])
     assert whole.steering == {"vectors": [{"vector": "positive", "strength": 1.5}], "positions": "generated"}
-    chunks = list(client.completions.create(model="tiny-llama", prompt="the room was", max_tokens=NEW,
-                                            temperature=0, stream=True, extra_body=steering))
+    chunks = list(
+        client.completions.create(
+            model="tiny-llama",
+            prompt="the room was",
+            max_tokens=NEW,
+            temperature=0,
+            stream=True,
+            extra_body=steering,
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == want
     assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
     wait_idle(server)
@@ -108,11 +125,19 @@ def test_openai_client_chat_streaming_and_not(client, vectors, reference, tok):
     rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     want = expected(reference, tok, rendered, [(loaded["negative"], 2.0)], special=False)
     extra = {"steering": {"vector": "negative", "strength": 2.0}}
-    whole = client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=NEW, temperature=0,
-                                           extra_body=extra)
+    whole = client.chat.completions.create(
+        model="tiny-llama", messages=messages, max_tokens=NEW, temperature=0, extra_body=extra
+    )
     assert whole.choices[0].message.content == want and whole.choices[0].message.role == "assistant"
-    stream = client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=NEW, temperature=0,
-                                            stream=True, stream_options={"include_usage": True}, extra_body=extra)
+    stream = client.chat.completions.create(
+        model="tiny-llama",
+        messages=messages,
+        max_tokens=NEW,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=extra,
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
@@ -130,9 +155,12 @@ def test_composed_vectors_and_add_mode_equal_the_same_arithmetic_in_python(http,
     mix = [("positive", 1.0), ("negative", -0.5)]
     response = http.post("/v1/completions", json=body("i think", mix, "prompt")).json()
     assert response["choices"][0]["text"] == expected(
-        reference, tok, "i think", [(loaded[n], s) for n, s in mix], positions="prompt")
+        reference, tok, "i think", [(loaded[n], s) for n, s in mix], positions="prompt"
+    )
     response = http.post("/v1/completions", json=body("so slow", [("positive_add", 0.8)])).json()
-    assert response["choices"][0]["text"] == expected(reference, tok, "so slow", [(loaded["positive_add"], 0.8)])
+    assert response["choices"][0]["text"] == expected(
+        reference, tok, "so slow", [(loaded["positive_add"], 0.8)]
+    )
 
 
 def test_several_prompts_and_token_ids_in_one_request(http, reference, tok):
@@ -162,12 +190,24 @@ BAD = [
     ("unknown vector", body("hi", [("nope", 0.1)]), 400, "vector_not_found"),
     ("vector of another model", body("hi", [("qwen", 0.1)]), 400, "vector_mismatch"),
     ("non-numeric strength", body("hi", [("positive", "0.1")]), 400, "invalid_strength"),
-    ("infinite strength", '{"prompt": "hi", "steering": [{"vector": "positive", "strength": 1e999}]}', 400,
-     "invalid_strength"),
-    ("NaN strength", '{"prompt": "hi", "steering": [{"vector": "positive", "strength": NaN}]}', 400,
-     "invalid_strength"),
-    ("unknown field in steering", {"prompt": "hi", "steering": [{"vector": "positive", "strenght": 1}]}, 400,
-     "invalid_steering"),
+    (
+        "infinite strength",
+        '{"prompt": "hi", "steering": [{"vector": "positive", "strength": 1e999}]}',
+        400,
+        "invalid_strength",
+    ),
+    (
+        "NaN strength",
+        '{"prompt": "hi", "steering": [{"vector": "positive", "strength": NaN}]}',
+        400,
+        "invalid_strength",
+    ),
+    (
+        "unknown field in steering",
+        {"prompt": "hi", "steering": [{"vector": "positive", "strenght": 1}]},
+        400,
+        "invalid_steering",
+    ),
     ("too many vectors", body("hi", [("positive", 0.1)] * 9), 400, "too_many_vectors"),
     ("bad positions", body("hi", [("positive", 0.1)], "last"), 400, "invalid_steering"),
     ("negative max_tokens", body("hi", max_tokens=-1), 400, "invalid_value"),
@@ -209,8 +249,11 @@ BAD_CHAT = [
     ("empty messages", {"messages": []}, "invalid_type"),
     ("unknown role", {"messages": [{"role": "wizard", "content": "hi"}]}, "invalid_value"),
     ("content of the wrong type", {"messages": [{"role": "user", "content": 5}]}, "invalid_type"),
-    ("tools", {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
-     "unsupported_parameter"),
+    (
+        "tools",
+        {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
+        "unsupported_parameter",
+    ),
 ]
 
 
@@ -229,7 +272,9 @@ def test_unknown_routes_and_methods_get_openai_errors(http):
 
 def test_the_openai_client_raises_its_own_error_types(client):
     with pytest.raises(openai.BadRequestError, match="no vector named 'nope'"):
-        client.completions.create(model="tiny-llama", prompt="hi", extra_body={"steering": [{"vector": "nope"}]})
+        client.completions.create(
+            model="tiny-llama", prompt="hi", extra_body={"steering": [{"vector": "nope"}]}
+        )
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-4", prompt="hi")
 
@@ -256,8 +301,10 @@ def test_a_client_gone_before_a_whole_response_frees_its_row(server):
     before = server.engine.stats.cancelled
     payload = json.dumps(body("the room was", [("positive", 1.0)], max_tokens=190)).encode()
     host, port = server.url.removeprefix("http://").split(":")
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode()
     with socket.create_connection((host, int(port)), timeout=10) as connection:
         connection.sendall(head + payload)
         # Hang up only once the engine decodes it: leaving on a timer raced both ways (before
@@ -286,7 +333,10 @@ LOAD_COMBOS = [
 def test_concurrent_clients_with_mixed_steering_each_get_their_own_answer(server, vectors, reference, tok):
     """200 requests from 16 concurrent clients, mixed vectors: every response checked, none lost."""
     _, loaded = vectors
-    want = [expected(reference, tok, p, [(loaded[n], s) for n, s in (st or [])], pos) for p, st, pos in LOAD_COMBOS]
+    want = [
+        expected(reference, tok, p, [(loaded[n], s) for n, s in (st or [])], pos)
+        for p, st, pos in LOAD_COMBOS
+    ]
     picks = random.Random(0).choices(range(len(LOAD_COMBOS)), k=200)
     local = threading.local()
 
@@ -314,7 +364,7 @@ def test_the_stream_is_server_sent_events_ending_in_done(http):
     payload = body(["ab", "cd"], stream=True, stream_options={"include_usage": True})
     with http.stream("POST", "/v1/completions", json=payload) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+        events = [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert {c["choices"][0]["index"] for c in chunks if c["choices"]} == {0, 1}
@@ -326,8 +376,10 @@ def test_the_stream_is_server_sent_events_ending_in_done(http):
 def test_time_to_first_piece_is_one_step_not_a_whole_batch(server):
     """A request that arrives while a long one decodes starts at the next step."""
     long_payload = body("the room was", max_tokens=150, stream=True)
-    with httpx.Client(base_url=server.url, timeout=60) as first, \
-            httpx.Client(base_url=server.url, timeout=60) as second:
+    with (
+        httpx.Client(base_url=server.url, timeout=60) as first,
+        httpx.Client(base_url=server.url, timeout=60) as second,
+    ):
         with first.stream("POST", "/v1/completions", json=long_payload) as running:
             lines = running.iter_lines()
             next(line for line in lines if line.startswith("data: "))

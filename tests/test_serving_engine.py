@@ -55,14 +55,20 @@ def vectors(model, tok):
 def alone(model, tok, prompt, steering: RowSteering | None, new=NEW) -> list[int]:
     """What ``icv.steer`` + ``model.generate`` give for one prompt (the reference)."""
     ids = torch.tensor([tok(prompt)["input_ids"]])
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
-                  pad_token_id=0, eos_token_id=None)
+    kwargs = dict(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
     if steering is None:
         out = model.generate(**kwargs)
     else:
         with icv.steer(model, steering.vector, 1.0, positions=steering.positions):
             out = model.generate(**kwargs)
-    return out[0, ids.shape[1]:].tolist()
+    return out[0, ids.shape[1] :].tolist()
 
 
 class Listener:
@@ -156,8 +162,12 @@ def test_rows_joining_and_leaving_a_running_batch_match_alone(model, tok, vector
         listeners = []
         for prompt, case, n in requests:
             listeners.append(Listener())
-            engine.submit(tok(prompt)["input_ids"], SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True),
-                          steering_of(vectors, case), listeners[-1])
+            engine.submit(
+                tok(prompt)["input_ids"],
+                SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True),
+                steering_of(vectors, case),
+                listeners[-1],
+            )
         return listeners
 
     try:
@@ -177,14 +187,20 @@ def test_rows_joining_and_leaving_a_running_batch_match_alone(model, tok, vector
 def test_decode_batch_joins_and_drops_rows_exactly_in_other_families(family, tok):
     model = tiny_model(family)
     prompts = ["the room was", "i think the food was a bit cold and bland", "service"]
-    want = [alone(model, tok, p, None, 12) for p in prompts]  # gemma3_text: the long row passes its window of 16
-    batch, logits = DecodeBatch.prefill(model, [tok(p)["input_ids"] for p in prompts[:2]], 0, torch.device("cpu"))
+    want = [
+        alone(model, tok, p, None, 12) for p in prompts
+    ]  # gemma3_text: the long row passes its window of 16
+    batch, logits = DecodeBatch.prefill(
+        model, [tok(p)["input_ids"] for p in prompts[:2]], 0, torch.device("cpu")
+    )
     got, rows = [[], [], []], [0, 1]
     for row, token in zip(rows, logits.argmax(-1).tolist()):
         got[row].append(token)
     for step in range(1, 30):
         if step == 3:  # a third row joins late
-            joining, first = DecodeBatch.prefill(model, [tok(prompts[2])["input_ids"]], 0, torch.device("cpu"))
+            joining, first = DecodeBatch.prefill(
+                model, [tok(prompts[2])["input_ids"]], 0, torch.device("cpu")
+            )
             batch.extend(joining)
             got[2].append(int(first.argmax(-1)))
             rows.append(2)
@@ -210,8 +226,16 @@ def test_padding_columns_are_cut_when_the_longest_row_leaves(model, tok):
 
 def test_positions_decide_the_phases_a_row_is_steered_in(vectors):
     v = vectors["rotate"]
-    assert [active_in(RowSteering(v, p), "prompt") for p in ("all", "prompt", "generated")] == [True, True, False]
-    assert [active_in(RowSteering(v, p), "generated") for p in ("all", "prompt", "generated")] == [True, False, True]
+    assert [active_in(RowSteering(v, p), "prompt") for p in ("all", "prompt", "generated")] == [
+        True,
+        True,
+        False,
+    ]
+    assert [active_in(RowSteering(v, p), "generated") for p in ("all", "prompt", "generated")] == [
+        True,
+        False,
+        True,
+    ]
     assert not active_in(None, "prompt")
 
 
@@ -288,8 +312,9 @@ def test_stop_strings_and_end_of_sequence_finish_a_row(model, tok):
         stopped, streamed = listener.result()
         engine._eos = frozenset({full.token_ids[2]})  # pretend the third token ends the sequence
         listener = Listener()
-        engine.submit(tok("the room was")["input_ids"], SamplingParams(max_tokens=NEW, temperature=0.0), None,
-                      listener)
+        engine.submit(
+            tok("the room was")["input_ids"], SamplingParams(max_tokens=NEW, temperature=0.0), None, listener
+        )
         ended, _ = listener.result()
     finally:
         engine.close()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import DEMOS, ByteTokenizer, tiny_model
 
 import icv
 from icv.errors import RequestError, VectorFileError
 from icv.serving import ModelShape, SteeringSpec, SteeringTerm, VectorLibrary
-from tiny import DEMOS, ByteTokenizer, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,9 @@ def test_names_are_file_stems_and_other_models_are_kept_aside(library):
     with pytest.raises(RequestError, match="cannot steer this model") as caught:
         library.get("qwen")
     assert caught.value.code == "vector_mismatch"
-    with pytest.raises(RequestError, match=r"no vector named 'nope' is loaded \(loaded: negative, positive\)"):
+    with pytest.raises(
+        RequestError, match=r"no vector named 'nope' is loaded \(loaded: negative, positive\)"
+    ):
         library.get("nope")
 
 
@@ -73,7 +75,10 @@ def test_a_missing_strength_is_the_vectors_default(library):
     positive = library.get("positive").vector.with_metadata(recommended_strength=0.123)
     library.add("tuned", positive)
     resolved = library.resolve(SteeringSpec((SteeringTerm("tuned"), SteeringTerm("negative"))))
-    assert [t.strength for t in resolved.terms] == [0.123, default_strength_for(library.get("negative").vector)]
+    assert [t.strength for t in resolved.terms] == [
+        0.123,
+        default_strength_for(library.get("negative").vector),
+    ]
 
 
 def test_fingerprint_changes_with_strength_positions_and_vectors(library):

@@ -19,8 +19,9 @@ from icv.serving.page import PATHS, STATIC_FILES
 def server():
     model = tiny_model("llama")
     limits = ServerLimits(max_upload_bytes=12345, max_pairs=7)
-    with BackgroundServer(model, char_tokenizer(), VectorLibrary(ModelShape.of(model)), max_tokens=99,
-                          limits=limits) as running:
+    with BackgroundServer(
+        model, char_tokenizer(), VectorLibrary(ModelShape.of(model)), max_tokens=99, limits=limits
+    ) as running:
         yield running
 
 
@@ -31,7 +32,9 @@ def http(server):
 
 
 def test_the_package_ships_the_page_as_three_plain_files():
-    shipped = {p.name for p in (resources.files("icv.serving") / "static").iterdir() if not p.name.startswith(".")}
+    shipped = {
+        p.name for p in (resources.files("icv.serving") / "static").iterdir() if not p.name.startswith(".")
+    }
     assert shipped == set(STATIC_FILES) == set(PATHS.values())
 
 
@@ -46,7 +49,9 @@ def test_the_page_loads_its_script_and_stylesheet_from_this_server_only(http):
         assert served.status_code == 200 and served.headers["content-type"] == STATIC_FILES[name]
         assert served.headers["x-content-type-options"] == "nosniff"
         assert not re.search(r"https?://|//cdn|@import", served.text), f"{name} reaches outside its server"
-    assert "<script>" not in page.text and " on" + "click=" not in page.text  # the policy forbids inline script
+    assert (
+        "<script>" not in page.text and " on" + "click=" not in page.text
+    )  # the policy forbids inline script
 
 
 def test_the_settings_give_the_librarys_prompt_format_and_the_servers_limits(http):
@@ -58,8 +63,13 @@ def test_the_settings_give_the_librarys_prompt_format_and_the_servers_limits(htt
     cut = min(answer.index(end) for end in paraphrase["stop"])
     assert answer[:cut] == cut_answer(answer)  # the page stops where the library cuts
     assert settings["model"] == "tiny-llama" and settings["chat"] is True
-    assert settings["limits"] == {"max_tokens": 99, "max_strength": 10.0, "max_vectors": 8,
-                                  "max_upload_bytes": 12345, "max_pairs": 7}
+    assert settings["limits"] == {
+        "max_tokens": 99,
+        "max_strength": 10.0,
+        "max_vectors": 8,
+        "max_upload_bytes": 12345,
+        "max_pairs": 7,
+    }
 
 
 def test_unknown_paths_get_the_error_shape(http):

@@ -25,7 +25,9 @@ import icv
 from icv.prompts import paraphrase_prompt
 from icv.steer import default_strength_for
 
-openai = pytest.importorskip("openai", reason="the client tests need the official openai package (the 'test' extra)")
+openai = pytest.importorskip(
+    "openai", reason="the client tests need the official openai package (the 'test' extra)"
+)
 
 pytestmark = pytest.mark.real_model
 
@@ -49,11 +51,15 @@ def generate_alone(model, tok, prompt: str, vector=None, strength=None, position
         else:
             with icv.steer(model, vector, strength, positions=positions):
                 out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
-    return tok.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+    return tok.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
 
 
-SENTENCES = ["the waiter ignored us for an hour .", "the pizza was soggy and cold .",
-             "our room smelled awful .", "the manager was rude and unhelpful ."]
+SENTENCES = [
+    "the waiter ignored us for an hour .",
+    "the pizza was soggy and cold .",
+    "our room smelled awful .",
+    "the manager was rude and unhelpful .",
+]
 
 
 def test_requests_sent_together_each_get_what_icv_steer_gives_alone(real, vectors):
@@ -63,14 +69,36 @@ def test_requests_sent_together_each_get_what_icv_steer_gives_alone(real, vector
     # (prompt, steering field, positions, the same steering in Python)
     cases = [
         (prompts[0], None, None, dict()),
-        (prompts[0], [{"vector": "positive", "strength": 0.07}], None, dict(vector=v["positive"], strength=0.07)),
-        (prompts[1], [{"vector": "positive", "strength": 0.07}], "generated",
-         dict(vector=v["positive"], strength=0.07, positions="generated")),
-        (prompts[2], [{"vector": "negative", "strength": 0.06}], "prompt",
-         dict(vector=v["negative"], strength=0.06, positions="prompt")),
-        (prompts[3], [{"vector": "positive_add"}], None, dict(vector=v["positive_add"])),  # its default strength
-        (prompts[1], [{"vector": "positive", "strength": 0.05}, {"vector": "negative", "strength": -0.03}], None,
-         dict(vector=v["positive"] * 0.05 + v["negative"] * -0.03, strength=1.0)),
+        (
+            prompts[0],
+            [{"vector": "positive", "strength": 0.07}],
+            None,
+            dict(vector=v["positive"], strength=0.07),
+        ),
+        (
+            prompts[1],
+            [{"vector": "positive", "strength": 0.07}],
+            "generated",
+            dict(vector=v["positive"], strength=0.07, positions="generated"),
+        ),
+        (
+            prompts[2],
+            [{"vector": "negative", "strength": 0.06}],
+            "prompt",
+            dict(vector=v["negative"], strength=0.06, positions="prompt"),
+        ),
+        (
+            prompts[3],
+            [{"vector": "positive_add"}],
+            None,
+            dict(vector=v["positive_add"]),
+        ),  # its default strength
+        (
+            prompts[1],
+            [{"vector": "positive", "strength": 0.05}, {"vector": "negative", "strength": -0.03}],
+            None,
+            dict(vector=v["positive"] * 0.05 + v["negative"] * -0.03, strength=1.0),
+        ),
     ]
     want = [generate_alone(model, tok, prompt, **python) for prompt, _, _, python in cases]
     assert want[1] != want[0]  # case 0 is prompt 0 unsteered: the steering changes it (the test has teeth)
@@ -83,8 +111,9 @@ def test_requests_sent_together_each_get_what_icv_steer_gives_alone(real, vector
             extra = {} if steering is None else {"steering": steering}
             if positions is not None:
                 extra["steering_positions"] = positions
-            return client.completions.create(model=MODEL, prompt=prompt, max_tokens=NEW, temperature=0,
-                                             extra_body=extra)
+            return client.completions.create(
+                model=MODEL, prompt=prompt, max_tokens=NEW, temperature=0, extra_body=extra
+            )
 
         with ThreadPoolExecutor(len(cases)) as pool:
             responses = list(pool.map(ask, cases))
@@ -93,9 +122,13 @@ def test_requests_sent_together_each_get_what_icv_steer_gives_alone(real, vector
     for case, response, expected in zip(cases, responses, want):
         assert response.choices[0].text == expected, case[1:3]
     assert responses[0].steering is None
-    assert responses[2].steering == {"vectors": [{"vector": "positive", "strength": 0.07}], "positions": "generated"}
-    assert responses[4].steering["vectors"] == [{"vector": "positive_add",
-                                                 "strength": default_strength_for(v["positive_add"])}]
+    assert responses[2].steering == {
+        "vectors": [{"vector": "positive", "strength": 0.07}],
+        "positions": "generated",
+    }
+    assert responses[4].steering["vectors"] == [
+        {"vector": "positive_add", "strength": default_strength_for(v["positive_add"])}
+    ]
 
 
 def test_chat_streaming_and_not_equal_generate_on_the_chat_template(real, vectors):
@@ -107,11 +140,16 @@ def test_chat_streaming_and_not_equal_generate_on_the_chat_template(real, vector
     extra = {"steering": [{"vector": "positive", "strength": 0.07}], "steering_positions": "generated"}
     with BackgroundServer(model, tok, library_from(vectors[0], model)) as server:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
-        whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=NEW, temperature=0,
-                                               extra_body=extra)
-        pieces = [chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
-            model=MODEL, messages=messages, max_tokens=NEW, temperature=0, stream=True, extra_body=extra)
-            if chunk.choices]
+        whole = client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=NEW, temperature=0, extra_body=extra
+        )
+        pieces = [
+            chunk.choices[0].delta.content or ""
+            for chunk in client.chat.completions.create(
+                model=MODEL, messages=messages, max_tokens=NEW, temperature=0, stream=True, extra_body=extra
+            )
+            if chunk.choices
+        ]
     assert whole.choices[0].message.content == want == "".join(pieces)
 
 
@@ -130,7 +168,10 @@ def test_icv_serve_in_one_command(real, vectors):
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "icv", "serve", "--vectors", str(folder), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).parent.parent,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
@@ -146,8 +187,13 @@ def test_icv_serve_in_one_command(real, vectors):
             assert time.monotonic() < deadline, "icv serve did not come up"
             time.sleep(0.2)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-        response = client.completions.create(model=MODEL, prompt=prompt, max_tokens=NEW, temperature=0,
-                                             extra_body={"steering": [{"vector": "positive", "strength": 0.07}]})
+        response = client.completions.create(
+            model=MODEL,
+            prompt=prompt,
+            max_tokens=NEW,
+            temperature=0,
+            extra_body={"steering": [{"vector": "positive", "strength": 0.07}]},
+        )
         assert response.choices[0].text == want
         page = httpx.get(f"{url}/", timeout=10)  # the playground, at the address it prints
         assert page.status_code == 200 and "icv playground" in page.text

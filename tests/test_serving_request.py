@@ -18,7 +18,10 @@ def test_no_field_null_or_empty_list_is_unsteered():
 
 def test_a_list_of_terms_with_positions():
     spec = parse_steering(
-        {"steering": [{"vector": "positive", "strength": 0.06}, {"vector": "formal"}], "steering_positions": "generated"}
+        {
+            "steering": [{"vector": "positive", "strength": 0.06}, {"vector": "formal"}],
+            "steering_positions": "generated",
+        }
     )
     assert spec == SteeringSpec((SteeringTerm("positive", 0.06), SteeringTerm("formal", None)), "generated")
 
@@ -39,11 +42,23 @@ def test_one_object_needs_no_list_and_positions_default_to_all():
         ({"steering": [{"vector": 3}]}, "steering[0].vector", "invalid_steering"),
         ({"steering": [{"vector": "p", "strength": "0.1"}]}, "steering[0].strength", "invalid_strength"),
         ({"steering": [{"vector": "p", "strength": True}]}, "steering[0].strength", "invalid_strength"),
-        ({"steering": [{"vector": "p", "strength": float("nan")}]}, "steering[0].strength", "invalid_strength"),
-        ({"steering": [{"vector": "p", "strength": float("inf")}]}, "steering[0].strength", "invalid_strength"),
+        (
+            {"steering": [{"vector": "p", "strength": float("nan")}]},
+            "steering[0].strength",
+            "invalid_strength",
+        ),
+        (
+            {"steering": [{"vector": "p", "strength": float("inf")}]},
+            "steering[0].strength",
+            "invalid_strength",
+        ),
         ({"steering": [{"vector": "p", "strength": 6}]}, "steering[0].strength", "invalid_strength"),
         ({"steering": [{"vector": "p"}] * 9}, "steering", "too_many_vectors"),
-        ({"steering": [{"vector": "p"}], "steering_positions": "last"}, "steering_positions", "invalid_steering"),
+        (
+            {"steering": [{"vector": "p"}], "steering_positions": "last"},
+            "steering_positions",
+            "invalid_steering",
+        ),
     ],
 )
 def test_bad_steering_is_a_400_naming_the_field(body, param, code):
@@ -58,6 +73,9 @@ def test_bad_steering_is_a_400_naming_the_field(body, param, code):
 
 
 def test_json_nan_and_huge_numbers_from_a_real_body_are_refused():
-    for text in ('{"steering": [{"vector": "p", "strength": NaN}]}', '{"steering": [{"vector": "p", "strength": 1e999}]}'):
+    for text in (
+        '{"steering": [{"vector": "p", "strength": NaN}]}',
+        '{"steering": [{"vector": "p", "strength": 1e999}]}',
+    ):
         with pytest.raises(RequestError, match="finite"):
             parse_steering(json.loads(text))

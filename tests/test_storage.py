@@ -37,9 +37,21 @@ def test_file_describes_itself(vec, tmp_path):
     assert meta["model_type"] == "llama" and meta["num_layers"] == "3" and meta["hidden_size"] == "32"
     assert meta["icv_format_version"] == "2" and meta["method"] == "pca"
     assert meta["recommended_strength"] == "0.07" and len(meta["demos_sha256"]) == 64
-    assert (meta["preset"], meta["text_cleaning"], meta["pca_sign"], meta["layers"]) == ("", "none", "mean", "null")
+    assert (meta["preset"], meta["text_cleaning"], meta["pca_sign"], meta["layers"]) == (
+        "",
+        "none",
+        "mean",
+        "null",
+    )
     assert sorted(k for k in header if k != "__metadata__") == [
-        "direction.0", "direction.1", "direction.2", "layer_scales", "shift.0", "shift.1", "shift.2"]
+        "direction.0",
+        "direction.1",
+        "direction.2",
+        "layer_scales",
+        "shift.0",
+        "shift.1",
+        "shift.2",
+    ]
     assert header["direction.1"]["shape"] == [32] and header["direction.1"]["dtype"] == "F32"
     assert header["shift.1"]["shape"] == [32] and header["shift.1"]["dtype"] == "F32"
 
@@ -48,10 +60,26 @@ def _format_1_file(vec, path):
     """A file as version 0.1.0 wrote it: directions and layer scales, format 1 metadata."""
     from safetensors.torch import save_file
 
-    old_keys = ("icv_format_version", "library_version", "name", "model_name", "model_type", "hidden_size",
-                "num_layers", "method", "extraction_site", "injection_mode", "injection_site", "num_demos",
-                "demos_sha256", "prompt_template", "recommended_strength")
-    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in vec.metadata.items() if k in old_keys}
+    old_keys = (
+        "icv_format_version",
+        "library_version",
+        "name",
+        "model_name",
+        "model_type",
+        "hidden_size",
+        "num_layers",
+        "method",
+        "extraction_site",
+        "injection_mode",
+        "injection_site",
+        "num_demos",
+        "demos_sha256",
+        "prompt_template",
+        "recommended_strength",
+    )
+    metadata = {
+        k: v if isinstance(v, str) else json.dumps(v) for k, v in vec.metadata.items() if k in old_keys
+    }
     metadata["icv_format_version"] = "1"
     tensors = {f"direction.{l}": row.clone() for l, row in enumerate(vec.directions)}
     tensors["layer_scales"] = vec.layer_scales.clone()
@@ -63,7 +91,11 @@ def test_format_1_files_still_load_with_the_shift_unknown(vec, tmp_path, llama):
     old = icv.InContextVector.load(tmp_path / "old.safetensors")
     assert torch.equal(old.directions, vec.directions) and torch.equal(old.layer_scales, vec.layer_scales)
     assert old.shifts is None and old.shift_norms() is None
-    assert (old.metadata["preset"], old.metadata["text_cleaning"], old.metadata["pca_sign"]) == ("", "none", "mean")
+    assert (old.metadata["preset"], old.metadata["text_cleaning"], old.metadata["pca_sign"]) == (
+        "",
+        "none",
+        "mean",
+    )
     with icv.steer(llama, old, 0.05):  # everything but the shift's size works
         pass
     with pytest.raises(icv.OptionError, match="does not know its shift's size.*re-extract"):
@@ -131,17 +163,25 @@ def _gguf_model_file(path):
 
 WRONG_FILES = {
     # name: (writer, what the error must say)
-    "demos.jsonl": (lambda p: p.write_text('{"source": "a", "target": "b"}\n'), ["JSON Lines demonstrations", "icv.read_demos("]),
+    "demos.jsonl": (
+        lambda p: p.write_text('{"source": "a", "target": "b"}\n'),
+        ["JSON Lines demonstrations", "icv.read_demos("],
+    ),
     "demos.json": (lambda p: p.write_text('[["a", "b"]]'), ["JSON array", "icv.read_demos("]),
     "demos.csv": (lambda p: p.write_text("bad food,good food\n"), ["CSV/TSV", "icv extract --demos"]),
     "notes.txt": (lambda p: p.write_text("hello\n"), ["a text file"]),
     "blank.safetensors": (lambda p: p.write_text("\n\n"), ["blank lines"]),
     "model.safetensors": (
-        lambda p: __import__("safetensors.torch").torch.save_file({"model.layers.0.mlp.weight": torch.zeros(2)}, str(p)),
+        lambda p: __import__("safetensors.torch").torch.save_file(
+            {"model.layers.0.mlp.weight": torch.zeros(2)}, str(p)
+        ),
         ["a model's weights", "icv.load_model("],
     ),
     "model.pt": (lambda p: torch.save({"w": torch.zeros(2)}, p), ["zip archive", "torch.save"]),
-    "old.pt": (lambda p: torch.save({"w": 1}, p, _use_new_zipfile_serialization=False), ["a pickle", "never unpickles"]),
+    "old.pt": (
+        lambda p: torch.save({"w": 1}, p, _use_new_zipfile_serialization=False),
+        ["a pickle", "never unpickles"],
+    ),
     "model.gguf": (_gguf_model_file, ["a GGUF model", "icv.load_model("]),
 }
 

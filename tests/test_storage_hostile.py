@@ -11,7 +11,6 @@ import json
 import math
 import os
 import struct
-import sys
 import tracemalloc
 import warnings
 from pathlib import Path
@@ -20,11 +19,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import DEMOS, ByteTokenizer, tiny_model
 
 import icv
 from icv import storage
 from icv.metadata import FORMAT_VERSION, SCHEMA
-from tiny import DEMOS, ByteTokenizer, tiny_model
 
 DATA = Path(__file__).parent / "data"
 
@@ -148,8 +147,26 @@ def test_header_without_icv_metadata(good):
 
 # -- metadata ----------------------------------------------------------------------------
 
-GARBAGE = ["", "x", "[]", "{}", "null", "true", "-1", "0", "1e999", "NaN", "Infinity", "1.5",
-           '"text"', "9" * 400, "9" * 5000, "[" * 5000, "\x00", "\ud800"]
+GARBAGE = [
+    "",
+    "x",
+    "[]",
+    "{}",
+    "null",
+    "true",
+    "-1",
+    "0",
+    "1e999",
+    "NaN",
+    "Infinity",
+    "1.5",
+    '"text"',
+    "9" * 400,
+    "9" * 5000,
+    "[" * 5000,
+    "\x00",
+    "\ud800",
+]
 
 
 @pytest.mark.parametrize("key", sorted(SCHEMA))
@@ -170,8 +187,12 @@ def test_garbage_metadata_values(good, key):
             verdict = load(edited(good, lambda h: h["__metadata__"].__setitem__(key, value)))
             if isinstance(verdict, icv.InContextVector):
                 assert_valid(verdict)
-                assert (SCHEMA[key][0] is str or key == "recommended_strength" or (key == "layers" and value == "null")
-                        or (key == "num_demos" and value.isdigit()))
+                assert (
+                    SCHEMA[key][0] is str
+                    or key == "recommended_strength"
+                    or (key == "layers" and value == "null")
+                    or (key == "num_demos" and value.isdigit())
+                )
             elif isinstance(verdict, icv.FormatVersionError):
                 assert key == "icv_format_version" and "format version 9" in str(verdict)
             else:
@@ -272,7 +293,9 @@ def test_swapped_offsets_load_the_swapped_data(good):
     original = load(good)
     header, body = split(good)
     header["direction.0"]["data_offsets"], header["direction.1"]["data_offsets"] = (
-        header["direction.1"]["data_offsets"], header["direction.0"]["data_offsets"])
+        header["direction.1"]["data_offsets"],
+        header["direction.0"]["data_offsets"],
+    )
     swapped = load(join(header, body))
     assert torch.equal(swapped.directions[0], original.directions[1])
     assert torch.equal(swapped.directions[1], original.directions[0])

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import icv
-from icv.strength import DEFAULT_BUDGET, Strength, default_strength, planned_strength
 from icv.steer import default_strength_for
+from icv.strength import DEFAULT_BUDGET, Strength, default_strength, planned_strength
 
 
 @pytest.fixture
@@ -31,8 +31,9 @@ def test_where_a_strength_comes_from(vec):
     # A rotation's recommendation is an angle: it says nothing about addition.
     assert planned_strength(calibrated, "add", "block") == Strength(default_strength("add", 3), "default")
     assert default_strength_for(calibrated, mode="add") == default_strength("add", 3)
-    assert [s.label() for s in (Strength(0.2, "given"), Strength(0.07, "recommended"), Strength(0.5, "default"))] == [
-        "0.2", "0.07 (recommended)", "0.5 (default)"]
+    assert [
+        s.label() for s in (Strength(0.2, "given"), Strength(0.07, "recommended"), Strength(0.5, "default"))
+    ] == ["0.2", "0.07 (recommended)", "0.5 (default)"]
 
 
 def _logits(model, vec, **options):
@@ -43,7 +44,9 @@ def _logits(model, vec, **options):
 
 def test_steering_without_a_strength_guesses_and_says_so(llama, vec):
     guess = default_strength("rotate", vec.num_layers)
-    with pytest.warns(icv.DefaultStrengthWarning, match=f"'positive' recommends none for rotate: using {guess:g}") as caught:
+    with pytest.warns(
+        icv.DefaultStrengthWarning, match=f"'positive' recommends none for rotate: using {guess:g}"
+    ) as caught:
         guessed = _logits(llama, vec)
     assert caught[0].filename == __file__  # points at the caller's line
     assert torch.equal(guessed, _logits(llama, vec, strength=guess))

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from tiny import tiny_model
 
 import icv
-from tiny import tiny_model
 
 
 @pytest.fixture
@@ -16,9 +16,20 @@ def test_public_contract(vec):
     assert vec.directions.shape == (3, 32)
     assert vec.directions.dtype == torch.float32
     m = vec.metadata
-    for key in ("icv_format_version", "library_version", "model_name", "model_type", "hidden_size",
-                "num_layers", "method", "injection_site", "num_demos", "demos_sha256",
-                "prompt_template", "recommended_strength"):
+    for key in (
+        "icv_format_version",
+        "library_version",
+        "model_name",
+        "model_type",
+        "hidden_size",
+        "num_layers",
+        "method",
+        "injection_site",
+        "num_demos",
+        "demos_sha256",
+        "prompt_template",
+        "recommended_strength",
+    ):
         assert key in m
     assert m["num_demos"] == 4 and m["method"] == "pca" and m["injection_mode"] == "rotate"
 

@@ -42,7 +42,8 @@ def test_every_lower_bound_is_the_version_make_test_min_installs():
     for name, requirement in requirements.items():
         lower = [Version(spec.version) for spec in requirement.specifier if spec.operator == ">="]
         assert lower == [Version(pins[name])], (
-            f"{name}: setup.cfg says {requirement.specifier}, make test-min installs {pins[name]}")
+            f"{name}: setup.cfg says {requirement.specifier}, make test-min installs {pins[name]}"
+        )
         assert requirement.specifier.contains(pins[name])
 
 

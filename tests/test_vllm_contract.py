@@ -60,8 +60,20 @@ def test_icv_serve_engine_vllm_becomes_vllms_server_with_the_plugin(tmp_path, mo
 
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
-    args = parser.parse_args(["--engine", "vllm", "--vectors", str(tmp_path), "--port", "8123",
-                              "--served-model-name", "smol", "--vllm-args", "--max-model-len 2048 -tp 2"])
+    args = parser.parse_args(
+        [
+            "--engine",
+            "vllm",
+            "--vectors",
+            str(tmp_path),
+            "--port",
+            "8123",
+            "--served-model-name",
+            "smol",
+            "--vllm-args",
+            "--max-model-len 2048 -tp 2",
+        ]
+    )
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(OptionError, match="make setup-vllm"):
             vllm_command(args)

@@ -7,13 +7,13 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from tiny import DEMOS, ByteTokenizer, tiny_model
 
 import icv
 from icv.errors import RequestError
 from icv.serving import ModelShape, VectorLibrary
 from icv.serving.vllm.contract import STEERING_ARG, decode
 from icv.serving.vllm.http import SteeringMiddleware, rewrite
-from tiny import DEMOS, ByteTokenizer, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,15 @@ def body(**fields) -> bytes:
 
 
 def test_steering_moves_into_the_extra_args_with_a_cache_salt(library):
-    spec, out = rewrite(body(steering=[{"vector": "positive", "strength": 0.05}], steering_positions="generated",
-                             vllm_xargs={"other": 1}, cache_salt="mine"), library)
+    spec, out = rewrite(
+        body(
+            steering=[{"vector": "positive", "strength": 0.05}],
+            steering_positions="generated",
+            vllm_xargs={"other": 1},
+            cache_salt="mine",
+        ),
+        library,
+    )
     request = json.loads(out)
     assert "steering" not in request and "steering_positions" not in request
     assert request["vllm_xargs"]["other"] == 1
@@ -49,15 +56,18 @@ def test_unsteered_and_unreadable_bodies_reach_vllm_unchanged(library):
     assert spec is None and "steering" not in json.loads(out) and "cache_salt" not in json.loads(out)
 
 
-@pytest.mark.parametrize(("fields", "code"), [
-    ({"steering": [{"vector": "nope"}]}, "vector_not_found"),
-    ({"steering": [{"vector": "qwen"}]}, "vector_mismatch"),
-    ({"steering": [{"vector": "positive", "strength": "strong"}]}, "invalid_strength"),
-    ({"steering": [{"vector": "positive", "power": 1}]}, "invalid_steering"),
-    ({"steering": [{"vector": "positive"}] * 9}, "too_many_vectors"),
-    ({"steering_positions": "middle"}, "invalid_steering"),
-    ({"vllm_xargs": {STEERING_ARG: "{}"}}, "invalid_steering"),
-])
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"steering": [{"vector": "nope"}]}, "vector_not_found"),
+        ({"steering": [{"vector": "qwen"}]}, "vector_mismatch"),
+        ({"steering": [{"vector": "positive", "strength": "strong"}]}, "invalid_strength"),
+        ({"steering": [{"vector": "positive", "power": 1}]}, "invalid_steering"),
+        ({"steering": [{"vector": "positive"}] * 9}, "too_many_vectors"),
+        ({"steering_positions": "middle"}, "invalid_steering"),
+        ({"vllm_xargs": {STEERING_ARG: "{}"}}, "invalid_steering"),
+    ],
+)
 def test_bad_steering_is_refused_with_the_field_at_fault(library, fields, code):
     with pytest.raises(RequestError) as caught:
         rewrite(body(**fields), library)
@@ -76,10 +86,17 @@ def run(middleware, path, payload, response_chunks, status=200, content_type=b"a
     async def app(scope, receive, send):
         message = await receive()
         seen["body"] = message["body"]
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", content_type), (b"content-length", b"999")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", b"999")],
+            }
+        )
         for i, chunk in enumerate(response_chunks):
-            await send({"type": "http.response.body", "body": chunk, "more_body": i < len(response_chunks) - 1})
+            await send(
+                {"type": "http.response.body", "body": chunk, "more_body": i < len(response_chunks) - 1}
+            )
 
     sent = []
 
@@ -89,8 +106,13 @@ def run(middleware, path, payload, response_chunks, status=200, content_type=b"a
     async def receive():
         return {"type": "http.request", "body": payload, "more_body": False}
 
-    scope = {"type": "http", "method": "POST", "path": path, "headers": [],  # an ASGI scope always has headers
-             "app": SimpleNamespace(state=middleware.state)}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [],  # an ASGI scope always has headers
+        "app": SimpleNamespace(state=middleware.state),
+    }
     asyncio.run(SteeringMiddleware(app, max_body=1000)(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -103,8 +125,12 @@ def server(library):
 
 
 def test_a_response_says_which_steering_was_applied(server):
-    given, start, out = run(server, "/v1/completions", body(steering=[{"vector": "positive", "strength": 0.05}]),
-                            [b'{"id": "c1", ', b'"choices": []}'])
+    given, start, out = run(
+        server,
+        "/v1/completions",
+        body(steering=[{"vector": "positive", "strength": 0.05}]),
+        [b'{"id": "c1", ', b'"choices": []}'],
+    )
     assert STEERING_ARG in json.loads(given)["vllm_xargs"]
     answer = json.loads(out)
     assert answer["steering"] == {"vectors": [{"vector": "positive", "strength": 0.05}], "positions": "all"}
@@ -116,8 +142,13 @@ def test_a_response_says_which_steering_was_applied(server):
 
 def test_every_event_of_a_stream_carries_the_steering_even_when_split(server):
     events = [b'data: {"id": "a"}\n\ndata: {"id"', b': "b"}\n\n', b"data: [DONE]\n\n"]
-    _, start, out = run(server, "/v1/chat/completions", body(steering=[{"vector": "positive", "strength": 0.05}]),
-                        events, content_type=b"text/event-stream; charset=utf-8")
+    _, start, out = run(
+        server,
+        "/v1/chat/completions",
+        body(steering=[{"vector": "positive", "strength": 0.05}]),
+        events,
+        content_type=b"text/event-stream; charset=utf-8",
+    )
     datas = [line[6:] for line in out.split(b"\n\n") if line.startswith(b"data: ")]
     assert [json.loads(d)["id"] for d in datas[:-1]] == ["a", "b"] and datas[-1] == b"[DONE]"
     assert all(json.loads(d)["steering"]["vectors"][0]["vector"] == "positive" for d in datas[:-1])

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from steering_reference import hook_count
+from tiny import DEMOS, ByteTokenizer, tiny_model
 from torch import nn
 
 import icv
@@ -19,8 +21,6 @@ from icv.serving.vllm.contract import encode
 from icv.serving.vllm.rows import POSITION_CODES, token_slots
 from icv.serving.vllm.step import StepRequest, StepSteering
 from icv.steer import away_directions, layer_deltas, rotate_towards
-from steering_reference import hook_count
-from tiny import DEMOS, ByteTokenizer, tiny_model
 
 ALL, PROMPT, GENERATED = (POSITION_CODES[p] for p in ("all", "prompt", "generated"))
 
@@ -64,10 +64,13 @@ def library(model, tmp_path_factory):
     tok = ByteTokenizer()
     icv.extract(model, tok, DEMOS, name="pos").save(folder / "positive.safetensors")
     icv.extract(model, tok, [(t, s) for s, t in DEMOS], name="neg").save(folder / "negative.safetensors")
-    additive = icv.extract(model, tok, DEMOS, name="add").with_metadata(injection_mode="add", injection_site="block")
+    additive = icv.extract(model, tok, DEMOS, name="add").with_metadata(
+        injection_mode="add", injection_site="block"
+    )
     additive.save(folder / "additive.safetensors")
     icv.InContextVector.load(folder / "positive.safetensors").with_metadata(injection_site="block").save(
-        folder / "turn.safetensors")
+        folder / "turn.safetensors"
+    )
     return VectorLibrary.load([folder], ModelShape.of(model))
 
 
@@ -117,9 +120,15 @@ def test_a_mixed_step_gives_each_token_what_its_request_gets_alone(model, librar
         for request_spec, prompt, computed, n in MIXED:
             rows = slice(start, start + n)
             positions = torch.arange(computed, computed + n)
-            steered = torch.ones(n, dtype=torch.bool) if request_spec is None else {
-                "all": torch.ones(n, dtype=torch.bool), "prompt": positions < prompt,
-                "generated": positions >= prompt}[request_spec.positions]
+            steered = (
+                torch.ones(n, dtype=torch.bool)
+                if request_spec is None
+                else {
+                    "all": torch.ones(n, dtype=torch.bool),
+                    "prompt": positions < prompt,
+                    "generated": positions >= prompt,
+                }[request_spec.positions]
+            )
             if request_spec is None or not steered.any():
                 assert torch.equal(out[rows], plain[rows]), "an unsteered token changed"
             else:

@@ -12,8 +12,14 @@ VOCAB = 128
 HIDDEN = 32
 LAYERS = 3
 
-_COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
-               intermediate_size=64, max_position_embeddings=256)
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=256,
+)
 _LLAMA_LIKE = dict(_COMMON, num_key_value_heads=2)
 
 FAMILIES: dict[str, dict] = {
@@ -33,10 +39,23 @@ FAMILIES: dict[str, dict] = {
     "gpt2": dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=256),
     "gpt_neox": dict(_COMMON),
     "gptj": dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=256, rotary_dim=4),
-    "falcon": dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
-                   new_decoder_architecture=False, multi_query=True),
-    "opt": dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
-                ffn_dim=64, max_position_embeddings=256, word_embed_proj_dim=HIDDEN),
+    "falcon": dict(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        new_decoder_architecture=False,
+        multi_query=True,
+    ),
+    "opt": dict(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        ffn_dim=64,
+        max_position_embeddings=256,
+        word_embed_proj_dim=HIDDEN,
+    ),
     "bloom": dict(vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS, n_head=4),
 }
 
@@ -44,7 +63,7 @@ FAMILIES: dict[str, dict] = {
 _TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _state(model_type: str) -> tuple:
     torch.manual_seed(1234)
     config = AutoConfig.for_model(model_type, **{**FAMILIES[model_type], **_TOKENS})

@@ -34,24 +34,39 @@ def rows(spec: str) -> range:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="steered model (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--model", default=None, help="steered model (default: embedded SmolLM2-135M-Instruct)"
+    )
     parser.add_argument("--test-rows", default="0:200", help="test rows, start:stop")
     parser.add_argument("--calib-rows", default=None, help="held-in rows for calibration, start:stop")
     parser.add_argument("--k", type=int, default=None, help="number of demonstrations")
     parser.add_argument("--method", default="pca", choices=("pca", "mean"))
-    parser.add_argument("--preset", default=None, choices=("paper",),
-                        help="extract with icv.extract(preset=...) (fixes --method and --template)")
-    parser.add_argument("--template", default="raw", choices=("raw", "chat"),
-                        help="how demo texts are presented at extraction")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        choices=("paper",),
+        help="extract with icv.extract(preset=...) (fixes --method and --template)",
+    )
+    parser.add_argument(
+        "--template",
+        default="raw",
+        choices=("raw", "chat"),
+        help="how demo texts are presented at extraction",
+    )
     parser.add_argument("--mode", default="rotate", choices=("rotate", "add"))
     parser.add_argument("--site", default=None, choices=("mlp", "block", "attn"))
     parser.add_argument("--layers", default=None, help="steer only layers start:stop")
-    parser.add_argument("--positions", default=None, choices=("all", "prompt", "generated"),
-                        help="which token positions are steered (default: the vector's)")
+    parser.add_argument(
+        "--positions",
+        default=None,
+        choices=("all", "prompt", "generated"),
+        help="which token positions are steered (default: the vector's)",
+    )
     parser.add_argument("--strengths", default=None, help="comma-separated sweep (default: per benchmark)")
     parser.add_argument("--calib-strengths", default=None, help="comma-separated calibration sweep")
-    parser.add_argument("--min-content", type=float, default=None,
-                        help="calibration's content floor (default: per benchmark)")
+    parser.add_argument(
+        "--min-content", type=float, default=None, help="calibration's content floor (default: per benchmark)"
+    )
     parser.add_argument("--no-calibrate", action="store_true")
     parser.add_argument("--no-fluency", action="store_true", help="skip Gemma perplexity")
     parser.add_argument("--methods", default="zero-shot,icl,icv")
@@ -59,8 +74,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default=None, help="output folder (default: benchmarks/quality/out/<name>)")
     parser.add_argument("--name", default=None, help="run name (file stem)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1 is fastest on a small shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a small shared machine)"
+    )
 
 
 def floats(text: str | None, default: tuple[float, ...]) -> list[float]:
@@ -98,8 +114,16 @@ def run(
     template = chat_template(tokenizer) if args.template == "chat" else "{text}"
     site = args.site or ("mlp" if args.mode == "rotate" else "block")
     reading = {"preset": args.preset} if args.preset else {"method": args.method, "template": template}
-    vector = icv.extract(model, tokenizer, demos, **reading, injection_mode=args.mode, injection_site=site,
-                         name=name, progress=False)
+    vector = icv.extract(
+        model,
+        tokenizer,
+        demos,
+        **reading,
+        injection_mode=args.mode,
+        injection_site=site,
+        name=name,
+        progress=False,
+    )
     steer_options: dict[str, Any] = {}
     if args.layers:
         steer_options["layers"] = list(rows(args.layers))
@@ -110,11 +134,17 @@ def run(
     if not args.no_calibrate:
         t0 = time.perf_counter()
         result = calibrate(
-            model, tokenizer, vector, calib_inputs, style=style, fluency=fluency,
+            model,
+            tokenizer,
+            vector,
+            calib_inputs,
+            style=style,
+            fluency=fluency,
             strengths=floats(args.calib_strengths, calib_strengths),
             min_content=min_content if args.min_content is None else args.min_content,
             layer_ranges=[steer_options["layers"]] if "layers" in steer_options else None,
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
         )
         vector = result.vector
         calibration_table = result.report.markdown()
@@ -127,21 +157,38 @@ def run(
         sweep = sorted(sweep + [vector.recommended_strength])
     scorers = [RepetitionScorer(3)] + ([fluency] if fluency is not None else []) + extra_scorers
     evaluation = evaluate(
-        model, tokenizer, demos, test_inputs, style=style, content=SimilarityScorer(), scorers=scorers,
-        references=test_references, vector=vector, strengths=sweep,
-        methods=[m for m in args.methods.split(",") if m], max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, **steer_options,
+        model,
+        tokenizer,
+        demos,
+        test_inputs,
+        style=style,
+        content=SimilarityScorer(),
+        scorers=scorers,
+        references=test_references,
+        vector=vector,
+        strengths=sweep,
+        methods=[m for m in args.methods.split(",") if m],
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        **steer_options,
     )
     evaluation.settings.update(info)
     evaluation.settings["demos"] = [list(d) for d in demos]
-    evaluation.settings["extraction"] = {"preset": args.preset, "method": vector.metadata["method"],
-                                         "template": args.template,
-                                         "mode": args.mode, "site": site, "layers": args.layers}
+    evaluation.settings["extraction"] = {
+        "preset": args.preset,
+        "method": vector.metadata["method"],
+        "template": args.template,
+        "mode": args.mode,
+        "site": site,
+        "layers": args.layers,
+    }
     evaluation.settings["total_seconds"] = round(time.perf_counter() - started, 1)
     paths = evaluation.save(out, stem=stem, title=f"{name}: {evaluation.settings['model']}")
     if calibration_table:
         (out / f"{stem}.calibration.md").write_text(calibration_table + "\n")
     print(evaluation.markdown())
     print(json.dumps({k: v for k, v in info.items()}, indent=1))
-    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']} in {evaluation.settings['total_seconds']} s")
+    print(
+        f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']} in {evaluation.settings['total_seconds']} s"
+    )
     return evaluation.to_dict(outputs=False)

@@ -21,7 +21,9 @@ from pathlib import Path
 
 def icv_points(run: dict, zero: tuple[float, float, float] | None = None) -> list[tuple[float, float, float]]:
     """(strength, content, style success) of every ICV row and strength 0, most content first."""
-    points = [(r["strength"], r["content"], r["style_success"]) for r in run["results"] if r["method"] == "icv"]
+    points = [
+        (r["strength"], r["content"], r["style_success"]) for r in run["results"] if r["method"] == "icv"
+    ]
     return sorted(points + ([zero] if zero else []), key=lambda p: -p[1])
 
 
@@ -55,14 +57,20 @@ def calibrated(run: dict) -> tuple[float, float, float] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="result JSON files written by yelp.py / paradetox.py")
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="result JSON files written by yelp.py / paradetox.py"
+    )
     parser.add_argument("--at", default="0.75,0.7,0.65,0.6", help="similarities to compare at")
     parser.add_argument("--offensive", action="store_true", help="print 1 - style success (ParaDetox)")
     args = parser.parse_args(argv)
     levels = [float(x) for x in args.at.split(",")]
     show = (lambda s: 1 - s) if args.offensive else (lambda s: s)  # noqa: E731
     label = "offensive" if args.offensive else "style success"
-    print(f"| run | calibrated: strength, {label}, similarity | " + " | ".join(f"{label} at {x:g}" for x in levels) + " |")
+    print(
+        f"| run | calibrated: strength, {label}, similarity | "
+        + " | ".join(f"{label} at {x:g}" for x in levels)
+        + " |"
+    )
     print("|---|---|" + "---:|" * len(levels))
     runs = {path: json.loads(path.read_text()) for path in args.runs}
     for path, run in runs.items():

@@ -37,14 +37,27 @@ BUDGETS = {
 }
 
 
-def sweep(model_name: str, mode: str, inputs: list[str], budgets: tuple[float, ...], min_content: float) -> dict:
+def sweep(
+    model_name: str, mode: str, inputs: list[str], budgets: tuple[float, ...], min_content: float
+) -> dict:
     model, tokenizer = icv.load_model(model_name)
     num_layers = len(decoder_layers(model))
-    vector = icv.extract(model, tokenizer, HANDWRITTEN[:8], name="positive", injection_mode=mode, progress=False)
+    vector = icv.extract(
+        model, tokenizer, HANDWRITTEN[:8], name="positive", injection_mode=mode, progress=False
+    )
     strengths = [round(b / num_layers, 5) for b in budgets]
     started = time.perf_counter()
-    result = icv.calibrate(model, tokenizer, vector, inputs, style=SentimentScorer("positive"),
-                           strengths=strengths, min_content=min_content, max_new_tokens=32, batch_size=32)
+    result = icv.calibrate(
+        model,
+        tokenizer,
+        vector,
+        inputs,
+        style=SentimentScorer("positive"),
+        strengths=strengths,
+        min_content=min_content,
+        max_new_tokens=32,
+        batch_size=32,
+    )
     report = result.report
     return {
         "model": model_name,
@@ -56,8 +69,13 @@ def sweep(model_name: str, mode: str, inputs: list[str], budgets: tuple[float, .
         "seconds": round(time.perf_counter() - started, 1),
         "table": report.markdown(),
         "points": [
-            {"budget": round(p.strength * num_layers, 3), "strength": p.strength, "style": p.style_success,
-             "content": p.content, "repetition": p.repetition}
+            {
+                "budget": round(p.strength * num_layers, 3),
+                "strength": p.strength,
+                "style": p.style_success,
+                "content": p.content,
+                "repetition": p.repetition,
+            }
             for p in [report.baseline, *report.points]
         ],
     }
@@ -69,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="rotate,add")
     parser.add_argument("--calib-rows", default="300:340")
     parser.add_argument("--min-content", type=float, default=0.70)
-    parser.add_argument("--budgets", default=None, help="comma-separated budgets (default: per mode, BUDGETS)")
-    parser.add_argument("--budgets", default=None, help="comma-separated budgets (default: per mode, BUDGETS)")
+    parser.add_argument(
+        "--budgets", default=None, help="comma-separated budgets (default: per mode, BUDGETS)"
+    )
+    parser.add_argument(
+        "--budgets", default=None, help="comma-separated budgets (default: per mode, BUDGETS)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "default-strength")
     args = parser.parse_args(argv)
@@ -83,18 +105,34 @@ def main(argv: list[str] | None = None) -> int:
             budgets = tuple(float(b) for b in args.budgets.split(",")) if args.budgets else BUDGETS[mode]
             result = sweep(model_name, mode, inputs, budgets, args.min_content)
             results.append(result)
-            print(f"## {model_name}, {mode}: chose {result['chosen_strength']:g} = budget {result['chosen_budget']:g} "
-                  f"/ {result['num_layers']} layers ({result['seconds']} s)\n\n{result['table']}\n", flush=True)
+            print(
+                f"## {model_name}, {mode}: chose {result['chosen_strength']:g} = budget {result['chosen_budget']:g} "
+                f"/ {result['num_layers']} layers ({result['seconds']} s)\n\n{result['table']}\n",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"calib_rows": args.calib_rows, "min_content": args.min_content, "demos": "yelp.py HANDWRITTEN[:8]",
-         "results": results}, indent=1) + "\n")
-    lines = [f"# Default strength: calibration per model on a common budget axis\n",
-             f"Yelp reference.0 rows {args.calib_rows} (held-in), 8 hand-written demos, content floor "
-             f"{args.min_content}, repetition <= 0.2. Budget = strength x decoder layers.\n"]
+    args.out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "calib_rows": args.calib_rows,
+                "min_content": args.min_content,
+                "demos": "yelp.py HANDWRITTEN[:8]",
+                "results": results,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    lines = [
+        "# Default strength: calibration per model on a common budget axis\n",
+        f"Yelp reference.0 rows {args.calib_rows} (held-in), 8 hand-written demos, content floor "
+        f"{args.min_content}, repetition <= 0.2. Budget = strength x decoder layers.\n",
+    ]
     for r in results:
-        lines.append(f"## {r['model']} ({r['num_layers']} layers), {r['mode']}: chose {r['chosen_strength']:g} "
-                     f"(budget {r['chosen_budget']:g})\n\n{r['table']}\n")
+        lines.append(
+            f"## {r['model']} ({r['num_layers']} layers), {r['mode']}: chose {r['chosen_strength']:g} "
+            f"(budget {r['chosen_budget']:g})\n\n{r['table']}\n"
+        )
     args.out.with_suffix(".md").write_text("\n".join(lines))
     print(f"wrote {args.out.with_suffix('.md')}")
     return 0

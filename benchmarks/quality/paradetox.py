@@ -29,7 +29,10 @@ from icv.scorers import OffensiveScorer  # noqa: E402
 # Written for this project (not from any data set): a rude sentence and a polite
 # rewrite that keeps its meaning.
 HANDWRITTEN = [
-    ("Shut up, nobody cares about your stupid opinion.", "Please stop, I don't think your opinion helps here."),
+    (
+        "Shut up, nobody cares about your stupid opinion.",
+        "Please stop, I don't think your opinion helps here.",
+    ),
     ("You are a complete idiot.", "I think you are mistaken."),
     ("This is the dumbest fucking idea I have ever heard.", "This is not a good idea, in my view."),
     ("Get the hell out of my office.", "Please leave my office."),
@@ -52,11 +55,23 @@ HANDWRITTEN = [
 MINIMAL_EDITS = [
     ("you are an idiot if you think that will work .", "you are wrong if you think that will work ."),
     ("only a stupid person would vote for this bill .", "only a careless person would vote for this bill ."),
-    ("these morons in congress can't even pass a budget .", "these people in congress can't even pass a budget ."),
-    ("what a load of crap , the article gets every fact wrong .", "what a poor piece , the article gets every fact wrong ."),
-    ("the mayor is a lying scumbag and everyone knows it .", "the mayor is not honest and everyone knows it ."),
+    (
+        "these morons in congress can't even pass a budget .",
+        "these people in congress can't even pass a budget .",
+    ),
+    (
+        "what a load of crap , the article gets every fact wrong .",
+        "what a poor piece , the article gets every fact wrong .",
+    ),
+    (
+        "the mayor is a lying scumbag and everyone knows it .",
+        "the mayor is not honest and everyone knows it .",
+    ),
     ("shut the fuck up and read the report first .", "please stop and read the report first ."),
-    ("this team sucks , they lost every game this year .", "this team is weak , they lost every game this year ."),
+    (
+        "this team sucks , they lost every game this year .",
+        "this team is weak , they lost every game this year .",
+    ),
     ("he is a pathetic loser who blames everyone else .", "he is a person who blames everyone else ."),
     ("stop posting this garbage on my page .", "stop posting this on my page ."),
     ("that driver is a complete jackass .", "that driver is very careless ."),
@@ -82,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
     parser.add_argument("--demos", default="handwritten", choices=(*WRITTEN_DEMOS, "paradetox"))
-    parser.add_argument("--demo-start", type=int, default=10000, help="first data row the paradetox demos may come from")
+    parser.add_argument(
+        "--demo-start", type=int, default=10000, help="first data row the paradetox demos may come from"
+    )
     args = parser.parse_args(argv)
     data = read_paradetox(DATA / "paradetox" / "paradetox.tsv")
     test_rows, calib_rows = rows(args.test_rows), rows(args.calib_rows or "5000:5024")
@@ -116,9 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         strengths=(0.05, 0.07, 0.09),
         calib_strengths=(0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.12),
         min_content=0.65,
-        info={"data": "paradetox/paradetox.tsv", "test_rows": args.test_rows,
-              "calib_rows": f"{calib_rows.start}:{calib_rows.stop}", "demo_rows": demo_rows, "k": k,
-              "source_offensive_rate": sum(scorer.score(sources)) / len(sources)},
+        info={
+            "data": "paradetox/paradetox.tsv",
+            "test_rows": args.test_rows,
+            "calib_rows": f"{calib_rows.start}:{calib_rows.stop}",
+            "demo_rows": demo_rows,
+            "k": k,
+            "source_offensive_rate": sum(scorer.score(sources)) / len(sources),
+        },
     )
     return 0
 

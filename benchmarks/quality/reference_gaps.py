@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from common import DATA  # noqa: E402
 from paradetox import HANDWRITTEN as RUDE  # noqa: E402
-from yelp import HANDWRITTEN as NEGATIVE, read_reference  # noqa: E402
+from yelp import HANDWRITTEN as NEGATIVE  # noqa: E402
+from yelp import read_reference
 
 import icv  # noqa: E402
 from icv.aggregate import aggregator, unit_rows  # noqa: E402
@@ -48,7 +49,7 @@ def directions(model, tokenizer, demos, cleaned: bool, method: str, sign: str) -
     clean = strip_special_characters if cleaned else (lambda text: text)
     texts = [clean(s) for s, _ in demos] + [clean(t) for _, t in demos]
     states = read_last_token_states(model, tokenizer, texts, embedding_row="embedding_output", progress=False)
-    shifts = (states[len(demos):] - states[: len(demos)]).flatten(start_dim=1)
+    shifts = (states[len(demos) :] - states[: len(demos)]).flatten(start_dim=1)
     combined = aggregator(method, pca_sign=sign)(shifts).view(states.shape[1], states.shape[2])
     return unit_rows(combined[1:])
 
@@ -60,7 +61,9 @@ def as_vector(rows: torch.Tensor, template: icv.InContextVector, name: str) -> i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
-    parser.add_argument("--strength", type=float, default=None, help="rotation strength (default: 0.04 SmolLM2, 0.095 Gemma)")
+    parser.add_argument(
+        "--strength", type=float, default=None, help="rotation strength (default: 0.04 SmolLM2, 0.095 Gemma)"
+    )
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -71,16 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [paraphrase_prompt(s) for s in sources]
     plain = complete(model, tokenizer, prompts, max_new_tokens=20, progress=False)
     print(f"model {icv.models.model_name_of(model)}, strength {strength}, {len(prompts)} prompts\n")
-    print("| demos | variant | mean cosine to default (min layer) | continuations that differ from default's | differ from unsteered |")
+    print(
+        "| demos | variant | mean cosine to default (min layer) | continuations that differ from default's | differ from unsteered |"
+    )
     print("|---|---|---:|---:|---:|")
     kept = {}
     for label, demos in (("Yelp 8", NEGATIVE[:8]), ("ParaDetox 8", RUDE[:8])):
         template = icv.extract(model, tokenizer, demos, progress=False)
-        rows = {name: directions(model, tokenizer, demos, cleaned, method, sign) for name, cleaned, method, sign in VARIANTS}
+        rows = {
+            name: directions(model, tokenizer, demos, cleaned, method, sign)
+            for name, cleaned, method, sign in VARIANTS
+        }
         outputs = {}
         for name, _, _, _ in VARIANTS:
             vector = as_vector(rows[name], template, name)
-            outputs[name] = complete(model, tokenizer, prompts, vector=vector, strength=strength, max_new_tokens=20, progress=False)
+            outputs[name] = complete(
+                model, tokenizer, prompts, vector=vector, strength=strength, max_new_tokens=20, progress=False
+            )
         kept[label] = as_vector(rows["default"], template, label)
         for name, _, _, _ in VARIANTS:
             if name == "default":
@@ -90,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             cos = torch.nn.functional.cosine_similarity(rows[name], rows["default"], dim=-1)
             differ = sum(a != b for a, b in zip(outputs[name], outputs["default"]))
             moved = sum(a != b for a, b in zip(outputs[name], plain))
-            print(f"| {label} | {name} | {cos.mean():.4f} ({cos.min():.4f}) | {differ}/{len(prompts)} | {moved}/{len(prompts)} |")
+            print(
+                f"| {label} | {name} | {cos.mean():.4f} ({cos.min():.4f}) | {differ}/{len(prompts)} | {moved}/{len(prompts)} |"
+            )
     a, b = kept["Yelp 8"], kept["ParaDetox 8"]
     batch = left_padded(tokenizer, prompts, model_device(model))
     with torch.no_grad():
@@ -102,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         with icv.steer(model, a, strength / 2), icv.steer(model, b, strength / 2):
             halves = model(**batch).logits[:, -1]
     size = lambda logits: float((logits - base).abs().mean())  # noqa: E731
-    print(f"\nTwo vectors (Yelp 8 + ParaDetox 8) at strength {strength}: mean absolute change of the next-token logits")
-    print(f"- steer(a + b): {size(summed):.3f}; steer_averaged([a, b]): {size(averaged):.3f} "
-          f"(ratio {size(averaged) / size(summed):.2f}); a and b nested at half strength each: {size(halves):.3f}")
+    print(
+        f"\nTwo vectors (Yelp 8 + ParaDetox 8) at strength {strength}: mean absolute change of the next-token logits"
+    )
+    print(
+        f"- steer(a + b): {size(summed):.3f}; steer_averaged([a, b]): {size(averaged):.3f} "
+        f"(ratio {size(averaged) / size(summed):.2f}); a and b nested at half strength each: {size(halves):.3f}"
+    )
     return 0
 
 

@@ -64,11 +64,21 @@ def spread_weighted_pca(model, tokenizer, demos: list[tuple[str, str]]) -> icv.I
     mean = icv.extract(model, tokenizer, demos, method="mean", progress=False)
     pca = icv.extract(model, tokenizer, demos, method="pca", progress=False)
     component = pca.shifts - mean.shifts
-    own = torch.stack([icv.extract(model, tokenizer, [pair], method="mean", progress=False).shifts for pair in demos])
+    own = torch.stack(
+        [icv.extract(model, tokenizer, [pair], method="mean", progress=False).shifts for pair in demos]
+    )
     scores = ((own - mean.shifts) * component).flatten(start_dim=1).sum(dim=1)
     combined = mean.shifts + scores.std() * component
-    print(json.dumps({"mean_norm": round(float(mean.shifts.norm()), 2), "component_norm": round(float(component.norm()), 4),
-                      "spread": round(float(scores.std()), 2)}), file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "mean_norm": round(float(mean.shifts.norm()), 2),
+                "component_norm": round(float(component.norm()), 4),
+                "spread": round(float(scores.std()), 2),
+            }
+        ),
+        file=sys.stderr,
+    )
     directions = combined / combined.norm(dim=-1, keepdim=True)
     metadata = dict(mean.metadata, method="pca", name="pca-spread")
     return icv.InContextVector(directions, metadata, layer_scales=mean.layer_scales, shifts=combined)
@@ -76,7 +86,9 @@ def spread_weighted_pca(model, tokenizer, demos: list[tuple[str, str]]) -> icv.I
 
 def style_at_content(evaluation: Evaluation, floor: float = 0.65) -> float | None:
     """Style success linearly interpolated where the ICV sweep crosses ``floor`` similarity."""
-    points = sorted(((r.content, r.style_success) for r in evaluation.results if r.method == "icv"), reverse=True)
+    points = sorted(
+        ((r.content, r.style_success) for r in evaluation.results if r.method == "icv"), reverse=True
+    )
     for (c1, s1), (c2, s2) in zip(points, points[1:]):
         if c1 >= floor >= c2 and c1 > c2:
             return s1 + (s2 - s1) * (c1 - floor) / (c1 - c2)
@@ -86,7 +98,9 @@ def style_at_content(evaluation: Evaluation, floor: float = 0.65) -> float | Non
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="plain", choices=VARIANTS)
-    parser.add_argument("--model", default=None, help="steered model (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--model", default=None, help="steered model (default: embedded SmolLM2-135M-Instruct)"
+    )
     parser.add_argument("--k", type=int, default=8, help="hand-written demos used")
     parser.add_argument("--unpaired", type=int, default=200, help="sentences per side for unpaired-means")
     parser.add_argument("--test-rows", default="0:48")
@@ -109,16 +123,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.layers:
         steer_options["layers"] = list(rows(args.layers))
     evaluation = evaluate(
-        model, tokenizer, HANDWRITTEN[:args.k], inputs, style=SentimentScorer("positive"), content=SimilarityScorer(),
-        scorers=[], vector=vector, strengths=floats(args.strengths, (0.03, 0.04, 0.05, 0.06)), methods=["icv"],
-        batch_size=48, progress=False, **steer_options,
+        model,
+        tokenizer,
+        HANDWRITTEN[: args.k],
+        inputs,
+        style=SentimentScorer("positive"),
+        content=SimilarityScorer(),
+        scorers=[],
+        vector=vector,
+        strengths=floats(args.strengths, (0.03, 0.04, 0.05, 0.06)),
+        methods=["icv"],
+        batch_size=48,
+        progress=False,
+        **steer_options,
     )
     at = style_at_content(evaluation)
-    print(json.dumps({
-        "variant": args.variant, "model": args.model or "smollm2", "layers": args.layers, "positions": args.positions,
-        "sweep": [[r.strength, round(r.style_success, 3), round(r.content, 3)] for r in evaluation.results],
-        "positive_at_similarity_0.65": None if at is None else round(at, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "variant": args.variant,
+                "model": args.model or "smollm2",
+                "layers": args.layers,
+                "positions": args.positions,
+                "sweep": [
+                    [r.strength, round(r.style_success, 3), round(r.content, 3)] for r in evaluation.results
+                ],
+                "positive_at_similarity_0.65": None if at is None else round(at, 3),
+            }
+        )
+    )
     return 0
 
 

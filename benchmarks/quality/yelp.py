@@ -86,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         strengths=(0.03, 0.05, 0.07, 0.09),
         calib_strengths=(0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1),
         min_content=0.7,
-        info={"data": "yelp/reference.0", "test_rows": args.test_rows, "calib_rows": f"{calib_rows.start}:{calib_rows.stop}",
-              "demo_rows": demo_rows, "k": k},
+        info={
+            "data": "yelp/reference.0",
+            "test_rows": args.test_rows,
+            "calib_rows": f"{calib_rows.start}:{calib_rows.stop}",
+            "demo_rows": demo_rows,
+            "k": k,
+        },
     )
     return 0
 

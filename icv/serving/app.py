@@ -85,8 +85,9 @@ class OpenAIRoutes:
         prompts = [self._encode(self._render(parsed.messages), special=False)]
         return await self._generate(request, parsed, prompts, chat=True)
 
-    async def _generate(self, request: Request, parsed: protocol.GenerationRequest, prompts: list[list[int]],
-                        chat: bool) -> Response:
+    async def _generate(
+        self, request: Request, parsed: protocol.GenerationRequest, prompts: list[list[int]], chat: bool
+    ) -> Response:
         self._check_model(parsed.model)
         spec = self.library.resolve(parsed.steering) if parsed.steering is not None else None
         steering = RowSteering(self.library.compose(spec), spec.positions) if spec is not None else None
@@ -96,8 +97,11 @@ class OpenAIRoutes:
         envelope = protocol.Envelope.new("chatcmpl" if chat else "cmpl", self.model_id, steering_json(spec))
         if parsed.stream:
             stream = chat_stream if chat else completion_stream
-            return StreamingResponse(_cancelling(call, stream(call, envelope, parsed.include_usage)),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                _cancelling(call, stream(call, envelope, parsed.include_usage)),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         return await _unless_gone(request, call, whole_response(call, envelope, chat, len(prompts)))
 
     def _params(self, parsed: protocol.GenerationRequest, ids: list[int], chat: bool) -> SamplingParams:
@@ -109,8 +113,12 @@ class OpenAIRoutes:
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_id:
-            raise RequestError(f"the model '{model:.80}' does not exist here; this server serves '{self.model_id}'",
-                               param="model", code="model_not_found", status=404)
+            raise RequestError(
+                f"the model '{model:.80}' does not exist here; this server serves '{self.model_id}'",
+                param="model",
+                code="model_not_found",
+                status=404,
+            )
 
     def _encode(self, prompt: str | tuple[int, ...], *, special: bool) -> list[int]:
         if isinstance(prompt, tuple):
@@ -120,14 +128,21 @@ class OpenAIRoutes:
     def _render(self, messages: tuple[dict[str, str], ...]) -> str:
         tokenizer = self.engine.tokenizer
         if not getattr(tokenizer, "chat_template", None):
-            raise RequestError("this model has no chat template: use /v1/completions", param="messages",
-                               code="no_chat_template")
+            raise RequestError(
+                "this model has no chat template: use /v1/completions",
+                param="messages",
+                code="no_chat_template",
+            )
         try:
-            return tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
-                                                 add_generation_prompt=True)
+            return tokenizer.apply_chat_template(
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+            )
         except Exception as error:  # the template's own checks (jinja2 errors), e.g. roles out of order
-            raise RequestError(f"the chat template refused these messages: {error}", param="messages",
-                               code="invalid_messages") from None
+            raise RequestError(
+                f"the chat template refused these messages: {error}",
+                param="messages",
+                code="invalid_messages",
+            ) from None
 
 
 # -- responses -------------------------------------------------------------------------
@@ -148,7 +163,9 @@ async def whole_response(call: Call, envelope: protocol.Envelope, chat: bool, co
     return JSONResponse(envelope.wrap("chat.completion" if chat else "text_completion", choices, usage=usage))
 
 
-async def completion_stream(call: Call, envelope: protocol.Envelope, include_usage: bool) -> AsyncIterator[str]:
+async def completion_stream(
+    call: Call, envelope: protocol.Envelope, include_usage: bool
+) -> AsyncIterator[str]:
     counts: list[tuple[int, int]] = []
     async for index, event in call.events():
         if isinstance(event, TextDelta):
@@ -234,15 +251,17 @@ async def _http_error(_request: Request, error: Exception) -> Response:
 
 async def _server_error(_request: Request, error: Exception) -> Response:
     log.error("unexpected error in a request", exc_info=error)
-    return error_response(RequestError(f"internal server error: {type(error).__name__}", code="server_error",
-                                       status=500))
+    return error_response(
+        RequestError(f"internal server error: {type(error).__name__}", code="server_error", status=500)
+    )
 
 
 # -- the application -------------------------------------------------------------------
 
 
-def create_app(engine: Engine, library: VectorLibrary, *, model_id: str | None = None,
-               limits: ServerLimits | None = None) -> Starlette:
+def create_app(
+    engine: Engine, library: VectorLibrary, *, model_id: str | None = None, limits: ServerLimits | None = None
+) -> Starlette:
     """The ASGI application serving ``engine``'s model with ``library``'s vectors."""
     limits = limits or ServerLimits()
     model_id = model_id or model_name_of(engine.model) or "model"

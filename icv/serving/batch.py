@@ -114,7 +114,12 @@ class DecodeBatch:
             layer.values = layer.values.index_select(0, index.to(layer.values.device))[..., start:, :]
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        kwargs = {"input_ids": ids, "attention_mask": self.mask, self._cache_argument: self.cache, "use_cache": True}
+        kwargs = {
+            "input_ids": ids,
+            "attention_mask": self.mask,
+            self._cache_argument: self.cache,
+            "use_cache": True,
+        }
         if self._takes_positions:
             kwargs["position_ids"] = positions
         if self._takes_logits_to_keep:

@@ -27,8 +27,9 @@ class Call:
         self._queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         self._jobs: list[Job] = []
 
-    def submit(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-               steering: RowSteering | None) -> None:
+    def submit(
+        self, prompts: Sequence[list[int]], params: Sequence[SamplingParams], steering: RowSteering | None
+    ) -> None:
         """Queue every prompt, or none: a refused prompt cancels the ones queued before it."""
         try:
             for index, (ids, p) in enumerate(zip(prompts, params)):

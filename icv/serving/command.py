@@ -35,14 +35,34 @@ class ServeEngine:
 
 def add_transformers_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine transformers")
-    group.add_argument("--max-batch", type=positive_int, default=16, metavar="N",
-                       help="rows decoded together at most (default: 16)")
-    group.add_argument("--gather-ms", type=non_negative_float, default=5.0, metavar="MS",
-                       help="when idle, how long the first request waits for others to batch with (default: 5)")
-    group.add_argument("--max-queue", type=positive_int, default=256, metavar="N",
-                       help="requests waiting at most; more get 503 (default: 256)")
-    group.add_argument("--max-tokens", type=positive_int, default=1024, metavar="N",
-                       help="the largest max_tokens a request may ask for (default: 1024)")
+    group.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=16,
+        metavar="N",
+        help="rows decoded together at most (default: 16)",
+    )
+    group.add_argument(
+        "--gather-ms",
+        type=non_negative_float,
+        default=5.0,
+        metavar="MS",
+        help="when idle, how long the first request waits for others to batch with (default: 5)",
+    )
+    group.add_argument(
+        "--max-queue",
+        type=positive_int,
+        default=256,
+        metavar="N",
+        help="requests waiting at most; more get 503 (default: 256)",
+    )
+    group.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=1024,
+        metavar="N",
+        help="the largest max_tokens a request may ask for (default: 1024)",
+    )
 
 
 def run_transformers(args: argparse.Namespace) -> int:
@@ -60,8 +80,16 @@ def run_transformers(args: argparse.Namespace) -> int:
     address = f"http://{_url_host(args.host)}:{args.port}"
     _say(f"serving on {address}/v1 (Ctrl-C stops)")
     _say(f"playground: {address}/ (open it in a browser)")
-    serve(model, tokenizer, library, host=args.host, port=args.port, policy=policy, max_tokens=args.max_tokens,
-          model_id=args.served_model_name)
+    serve(
+        model,
+        tokenizer,
+        library,
+        host=args.host,
+        port=args.port,
+        policy=policy,
+        max_tokens=args.max_tokens,
+        model_id=args.served_model_name,
+    )
     return 0
 
 
@@ -70,16 +98,26 @@ def run_transformers(args: argparse.Namespace) -> int:
 
 def add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine vllm (vLLM's OpenAI server with icv's plugin; make setup-vllm)")
-    group.add_argument("--vllm-args", default="", metavar="ARGS",
-                       help="more `vllm serve` options, in one string (e.g. \"--max-model-len 2048 -tp 2\")")
+    group.add_argument(
+        "--vllm-args",
+        default="",
+        metavar="ARGS",
+        help='more `vllm serve` options, in one string (e.g. "--max-model-len 2048 -tp 2")',
+    )
 
 
 def vllm_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """``(argv, environment)`` of the vLLM server ``icv serve --engine vllm`` becomes."""
     from .vllm.launch import command
 
-    return command(args.model, args.vectors, host=args.host, port=args.port, extra=shlex.split(args.vllm_args),
-                   served_model_name=args.served_model_name)
+    return command(
+        args.model,
+        args.vectors,
+        host=args.host,
+        port=args.port,
+        extra=shlex.split(args.vllm_args),
+        served_model_name=args.served_model_name,
+    )
 
 
 def run_vllm(args: argparse.Namespace) -> int:
@@ -92,10 +130,14 @@ def run_vllm(args: argparse.Namespace) -> int:
 
 
 ENGINES: dict[str, ServeEngine] = {
-    "transformers": ServeEngine("the model in this process, batched per step (default)", add_transformers_arguments,
-                                run_transformers),
-    "vllm": ServeEngine("vLLM's OpenAI server, steered in every worker by icv's plugin (needs vLLM installed)",
-                        add_vllm_arguments, run_vllm),
+    "transformers": ServeEngine(
+        "the model in this process, batched per step (default)", add_transformers_arguments, run_transformers
+    ),
+    "vllm": ServeEngine(
+        "vLLM's OpenAI server, steered in every worker by icv's plugin (needs vLLM installed)",
+        add_vllm_arguments,
+        run_vllm,
+    ),
 }
 
 
@@ -104,24 +146,44 @@ ENGINES: dict[str, ServeEngine] = {
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Every option of ``icv serve`` (the common ones, then each engine's)."""
-    parser.add_argument("--model", metavar="NAME_OR_PATH",
-                        help="model folder, hub id, .gguf file or alias (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--vectors", nargs="+", default=[], metavar="DIR_OR_FILE",
-                        help="vector files (safetensors or GGUF) or folders of them; a vector's name is its file stem")
-    parser.add_argument("--engine", choices=sorted(ENGINES), default="transformers",
-                        help="; ".join(f"{name}: {engine.summary}" for name, engine in ENGINES.items()))
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"address to listen on (default: {DEFAULT_HOST}; the server has no authentication)")
+    parser.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="model folder, hub id, .gguf file or alias (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    parser.add_argument(
+        "--vectors",
+        nargs="+",
+        default=[],
+        metavar="DIR_OR_FILE",
+        help="vector files (safetensors or GGUF) or folders of them; a vector's name is its file stem",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=sorted(ENGINES),
+        default="transformers",
+        help="; ".join(f"{name}: {engine.summary}" for name, engine in ENGINES.items()),
+    )
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default: {DEFAULT_HOST}; the server has no authentication)",
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
-    parser.add_argument("--served-model-name", metavar="NAME",
-                        help="the model's name in /v1/models and requests (default: the model's own name)")
+    parser.add_argument(
+        "--served-model-name",
+        metavar="NAME",
+        help="the model's name in /v1/models and requests (default: the model's own name)",
+    )
     for engine in ENGINES.values():
         engine.add_arguments(parser)
 
 
 def run_serve(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host):
-        _say(f"warning: listening on {args.host}: anyone who can reach it can use the model (no authentication)")
+        _say(
+            f"warning: listening on {args.host}: anyone who can reach it can use the model (no authentication)"
+        )
     try:
         return ENGINES[args.engine].run(args)
     except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: not an error

@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar, Union
 
 import torch
@@ -129,8 +129,14 @@ class Job:
 
     _ids = itertools.count()
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, steering: RowSteering | None,
-                 sink: Sink, decode: Callable[[list[int]], str]) -> None:
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        steering: RowSteering | None,
+        sink: Sink,
+        decode: Callable[[list[int]], str],
+    ) -> None:
         self.id = next(self._ids)
         self.prompt_ids = prompt_ids
         self.params = params
@@ -188,8 +194,15 @@ class Job:
 class Engine:
     """Serves generation requests for one model from one worker thread (see the module's docstring)."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, policy: BatchingPolicy | None = None,
-                 max_tokens: int = 1024, start: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        policy: BatchingPolicy | None = None,
+        max_tokens: int = 1024,
+        start: bool = True,
+    ) -> None:
         if is_steered(model):
             raise SteeringError("the model is already steered: remove that steering before serving it")
         self.model = model
@@ -216,8 +229,9 @@ class Engine:
 
     # -- the requests' side (any thread) --
 
-    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, steering: RowSteering | None,
-               sink: Sink) -> Job:
+    def submit(
+        self, prompt_ids: Sequence[int], params: SamplingParams, steering: RowSteering | None, sink: Sink
+    ) -> Job:
         """Queue a request; raises :class:`RequestError` (nothing queued) if it cannot be served."""
         ids = [int(t) for t in prompt_ids]
         self._check(ids, params, steering)
@@ -226,8 +240,11 @@ class Engine:
             if self._closing:
                 raise _closing()
             if len(self._queue) >= self.policy.max_queue:
-                raise RequestError(f"the server is busy ({len(self._queue)} requests waiting); retry later",
-                                   code="server_busy", status=503)
+                raise RequestError(
+                    f"the server is busy ({len(self._queue)} requests waiting); retry later",
+                    code="server_busy",
+                    status=503,
+                )
             self._queue.append(job)
             self.stats.requests += 1
             self._lock.notify_all()
@@ -278,16 +295,25 @@ class Engine:
         if not ids:
             raise RequestError("the prompt is empty", param="prompt", code="empty_prompt")
         if params.max_tokens < 1 or params.max_tokens > self.max_tokens:
-            raise RequestError(f"max_tokens must be between 1 and {self.max_tokens}, got {params.max_tokens}",
-                               param="max_tokens", code="invalid_max_tokens")
+            raise RequestError(
+                f"max_tokens must be between 1 and {self.max_tokens}, got {params.max_tokens}",
+                param="max_tokens",
+                code="invalid_max_tokens",
+            )
         bad = [t for t in ids if not 0 <= t < self._vocab]
         if bad:
-            raise RequestError(f"token id {bad[0]} is outside the vocabulary (0..{self._vocab - 1})",
-                               param="prompt", code="invalid_token")
+            raise RequestError(
+                f"token id {bad[0]} is outside the vocabulary (0..{self._vocab - 1})",
+                param="prompt",
+                code="invalid_token",
+            )
         if len(ids) + params.max_tokens > self.context:
             raise RequestError(
                 f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) exceeds the model's "
-                f"context of {self.context} tokens", param="max_tokens", code="context_length_exceeded")
+                f"context of {self.context} tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
         if steering is not None:
             try:
                 check_vector_fits(self.model, steering.vector)
@@ -378,7 +404,9 @@ class Engine:
         self._release_steering()  # the decode steering's rows are not this pass's rows
         steerings = steer_rows(self.model, [job.steering for job in jobs], "prompt")
         try:
-            batch, logits = DecodeBatch.prefill(self.model, [job.prompt_ids for job in jobs], self._pad, self._device)
+            batch, logits = DecodeBatch.prefill(
+                self.model, [job.prompt_ids for job in jobs], self._pad, self._device
+            )
         finally:
             for steering in steerings:
                 steering.remove()
@@ -419,7 +447,10 @@ class Engine:
         if self._decode_steering is not None and self._decode_steering[0] == key:
             return
         self._release_steering()
-        self._decode_steering = (key, steer_rows(self.model, [job.steering for job in self._rows], "generated"))
+        self._decode_steering = (
+            key,
+            steer_rows(self.model, [job.steering for job in self._rows], "generated"),
+        )
 
     def _release_steering(self) -> None:
         if self._decode_steering is not None:

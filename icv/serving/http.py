@@ -64,13 +64,17 @@ def require_content_type(request: Request, expected: str) -> None:
     """
     given = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if given != expected:
-        raise RequestError(f"send the body as {expected}, not {given or 'an untyped body'}",
-                           code="invalid_content_type", status=415)
+        raise RequestError(
+            f"send the body as {expected}, not {given or 'an untyped body'}",
+            code="invalid_content_type",
+            status=415,
+        )
 
 
 def _too_large(what: str, limit: int) -> RequestError:
-    return RequestError(f"{what} is larger than this server accepts ({limit} bytes)", code="body_too_large",
-                        status=413)
+    return RequestError(
+        f"{what} is larger than this server accepts ({limit} bytes)", code="body_too_large", status=413
+    )
 
 
 def error_response(error: RequestError) -> JSONResponse:

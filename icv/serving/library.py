@@ -73,7 +73,9 @@ def vector_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     files: list[Path] = []
     for entry in map(Path, paths):
         if entry.is_dir():
-            files.extend(sorted(p for p in entry.iterdir() if p.suffix.lower() in VECTOR_SUFFIXES and p.is_file()))
+            files.extend(
+                sorted(p for p in entry.iterdir() if p.suffix.lower() in VECTOR_SUFFIXES and p.is_file())
+            )
         elif entry.is_file():
             files.append(entry)
         else:
@@ -91,8 +93,12 @@ def read_vector_file(path: Path) -> InContextVector:
 class VectorLibrary:
     """Named vectors for one model; turns a :class:`SteeringSpec` into the vector it means."""
 
-    def __init__(self, shape: ModelShape, vectors: Mapping[str, LoadedVector] | None = None,
-                 unfit: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        shape: ModelShape,
+        vectors: Mapping[str, LoadedVector] | None = None,
+        unfit: Mapping[str, str] | None = None,
+    ) -> None:
         self.shape = shape
         self._vectors = dict(vectors or {})
         self._unfit = dict(unfit or {})
@@ -120,7 +126,9 @@ class VectorLibrary:
     def add(self, name: str, vector: InContextVector, path: str = "") -> None:
         """Serve ``vector`` under ``name`` (replacing one of that name); it must fit the model."""
         check_same_model(vector.metadata, self.shape.as_metadata(), what=f"vector '{name}'")
-        digest = hashlib.sha256(vector.directions.numpy().tobytes() + repr(sorted(vector.metadata.items())).encode()).hexdigest()
+        digest = hashlib.sha256(
+            vector.directions.numpy().tobytes() + repr(sorted(vector.metadata.items())).encode()
+        ).hexdigest()
         self._vectors[name] = LoadedVector(name, vector, path, digest)
         self._unfit.pop(name, None)
         self._compose.cache_clear()
@@ -140,11 +148,14 @@ class VectorLibrary:
             return self._vectors[name]
         if name in self._unfit:
             raise RequestError(
-                f"vector '{name}' cannot steer this model: {self._unfit[name]}", param=param, code="vector_mismatch"
+                f"vector '{name}' cannot steer this model: {self._unfit[name]}",
+                param=param,
+                code="vector_mismatch",
             )
         known = ", ".join(self.names) or "none"
-        raise RequestError(f"no vector named '{name}' is loaded (loaded: {known})", param=param,
-                           code="vector_not_found")
+        raise RequestError(
+            f"no vector named '{name}' is loaded (loaded: {known})", param=param, code="vector_not_found"
+        )
 
     def describe(self) -> list[dict[str, Any]]:
         """Every loaded vector's name, file, metadata and recommended strength (for ``GET /v1/vectors``)."""
@@ -180,8 +191,11 @@ class VectorLibrary:
             try:
                 total = scaled if total is None else total + scaled
             except ICVError as error:  # e.g. vectors of different injection modes
-                raise RequestError(f"these vectors cannot be combined: {error}", param="steering",
-                                   code="incompatible_vectors") from None
+                raise RequestError(
+                    f"these vectors cannot be combined: {error}",
+                    param="steering",
+                    code="incompatible_vectors",
+                ) from None
         assert total is not None
         return total
 

@@ -35,7 +35,7 @@ STATIC_FILES = {
 PATHS = {"/": "index.html", "/playground.js": "playground.js", "/playground.css": "playground.css"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
-                               "frame-ancestors 'none'",
+    "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }

@@ -34,8 +34,20 @@ MAX_STOP_STRINGS = 4
 MAX_PROMPTS = 32
 ROLES = ("system", "user", "assistant", "developer", "tool")
 
-_COMMON = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "user",
-           "ignore_eos", STEERING_FIELD, POSITIONS_FIELD}
+_COMMON = {
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "user",
+    "ignore_eos",
+    STEERING_FIELD,
+    POSITIONS_FIELD,
+}
 # Accepted only at these values: anything else asks for a feature this server lacks.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "n": (1, None),
@@ -84,15 +96,22 @@ def parse_chat(body: Mapping[str, Any], *, max_vectors: int) -> GenerationReques
     return _request(body, (), _messages(body.get("messages")), limit, name, max_vectors)
 
 
-def _request(body: Mapping[str, Any], prompts: tuple, messages: tuple, max_tokens: object, max_name: str,
-             max_vectors: int) -> GenerationRequest:
+def _request(
+    body: Mapping[str, Any],
+    prompts: tuple,
+    messages: tuple,
+    max_tokens: object,
+    max_name: str,
+    max_vectors: int,
+) -> GenerationRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise RequestError("'model' must be a string", param="model", code="invalid_type")
     options = body.get("stream_options")
     if options is not None and not (isinstance(options, Mapping) and set(options) <= {"include_usage"}):
-        raise RequestError("'stream_options' may only hold 'include_usage'", param="stream_options",
-                           code="invalid_value")
+        raise RequestError(
+            "'stream_options' may only hold 'include_usage'", param="stream_options", code="invalid_value"
+        )
     include_usage = _boolean((options or {}).get("include_usage"), "stream_options.include_usage", False)
     given = max_tokens is not None
     params = SamplingParams(
@@ -120,30 +139,44 @@ def _check_fields(body: Mapping[str, Any], known: set[str]) -> None:
         if key in known:
             continue
         if key not in _NEUTRAL:
-            raise RequestError(f"unrecognized request argument '{key:.60}'", param=key, code="unknown_parameter")
+            raise RequestError(
+                f"unrecognized request argument '{key:.60}'", param=key, code="unknown_parameter"
+            )
         if not _is_neutral(value, _NEUTRAL[key]):
-            raise RequestError(f"'{key}' is not supported by this server (only its default, {_NEUTRAL[key][0]!r})",
-                               param=key, code="unsupported_parameter")
+            raise RequestError(
+                f"'{key}' is not supported by this server (only its default, {_NEUTRAL[key][0]!r})",
+                param=key,
+                code="unsupported_parameter",
+            )
 
 
 def _is_neutral(value: object, neutral: tuple[Any, ...]) -> bool:
     # True == 1 in Python: a boolean is neutral only where a boolean is.
-    return value is None or any(value == n and isinstance(value, bool) == isinstance(n, bool) for n in neutral)
+    return value is None or any(
+        value == n and isinstance(value, bool) == isinstance(n, bool) for n in neutral
+    )
 
 
 # -- field checks ----------------------------------------------------------------------
 
 
-def _number(value: object, name: str, default: float, low: float, high: float, open_low: bool = False) -> float:
+def _number(
+    value: object, name: str, default: float, low: float, high: float, open_low: bool = False
+) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise RequestError(f"'{name}' must be a finite number, got {value!r:.40}", param=name, code="invalid_type")
+        raise RequestError(
+            f"'{name}' must be a finite number, got {value!r:.40}", param=name, code="invalid_type"
+        )
     number = float(value)
     if number < low or number > high or (open_low and number == low):
         bracket = "(" if open_low else "["
-        raise RequestError(f"'{name}' must be in {bracket}{low:g}, {high:g}], got {number:g}", param=name,
-                           code="invalid_value")
+        raise RequestError(
+            f"'{name}' must be in {bracket}{low:g}, {high:g}], got {number:g}",
+            param=name,
+            code="invalid_value",
+        )
     return number
 
 
@@ -156,8 +189,13 @@ def _integer(value: object, name: str, default: int | None, low: int, high: int 
         raise RequestError(f"'{name}' must be an integer, got {value!r:.40}", param=name, code="invalid_type")
     number = int(value)
     if number < low or (high is not None and number > high):
-        raise RequestError(f"'{name}' must be at least {low}, got {number}" if number < low
-                           else f"'{name}' must be at most {high}, got {number}", param=name, code="invalid_value")
+        raise RequestError(
+            f"'{name}' must be at least {low}, got {number}"
+            if number < low
+            else f"'{name}' must be at most {high}, got {number}",
+            param=name,
+            code="invalid_value",
+        )
     return number
 
 
@@ -165,7 +203,9 @@ def _boolean(value: object, name: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise RequestError(f"'{name}' must be true or false, got {value!r:.40}", param=name, code="invalid_type")
+        raise RequestError(
+            f"'{name}' must be true or false, got {value!r:.40}", param=name, code="invalid_type"
+        )
     return value
 
 
@@ -174,10 +214,15 @@ def _stop(value: object) -> tuple[str, ...]:
         return ()
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
-        raise RequestError("'stop' must be a non-empty string or a list of them", param="stop", code="invalid_type")
+        raise RequestError(
+            "'stop' must be a non-empty string or a list of them", param="stop", code="invalid_type"
+        )
     if len(stops) > MAX_STOP_STRINGS:
-        raise RequestError(f"'stop' holds {len(stops)} strings; at most {MAX_STOP_STRINGS}", param="stop",
-                           code="invalid_value")
+        raise RequestError(
+            f"'stop' holds {len(stops)} strings; at most {MAX_STOP_STRINGS}",
+            param="stop",
+            code="invalid_value",
+        )
     return tuple(stops)
 
 
@@ -196,12 +241,17 @@ def _prompts(value: object) -> tuple[str | tuple[int, ...], ...]:
             prompts = ()
         if prompts:
             if len(prompts) > MAX_PROMPTS:
-                raise RequestError(f"'prompt' holds {len(prompts)} prompts; at most {MAX_PROMPTS}", param="prompt",
-                                   code="invalid_value")
+                raise RequestError(
+                    f"'prompt' holds {len(prompts)} prompts; at most {MAX_PROMPTS}",
+                    param="prompt",
+                    code="invalid_value",
+                )
             return prompts
     raise RequestError(
         "'prompt' must be a string, a list of strings, a list of token ids or a list of lists of token ids",
-        param="prompt", code="invalid_type")
+        param="prompt",
+        code="invalid_type",
+    )
 
 
 def _is_token(value: object) -> bool:
@@ -210,22 +260,31 @@ def _is_token(value: object) -> bool:
 
 def _messages(value: object) -> tuple[dict[str, str], ...]:
     if not isinstance(value, list) or not value:
-        raise RequestError("'messages' must be a non-empty list of {\"role\", \"content\"} objects",
-                           param="messages", code="invalid_type")
+        raise RequestError(
+            '\'messages\' must be a non-empty list of {"role", "content"} objects',
+            param="messages",
+            code="invalid_type",
+        )
     return tuple(_message(m, f"messages[{i}]") for i, m in enumerate(value))
 
 
 def _message(value: object, where: str) -> dict[str, str]:
     if not isinstance(value, Mapping):
-        raise RequestError(f"'{where}' must be an object with 'role' and 'content'", param=where, code="invalid_type")
+        raise RequestError(
+            f"'{where}' must be an object with 'role' and 'content'", param=where, code="invalid_type"
+        )
     unknown = sorted(set(value) - {"role", "content", "name"})
     if unknown:
-        raise RequestError(f"'{where}' has unsupported field(s) {', '.join(map(repr, unknown))[:120]}", param=where,
-                           code="invalid_value")
+        raise RequestError(
+            f"'{where}' has unsupported field(s) {', '.join(map(repr, unknown))[:120]}",
+            param=where,
+            code="invalid_value",
+        )
     role = value.get("role")
     if role not in ROLES:
-        raise RequestError(f"'{where}.role' must be one of {', '.join(ROLES)}", param=f"{where}.role",
-                           code="invalid_value")
+        raise RequestError(
+            f"'{where}.role' must be one of {', '.join(ROLES)}", param=f"{where}.role", code="invalid_value"
+        )
     message = {"role": str(role), "content": _content(value.get("content"), f"{where}.content")}
     if isinstance(value.get("name"), str):
         message["name"] = value["name"]
@@ -240,7 +299,9 @@ def _content(value: object, where: str) -> str:
         isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value
     ):
         return "".join(p["text"] for p in value)
-    raise RequestError(f"'{where}' must be a string or a list of text parts", param=where, code="invalid_type")
+    raise RequestError(
+        f"'{where}' must be a string or a list of text parts", param=where, code="invalid_type"
+    )
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -251,8 +312,11 @@ def new_id(prefix: str) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 @dataclass(frozen=True)
@@ -269,8 +333,15 @@ class Envelope:
         return cls(new_id(prefix), model, steering, int(time.time()))
 
     def wrap(self, kind: str, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices,
-                **extra, "steering": self.steering}
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+            "steering": self.steering,
+        }
 
 
 def completion_choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
@@ -278,8 +349,12 @@ def completion_choice(index: int, text: str, finish_reason: str | None) -> dict[
 
 
 def chat_choice(index: int, text: str, finish_reason: str) -> dict[str, Any]:
-    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
-            "finish_reason": finish_reason}
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": None,
+        "finish_reason": finish_reason,
+    }
 
 
 def chat_delta(index: int, delta: dict[str, str], finish_reason: str | None) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def parse_steering(
         raw = [raw]  # one vector needs no list around it
     if not isinstance(raw, list):
         raise RequestError(
-            f"'{STEERING_FIELD}' must be a list of {{\"vector\": name, \"strength\": number}} objects",
+            f'\'{STEERING_FIELD}\' must be a list of {{"vector": name, "strength": number}} objects',
             param=STEERING_FIELD,
             code="invalid_steering",
         )
@@ -106,7 +106,7 @@ def _positions(value: object) -> str:
 def _term(item: object, where: str, max_strength: float) -> SteeringTerm:
     if not isinstance(item, Mapping):
         raise RequestError(
-            f"'{where}' must be an object like {{\"vector\": \"positive\", \"strength\": 0.06}}",
+            f'\'{where}\' must be an object like {{"vector": "positive", "strength": 0.06}}',
             param=where,
             code="invalid_steering",
         )
@@ -120,8 +120,11 @@ def _term(item: object, where: str, max_strength: float) -> SteeringTerm:
         )
     name = item.get("vector")
     if not isinstance(name, str) or not name:
-        raise RequestError(f"'{where}.vector' must be the name of a loaded vector", param=f"{where}.vector",
-                           code="invalid_steering")
+        raise RequestError(
+            f"'{where}.vector' must be the name of a loaded vector",
+            param=f"{where}.vector",
+            code="invalid_steering",
+        )
     return SteeringTerm(name, _strength(item.get("strength"), f"{where}.strength", max_strength))
 
 
@@ -129,7 +132,9 @@ def _strength(value: object, where: str, max_strength: float) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise RequestError(f"'{where}' must be a number, got {value!r:.40}", param=where, code="invalid_strength")
+        raise RequestError(
+            f"'{where}' must be a number, got {value!r:.40}", param=where, code="invalid_strength"
+        )
     number = float(value)
     if not math.isfinite(number):
         raise RequestError(f"'{where}' must be finite, got {number}", param=where, code="invalid_strength")

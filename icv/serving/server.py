@@ -34,8 +34,15 @@ def uvicorn_server(app: Any, host: str, port: int, log_level: str = "warning") -
         import uvicorn
     except ImportError as error:  # the optional 'serve' extra
         raise ICVError("serving needs uvicorn and starlette: pip install 'icv[serve]'") from error
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
     return uvicorn.Server(config)
 
 
@@ -47,9 +54,19 @@ def bound_port(server: Any) -> int:
     raise ICVError("the server is not listening")
 
 
-def serve(model: nn.Module, tokenizer: Any, library: VectorLibrary, *, host: str = DEFAULT_HOST,
-          port: int = DEFAULT_PORT, policy: BatchingPolicy | None = None, max_tokens: int = 1024,
-          limits: ServerLimits | None = None, model_id: str | None = None, log_level: str = "info") -> None:
+def serve(
+    model: nn.Module,
+    tokenizer: Any,
+    library: VectorLibrary,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    policy: BatchingPolicy | None = None,
+    max_tokens: int = 1024,
+    limits: ServerLimits | None = None,
+    model_id: str | None = None,
+    log_level: str = "info",
+) -> None:
     """Serve ``model`` over HTTP until interrupted (Ctrl-C), then stop the engine."""
     engine = Engine(model, tokenizer, policy=policy, max_tokens=max_tokens)
     try:
@@ -62,9 +79,19 @@ def serve(model: nn.Module, tokenizer: Any, library: VectorLibrary, *, host: str
 class BackgroundServer:
     """The server on a thread of this process: ``with BackgroundServer(model, tok, library) as s: s.url``."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, library: VectorLibrary, *, host: str = DEFAULT_HOST,
-                 port: int = 0, policy: BatchingPolicy | None = None, max_tokens: int = 1024,
-                 limits: ServerLimits | None = None, model_id: str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        library: VectorLibrary,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        policy: BatchingPolicy | None = None,
+        max_tokens: int = 1024,
+        limits: ServerLimits | None = None,
+        model_id: str | None = None,
+    ) -> None:
         self.engine = Engine(model, tokenizer, policy=policy, max_tokens=max_tokens)
         self.app = create_app(self.engine, library, model_id=model_id, limits=limits)
         self._server = uvicorn_server(self.app, host, port)

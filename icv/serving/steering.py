@@ -74,7 +74,9 @@ def _steer_group(
 ) -> Steering:
     filler = active[min(members)]
     assert filler is not None
-    vectors = [s.vector if row in members and s is not None else filler.vector for row, s in enumerate(active)]
+    vectors = [
+        s.vector if row in members and s is not None else filler.vector for row, s in enumerate(active)
+    ]
     strengths = [1.0 if row in members else 0.0 for row in range(len(active))]
     # Entered as a `with` block enters it: stacking these is deliberate (each steers rows the
     # others leave at strength 0), so no stacked-handle warning; the caller removes it.

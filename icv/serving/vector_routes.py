@@ -42,8 +42,8 @@ from ..extract import extract
 from ..storage import to_bytes
 from ..vector import InContextVector
 from .engine import Engine
-from .library import VectorLibrary, read_vector_file
 from .http import ServerLimits, read_body, read_json, require_content_type
+from .library import VectorLibrary, read_vector_file
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SUFFIX_PATTERN = re.compile(r"\.[A-Za-z0-9]{1,16}")
@@ -75,7 +75,9 @@ class VectorRoutes:
         except ICVError as error:
             if isinstance(error, RequestError):
                 raise
-            raise RequestError(f"extraction failed: {error}", param="pairs", code="extraction_failed") from None
+            raise RequestError(
+                f"extraction failed: {error}", param="pairs", code="extraction_failed"
+            ) from None
         return self._added(name, vector)
 
     async def upload(self, request: Request) -> Response:
@@ -95,8 +97,11 @@ class VectorRoutes:
             raise
         kind = request.query_params.get("format", "safetensors")
         if kind not in FORMATS:
-            raise RequestError(f"'format' must be one of {', '.join(FORMATS)}, got {kind!r:.40}", param="format",
-                               code="invalid_value")
+            raise RequestError(
+                f"'format' must be one of {', '.join(FORMATS)}, got {kind!r:.40}",
+                param="format",
+                code="invalid_value",
+            )
         data = to_bytes(vector) if kind == "safetensors" else await asyncio.to_thread(gguf_bytes, vector)
         disposition = f'attachment; filename="{_ascii_name(name)}.{kind}"'
         return Response(data, media_type=FORMATS[kind], headers={"Content-Disposition": disposition})
@@ -105,8 +110,11 @@ class VectorRoutes:
         require_content_type(request, "application/octet-stream")
         filename = request.query_params.get("filename") or ""
         if not filename or "/" in filename or "\\" in filename:
-            raise RequestError("'filename' must be the pair file's name (its suffix decides the format)",
-                               param="filename", code="invalid_value")
+            raise RequestError(
+                "'filename' must be the pair file's name (its suffix decides the format)",
+                param="filename",
+                code="invalid_value",
+            )
         data = await read_body(request, self.limits.max_upload_bytes, what="the pair file")
         try:
             demos = parse_demos(data, filename)
@@ -121,13 +129,24 @@ class VectorRoutes:
         if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
             raise RequestError(
                 f"a vector's name is 1 to 64 letters, digits, '.', '_' or '-' (starting with a letter or "
-                f"digit), got {value!r:.70}", param="name", code="invalid_name")
+                f"digit), got {value!r:.70}",
+                param="name",
+                code="invalid_name",
+            )
         if value in self.library.names or value in self.library.unfit:
-            raise RequestError(f"a vector named '{value}' is already loaded: choose another name", param="name",
-                               code="name_taken", status=409)
+            raise RequestError(
+                f"a vector named '{value}' is already loaded: choose another name",
+                param="name",
+                code="name_taken",
+                status=409,
+            )
         if len(self.added) >= self.limits.max_added_vectors:
-            raise RequestError(f"this server has taken in {len(self.added)} vectors, its limit; restart it to "
-                               "take in more", param="name", code="too_many_vectors", status=409)
+            raise RequestError(
+                f"this server has taken in {len(self.added)} vectors, its limit; restart it to take in more",
+                param="name",
+                code="too_many_vectors",
+                status=409,
+            )
         return value
 
     def _added(self, name: str, vector: InContextVector) -> Response:
@@ -162,15 +181,19 @@ def gguf_bytes(vector: InContextVector) -> bytes:
         try:
             export_gguf(vector, path)
         except ICVError as error:  # the gguf package missing, a one-layer vector
-            raise RequestError(f"cannot write this vector as GGUF: {error}", param="format",
-                               code="gguf_unavailable") from None
+            raise RequestError(
+                f"cannot write this vector as GGUF: {error}", param="format", code="gguf_unavailable"
+            ) from None
         return path.read_bytes()
 
 
 def _pairs(value: object, limit: int) -> list[Demo]:
     if not isinstance(value, list) or not value:
-        raise RequestError("'pairs' must be a non-empty list of {\"source\", \"target\"} objects or "
-                           "[source, target] lists", param="pairs", code="invalid_pairs")
+        raise RequestError(
+            '\'pairs\' must be a non-empty list of {"source", "target"} objects or [source, target] lists',
+            param="pairs",
+            code="invalid_pairs",
+        )
     try:
         demos = as_demos(value)
     except DemoError as error:
@@ -181,14 +204,19 @@ def _pairs(value: object, limit: int) -> list[Demo]:
 
 def _check_count(demos: Sequence[Demo], limit: int, param: str) -> None:
     if len(demos) > limit:
-        raise RequestError(f"{len(demos)} pairs; this server extracts from at most {limit}", param=param,
-                           code="too_many_pairs")
+        raise RequestError(
+            f"{len(demos)} pairs; this server extracts from at most {limit}",
+            param=param,
+            code="too_many_pairs",
+        )
 
 
 def _check_fields(body: Mapping[str, Any], known: set[str]) -> None:
     for key in body:
         if key not in known:
-            raise RequestError(f"unrecognized request argument '{key:.60}'", param=key, code="unknown_parameter")
+            raise RequestError(
+                f"unrecognized request argument '{key:.60}'", param=key, code="unknown_parameter"
+            )
 
 
 def _upload_filename(value: str | None, name: str) -> str:

@@ -6,8 +6,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from _common import (
+    compare,
+    default_out,
+    extract_and_save,
+    load_demos,
+    parse_args,
+    print_comparison,
+    rewrite_prompts,
+    save,
+)  # noqa: E402
+
 import icv  # noqa: E402
-from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts, save  # noqa: E402
 
 # The parts' strengths weight them in the sum (`+` keeps each part's recommended strength in
 # effect); they are also what the "positive" and "formal" columns use.  The sum's strength was
@@ -32,12 +42,16 @@ def main() -> None:
     positive = extract_and_save(
         model, tokenizer, load_demos("sentiment"), name="positive", strength=POSITIVE_STRENGTH, out=None
     )
-    formal = extract_and_save(model, tokenizer, load_demos(HERE), name="formal", strength=FORMAL_STRENGTH, out=None)
+    formal = extract_and_save(
+        model, tokenizer, load_demos(HERE), name="formal", strength=FORMAL_STRENGTH, out=None
+    )
     both = (positive + formal).with_metadata(recommended_strength=args.strength)
     save(both, args.out)
     print(f"saved {args.out}  ({both})\n")
     columns = compare(
-        model, tokenizer, rewrite_prompts(INPUTS),
+        model,
+        tokenizer,
+        rewrite_prompts(INPUTS),
         {
             "positive": (positive, POSITIVE_STRENGTH),
             "formal": (formal, FORMAL_STRENGTH),

@@ -6,8 +6,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from _common import (
+    compare,
+    default_out,
+    extract_and_save,
+    load_demos,
+    parse_args,
+    print_comparison,
+    rewrite_prompts,
+    save,
+)  # noqa: E402
+
 import icv  # noqa: E402
-from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts, save  # noqa: E402
 
 # icv.calibrate (python recipes/calibrate.py compose_subtract: 6 held-in rude sentences, "-rude"
 # at 0.03-0.08, alt-profanity-check, MiniLM similarity >= 0.6) chose 0.03: offensive 17%
@@ -30,7 +40,9 @@ def main() -> None:
     not_rude = -rude  # the arithmetic: the model's own behaviour minus rudeness
     save(not_rude, args.out)
     columns = compare(
-        model, tokenizer, rewrite_prompts(INPUTS),
+        model,
+        tokenizer,
+        rewrite_prompts(INPUTS),
         {"- rude": (not_rude, args.strength), "+ rude": (rude, args.strength)},
     )
     print(f"saved {args.out}  ({not_rude})\n")

@@ -22,9 +22,7 @@ RUDE = [
 
 
 def main() -> None:
-    run_one_vector_recipe(
-        HERE, __doc__, name="polite", label="polite", strength=STRENGTH, inputs=RUDE
-    )
+    run_one_vector_recipe(HERE, __doc__, name="polite", label="polite", strength=STRENGTH, inputs=RUDE)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ INFORMAL = [
 
 
 def main() -> None:
-    run_one_vector_recipe(
-        HERE, __doc__, name="formal", label="formal", strength=STRENGTH, inputs=INFORMAL
-    )
+    run_one_vector_recipe(HERE, __doc__, name="formal", label="formal", strength=STRENGTH, inputs=INFORMAL)
 
 
 if __name__ == "__main__":

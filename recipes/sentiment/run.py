@@ -6,8 +6,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from _common import (
+    compare,
+    default_out,
+    extract_and_save,
+    load_demos,
+    parse_args,
+    print_comparison,
+    rewrite_prompts,
+)  # noqa: E402
+
 import icv  # noqa: E402
-from _common import compare, default_out, extract_and_save, load_demos, parse_args, print_comparison, rewrite_prompts  # noqa: E402
 
 # icv.calibrate (python recipes/calibrate.py sentiment: 6 held-in negative sentences, strengths
 # 0.03-0.08, VADER positive, MiniLM similarity >= 0.6, repeated 3-grams <= 0.2) chose 0.06:
@@ -36,10 +45,16 @@ def main() -> None:
     )
     print(f"saved {args.out}  ({positive})\n")
     print("negative -> positive")
-    print_comparison(NEGATIVE, compare(model, tokenizer, rewrite_prompts(NEGATIVE), {"positive": (positive, args.strength)}))
+    print_comparison(
+        NEGATIVE,
+        compare(model, tokenizer, rewrite_prompts(NEGATIVE), {"positive": (positive, args.strength)}),
+    )
     # Negating the vector reverses the task: the same pairs read the other way round.
     print("positive -> negative (the negated vector)")
-    print_comparison(POSITIVE, compare(model, tokenizer, rewrite_prompts(POSITIVE), {"negative": (-positive, args.strength)}))
+    print_comparison(
+        POSITIVE,
+        compare(model, tokenizer, rewrite_prompts(POSITIVE), {"negative": (-positive, args.strength)}),
+    )
 
 
 if __name__ == "__main__":

@@ -37,13 +37,24 @@ def seeds() -> list[bytes]:
     import icv
     from icv import storage
 
-    metadata = dict(model_name="fuzz", model_type="llama", method="pca", extraction_site="block",
-                    injection_mode="rotate", injection_site="mlp", num_demos=4, demos_sha256="0" * 64,
-                    prompt_template="{text}")
+    metadata = dict(
+        model_name="fuzz",
+        model_type="llama",
+        method="pca",
+        extraction_site="block",
+        injection_mode="rotate",
+        injection_site="mlp",
+        num_demos=4,
+        demos_sha256="0" * 64,
+        prompt_template="{text}",
+    )
     files = []
     for layers, hidden, strength in [(1, 1, None), (3, 8, 0.07), (2, 32, 1.5)]:
-        vector = icv.InContextVector(torch.randn(layers, hidden), {**metadata, "recommended_strength": strength},
-                                     torch.rand(layers) + 0.5)
+        vector = icv.InContextVector(
+            torch.randn(layers, hidden),
+            {**metadata, "recommended_strength": strength},
+            torch.rand(layers) + 0.5,
+        )
         files.append(storage.to_bytes(vector))
     return files
 
@@ -76,8 +87,24 @@ def edit_header(data: bytes, rng: random.Random) -> bytes | None:
     if not isinstance(section, dict):
         return None
     key = rng.choice(sorted(section) + ["extra"])
-    choices = [None, -1, 0, 1, 2**64, 1e308, "", "x", "F16", [0, 4], [1, 1], {"a": 1}, True,
-               "9" * rng.randint(1, 6000), "[" * rng.randint(1, 3000), str(rng.randint(-5, 10**6))]
+    choices = [
+        None,
+        -1,
+        0,
+        1,
+        2**64,
+        1e308,
+        "",
+        "x",
+        "F16",
+        [0, 4],
+        [1, 1],
+        {"a": 1},
+        True,
+        "9" * rng.randint(1, 6000),
+        "[" * rng.randint(1, 3000),
+        str(rng.randint(-5, 10**6)),
+    ]
     value = rng.choice(choices)
     if value is None and rng.random() < 0.5:
         section.pop(key, None)
@@ -116,11 +143,9 @@ def run_atheris(argv: list[str]) -> None:
 
 def run_hypothesis(examples: int) -> None:
     from hypothesis import HealthCheck, given, settings
-
     from test_storage_hostile import mutated_files
 
-    @settings(max_examples=examples, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(mutated_files())
     def fuzz(data: bytes) -> None:
         check_one(data)

@@ -10,13 +10,13 @@ import os
 import warnings
 
 import pytest
+from tiny import DEMOS as TINY_DEMOS
+from tiny import ByteTokenizer, tiny_model
+from vllm_cases import DEMOS
 
 import icv
 from icv.gguf import export_gguf
 from icv.serving import ModelShape, SteeringSpec, VectorLibrary
-from tiny import DEMOS as TINY_DEMOS
-from tiny import ByteTokenizer, tiny_model
-from vllm_cases import DEMOS
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default takes far more
 
@@ -32,7 +32,9 @@ def vector_folder(real, tmp_path_factory):
     with warnings.catch_warnings():  # block 0 does not fit a GGUF file: said elsewhere
         warnings.simplefilter("ignore")
         export_gguf(positive, folder / "cheerful.gguf", strength=0.04)
-    icv.extract(tiny_model("llama"), ByteTokenizer(), TINY_DEMOS, name="tiny").save(folder / "tiny.safetensors")
+    icv.extract(tiny_model("llama"), ByteTokenizer(), TINY_DEMOS, name="tiny").save(
+        folder / "tiny.safetensors"
+    )
     return folder
 
 
@@ -54,8 +56,10 @@ def reference(real, library):
         if request_spec is None:
             out = model.generate(ids, **kwargs)
         else:
-            with icv.steer(model, library.compose(request_spec), strength=1.0, positions=request_spec.positions):
+            with icv.steer(
+                model, library.compose(request_spec), strength=1.0, positions=request_spec.positions
+            ):
                 out = model.generate(ids, **kwargs)
-        return out[0, ids.shape[1]:].tolist()
+        return out[0, ids.shape[1] :].tolist()
 
     return generate

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed here: `make test-vllm` runs these tests in .venv-vllm")
+pytest.importorskip(
+    "vllm", reason="vLLM is not installed here: `make test-vllm` runs these tests in .venv-vllm"
+)
 
 from vllm_cases import MAX_MODEL_LEN, fields, spec  # noqa: E402
 
@@ -84,14 +86,17 @@ def test_steer_all_requests_and_let_one_opt_out(llm, real, reference):
     opt_out = SamplingParams(max_tokens=MAX_TOKENS, temperature=0, extra_args={"steering": []})
     llm.steering = spec(("positive", 0.08))
     try:
-        outputs = llm.generate([prompt] * 3, [params(None), params(spec(("negative", 0.08))), opt_out],
-                               use_tqdm=False)
+        outputs = llm.generate(
+            [prompt] * 3, [params(None), params(spec(("negative", 0.08))), opt_out], use_tqdm=False
+        )
     finally:
         llm.steering = None
     ids = tok(prompt).input_ids
-    assert tokens_of(outputs) == [reference(spec(("positive", 0.08)), ids, MAX_TOKENS),
-                                  reference(spec(("negative", 0.08)), ids, MAX_TOKENS),
-                                  reference(None, ids, MAX_TOKENS)]
+    assert tokens_of(outputs) == [
+        reference(spec(("positive", 0.08)), ids, MAX_TOKENS),
+        reference(spec(("negative", 0.08)), ids, MAX_TOKENS),
+        reference(None, ids, MAX_TOKENS),
+    ]
 
 
 def test_bad_steering_is_refused_before_it_reaches_the_engine(llm):

@@ -6,7 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed here: `make test-vllm` runs these tests in .venv-vllm")
+pytest.importorskip(
+    "vllm", reason="vLLM is not installed here: `make test-vllm` runs these tests in .venv-vllm"
+)
 
 from icv.errors import SteeringError  # noqa: E402
 from icv.serving.vllm import worker  # noqa: E402
@@ -21,8 +23,10 @@ def test_only_an_eager_engine_is_steered():
     from vllm.config import CompilationMode, CUDAGraphMode
 
     worker.check_eager(config(CompilationMode.NONE, CUDAGraphMode.NONE))
-    for mode, graphs in [(CompilationMode.VLLM_COMPILE, CUDAGraphMode.NONE),
-                         (CompilationMode.NONE, CUDAGraphMode.PIECEWISE)]:
+    for mode, graphs in [
+        (CompilationMode.VLLM_COMPILE, CUDAGraphMode.NONE),
+        (CompilationMode.NONE, CUDAGraphMode.PIECEWISE),
+    ]:
         with pytest.raises(SteeringError, match="--enforce-eager"):
             worker.check_eager(config(mode, graphs))
 

@@ -17,7 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed here: `make test-vllm` runs these tests in .venv-vllm")
+pytest.importorskip(
+    "vllm", reason="vLLM is not installed here: `make test-vllm` runs these tests in .venv-vllm"
+)
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
@@ -30,10 +32,17 @@ pytestmark = pytest.mark.real_model
 
 STARTUP_SECONDS = 300
 MAX_TOKENS = 10
-PROMPTS = [icv.prompts.paraphrase_prompt(s) for s in ("the waiter ignored us for an hour .",
-                                                      "the room smelled and the bed was hard .")]
-MIXED = [None, spec(("positive", 0.08)), spec(("negative", 0.08)), spec(("cheerful", None)),
-         spec(("positive", 0.06), ("negative", -0.04), positions="generated")]
+PROMPTS = [
+    icv.prompts.paraphrase_prompt(s)
+    for s in ("the waiter ignored us for an hour .", "the room smelled and the bed was hard .")
+]
+MIXED = [
+    None,
+    spec(("positive", 0.08)),
+    spec(("negative", 0.08)),
+    spec(("cheerful", None)),
+    spec(("positive", 0.06), ("negative", -0.04), positions="generated"),
+]
 
 
 def free_port() -> int:
@@ -48,8 +57,13 @@ def server(vector_folder, tmp_path_factory):
     from icv.serving.vllm.launch import VllmServer
 
     log = tmp_path_factory.mktemp("server") / "vllm.log"
-    with VllmServer([vector_folder], port=free_port(), log=log, vllm_args=f"--max-model-len {MAX_MODEL_LEN}",
-                    startup_seconds=STARTUP_SECONDS) as running:
+    with VllmServer(
+        [vector_folder],
+        port=free_port(),
+        log=log,
+        vllm_args=f"--max-model-len {MAX_MODEL_LEN}",
+        startup_seconds=STARTUP_SECONDS,
+    ) as running:
         yield running.url
 
 
@@ -80,16 +94,27 @@ def applied(request_spec, library):
     return steering_json(library.resolve(request_spec) if request_spec else None)
 
 
-@pytest.mark.parametrize("case", [None, spec(("positive", 0.08)), spec(("cheerful", 1.5), positions="generated")])
+@pytest.mark.parametrize(
+    "case", [None, spec(("positive", 0.08)), spec(("cheerful", 1.5), positions="generated")]
+)
 def test_completions_streaming_and_not_equal_icv_steer(client, real, expected_text, library, case):
     _, tok = real
     want = expected_text(case, tok(PROMPTS[0]).input_ids)
-    answer = client.completions.create(model=DEFAULT_MODEL, prompt=PROMPTS[0], max_tokens=MAX_TOKENS,
-                                       temperature=0, extra_body=fields(case))
+    answer = client.completions.create(
+        model=DEFAULT_MODEL, prompt=PROMPTS[0], max_tokens=MAX_TOKENS, temperature=0, extra_body=fields(case)
+    )
     assert answer.choices[0].text == want
     assert answer.model_extra["steering"] == applied(case, library)
-    chunks = list(client.completions.create(model=DEFAULT_MODEL, prompt=PROMPTS[0], max_tokens=MAX_TOKENS,
-                                            temperature=0, stream=True, extra_body=fields(case)))
+    chunks = list(
+        client.completions.create(
+            model=DEFAULT_MODEL,
+            prompt=PROMPTS[0],
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            stream=True,
+            extra_body=fields(case),
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == want
     assert all(c.model_extra["steering"] == applied(case, library) for c in chunks)
 
@@ -98,14 +123,23 @@ def test_completions_streaming_and_not_equal_icv_steer(client, real, expected_te
 def test_chat_completions_apply_the_chat_template_and_the_steering(client, real, expected_text, case):
     _, tok = real
     messages = [{"role": "user", "content": "Describe the hotel room in one sentence."}]
-    ids = tok(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
-              add_special_tokens=False).input_ids
+    ids = tok(
+        tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+        add_special_tokens=False,
+    ).input_ids
     want = expected_text(case, ids)
-    answer = client.chat.completions.create(model=DEFAULT_MODEL, messages=messages, max_tokens=MAX_TOKENS,
-                                            temperature=0, extra_body=fields(case))
+    answer = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=messages, max_tokens=MAX_TOKENS, temperature=0, extra_body=fields(case)
+    )
     assert answer.choices[0].message.content == want
-    stream = client.chat.completions.create(model=DEFAULT_MODEL, messages=messages, max_tokens=MAX_TOKENS,
-                                            temperature=0, stream=True, extra_body=fields(case))
+    stream = client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=messages,
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
+        extra_body=fields(case),
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == want
 
 
@@ -117,8 +151,13 @@ def test_the_server_lists_its_vectors_and_model(client, server, library):
 
 
 def post(server, body, **kwargs):
-    return httpx.post(f"{server}/v1/completions", content=body, timeout=60,
-                      headers={"content-type": "application/json"}, **kwargs)
+    return httpx.post(
+        f"{server}/v1/completions",
+        content=body,
+        timeout=60,
+        headers={"content-type": "application/json"},
+        **kwargs,
+    )
 
 
 def body(**extra) -> bytes:
@@ -150,15 +189,24 @@ def test_bad_input_gets_an_openai_error_and_the_server_serves_on(server, what):
 
 def running_requests(server) -> float:
     metrics = httpx.get(f"{server}/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting"))
+    )
 
 
 def test_a_client_that_leaves_mid_stream_leaves_no_request_behind(server):
-    request = body(max_tokens=400, stream=True, steering=[{"vector": "positive", "strength": 0.05}],
-                   ignore_eos=True)
-    with httpx.stream("POST", f"{server}/v1/completions", content=request, timeout=60,
-                      headers={"content-type": "application/json"}) as stream:
+    request = body(
+        max_tokens=400, stream=True, steering=[{"vector": "positive", "strength": 0.05}], ignore_eos=True
+    )
+    with httpx.stream(
+        "POST",
+        f"{server}/v1/completions",
+        content=request,
+        timeout=60,
+        headers={"content-type": "application/json"},
+    ) as stream:
         for line in stream.iter_lines():
             if line.startswith("data: {"):
                 break  # one token in, the client hangs up
@@ -177,8 +225,9 @@ def test_a_bounded_load_of_mixed_steering_comes_back_complete_and_correct(client
     def one(job):
         prompt, case = job
         started = time.perf_counter()
-        answer = client.completions.create(model=DEFAULT_MODEL, prompt=prompt, max_tokens=MAX_TOKENS,
-                                           temperature=0, extra_body=fields(case))
+        answer = client.completions.create(
+            model=DEFAULT_MODEL, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0, extra_body=fields(case)
+        )
         return answer.choices[0].text, answer.usage.completion_tokens, time.perf_counter() - started
 
     started = time.perf_counter()
@@ -190,6 +239,8 @@ def test_a_bounded_load_of_mixed_steering_comes_back_complete_and_correct(client
     assert not wrong, f"{len(wrong)} of {len(jobs)} answers differ from icv.steer, e.g. {wrong[0]}"
     latencies = sorted(seconds for *_, seconds in results)
     tokens = sum(n for _, n, _ in results)
-    print(f"\nvLLM load: {len(jobs)} requests, 16 clients, {elapsed:.1f} s, {tokens / elapsed:.1f} tokens/s, "
-          f"p50 {latencies[len(latencies) // 2]:.2f} s, p95 {latencies[int(len(latencies) * 0.95)]:.2f} s",
-          file=sys.stderr)
+    print(
+        f"\nvLLM load: {len(jobs)} requests, 16 clients, {elapsed:.1f} s, {tokens / elapsed:.1f} tokens/s, "
+        f"p50 {latencies[len(latencies) // 2]:.2f} s, p95 {latencies[int(len(latencies) * 0.95)]:.2f} s",
+        file=sys.stderr,
+    )

@@ -65,8 +65,13 @@ class InjectionHooks:
             self.remove()
             raise
 
-    def arm(self, steerings: Sequence[CompiledSteering], index: np.ndarray, device: torch.device,
-            dtype: torch.dtype) -> None:
+    def arm(
+        self,
+        steerings: Sequence[CompiledSteering],
+        index: np.ndarray,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         """Steer the next forward: ``steerings`` fill slots 1.., ``index`` gives each token's slot."""
         key = (tuple(s.key for s in steerings), device, dtype)
         if key != self._table_key:  # rebuilt only when the batch's set of steerings changes

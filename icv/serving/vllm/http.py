@@ -76,9 +76,13 @@ class SteeringEndpoints:
 class SteeringMiddleware:
     """Pure ASGI: turns the ``steering`` field into vLLM's extra argument and reports it back."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_body: int | None = None) -> None:
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_body: int | None = None
+    ) -> None:
         self.app = app
-        self.max_body = max_body if max_body is not None else int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY))
+        self.max_body = (
+            max_body if max_body is not None else int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY))
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in STEERED_PATHS:
@@ -93,7 +97,9 @@ class SteeringMiddleware:
         except RequestError as error:
             await error_response(error)(scope, receive, send)
             return
-        await self.app(scope, _replay(body, receive), _annotating(send, {STEERING_FIELD: steering_json(spec)}))
+        await self.app(
+            scope, _replay(body, receive), _annotating(send, {STEERING_FIELD: steering_json(spec)})
+        )
 
 
 def rewrite(body: bytes, library: VectorLibrary | None) -> tuple[SteeringSpec | None, bytes]:
@@ -111,8 +117,12 @@ def rewrite(body: bytes, library: VectorLibrary | None) -> tuple[SteeringSpec | 
     if xargs is not None and not isinstance(xargs, dict):
         return None, body
     if xargs and STEERING_ARG in xargs:
-        raise RequestError(f"'vllm_xargs.{STEERING_ARG}' is the server's: ask for steering with the "
-                           f"'{STEERING_FIELD}' field", param="vllm_xargs", code="invalid_steering")
+        raise RequestError(
+            f"'vllm_xargs.{STEERING_ARG}' is the server's: ask for steering with the "
+            f"'{STEERING_FIELD}' field",
+            param="vllm_xargs",
+            code="invalid_steering",
+        )
     if STEERING_FIELD not in request and POSITIONS_FIELD not in request:
         return None, body
     spec = parse_steering(request)
@@ -120,8 +130,11 @@ def rewrite(body: bytes, library: VectorLibrary | None) -> tuple[SteeringSpec | 
     request.pop(POSITIONS_FIELD, None)
     if spec is not None:
         if library is None:
-            raise RequestError("this server has no steering vectors loaded (start it with vectors)",
-                               param=STEERING_FIELD, code="vector_not_found")
+            raise RequestError(
+                "this server has no steering vectors loaded (start it with vectors)",
+                param=STEERING_FIELD,
+                code="vector_not_found",
+            )
         library.compose(spec)  # vectors that cannot combine are the client's error, not a worker's
         spec = library.resolve(spec)
         request["vllm_xargs"] = {**(xargs or {}), STEERING_ARG: encode(spec)}

@@ -49,8 +49,20 @@ def command(
         raise OptionError("the vLLM engine needs vector files or folders to serve (--vectors)")
     source, name = model_source(model)
     _check_vllm()
-    argv = [sys.executable, "-m", SERVER_MODULE, "--model", source, "--served-model-name", served_model_name or name,
-            "--enforce-eager", "--host", host, "--port", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        SERVER_MODULE,
+        "--model",
+        source,
+        "--served-model-name",
+        served_model_name or name,
+        "--enforce-eager",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     env = plugin_environment(vectors, os.environ)
     if not _has_gpu():
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
@@ -80,19 +92,39 @@ class VllmServer:
     engine and worker processes (the child's own process group).
     """
 
-    def __init__(self, vectors: Sequence[str | os.PathLike[str]], *, port: int, log: str | os.PathLike[str],
-                 vllm_args: str = "", startup_seconds: float = 300.0) -> None:
+    def __init__(
+        self,
+        vectors: Sequence[str | os.PathLike[str]],
+        *,
+        port: int,
+        log: str | os.PathLike[str],
+        vllm_args: str = "",
+        startup_seconds: float = 300.0,
+    ) -> None:
         self.url = f"http://127.0.0.1:{port}"
-        self._argv = [sys.executable, "-m", "icv", "serve", "--engine", "vllm", "--port", str(port),
-                      "--vectors", *map(str, vectors), "--vllm-args", vllm_args]
+        self._argv = [
+            sys.executable,
+            "-m",
+            "icv",
+            "serve",
+            "--engine",
+            "vllm",
+            "--port",
+            str(port),
+            "--vectors",
+            *map(str, vectors),
+            "--vllm-args",
+            vllm_args,
+        ]
         self._log = Path(log)
         self._startup = startup_seconds
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> VllmServer:
         with open(self._log, "wb") as out:
-            self._process = subprocess.Popen(self._argv, stdout=out, stderr=subprocess.STDOUT,
-                                             start_new_session=True)
+            self._process = subprocess.Popen(
+                self._argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
             self._wait_until_healthy()
         except BaseException:

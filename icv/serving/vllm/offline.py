@@ -55,8 +55,10 @@ class SteeredLLM:
         if not paths:
             raise OptionError("SteeredLLM needs vector files or folders: vectors=[...]")
         if llm_kwargs.setdefault("enforce_eager", True) is not True:
-            raise SteeringError("steering needs vLLM in eager mode (hooks do not run in a compiled model "
-                                "or a CUDA graph): leave enforce_eager=True")
+            raise SteeringError(
+                "steering needs vLLM in eager mode (hooks do not run in a compiled model "
+                "or a CUDA graph): leave enforce_eager=True"
+            )
         source, name = model_source(model)
         os.environ.update(plugin_environment(paths, os.environ))  # vLLM's processes inherit it
         llm_kwargs.setdefault("served_model_name", name)
@@ -64,7 +66,9 @@ class SteeredLLM:
         self.library = load_library(self.llm.llm_engine.vllm_config.model_config)
         check_workers(self.llm.collective_rpc(STATUS_METHOD), self.library.names)
         # What requests without a 'steering' field get (None: nothing); settable.
-        self.steering: SteeringSpec | None = self._resolve({STEERING_FIELD: steering, POSITIONS_FIELD: steering_positions})
+        self.steering: SteeringSpec | None = self._resolve(
+            {STEERING_FIELD: steering, POSITIONS_FIELD: steering_positions}
+        )
 
     def generate(self, prompts: Any, sampling_params: Any = None, **kwargs: Any) -> list[Any]:
         """``LLM.generate`` with each request's steering checked, applied and cache-salted."""
@@ -74,7 +78,11 @@ class SteeredLLM:
         prompt_list = list(prompts) if many else [prompts]
         if sampling_params is None:
             sampling_params = SamplingParams()
-        params_list = list(sampling_params) if isinstance(sampling_params, Sequence) else [sampling_params] * len(prompt_list)
+        params_list = (
+            list(sampling_params)
+            if isinstance(sampling_params, Sequence)
+            else [sampling_params] * len(prompt_list)
+        )
         if len(params_list) != len(prompt_list):
             raise OptionError(f"{len(params_list)} sampling params for {len(prompt_list)} prompts")
         steered = [self.prepare(p, s) for p, s in zip(prompt_list, params_list)]

@@ -49,7 +49,9 @@ def token_slots(
     if not scheduled:
         return out
     request = np.repeat(np.arange(num_reqs), np.diff(starts))
-    position = np.asarray(computed[:num_reqs], dtype=np.int64)[request] + (np.arange(scheduled) - starts[request])
+    position = np.asarray(computed[:num_reqs], dtype=np.int64)[request] + (
+        np.arange(scheduled) - starts[request]
+    )
     in_prompt = position < np.asarray(prompt_lengths, dtype=np.int64)[request]
     mode = np.asarray(positions)[request]
     keep = (mode == _ALL) | ((mode == _PROMPT) & in_prompt) | ((mode == _GENERATED) & ~in_prompt)

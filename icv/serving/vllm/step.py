@@ -41,8 +41,9 @@ class StepRequest:
 class StepSteering:
     """Compiles request steerings and arms the hooks for each step of one worker."""
 
-    def __init__(self, library: VectorLibrary, find_modules: ModuleFinder, device: torch.device,
-                 dtype: torch.dtype) -> None:
+    def __init__(
+        self, library: VectorLibrary, find_modules: ModuleFinder, device: torch.device, dtype: torch.dtype
+    ) -> None:
         self.library = library
         self._find_modules = find_modules
         self._device = device
@@ -64,15 +65,21 @@ class StepSteering:
         # The layers the vector covers (all, unless it was made for some), as icv.steer does.
         weights = layer_weights(vector.layers, self.library.shape.num_layers)
         deltas = layer_deltas([vector], [1.0], weights, mode)[0]
-        made = CompiledSteering(self.library.fingerprint(spec), mode, vector.metadata["injection_site"],
-                                spec.positions, deltas)
+        made = CompiledSteering(
+            self.library.fingerprint(spec), mode, vector.metadata["injection_site"], spec.positions, deltas
+        )
         self._compiled[raw] = made
         if len(self._compiled) > _COMPILED_CACHE:
             self._compiled.popitem(last=False)
         return made
 
-    def arm(self, requests: Sequence[StepRequest], query_start_loc: np.ndarray, computed: np.ndarray,
-            num_tokens: int) -> bool:
+    def arm(
+        self,
+        requests: Sequence[StepRequest],
+        query_start_loc: np.ndarray,
+        computed: np.ndarray,
+        num_tokens: int,
+    ) -> bool:
         """Arm the hooks for a step of ``requests`` (batch order); whether any token is steered."""
         steerings = [None if r.steering is None else self.compiled(r.steering) for r in requests]
         if not any(steerings):
@@ -82,8 +89,11 @@ class StepSteering:
         steered = False
         for injection in {s.injection for s in steerings if s is not None} | set(self._hooks):
             members, slots, positions = _slots_for(steerings, injection)
-            index = None if not members else token_slots(
-                query_start_loc, computed, prompt_lengths, slots, positions, num_tokens)
+            index = (
+                None
+                if not members
+                else token_slots(query_start_loc, computed, prompt_lengths, slots, positions, num_tokens)
+            )
             if index is None or not index.any():  # e.g. "generated" steering during its prefill
                 if injection in self._hooks:
                     self._hooks[injection].disarm()
@@ -110,8 +120,9 @@ class StepSteering:
         return hooks
 
 
-def _slots_for(steerings: Sequence[CompiledSteering | None], injection: tuple[str, str]
-               ) -> tuple[list[CompiledSteering], np.ndarray, np.ndarray]:
+def _slots_for(
+    steerings: Sequence[CompiledSteering | None], injection: tuple[str, str]
+) -> tuple[list[CompiledSteering], np.ndarray, np.ndarray]:
     """The distinct steerings of one injection (slots 1..), and each request's slot and positions."""
     members: list[CompiledSteering] = []
     slot_of: dict[str, int] = {}

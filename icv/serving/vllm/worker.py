@@ -89,8 +89,9 @@ def attach(runner: Any, vllm_config: Any) -> StepSteering:
     model = runner.get_model()
     library = load_library(vllm_config.model_config)
     parameter = next(model.parameters())
-    steering = StepSteering(library, functools.partial(site_modules, model), parameter.device,
-                            vllm_config.model_config.dtype)
+    steering = StepSteering(
+        library, functools.partial(site_modules, model), parameter.device, vllm_config.model_config.dtype
+    )
     forward = runner._model_forward
 
     @functools.wraps(forward)
@@ -104,8 +105,12 @@ def attach(runner: Any, vllm_config: Any) -> StepSteering:
 
     runner._model_forward = steered_forward
     runner._icv_steering = steering
-    logger.info("icv: steering with %d vector(s) (%s)%s", len(library.names), ", ".join(library.names),
-                f"; not for this model: {', '.join(library.unfit)}" if library.unfit else "")
+    logger.info(
+        "icv: steering with %d vector(s) (%s)%s",
+        len(library.names),
+        ", ".join(library.names),
+        f"; not for this model: {', '.join(library.unfit)}" if library.unfit else "",
+    )
     return steering
 
 
@@ -114,7 +119,10 @@ def check_eager(vllm_config: Any) -> None:
     from vllm.config import CompilationMode, CUDAGraphMode
 
     compilation = vllm_config.compilation_config
-    if compilation.mode != CompilationMode.NONE or compilation.cudagraph_mode not in (None, CUDAGraphMode.NONE):
+    if compilation.mode != CompilationMode.NONE or compilation.cudagraph_mode not in (
+        None,
+        CUDAGraphMode.NONE,
+    ):
         raise SteeringError(
             "icv steering needs vLLM in eager mode (hooks do not run inside a compiled model or a "
             "CUDA graph): start vLLM with --enforce-eager, or LLM(..., enforce_eager=True)"
