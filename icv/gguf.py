@@ -54,7 +54,9 @@ import torch
 from torch import nn
 
 from .errors import OptionError, VectorExistsError, VectorFileError
-from .storage import new_file_mode
+from .gguf_file import F32, Header, TensorInfo, read_f32, read_header
+from .magnitudes import check_magnitudes
+from .storage import MAX_HIDDEN, MAX_LAYERS, new_file_mode
 from .strength import planned_strength, warn_default
 from .vector import InContextVector
 
@@ -64,6 +66,8 @@ KEY_NAME = "general.name"
 KEY_MODEL_HINT = f"{ARCHITECTURE}.model_hint"
 KEY_LAYER_COUNT = f"{ARCHITECTURE}.layer_count"
 TENSOR_PREFIX = "direction."
+# Tensors of other names that a file may carry besides its directions (skipped with a warning).
+MAX_OTHER_TENSORS = 16
 
 # llama.cpp names some architectures differently from transformers' model_type;
 # a hint in llama.cpp's spelling becomes the model_type this library compares.
@@ -198,39 +202,12 @@ def _writable_target(target: Path, overwrite: bool) -> Path:
 # -- import ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Direction:
-    block: int
-    values: torch.Tensor
-
-
-def _field_value(reader: Any, key: str) -> Any:
-    """A scalar string or number field, or ``None`` when absent (arrays are not ours)."""
-    field = reader.fields.get(key)
-    if field is None or not field.types or not field.parts:
-        return None
-    gguf = _require_gguf()
-    kind = field.types[0]
-    if kind == gguf.GGUFValueType.ARRAY:
-        return None
-    last = field.parts[-1]
-    if kind == gguf.GGUFValueType.STRING:
-        return bytes(last).decode("utf-8", errors="replace")
-    return last.tolist()[0]
-
-
-def _open_reader(path: Path) -> Any:
-    gguf = _require_gguf()
+def _open_header(path: Path, max_tensors: int) -> Header:
     if path.is_dir():
         raise VectorFileError(f"'{path}' is a directory, not a GGUF file")
     if not path.is_file():
         raise VectorFileError(f"cannot read '{path}': no such file")
-    try:
-        return gguf.GGUFReader(str(path), "r")
-    except OSError as error:
-        raise VectorFileError(f"cannot read '{path}': {error.strerror or error}") from None
-    except Exception as error:  # the reader raises ValueError, struct.error, IndexError ...
-        raise VectorFileError(f"'{path}' is not a valid GGUF file ({error})") from None
+    return read_header(path, max_tensors=max_tensors)
 
 
 def _direction_block(name: str, source: str) -> int | None:
@@ -238,37 +215,38 @@ def _direction_block(name: str, source: str) -> int | None:
     if not name.startswith(TENSOR_PREFIX):
         return None
     suffix = name[len(TENSOR_PREFIX) :]
-    if not suffix.isdigit():
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+    if not (suffix.isascii() and suffix.isdigit()):
         raise VectorFileError(f"{source}: tensor '{name}' has no valid layer index")
     return int(suffix)
 
 
-def _read_direction(tensor: Any, block: int, source: str) -> torch.Tensor:
-    gguf = _require_gguf()
-    if int(tensor.tensor_type) != int(gguf.GGMLQuantizationType.F32):
-        kind = getattr(tensor.tensor_type, "name", tensor.tensor_type)
-        raise VectorFileError(
-            f"{source}: direction.{block} is {kind}; control vectors must be F32 (as llama.cpp requires)"
-        )
-    shape = [int(n) for n in tensor.shape]
-    # ggml counts trailing dimensions of size 1 as absent, as llama.cpp's check does.
-    if not shape or any(n != 1 for n in shape[1:]) or shape[0] < 1:
-        raise VectorFileError(f"{source}: direction.{block} has shape {shape}, expected one dimension")
-    values = torch.from_numpy(tensor.data.reshape(-1).astype("float32", copy=True))
-    if not bool(torch.isfinite(values).all()):
-        raise VectorFileError(f"{source}: direction.{block} holds NaN or infinite values")
-    return values
+def _direction_infos(header: Header, depth: int, depth_known: bool, source: str) -> dict[int, TensorInfo]:
+    """The ``direction.N`` tensors by block, every declared size checked before any data is read.
 
-
-def _read_directions(reader: Any, source: str) -> list[_Direction]:
-    directions: list[_Direction] = []
+    ``depth``: blocks must be below it (the model's layer count when ``depth_known``, else
+    the largest depth this library reads).
+    """
+    directions: dict[int, TensorInfo] = {}
     others: list[str] = []
-    for tensor in reader.tensors:
+    for tensor in header.tensors:
         block = _direction_block(tensor.name, source)
         if block is None:
             others.append(tensor.name)
             continue
-        directions.append(_Direction(block, _read_direction(tensor, block, source)))
+        if block >= depth:
+            what = (
+                f"the model has {depth} layers (0 .. {depth - 1})"
+                if depth_known
+                else (
+                    f"this library reads models of at most {depth} layers (give the model's depth: num_layers)"
+                )
+            )
+            raise VectorFileError(f"{source}: has {tensor.name:.40} but {what}")
+        if block in directions:
+            raise VectorFileError(f"{source}: two tensors are block {block}'s direction")
+        _check_direction_info(tensor, block, source)
+        directions[block] = tensor
     if others:
         warnings.warn(
             f"{source}: ignoring {len(others)} tensor(s) that are not directions "
@@ -278,12 +256,35 @@ def _read_directions(reader: Any, source: str) -> list[_Direction]:
         )
     if not directions:
         raise VectorFileError(f"{source}: no direction.N tensors: not a control vector")
-    widths = {d.values.numel() for d in directions}
+    widths = {d.shape[0] for d in directions.values()}
     if len(widths) > 1:
         raise VectorFileError(
             f"{source}: direction tensors have different lengths ({', '.join(map(str, sorted(widths)))})"
         )
     return directions
+
+
+def _check_direction_info(tensor: TensorInfo, block: int, source: str) -> None:
+    if tensor.kind != F32:
+        raise VectorFileError(
+            f"{source}: direction.{block} is of ggml type {tensor.kind}; control vectors must be F32 "
+            "(as llama.cpp requires)"
+        )
+    shape = list(tensor.shape)
+    # ggml counts trailing dimensions of size 1 as absent, as llama.cpp's check does.
+    if any(n != 1 for n in shape[1:]) or shape[0] < 1:
+        raise VectorFileError(f"{source}: direction.{block} has shape {shape}, expected one dimension")
+    if shape[0] > MAX_HIDDEN:
+        raise VectorFileError(
+            f"{source}: direction.{block} has {shape[0]} values; models are at most {MAX_HIDDEN} wide"
+        )
+
+
+def _read_direction(path: Path, header: Header, tensor: TensorInfo, block: int, source: str) -> torch.Tensor:
+    values = read_f32(path, header, tensor)
+    if not bool(torch.isfinite(values).all()):
+        raise VectorFileError(f"{source}: direction.{block} holds NaN or infinite values")
+    return values
 
 
 def _model_type(hint: object) -> str:
@@ -318,43 +319,43 @@ def import_gguf(
         from .layers import decoder_layers
 
         num_layers = len(decoder_layers(model))
-    reader = _open_reader(file)
-    architecture = _field_value(reader, KEY_ARCHITECTURE)
+    if num_layers is not None and (
+        isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1
+    ):
+        raise OptionError(f"num_layers must be a positive integer, got {num_layers!r}")
+    depth = MAX_LAYERS if num_layers is None else num_layers
+    # Direction tensors are at most one per block; a few others are skipped with a warning.
+    header = _open_header(file, max_tensors=depth + MAX_OTHER_TENSORS)
+    architecture = header.fields.get(KEY_ARCHITECTURE)
     if architecture is None:
         raise VectorFileError(f"{source}: no general.architecture: not a GGUF control vector")
     if architecture != ARCHITECTURE:
         raise VectorFileError(
-            f"{source}: general.architecture is '{architecture}', not '{ARCHITECTURE}': "
+            f"{source}: general.architecture is '{str(architecture):.60}', not '{ARCHITECTURE}': "
             "this is not a control vector (a model file?)"
         )
-    directions = _read_directions(reader, source)
-    if any(d.block == 0 for d in directions):
+    infos = _direction_infos(header, depth, num_layers is not None, source)
+    if 0 in infos:
         # repeng's convention applies direction.0 to block 0; llama.cpp refuses it.
         warnings.warn(
             f"{source}: has direction.0, which llama.cpp rejects; it is read as block 0's direction",
             UserWarning,
             stacklevel=2,
         )
-    highest = max(d.block for d in directions)
     if num_layers is None:
-        num_layers = highest + 1
-    elif isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise OptionError(f"num_layers must be a positive integer, got {num_layers!r}")
-    elif highest >= num_layers:
-        raise VectorFileError(
-            f"{source}: has direction.{highest} but the model has {num_layers} layers (0 .. {num_layers - 1})"
-        )
-    hidden = directions[0].values.numel()
+        num_layers = max(infos) + 1
+    hidden = next(iter(infos.values())).shape[0]
     rows = torch.zeros(num_layers, hidden)
-    for direction in directions:
-        rows[direction.block] = direction.values
-    file_name = _field_value(reader, KEY_NAME)
+    for block, info in infos.items():
+        rows[block] = _read_direction(file, header, info, block, source)
+    check_magnitudes(rows, torch.ones(num_layers), None, scales_measured=False, source=source)
+    file_name = header.fields.get(KEY_NAME)
     metadata = {
         "name": name or (file_name if isinstance(file_name, str) and file_name else file.stem),
         "model_name": "",
         "model_type": model_type
         if model_type is not None
-        else _model_type(_field_value(reader, KEY_MODEL_HINT)),
+        else _model_type(header.fields.get(KEY_MODEL_HINT)),
         "method": "gguf",
         "extraction_site": "block",
         "injection_mode": "add",
@@ -363,7 +364,7 @@ def import_gguf(
         "demos_sha256": "",
         "prompt_template": "",
         "recommended_strength": 1.0,
-        "layers": sorted({d.block for d in directions}),
+        "layers": sorted(infos),
     }
     # What llama.cpp adds is the shift itself: both additive scales give the same push.
     return InContextVector(rows, metadata, torch.ones(num_layers), shifts=rows)

@@ -35,6 +35,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from . import metadata as meta
 from .errors import FormatVersionError, VectorExistsError, VectorFileError
+from .magnitudes import check_magnitudes
 
 if TYPE_CHECKING:
     from .vector import InContextVector
@@ -42,8 +43,10 @@ if TYPE_CHECKING:
 # Our headers are a few kB; anything far larger is not a vector file of ours.
 MAX_HEADER_BYTES = 1 << 20
 # Largest model we expect: 1,000 layers of width 65,536 in float32, directions and
-# shifts (~512 MB).
-MAX_TENSOR_BYTES = 2 * 1000 * 65536 * 4 + 1000 * 4
+# shifts (~512 MB).  GGUF control vectors are held to the same bounds (icv.gguf).
+MAX_LAYERS = 1000
+MAX_HIDDEN = 65536
+MAX_TENSOR_BYTES = 2 * MAX_LAYERS * MAX_HIDDEN * 4 + MAX_LAYERS * 4
 
 
 def tensor_names(num_layers: int, shifts: bool = False) -> list[str]:
@@ -240,6 +243,7 @@ def from_bytes(data: bytes, *, source: str = "vector file") -> InContextVector:
     finite = [torch.isfinite(t).all() for t in (directions, scales, shifts) if t is not None]
     if not all(bool(f) for f in finite):
         raise VectorFileError(f"{source}: the vector holds NaN or infinite values")
+    check_magnitudes(directions, scales, shifts, scales_measured=metadata["method"] != "gguf", source=source)
     metadata = {k: v for k, v in metadata.items() if k not in ("hidden_size", "num_layers")}
     return InContextVector(directions, metadata, scales, shifts)
 

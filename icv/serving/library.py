@@ -83,11 +83,17 @@ def vector_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return files
 
 
-def read_vector_file(path: Path) -> InContextVector:
-    """An icv safetensors vector or a GGUF control vector (recognised by its first bytes)."""
+def read_vector_file(path: Path, shape: ModelShape | None = None) -> InContextVector:
+    """An icv safetensors vector or a GGUF control vector (recognised by its first bytes).
+
+    ``shape``: the served model, whose depth bounds a GGUF file's blocks before anything
+    is allocated from them (and pads a file that leaves out the last blocks).
+    """
     from ..gguf import import_gguf, is_gguf_file
 
-    return import_gguf(path) if is_gguf_file(path) else InContextVector.load(path)
+    if is_gguf_file(path):
+        return import_gguf(path, num_layers=None if shape is None else shape.num_layers)
+    return InContextVector.load(path)
 
 
 class VectorLibrary:
@@ -113,7 +119,7 @@ class VectorLibrary:
             name = file.stem
             if name in vectors or name in unfit:
                 raise VectorFileError(f"two vector files are named '{name}' ('{file}' and an earlier one)")
-            vector = read_vector_file(file)
+            vector = read_vector_file(file, shape)
             try:
                 check_same_model(vector.metadata, shape.as_metadata(), what=f"vector '{name}' ({file})")
             except ModelMismatchError as error:
@@ -187,10 +193,10 @@ class VectorLibrary:
     def _compose_uncached(self, terms: tuple[SteeringTerm, ...]) -> InContextVector:
         total: InContextVector | None = None
         for term in terms:
-            scaled = self._vectors[term.vector].vector * term.strength
             try:
+                scaled = self._vectors[term.vector].vector * term.strength
                 total = scaled if total is None else total + scaled
-            except ICVError as error:  # e.g. vectors of different injection modes
+            except ICVError as error:  # vectors of different injection modes, a sum past float32
                 raise RequestError(
                     f"these vectors cannot be combined: {error}",
                     param="steering",

@@ -43,7 +43,7 @@ from ..storage import to_bytes
 from ..vector import InContextVector
 from .engine import Engine
 from .http import ServerLimits, read_body, read_json, require_content_type
-from .library import VectorLibrary, read_vector_file
+from .library import ModelShape, VectorLibrary, read_vector_file
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SUFFIX_PATTERN = re.compile(r"\.[A-Za-z0-9]{1,16}")
@@ -85,7 +85,7 @@ class VectorRoutes:
         name = self._free_name(request.query_params.get("name"))
         filename = _upload_filename(request.query_params.get("filename"), name)
         data = await read_body(request, self.limits.max_upload_bytes, what="the vector file")
-        vector = await asyncio.to_thread(read_uploaded_vector, data, filename)
+        vector = await asyncio.to_thread(read_uploaded_vector, data, filename, self.library.shape)
         return self._added(name, vector)
 
     async def download(self, request: Request) -> Response:
@@ -160,13 +160,13 @@ class VectorRoutes:
         return JSONResponse({"object": "vector", **described}, status_code=201)
 
 
-def read_uploaded_vector(data: bytes, filename: str) -> InContextVector:
+def read_uploaded_vector(data: bytes, filename: str, shape: ModelShape | None = None) -> InContextVector:
     """A vector from an uploaded file's bytes, read as ``--vectors`` reads a file (errors name ``filename``)."""
     with tempfile.TemporaryDirectory(prefix="icv-upload-") as folder:
         path = Path(folder) / filename
         path.write_bytes(data)
         try:
-            return read_vector_file(path)
+            return read_vector_file(path, shape)
         except (VectorFileError, ICVError) as error:
             message = str(error).replace(str(path), filename)
             raise RequestError(message, param="file", code="invalid_vector_file") from None
