@@ -23,6 +23,7 @@ from serving_server import REVIEW_DEMOS, BackgroundServer, httpx, library_from, 
 import icv
 from icv.gguf import import_gguf
 from icv.prompts import paraphrase_prompt
+from icv.serving.access import AccessPolicy
 from icv.serving.app import ServerLimits
 
 pytestmark = pytest.mark.real_model
@@ -34,13 +35,20 @@ PAIRS = REVIEW_DEMOS
 
 
 @pytest.fixture(scope="module")
-def server(real, tmp_path_factory):
+def folder(real, tmp_path_factory):
+    """The served vector files: 'positive' and 'negative' from the review pairs."""
     model, tok = real
     folder = tmp_path_factory.mktemp("playground-vectors")
     icv.extract(model, tok, PAIRS, name="positive", progress=False).save(folder / "positive.safetensors")
     icv.extract(model, tok, [(t, s) for s, t in PAIRS], name="negative", progress=False).save(
         folder / "negative.safetensors"
     )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(real, folder):
+    model, tok = real
     limits = ServerLimits(max_upload_bytes=UPLOAD_LIMIT)
     with BackgroundServer(model, tok, library_from(folder, model), max_tokens=400, limits=limits) as running:
         yield running
@@ -250,3 +258,68 @@ def test_stop_ends_the_generation_on_the_server(page, server):
     after = server.engine.stats.snapshot()
     assert after["cancelled"] - before["cancelled"] == 3
     assert after["generated_tokens"] - before["generated_tokens"] < 3 * 400 / 2
+
+
+# -- a server with an API key ----------------------------------------------------------------------
+
+KEY = "sk-playground-test"
+
+
+@pytest.fixture
+def keyed_server(real, folder, server):
+    """The same model and vectors behind an API key.
+
+    A second engine on the shared model: safe while the first is idle (``wait_idle``),
+    as it is for this test's whole length.
+    """
+    wait_idle(server)
+    model, tok = real
+    with BackgroundServer(
+        model,
+        tok,
+        library_from(folder, model),
+        max_tokens=400,
+        access=AccessPolicy(api_key=KEY),
+    ) as running:
+        yield running
+
+
+def test_a_keyed_server_asks_once_and_every_call_carries_the_key(chromium, keyed_server, server, tmp_path):
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    guard = LocalOnly("127.0.0.1")
+    context.route("**/*", guard)
+    sent: list[tuple[str, str | None]] = []
+    page = context.new_page()
+    page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(f"{keyed_server.url}/")
+        page.wait_for_selector("#key-box:not([hidden])", timeout=30_000)
+        page.fill("#api-key", "wrong")
+        page.click("#use-key")
+        page.wait_for_selector("#key-box:not([hidden])")  # refused: asked again
+        page.fill("#api-key", KEY)
+        page.press("#api-key", "Enter")
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        assert page.evaluate("sessionStorage.getItem('icv-api-key')") == KEY
+        page.fill("#max-tokens", "4")
+        page.fill("#scales", "1")
+        vector_row(page, "positive").locator("input[type=checkbox]").check()
+        page.click("#generate")
+        columns = wait_for_columns(page)
+        assert [c["state"] for c in columns] == ["done", "done"]
+        with page.expect_download() as download:
+            vector_row(page, "positive").locator("a.safetensors").click()
+        download.value.save_as(tmp_path / "positive.safetensors")
+        assert icv.InContextVector.load(tmp_path / "positive.safetensors").name == "positive"
+        page.reload()  # the same tab: the key is remembered, not asked again
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        assert page.locator("#key-box").is_hidden()
+    finally:
+        context.close()
+    wait_idle(keyed_server)
+    api_calls = [(url, auth) for url, auth in sent if "/v1/" in url]
+    assert api_calls and all(auth in (f"Bearer {KEY}", "Bearer wrong") for _, auth in api_calls[1:])
+    assert api_calls[-1][1] == f"Bearer {KEY}"
+    assert not errors and not guard.refused

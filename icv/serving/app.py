@@ -34,10 +34,11 @@ from starlette.routing import Route
 from ..errors import RequestError
 from ..models import model_name_of
 from . import protocol
+from .access import AccessPolicy, middleware
 from .bridge import Call
 from .engine import Engine, Failed, Finished, TextDelta
 from .http import ServerLimits, error_response, read_json
-from .library import VectorLibrary
+from .library import VectorLibrary, public_name
 from .page import PATHS, Playground
 from .request import steering_json
 from .sampling import SamplingParams
@@ -260,13 +261,23 @@ async def _server_error(_request: Request, error: Exception) -> Response:
 
 
 def create_app(
-    engine: Engine, library: VectorLibrary, *, model_id: str | None = None, limits: ServerLimits | None = None
+    engine: Engine,
+    library: VectorLibrary,
+    *,
+    model_id: str | None = None,
+    limits: ServerLimits | None = None,
+    access: AccessPolicy | None = None,
 ) -> Starlette:
-    """The ASGI application serving ``engine``'s model with ``library``'s vectors."""
+    """The ASGI application serving ``engine``'s model with ``library``'s vectors.
+
+    ``access``: who may use it (:mod:`icv.serving.access`); by default no key, and
+    the ``Host`` names of a server on the loopback address.
+    """
     limits = limits or ServerLimits()
-    model_id = model_id or model_name_of(engine.model) or "model"
+    access = access or AccessPolicy()
+    model_id = model_id or public_name(model_name_of(engine.model)) or "model"
     routes = OpenAIRoutes(engine, library, model_id, limits)
-    made = VectorRoutes(engine, library, limits)
+    made = VectorRoutes(engine, library, limits, access)
     page = Playground(engine, model_id, limits)
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         RequestError: _request_error,
@@ -283,9 +294,11 @@ def create_app(
             Route("/v1/vectors/extract", made.extract, methods=["POST"]),
             Route("/v1/vectors/upload", made.upload, methods=["POST"]),
             Route("/v1/vectors/{name}/download", made.download, methods=["GET"]),
+            Route("/v1/vectors/{name}", made.delete, methods=["DELETE"]),
             Route("/v1/demos/parse", made.parse_demos, methods=["POST"]),
             Route("/v1/playground", page.settings, methods=["GET"]),
             *[Route(path, page.page, methods=["GET"]) for path in PATHS],
         ],
         exception_handlers=handlers,
+        middleware=middleware(access),
     )

@@ -9,15 +9,16 @@ options go in its ``add_arguments`` function.
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import os
 import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..cli import non_negative_float, positive_int
+from .access import API_KEY_ENV, is_loopback
 
-DEFAULT_HOST = "127.0.0.1"  # loopback: the server has no authentication
+DEFAULT_HOST = "127.0.0.1"  # loopback: only this machine reaches it
 DEFAULT_PORT = 8000
 
 
@@ -63,12 +64,50 @@ def add_transformers_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the largest max_tokens a request may ask for (default: 1024)",
     )
+    group.add_argument(
+        "--max-vectors",
+        type=positive_int,
+        default=32,
+        metavar="N",
+        help="vectors uploaded or extracted while the server runs, held at most; DELETE frees room (default: 32)",
+    )
+    group.add_argument(
+        "--allowed-hosts",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="more Host names to answer to (besides the bound address, localhost, 127.0.0.1, [::1] and the "
+        "address a client reached); '*' turns the check off (behind a proxy)",
+    )
+    group.add_argument(
+        "--allowed-origins",
+        nargs="+",
+        default=[],
+        metavar="ORIGIN",
+        help="web origins (https://app.example) whose pages may call this server (CORS); default: none",
+    )
+    group.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="on a non-loopback address without --api-key, keep the routes that add or delete vectors on "
+        "(trusted networks only)",
+    )
 
 
 def run_transformers(args: argparse.Namespace) -> int:
     from ..models import load_model
+    from .access import AccessPolicy, split_names
     from .engine import BatchingPolicy
+    from .http import ServerLimits
     from .server import load_library, serve
+
+    access = AccessPolicy(
+        api_key=args.api_key,
+        bound_host=args.host,
+        allowed_hosts=split_names(args.allowed_hosts),
+        allowed_origins=split_names(args.allowed_origins),
+        allow_writes=args.allow_writes,
+    )
 
     _say(f"loading model {args.model or '(embedded default)'} ...")
     model, tokenizer = load_model(args.model)
@@ -78,6 +117,8 @@ def run_transformers(args: argparse.Namespace) -> int:
         _say(f"not served (another model's vector): {name}: {reason}")
     policy = BatchingPolicy(max_batch=args.max_batch, gather_ms=args.gather_ms, max_queue=args.max_queue)
     address = f"http://{_url_host(args.host)}:{args.port}"
+    for line in access.describe():
+        _say(line)
     _say(f"serving on {address}/v1 (Ctrl-C stops)")
     _say(f"playground: {address}/ (open it in a browser)")
     serve(
@@ -89,6 +130,8 @@ def run_transformers(args: argparse.Namespace) -> int:
         policy=policy,
         max_tokens=args.max_tokens,
         model_id=args.served_model_name,
+        limits=ServerLimits(max_added_vectors=args.max_vectors),
+        access=access,
     )
     return 0
 
@@ -110,7 +153,7 @@ def vllm_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """``(argv, environment)`` of the vLLM server ``icv serve --engine vllm`` becomes."""
     from .vllm.launch import command
 
-    return command(
+    argv, env = command(
         args.model,
         args.vectors,
         host=args.host,
@@ -118,11 +161,12 @@ def vllm_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
         extra=shlex.split(args.vllm_args),
         served_model_name=args.served_model_name,
     )
+    if args.api_key is not None:
+        env["VLLM_API_KEY"] = args.api_key  # vLLM's --api-key, kept off the process list
+    return argv, env
 
 
 def run_vllm(args: argparse.Namespace) -> int:
-    import os
-
     argv, env = vllm_command(args)
     _say(f"starting vLLM: {shlex.join(argv)}")
     os.execve(argv[0], argv, env)  # the server is vLLM's own process from here on
@@ -167,7 +211,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         default=DEFAULT_HOST,
-        help=f"address to listen on (default: {DEFAULT_HOST}; the server has no authentication)",
+        help=f"address to listen on (default: {DEFAULT_HOST}, this machine only)",
+    )
+    parser.add_argument(
+        "--api-key",
+        type=api_key,
+        default=os.environ.get(API_KEY_ENV) or None,
+        metavar="KEY",
+        help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV}, else no key)",
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     parser.add_argument(
@@ -180,10 +231,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    if not _is_loopback(args.host):
-        _say(
-            f"warning: listening on {args.host}: anyone who can reach it can use the model (no authentication)"
-        )
+    if not is_loopback(args.host) and args.api_key is None:
+        _say(f"warning: listening on {args.host} with no API key: anyone who can reach it can use the model")
     try:
         return ENGINES[args.engine].run(args)
     except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: not an error
@@ -191,13 +240,11 @@ def run_serve(args: argparse.Namespace) -> int:
         return 0
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def api_key(value: str) -> str:
+    """An ``--api-key`` value: printable ASCII without spaces (what an HTTP header carries intact)."""
+    if not value or not all(33 <= ord(c) < 127 for c in value):
+        raise argparse.ArgumentTypeError("an API key is printable ASCII without spaces")
+    return value
 
 
 def _url_host(host: str) -> str:

@@ -44,7 +44,8 @@ async def read_body(request: Request, limit: int, what: str = "the body") -> byt
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The request's JSON object, refusing bodies over ``limit`` bytes before reading them whole."""
+    """The request's JSON object, declared ``application/json`` (else 415), at most ``limit`` bytes."""
+    require_content_type(request, "application/json")
     body = await read_body(request, limit)
     try:
         data = json.loads(body)
@@ -58,9 +59,10 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 def require_content_type(request: Request, expected: str) -> None:
     """Refuse (415) a body of another media type.
 
-    The routes that change the server take only types a browser will not send to
-    another site without asking it first (a CORS preflight, which this server never
-    grants), so a web page elsewhere cannot post to a server on the user's machine.
+    Every POST route takes only a type a browser will not send to another site
+    without asking it first (a CORS preflight, which this server grants only to
+    ``--allowed-origins``), so a web page elsewhere cannot make a server on the
+    user's machine generate, extract or take in a file.
     """
     given = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if given != expected:

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from torch import nn
@@ -64,8 +64,13 @@ class ModelShape:
 class LoadedVector:
     name: str
     vector: InContextVector
-    path: str
+    path: str  # the file it was loaded from; "" for one added while serving (never shown to clients)
     sha256: str  # of the file's bytes: what a cache key must change with
+
+    @property
+    def origin(self) -> str:
+        """``"file"`` (loaded at start, permanent) or ``"added"`` (uploaded or extracted, deletable)."""
+        return "file" if self.path else "added"
 
 
 def vector_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -121,7 +126,8 @@ class VectorLibrary:
                 raise VectorFileError(f"two vector files are named '{name}' ('{file}' and an earlier one)")
             vector = read_vector_file(file, shape)
             try:
-                check_same_model(vector.metadata, shape.as_metadata(), what=f"vector '{name}' ({file})")
+                # The reason is shown to clients: the name, never the server's path.
+                check_same_model(vector.metadata, shape.as_metadata(), what=f"vector '{name}'")
             except ModelMismatchError as error:
                 unfit[name] = str(error)
                 continue
@@ -130,13 +136,29 @@ class VectorLibrary:
         return cls(shape, vectors, unfit)
 
     def add(self, name: str, vector: InContextVector, path: str = "") -> None:
-        """Serve ``vector`` under ``name`` (replacing one of that name); it must fit the model."""
+        """Serve ``vector`` under ``name`` (replacing one of that name); it must fit the model.
+
+        ``path``: the file it came from, if it is to be permanent (not deletable).
+        """
         check_same_model(vector.metadata, self.shape.as_metadata(), what=f"vector '{name}'")
         digest = hashlib.sha256(
             vector.directions.numpy().tobytes() + repr(sorted(vector.metadata.items())).encode()
         ).hexdigest()
         self._vectors[name] = LoadedVector(name, vector, path, digest)
         self._unfit.pop(name, None)
+        self._compose.cache_clear()
+
+    def remove(self, name: str) -> None:
+        """Stop serving ``name``, a vector added while serving (those loaded from files stay)."""
+        if name in self._unfit or self.get(name).origin == "file":
+            raise RequestError(
+                f"vector '{name}' was loaded from a file when the server started and cannot be deleted; "
+                "only vectors uploaded or extracted while it runs can",
+                param="name",
+                code="vector_not_deletable",
+                status=403,
+            )
+        del self._vectors[name]
         self._compose.cache_clear()
 
     @property
@@ -164,15 +186,15 @@ class VectorLibrary:
         )
 
     def describe(self) -> list[dict[str, Any]]:
-        """Every loaded vector's name, file, metadata and recommended strength (for ``GET /v1/vectors``)."""
+        """Every loaded vector's name, origin, metadata and strengths (``GET /v1/vectors``; no server path)."""
         return [
             {
                 "name": loaded.name,
-                "file": loaded.path,
+                "origin": loaded.origin,
                 "sha256": loaded.sha256,
                 "recommended_strength": loaded.vector.recommended_strength,
                 "default_strength": default_strength(loaded.vector),
-                "metadata": loaded.vector.metadata,
+                "metadata": public_metadata(loaded.vector.metadata),
             }
             for loaded in (self._vectors[name] for name in self.names)
         ]
@@ -217,6 +239,21 @@ class VectorLibrary:
         parts = [f"{self._vectors[t.vector].sha256}*{t.strength!r}" for t in resolved.terms]
         payload = "+".join(parts) + f"@{resolved.positions}"
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def public_name(name: str) -> str:
+    """A model's recorded name as clients may see it: a hub id as is, a local path by its last part."""
+    if name.startswith(("/", ".", "~")) or "\\" in name or (len(name) > 1 and name[1] == ":"):
+        return PureWindowsPath(name).name if "\\" in name else Path(name).name
+    return name
+
+
+def public_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A vector's metadata with no path of the server's disk in it (the model's folder, if local)."""
+    shown = dict(metadata)
+    if isinstance(shown.get("model_name"), str):
+        shown["model_name"] = public_name(shown["model_name"])
+    return shown
 
 
 def default_strength(vector: InContextVector) -> float:

@@ -2,8 +2,8 @@
 
 :func:`serve` blocks until Ctrl-C; :class:`BackgroundServer` starts the same server on
 a thread of this process (for tests, notebooks and benchmarks) and stops it on exit.
-Both bind the loopback address unless told otherwise: the server has no
-authentication.
+Both bind the loopback address unless told otherwise; who may use the server is
+an :class:`~icv.serving.access.AccessPolicy` (API key, host names, origins, writes).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ICVError
+from .access import AccessPolicy
 from .app import ServerLimits, create_app
 from .command import DEFAULT_HOST, DEFAULT_PORT
 from .engine import BatchingPolicy, Engine
@@ -26,6 +27,15 @@ from .library import ModelShape, VectorLibrary
 def load_library(model: nn.Module, paths: Iterable[str | os.PathLike[str]]) -> VectorLibrary:
     """The vectors under ``paths`` that fit ``model`` (the others kept aside with the reason)."""
     return VectorLibrary.load(list(paths), ModelShape.of(model))
+
+
+def bound(access: AccessPolicy | None, host: str) -> AccessPolicy:
+    """``access``, or by default no key and the names of a server listening on ``host``.
+
+    A given policy is kept as it is: its ``bound_host`` is what decides whether
+    writing routes are on (the command line sets it to ``--host``).
+    """
+    return access if access is not None else AccessPolicy(bound_host=host)
 
 
 def uvicorn_server(app: Any, host: str, port: int, log_level: str = "warning") -> Any:
@@ -66,11 +76,12 @@ def serve(
     limits: ServerLimits | None = None,
     model_id: str | None = None,
     log_level: str = "info",
+    access: AccessPolicy | None = None,
 ) -> None:
     """Serve ``model`` over HTTP until interrupted (Ctrl-C), then stop the engine."""
     engine = Engine(model, tokenizer, policy=policy, max_tokens=max_tokens)
     try:
-        app = create_app(engine, library, model_id=model_id, limits=limits)
+        app = create_app(engine, library, model_id=model_id, limits=limits, access=bound(access, host))
         uvicorn_server(app, host, port, log_level).run()
     finally:
         engine.close()
@@ -91,9 +102,12 @@ class BackgroundServer:
         max_tokens: int = 1024,
         limits: ServerLimits | None = None,
         model_id: str | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.engine = Engine(model, tokenizer, policy=policy, max_tokens=max_tokens)
-        self.app = create_app(self.engine, library, model_id=model_id, limits=limits)
+        self.app = create_app(
+            self.engine, library, model_id=model_id, limits=limits, access=bound(access, host)
+        )
         self._server = uvicorn_server(self.app, host, port)
         self._host = host
         self._thread = threading.Thread(target=self._server.run, name="icv-http", daemon=True)

@@ -9,6 +9,9 @@
 ``POST /v1/vectors/upload?name=NAME&filename=FILE``
     The body is a vector file (icv safetensors or a GGUF control vector), read as
     ``--vectors`` reads files (every byte checked before use), and served as ``NAME``.
+``DELETE /v1/vectors/{name}``
+    Stop serving a vector added while the server runs (vectors loaded from files at
+    start are permanent: 403); its room counts again toward ``--max-vectors``.
 ``GET /v1/vectors/{name}/download?format=safetensors|gguf``
     A served vector as a file: icv's safetensors, or a llama.cpp control vector
     (:func:`icv.export_gguf`, its default strength folded in).
@@ -41,6 +44,7 @@ from ..errors import DemoError, ICVError, ModelMismatchError, RequestError, Vect
 from ..extract import extract
 from ..storage import to_bytes
 from ..vector import InContextVector
+from .access import AccessPolicy
 from .engine import Engine
 from .http import ServerLimits, read_body, read_json, require_content_type
 from .library import ModelShape, VectorLibrary, read_vector_file
@@ -53,14 +57,17 @@ FORMATS = {"safetensors": "application/octet-stream", "gguf": "application/octet
 class VectorRoutes:
     """The handlers, sharing the server's engine, vector library and limits."""
 
-    def __init__(self, engine: Engine, library: VectorLibrary, limits: ServerLimits) -> None:
+    def __init__(
+        self, engine: Engine, library: VectorLibrary, limits: ServerLimits, access: AccessPolicy
+    ) -> None:
         self.engine = engine
         self.library = library
         self.limits = limits
+        self.access = access
         self.added: list[str] = []  # names this server took in (extracted or uploaded), oldest first
 
     async def extract(self, request: Request) -> Response:
-        require_content_type(request, "application/json")
+        self.access.check_writes()
         body = await read_json(request, self.limits.max_body_bytes)
         _check_fields(body, {"name", "pairs"})
         name = self._free_name(body.get("name"))
@@ -81,12 +88,26 @@ class VectorRoutes:
         return self._added(name, vector)
 
     async def upload(self, request: Request) -> Response:
+        self.access.check_writes()
         require_content_type(request, "application/octet-stream")
         name = self._free_name(request.query_params.get("name"))
         filename = _upload_filename(request.query_params.get("filename"), name)
         data = await read_body(request, self.limits.max_upload_bytes, what="the vector file")
         vector = await asyncio.to_thread(read_uploaded_vector, data, filename, self.library.shape)
         return self._added(name, vector)
+
+    async def delete(self, request: Request) -> Response:
+        """Stop serving a vector added while the server runs (OpenAI's deletion shape)."""
+        self.access.check_writes()
+        name = request.path_params["name"]
+        try:
+            self.library.remove(name)
+        except RequestError as error:
+            if error.code == "vector_not_found":
+                error.status = 404
+            raise
+        self.added.remove(name)
+        return JSONResponse({"id": name, "object": "vector", "deleted": True})
 
     async def download(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -142,7 +163,8 @@ class VectorRoutes:
             )
         if len(self.added) >= self.limits.max_added_vectors:
             raise RequestError(
-                f"this server has taken in {len(self.added)} vectors, its limit; restart it to take in more",
+                f"this server holds {len(self.added)} vectors added while it runs, its limit (--max-vectors): "
+                "delete one (DELETE /v1/vectors/NAME) to make room",
                 param="name",
                 code="too_many_vectors",
                 status=409,

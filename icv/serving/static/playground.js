@@ -5,6 +5,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { settings: null, controller: null, shared: null };
+const KEY_ITEM = "icv-api-key";
 
 // -- talking to the server ----------------------------------------------------------
 
@@ -12,16 +13,51 @@ function errorText(body, response) {
   return (body && body.error && body.error.message) || `${response.status} ${response.statusText}`;
 }
 
-async function api(path, options = {}) {
+// The server's API key, if it has one: asked once, kept for this tab only, sent on every call.
+function withKey(options = {}) {
+  const key = sessionStorage.getItem(KEY_ITEM);
+  if (!key) return options;
+  return { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${key}` } };
+}
+
+class KeyNeeded extends Error {}
+
+async function call(path, options = {}) {
   let response;
   try {
-    response = await fetch(path, options);
+    response = await fetch(path, withKey(options));
   } catch (error) {
+    if (error.name === "AbortError") throw error;
     throw new Error(`cannot reach the server (${error.message})`);
   }
+  if (response.status === 401) {
+    sessionStorage.removeItem(KEY_ITEM);
+    askForKey();
+    const body = await response.json().catch(() => null);
+    throw new KeyNeeded(errorText(body, response));
+  }
+  return response;
+}
+
+async function api(path, options = {}) {
+  const response = await call(path, options);
   const body = await response.json().catch(() => null);
   if (!response.ok) throw new Error(errorText(body, response));
   return body;
+}
+
+function askForKey() {
+  $("key-box").hidden = false;
+  $("api-key").focus();
+}
+
+function useKey() {
+  const key = $("api-key").value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY_ITEM, key);
+  $("api-key").value = "";
+  $("key-box").hidden = true;
+  if (!state.settings) start();
 }
 
 function postJSON(body, signal) {
@@ -30,6 +66,30 @@ function postJSON(body, signal) {
 
 function postFile(file) {
   return { method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: file };
+}
+
+// A download link fetches with the key, then saves what came (a plain link could not send it).
+async function download(event) {
+  event.preventDefault();
+  const link = event.currentTarget;
+  try {
+    const response = await call(link.href);
+    if (!response.ok) throw new Error(errorText(await response.json().catch(() => null), response));
+    const saved = document.createElement("a");
+    saved.href = URL.createObjectURL(await response.blob());
+    saved.download = link.dataset.filename;
+    saved.click();
+    setTimeout(() => URL.revokeObjectURL(saved.href), 60_000);
+  } catch (error) {
+    showBanner(`download failed: ${error.message}`);
+  }
+}
+
+function downloadLinks(links, name) {
+  for (const [link, format] of links) {
+    link.href = `/v1/vectors/${encodeURIComponent(name)}/download?format=${format}`;
+    link.dataset.filename = `${name}.${format}`;
+  }
 }
 
 function say(element, text, kind = "") {
@@ -93,9 +153,8 @@ function vectorRow(described, choice) {
     slider.setAttribute("aria-label", `strength of ${name}`);
     const which = described.recommended_strength === null ? "default" : "recommended";
     row.querySelector(".default").textContent = `${which} ${round(range.mark)}`;
-    const base = `/v1/vectors/${encodeURIComponent(name)}/download?format=`;
-    row.querySelector("a.safetensors").href = `${base}safetensors`;
-    row.querySelector("a.gguf").href = `${base}gguf`;
+    downloadLinks([[row.querySelector("a.safetensors"), "safetensors"], [row.querySelector("a.gguf"), "gguf"]], name);
+    for (const link of row.querySelectorAll("a")) link.addEventListener("click", download);
   }
   const strength = choice ? choice.strength : described.default_strength;
   number.value = round(strength);
@@ -221,7 +280,7 @@ function settle(view, stateName, note) {
 }
 
 async function stream(view, planned, signal) {
-  const response = await fetch(planned.path, postJSON(planned.body, signal));
+  const response = await call(planned.path, postJSON(planned.body, signal));
   if (!response.ok) {
     const body = await response.json().catch(() => null);
     throw new Error(errorText(body, response));
@@ -382,9 +441,7 @@ async function extractVector() {
   try {
     const made = await api("/v1/vectors/extract", postJSON({ name, pairs }));
     await loadVectors();
-    const base = `/v1/vectors/${encodeURIComponent(made.name)}/download?format=`;
-    $("download-safetensors").href = `${base}safetensors`;
-    $("download-gguf").href = `${base}gguf`;
+    downloadLinks([[$("download-safetensors"), "safetensors"], [$("download-gguf"), "gguf"]], made.name);
     $("downloads").hidden = false;
     say(message, `'${made.name}' is ready (${made.metadata.num_demos} pairs, method ${made.metadata.method}); ` +
       "choose it above to steer with it", "ok");
@@ -405,11 +462,14 @@ function fileInput(id, handle) {
   });
 }
 
-async function start() {
+function wire() {
   $("generate").addEventListener("click", generate);
   $("stop").addEventListener("click", stop);
   $("add-pair").addEventListener("click", () => addPair());
   $("extract").addEventListener("click", extractVector);
+  $("use-key").addEventListener("click", useKey);
+  $("api-key").addEventListener("keydown", (event) => { if (event.key === "Enter") useKey(); });
+  for (const link of [$("download-safetensors"), $("download-gguf")]) link.addEventListener("click", download);
   fileInput("vector-file", uploadVector);
   fileInput("pairs-file", loadPairs);
   for (const input of document.querySelectorAll("input[name=format], #prompt")) {
@@ -417,6 +477,10 @@ async function start() {
   }
   addPair();
   addPair();
+}
+
+async function start() {
+  hideBanner();
   try {
     state.settings = await api("/v1/playground");
     $("model").textContent = state.settings.model;
@@ -425,9 +489,11 @@ async function start() {
     showPrompt();
     document.body.dataset.ready = "true";
   } catch (error) {
+    state.settings = null;
     $("model").textContent = "";
-    showBanner(`the page could not start: ${error.message}`);
+    if (!(error instanceof KeyNeeded)) showBanner(`the page could not start: ${error.message}`);
   }
 }
 
+wire();
 start();
