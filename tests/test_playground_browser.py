@@ -7,7 +7,7 @@ that loads; bad input shows a message; Stop frees the server's rows.  The page m
 reach its own server only (no asset from the internet).
 
 ``ICV_PLAYGROUND_SCREENSHOT=docs/img/playground.png`` also saves the screenshot the
-README shows.
+serving page of the docs shows.
 """
 
 from __future__ import annotations

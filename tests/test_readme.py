@@ -1,8 +1,13 @@
-"""The README's Python code runs as written, twice in a row (a second run must not trip over the first's files)."""
+"""The README's and the docs' Python code runs as written, twice in a row (a second run must not trip over the first's files).
+
+The README's Quickstart makes the model, demonstrations, vector and prompt that the docs pages'
+examples go on with, so the pages in ``RUN`` are run in that order in one namespace, as a reader
+who follows them would. Every other Python block of the docs is listed in ``NOT_RUN`` with the
+reason, so a new example is either run or says why not.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -10,43 +15,70 @@ import pytest
 
 import icv
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
+# Pages whose Python blocks run, in this order, in one namespace.
+RUN = ("README.md", "docs/getting-started.md", "docs/steering.md", "docs/results.md")
 
-# Blocks that need what a plain checkout does not run: an environment of their own (vLLM:
-# `make setup-vllm`), run only where it is installed, and clients of a server the reader starts
-# first (`icv serve`), which tests/test_serving*.py exercise.
-OPTIONAL = {"vllm"}
-SERVER = "http://127.0.0.1:"
+# page -> (indices of its Python blocks that are not run, why).
+NOT_RUN: dict[str, tuple[range, str]] = {
+    "docs/steering.md": (
+        range(1, 7),
+        "fragments: each line makes a steering handle it never removes, or names vectors "
+        "(positive, formal) the page does not make; tests/test_layers_sites.py, test_positions.py "
+        "and test_per_row.py run the same calls",
+    ),
+    "docs/serving.md": (
+        range(0, 2),
+        "a client of a server the reader starts first, and the foreground server itself; "
+        "tests/test_serving*.py exercise both",
+    ),
+    "docs/vllm.md": (
+        range(0, 2),
+        "need vLLM (.venv-vllm) and its server; tests/with_vllm run the same calls",
+    ),
+}
 
 
 def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
-def needs(block: str) -> set[str]:
-    """What a block needs that this test does not provide: missing optional packages, a running server."""
-    imported = set(re.findall(r"^(?:from|import) (\w+)", block, flags=re.M))
-    missing = {name for name in imported & OPTIONAL if importlib.util.find_spec(name) is None}
-    return missing | ({"a running server"} if SERVER in block else set())
+def pages() -> list[str]:
+    """Every page a reader sees: the README and the docs site's own pages (not the result tables)."""
+    return ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 
 
-def test_the_readme_has_python_blocks_to_run():
-    blocks = python_blocks(README.read_text(encoding="utf-8"))
-    runnable = [b for b in blocks if not needs(b)]
-    assert len(runnable) >= 5 and "icv.load_model()" in runnable[0]
+def runnable(page: str) -> list[tuple[int, str]]:
+    skipped = NOT_RUN.get(page, (range(0), ""))[0]
+    blocks = python_blocks((ROOT / page).read_text(encoding="utf-8"))
+    return [(number, block) for number, block in enumerate(blocks) if number not in skipped]
+
+
+def test_every_python_block_of_the_docs_is_run_or_says_why_not():
+    for page in pages():
+        blocks = python_blocks((ROOT / page).read_text(encoding="utf-8"))
+        skipped = NOT_RUN.get(page, (range(0), ""))[0]
+        assert all(number < len(blocks) for number in skipped), f"{page}: NOT_RUN names blocks it lacks"
+        if page not in RUN:
+            assert set(range(len(blocks))) <= set(skipped), f"{page}: a Python block neither run nor excused"
+    assert "icv.load_model()" in runnable("README.md")[0][1]
+    assert sum(len(runnable(page)) for page in RUN) >= 5
 
 
 @pytest.mark.real_model
-def test_readme_python_runs_twice_from_a_fresh_folder(tmp_path, monkeypatch, capsys):
+def test_readme_and_docs_python_runs_twice_from_a_fresh_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # what a fresh clone has: no vector files, no results folder
-    blocks = [b for b in python_blocks(README.read_text(encoding="utf-8")) if not needs(b)]
     printed = []
     for run in range(2):
         namespace: dict = {"__name__": f"readme_run_{run}"}
-        for number, block in enumerate(blocks):
-            exec(compile(block, f"README.md python block {number + 1}", "exec"), namespace)
-            assert not icv.is_steered(namespace["model"]), f"block {number + 1} leaves the model steered"
+        for page in RUN:
+            for number, block in runnable(page):
+                exec(compile(block, f"{page} python block {number + 1}", "exec"), namespace)
+                assert not icv.is_steered(namespace["model"]), (
+                    f"{page} block {number + 1} leaves the model steered"
+                )
         printed.append(capsys.readouterr().out)
     assert printed[0] == printed[1]
     # The Quickstart prints the paraphrase alone: one line, no closing quote, no commentary after it.
