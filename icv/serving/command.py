@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..cli import non_negative_float, positive_int
+from ..distribution import pip_install
 from .access import API_KEY_ENV, is_loopback
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: only this machine reaches it
@@ -140,7 +141,9 @@ def run_transformers(args: argparse.Namespace) -> int:
 
 
 def add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("engine vllm (vLLM's OpenAI server with icv's plugin; make setup-vllm)")
+    group = parser.add_argument_group(
+        f"engine vllm (vLLM's OpenAI server with icv's plugin; {pip_install('vllm')})"
+    )
     group.add_argument(
         "--vllm-args",
         default="",

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from ..distribution import DISTRIBUTION
 from ..errors import ICVError
 from .access import AccessPolicy
 from .app import ServerLimits, create_app
@@ -42,8 +43,11 @@ def uvicorn_server(app: Any, host: str, port: int, log_level: str = "warning") -
     """A uvicorn server for ``app`` (port 0: any free port, read back from ``bound_port``)."""
     try:
         import uvicorn
-    except ImportError as error:  # the optional 'serve' extra
-        raise ICVError("serving needs uvicorn and starlette: pip install 'icv[serve]'") from error
+    except ImportError as error:  # a dependency, so only a broken install gets here
+        raise ICVError(
+            f"serving needs uvicorn and starlette, dependencies of {DISTRIBUTION} that are missing here: "
+            "pip install 'uvicorn>=0.29' 'starlette>=0.37'"
+        ) from error
     config = uvicorn.Config(
         app,
         host=host,

