@@ -7,6 +7,14 @@ strength (one batched sweep), scores them, and keeps the strength with the
 highest style success among those whose content preservation and fluency stay
 within the floors.  The choice is written into the vector's metadata as its
 ``recommended_strength``, so ``icv.steer(model, vec)`` uses it.
+
+A vector used on top of its demonstrations in the prompt (ICL + ICV) needs a
+different strength from one used in their place: ``calibrate(..., demos=pairs)``
+sweeps with the demonstrations written into the prompt, and the metadata records
+which form the strength is for (``calibrated_with_demos``: how many demonstrations
+were in the prompt, 0 for the zero-shot prompt).  Steering sees only token ids, so
+it cannot tell which form a prompt has; what builds the prompt (``icv generate``,
+``icv eval``, the recipes) checks with :func:`prompt_form_mismatch`.
 """
 
 from __future__ import annotations
@@ -15,13 +23,15 @@ import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 from torch import nn
 
+from .demos import as_demos
 from .errors import OptionError
 from .layers import decoder_layers
-from .prompts import paraphrase_prompt
+from .prompts import icl_prompt, paraphrase_prompt
 from .scorers import RepetitionScorer, Scorer, SimilarityScorer, score_all, success_rate
 from .steer import layer_weights
 from .sweep import Prompt, check_inputs, check_strengths, steered_answers
@@ -106,7 +116,8 @@ def calibrate(
     min_content: float = 0.65,
     max_repetition: float = 0.2,
     max_perplexity_ratio: float | None = 2.0,
-    prompt: Prompt = paraphrase_prompt,
+    prompt: Prompt | None = None,
+    demos: Iterable[object] | None = None,
     max_new_tokens: int = 32,
     batch_size: int = 16,
     mode: str | None = None,
@@ -124,6 +135,11 @@ def calibrate(
     * ``layer_ranges``: optional candidate layer sets (e.g. ``[range(0, 30), range(5, 25)]``);
       the returned vector then keeps only the chosen layers (other rows zeroed).
     * ``mode``/``site``: how to inject (defaults: the vector's); the result records them.
+    * ``prompt``: the prompt around each input (default: the paper's paraphrase prompt).
+    * ``demos``: calibrate for ICL + ICV: these demonstrations are written into the
+      paraphrase prompt before each input (the baseline, strength 0, is then ICL), and the
+      vector's ``calibrated_with_demos`` records how many; without them it records 0
+      (or, with a ``prompt`` of your own, nothing: its form is unknown).
 
     Ties in style success go to the smaller strength.  If no candidate passes the floors,
     the smallest strength of the sweep is recommended with a warning, and
@@ -132,6 +148,7 @@ def calibrate(
     if not isinstance(vector, InContextVector):
         raise OptionError("vector must be an icv.InContextVector")
     inputs = check_inputs(inputs)
+    prompt, with_demos = _prompt_form(prompt, demos)
     candidates = sorted(set(check_strengths(strengths)) - {0.0})
     if not candidates:
         raise OptionError("strengths must include at least one non-zero value")
@@ -233,8 +250,41 @@ def calibrate(
         recommended_strength=chosen.strength,
         injection_mode=mode,
         injection_site=site,
+        calibrated_with_demos=with_demos,
     )
     return Calibration(result, report)
+
+
+def _prompt_form(prompt: Prompt | None, demos: Iterable[object] | None) -> tuple[Prompt, int | None]:
+    """The prompt to calibrate with and how many demonstrations it holds (``None``: unknown)."""
+    if demos is None:
+        return (prompt, None) if prompt is not None else (paraphrase_prompt, 0)
+    if prompt is not None:
+        raise OptionError("give demos (written into the paraphrase prompt) or a prompt of your own, not both")
+    pairs = as_demos(demos)
+    return partial(icl_prompt, pairs), len(pairs)
+
+
+def prompt_form_mismatch(vector: InContextVector, demos_in_prompt: int) -> str | None:
+    """A warning's text when ``vector``'s strength was calibrated for another prompt form, else None.
+
+    ``demos_in_prompt``: how many demonstrations the prompt it is about to steer holds.
+    Vectors whose form is unknown (not calibrated, or calibrated with a prompt of one's
+    own) never mismatch.
+    """
+    calibrated = vector.metadata.get("calibrated_with_demos")
+    if calibrated is None or vector.recommended_strength is None or calibrated == demos_in_prompt:
+        return None
+    return (
+        f"'{vector.name}' was calibrated with {_demos_phrase(calibrated)} in the prompt and is used with "
+        f"{_demos_phrase(demos_in_prompt)}: its recommended strength "
+        f"({vector.recommended_strength:g}) may be too {'strong' if demos_in_prompt > calibrated else 'weak'}; "
+        "recalibrate for this prompt form or give a strength"
+    )
+
+
+def _demos_phrase(count: int) -> str:
+    return "no demonstrations" if count == 0 else f"{count} demonstration{'s' if count != 1 else ''}"
 
 
 def _describe_layers(layers: list[int] | None) -> str:

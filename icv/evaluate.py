@@ -6,6 +6,8 @@ On the same inputs and the same demonstrations it runs
 * ``icl``: the demonstrations written into the prompt (the paper's baseline),
 * ``icv``: the paraphrase prompt, steered by the vector of those demonstrations,
   at every strength of a sweep (one batched pass, one strength per row),
+* ``icl+icv`` (on request): the ICL prompt, steered by the same vector over a sweep
+  of its own (the demonstrations both in the prompt and as the vector),
 
 scores every answer (style success, content preservation, fluency, and any
 scorer the caller adds) and reports per method the scores, the mean prompt
@@ -21,6 +23,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +45,16 @@ from .scorers import (
 from .sweep import Completions, check_inputs, check_strengths, generate_answers, steered_answers
 from .vector import InContextVector
 
-METHODS = ("zero-shot", "icl", "icv")
+METHODS = ("zero-shot", "icl", "icv", "icl+icv")
+# The hybrid costs ICL's long prompt at every strength of its sweep: asked for, not by default.
+DEFAULT_METHODS = ("zero-shot", "icl", "icv")
+STEERED = ("icv", "icl+icv")
 DEFAULT_STRENGTHS = (0.03, 0.05, 0.07, 0.09)
 
 
 @dataclass
 class MethodResult:
-    """One row of the report: a method (at one strength, for ``icv``) and its figures."""
+    """One row of the report: a method (at one strength, for the steered ones) and its figures."""
 
     method: str
     strength: float | None
@@ -110,11 +116,13 @@ class Evaluation:
         ]
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         recommended = self.settings.get("recommended_strength")
+        # A strength is recommended for one prompt form: marked in the arm that uses that form.
+        recommended_for = self.settings.get("recommended_for", "icv")
         for r in self.results:
             strength = "" if r.strength is None else f"{r.strength:g}"
             # The vector's own recommendation: calibrated, or set by hand (`icv extract --strength`);
             # the file does not say which, so neither does the table.
-            if r.strength is not None and r.strength == recommended:
+            if r.strength is not None and r.strength == recommended and r.method == recommended_for:
                 strength += " (recommended)"
             cells = [
                 r.method,
@@ -130,7 +138,7 @@ class Evaluation:
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike[str], title: str | None = None) -> Path:
-        """Style success against content preservation: the ICV sweep as a line, baselines as points."""
+        """Style success against content preservation: each steered sweep as a line, baselines as points."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -138,14 +146,16 @@ class Evaluation:
         figure = Figure(figsize=(6.4, 4.8), dpi=100)
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
-        sweep = sorted((r for r in self.results if r.method == "icv"), key=lambda r: r.strength or 0.0)
-        if sweep:
+        lines = {
+            "icv": ("tab:blue", "ICV (strength sweep)"),
+            "icl+icv": ("tab:red", "ICL + ICV (demos in prompt, strength sweep)"),
+        }
+        for method, (color, label) in lines.items():
+            sweep = sorted((r for r in self.results if r.method == method), key=lambda r: r.strength or 0.0)
+            if not sweep:
+                continue
             axes.plot(
-                [r.content for r in sweep],
-                [r.style_success for r in sweep],
-                "o-",
-                color="tab:blue",
-                label="ICV (strength sweep)",
+                [r.content for r in sweep], [r.style_success for r in sweep], "o-", color=color, label=label
             )
             for r in sweep:
                 axes.annotate(
@@ -211,14 +221,16 @@ def evaluate(
     references: Sequence[str] | None = None,
     vector: InContextVector | None = None,
     strengths: Sequence[float] | None = None,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    hybrid_strengths: Sequence[float] | None = None,
+    prompt_demos: int | None = None,
     extract_options: dict[str, Any] | None = None,
     max_new_tokens: int = 40,
     batch_size: int = 16,
     progress: bool | None = None,
     **steer_options: Any,
 ) -> Evaluation:
-    """Compare zero-shot, ICL and ICV on ``inputs`` with the same ``demos``.
+    """Compare zero-shot, ICL and ICV (and, asked for, ICL + ICV) on ``inputs`` with the same ``demos``.
 
     ``demos`` may be ``None`` when no method needs them (zero-shot, and ICV with ``vector``).
     * ``style``: the style scorer (its success rate is the headline figure).
@@ -227,8 +239,15 @@ def evaluate(
       Gemma 3 270M.  Give ``[]`` for none.
     * ``vector``: the ICV to steer with; extracted from ``demos`` (with
       ``extract_options``) when not given.
-    * ``strengths``: the ICV sweep; default 0.03/0.05/0.07/0.09 plus the vector's
-      recommended strength, if it has one.
+    * ``strengths``: the ICV sweep; default 0.03/0.05/0.07/0.09.
+    * ``methods``: any of ``zero-shot``, ``icl``, ``icv``, ``icl+icv``; default the first
+      three (the hybrid pays ICL's prompt at every strength of its sweep).
+    * ``hybrid_strengths``: the ``icl+icv`` sweep; default the ICV sweep's values.
+    * ``prompt_demos``: how many of the demonstrations (the first ones) ``icl+icv`` writes
+      into its prompt; default all of them, as ``icl`` does.  The vector is the same.
+    * The vector's recommended strength joins the default sweep of the arm whose prompt it was
+      calibrated for (``calibrated_with_demos`` in its metadata: ``icl+icv`` when above 0,
+      else ``icv``) and is marked there in the markdown.
     * ``steer_options``: ``mode``, ``site``, ``layers``, ``positions`` for :func:`icv.steer`.
     """
     inputs = check_inputs(inputs)
@@ -237,9 +256,12 @@ def evaluate(
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
         raise OptionError(f"unknown methods {unknown}: choose from {', '.join(METHODS)}")
-    if demos is None and ("icl" in methods or ("icv" in methods and vector is None)):
-        raise OptionError("demos are needed for the 'icl' method, and for 'icv' unless a vector is given")
+    if demos is None and ("icl" in methods or "icl+icv" in methods or ("icv" in methods and vector is None)):
+        raise OptionError(
+            "demos are needed for the 'icl' and 'icl+icv' methods, and for 'icv' unless a vector is given"
+        )
     pairs = as_demos(demos) if demos is not None else []
+    in_prompt = _prompt_demos(prompt_demos, len(pairs)) if "icl+icv" in methods else len(pairs)
     if not isinstance(style, Scorer):
         raise OptionError("style must be an icv.scorers.Scorer (e.g. SentimentScorer())")
     content = content if content is not None else SimilarityScorer()
@@ -276,31 +298,48 @@ def evaluate(
         runs.append(
             ("icl", None, prompts, _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress))
         )
-    if "icv" in methods:
+    steered = [m for m in STEERED if m in methods]
+    if steered:
         if vector is None:
             started = time.perf_counter()
             vector = extract(model, tokenizer, pairs, progress=False, **(extract_options or {}))
             settings["extract_seconds"] = time.perf_counter() - started
         recommended = vector.recommended_strength
-        sweep = list(strengths) if strengths is not None else list(DEFAULT_STRENGTHS)
-        if strengths is None and recommended is not None and recommended not in sweep:
-            sweep.append(recommended)
-        sweep = sorted(check_strengths(sweep))
-        settings.update(recommended_strength=recommended, vector=vector.metadata, strengths=sweep)
-        answers = steered_answers(
-            model,
-            tokenizer,
-            vector,
-            inputs,
-            sweep,
-            prompt=paraphrase_prompt,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            progress=progress,
-            **steer_options,
-        )
-        prompts = [paraphrase_prompt(x) for x in inputs]
-        runs.extend(("icv", s, prompts, answers[s]) for s in sweep)
+        recommended_for = recommended_arm(vector)
+        settings.update(recommended_strength=recommended, recommended_for=recommended_for)
+        settings["vector"] = vector.metadata
+        # Each arm: its sweep, its prompt, and the settings key its sweep is recorded under.
+        arms = {
+            "icv": (strengths, paraphrase_prompt, "strengths"),
+            "icl+icv": (
+                hybrid_strengths if hybrid_strengths is not None else strengths,
+                partial(icl_prompt, pairs[:in_prompt]),
+                "hybrid_strengths",
+            ),
+        }
+        if "icl+icv" in methods:
+            settings["hybrid_prompt_demos"] = in_prompt
+        for method in steered:
+            given, prompt, key = arms[method]
+            sweep = list(given) if given is not None else list(DEFAULT_STRENGTHS)
+            if given is None and method == recommended_for and recommended not in (None, *sweep):
+                sweep.append(recommended)
+            sweep = sorted(check_strengths(sweep))
+            settings[key] = sweep
+            answers = steered_answers(
+                model,
+                tokenizer,
+                vector,
+                inputs,
+                sweep,
+                prompt=prompt,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                progress=progress,
+                **steer_options,
+            )
+            prompts = [prompt(x) for x in inputs]
+            runs.extend((method, s, prompts, answers[s]) for s in sweep)
 
     results = []
     for method, strength, prompts, done in runs:
@@ -319,6 +358,22 @@ def evaluate(
             )
         )
     return Evaluation(results, style.name, content.name, settings)
+
+
+def recommended_arm(vector: InContextVector) -> str:
+    """The steered arm whose prompt the vector's strength was calibrated for (``icv`` when unknown)."""
+    with_demos = vector.metadata.get("calibrated_with_demos")
+    return "icl+icv" if with_demos else "icv"
+
+
+def _prompt_demos(prompt_demos: int | None, available: int) -> int:
+    if prompt_demos is None:
+        return available
+    if isinstance(prompt_demos, bool) or not isinstance(prompt_demos, int) or prompt_demos < 0:
+        raise OptionError(f"prompt_demos must be a whole number >= 0, got {prompt_demos!r:.40}")
+    if prompt_demos > available:
+        raise OptionError(f"prompt_demos is {prompt_demos}, but only {available} demonstrations were given")
+    return prompt_demos
 
 
 def _generate(

@@ -53,10 +53,13 @@ SCHEMA: dict[str, tuple[type, bool]] = {
     "text_cleaning": (str, False),
     "pca_sign": (str, False),
     "layers": (list, False),
+    # How many demonstrations were in the prompt when the recommended strength was calibrated
+    # (0: the zero-shot prompt the vector replaces them in); None: not calibrated by icv.calibrate.
+    "calibrated_with_demos": (int, False),
 }
 
-# None: no recommended strength; all layers.
-OPTIONAL_NONE = {"recommended_strength", "layers"}
+# None: no recommended strength; all layers; prompt form unknown.
+OPTIONAL_NONE = {"recommended_strength", "layers", "calibrated_with_demos"}
 
 # Keys added after format 1 began, with the value that describes files written before them:
 # no preset, no text cleaning, and (for PCA) the component's sign aligned with the mean.
@@ -125,6 +128,8 @@ def validate(
             raise error(f"{source}: metadata '{key}' must be positive, got {clean[key]}")
     if clean["num_demos"] < 0:
         raise error(f"{source}: metadata 'num_demos' is negative")
+    if clean["calibrated_with_demos"] is not None and clean["calibrated_with_demos"] < 0:
+        raise error(f"{source}: metadata 'calibrated_with_demos' is negative")
     if clean["injection_mode"] not in MODES:
         raise error(f"{source}: injection_mode '{clean['injection_mode']}' is not one of {', '.join(MODES)}")
     for key in ("injection_site", "extraction_site"):

@@ -317,6 +317,7 @@ def _combine(a: InContextVector, b: InContextVector, sign: float, name: str) -> 
         "demos_sha256": _hash_pair(ma["demos_sha256"], mb["demos_sha256"], sign),
         "model_name": ma["model_name"] or mb["model_name"],
         "recommended_strength": _agreed(ma["recommended_strength"], mb["recommended_strength"]),
+        "calibrated_with_demos": _agreed(ma["calibrated_with_demos"], mb["calibrated_with_demos"]),
         "preset": _agreed(ma["preset"], mb["preset"]) or "",
         "text_cleaning": _agreed(ma["text_cleaning"], mb["text_cleaning"]) or "mixed",
         "pca_sign": "",

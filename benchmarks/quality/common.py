@@ -69,7 +69,20 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-calibrate", action="store_true")
     parser.add_argument("--no-fluency", action="store_true", help="skip Gemma perplexity")
-    parser.add_argument("--methods", default="zero-shot,icl,icv")
+    parser.add_argument("--methods", default="zero-shot,icl,icv", help="any of zero-shot,icl,icv,icl+icv")
+    parser.add_argument(
+        "--hybrid-strengths", default=None, help="comma-separated icl+icv sweep (default: per benchmark)"
+    )
+    parser.add_argument(
+        "--hybrid-calib-strengths", default=None, help="comma-separated icl+icv calibration sweep"
+    )
+    parser.add_argument(
+        "--prompt-demos",
+        type=int,
+        default=None,
+        help="icl+icv: how many of the demos (the first) go into the prompt (default: all); "
+        "the vector is always made from all of them",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default=None, help="output folder (default: benchmarks/quality/out/<name>)")
@@ -104,6 +117,8 @@ def run(
     calib_strengths: tuple[float, ...],
     min_content: float,
     info: dict[str, Any],
+    hybrid_strengths: tuple[float, ...] = (),
+    hybrid_calib_strengths: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """Extract, calibrate, evaluate; write <out>/<name>.{json,md,png} and the calibration table."""
     out = Path(args.out or REPO / "benchmarks" / "quality" / "out")
@@ -130,31 +145,55 @@ def run(
     if args.positions:
         steer_options["positions"] = args.positions
     fluency = None if args.no_fluency else PerplexityScorer(model_name=fluency_model_for(model))
-    calibration_table = None
+    methods = [m for m in args.methods.split(",") if m]
+    in_prompt = demos[: args.prompt_demos] if args.prompt_demos is not None else demos
+    calibration_tables: dict[str, str] = {}
+    sweeps = {
+        "icv": floats(args.strengths, strengths),
+        "icl+icv": floats(args.hybrid_strengths, hybrid_strengths or strengths),
+    }
     if not args.no_calibrate:
-        t0 = time.perf_counter()
-        result = calibrate(
-            model,
-            tokenizer,
-            vector,
-            calib_inputs,
-            style=style,
-            fluency=fluency,
-            strengths=floats(args.calib_strengths, calib_strengths),
-            min_content=min_content if args.min_content is None else args.min_content,
-            layer_ranges=[steer_options["layers"]] if "layers" in steer_options else None,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-        )
-        vector = result.vector
-        calibration_table = result.report.markdown()
-        info["calibration_seconds"] = round(time.perf_counter() - t0, 1)
-        info["calibrated_strength"] = vector.recommended_strength
-        steer_options.pop("layers", None)  # the calibrated vector carries its layer choice
-        print(calibration_table, flush=True)
-    sweep = floats(args.strengths, strengths)
-    if vector.recommended_strength is not None and vector.recommended_strength not in sweep:
-        sweep = sorted(sweep + [vector.recommended_strength])
+        # Each steered arm gets its own calibration: the hybrid's prompt holds the demos,
+        # so its strength is calibrated with them there (the vector records which form).
+        forms = {
+            "icv": ("calibrated_strength", None, floats(args.calib_strengths, calib_strengths)),
+            "icl+icv": (
+                "hybrid_calibrated_strength",
+                in_prompt,
+                floats(args.hybrid_calib_strengths, hybrid_calib_strengths or calib_strengths),
+            ),
+        }
+        for arm in (m for m in ("icv", "icl+icv") if m in methods):
+            key, prompt_demos, grid = forms[arm]
+            t0 = time.perf_counter()
+            result = calibrate(
+                model,
+                tokenizer,
+                vector,
+                calib_inputs,
+                style=style,
+                fluency=fluency,
+                strengths=grid,
+                min_content=min_content if args.min_content is None else args.min_content,
+                layer_ranges=[steer_options["layers"]] if "layers" in steer_options else None,
+                demos=prompt_demos,
+                max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size,
+            )
+            calibrated = result.vector
+            calibration_tables[arm] = result.report.markdown()
+            info[key.replace("strength", "seconds")] = round(time.perf_counter() - t0, 1)
+            info[key] = calibrated.recommended_strength
+            if calibrated.recommended_strength not in sweeps[arm]:
+                sweeps[arm] = sorted(sweeps[arm] + [calibrated.recommended_strength])
+            print(f"{arm} calibration\n{calibration_tables[arm]}", flush=True)
+        # The last calibration's vector (the hybrid's, when it ran) carries its layer choice
+        # and marks its arm's recommended strength; the directions are the same either way.
+        vector = calibrated if calibration_tables else vector
+        if calibration_tables:
+            steer_options.pop("layers", None)
+    elif vector.recommended_strength is not None and vector.recommended_strength not in sweeps["icv"]:
+        sweeps["icv"] = sorted(sweeps["icv"] + [vector.recommended_strength])
     scorers = [RepetitionScorer(3)] + ([fluency] if fluency is not None else []) + extra_scorers
     evaluation = evaluate(
         model,
@@ -166,8 +205,10 @@ def run(
         scorers=scorers,
         references=test_references,
         vector=vector,
-        strengths=sweep,
-        methods=[m for m in args.methods.split(",") if m],
+        strengths=sweeps["icv"],
+        methods=methods,
+        hybrid_strengths=sweeps["icl+icv"],
+        prompt_demos=args.prompt_demos,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         **steer_options,
@@ -184,8 +225,9 @@ def run(
     }
     evaluation.settings["total_seconds"] = round(time.perf_counter() - started, 1)
     paths = evaluation.save(out, stem=stem, title=f"{name}: {evaluation.settings['model']}")
-    if calibration_table:
-        (out / f"{stem}.calibration.md").write_text(calibration_table + "\n")
+    for arm, table in calibration_tables.items():
+        suffix = "calibration" if arm == "icv" else "hybrid-calibration"
+        (out / f"{stem}.{suffix}.md").write_text(table + "\n")
     print(evaluation.markdown())
     print(json.dumps({k: v for k, v in info.items()}, indent=1))
     print(

@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         extra_scorers=[],
         strengths=(0.05, 0.07, 0.09),
         calib_strengths=(0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.12),
+        hybrid_strengths=(0.02, 0.04),
+        hybrid_calib_strengths=(0.02, 0.03, 0.04),
         min_content=0.65,
         info={
             "data": "paradetox/paradetox.tsv",

@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         extra_scorers=[BleuScorer(lowercase=True)],
         strengths=(0.03, 0.05, 0.07, 0.09),
         calib_strengths=(0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1),
+        hybrid_strengths=(0.03, 0.05, 0.07),
+        hybrid_calib_strengths=(0.03, 0.04, 0.05, 0.06),
         min_content=0.7,
         info={
             "data": "yelp/reference.0",
