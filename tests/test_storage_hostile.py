@@ -190,8 +190,8 @@ def test_garbage_metadata_values(good, key):
                 assert (
                     SCHEMA[key][0] is str
                     or key == "recommended_strength"
-                    or (key == "layers" and value == "null")
-                    or (key == "num_demos" and value.isdigit())
+                    or (key in ("layers", "calibrated_with_demos") and value == "null")
+                    or (key in ("num_demos", "calibrated_with_demos") and value.isdigit())
                 )
             elif isinstance(verdict, icv.FormatVersionError):
                 assert key == "icv_format_version" and "format version 9" in str(verdict)
