@@ -3,6 +3,9 @@
 A recipe's ``run.py`` is a few lines on top of this module, which itself uses
 only the public ``icv`` API (plus the prompt and generation helpers that ship
 with it).  Run a recipe as ``python recipes/NAME/run.py [--strength S] [--out FILE]``.
+The rewriting recipes also take ``--with-demos K``: K of their demonstrations are
+written into the prompt as well, and two more columns show in-context learning
+alone and ICL + ICV (the vector on top of the demonstrations in the prompt).
 """
 
 from __future__ import annotations
@@ -17,13 +20,18 @@ from typing import Any, TextIO
 import icv
 from icv.display import side_by_side
 from icv.generation import complete
-from icv.prompts import chat_prompt, cut_answer, paraphrase_prompt
+from icv.prompts import chat_prompt, cut_answer, icl_prompt, paraphrase_prompt
 
 RECIPES = Path(__file__).resolve().parent
 DEMOS_FILE = "demos.jsonl"
 
 # One column of a comparison: the vector and the strength it is applied with.
 Steered = tuple[icv.InContextVector, float]
+
+# With the demonstrations in the prompt as well, the same vector moves the model much further
+# per unit of strength (docs/results.md, "ICL + ICV"): the hybrid column's default strength is
+# this share of the recipe's own.
+HYBRID_SHARE = 1 / 3
 
 
 def recipe_dir(recipe: str | os.PathLike[str]) -> Path:
@@ -37,10 +45,30 @@ def load_demos(recipe: str | os.PathLike[str]) -> list[icv.Demo]:
     return icv.read_demos(recipe_dir(recipe) / DEMOS_FILE)
 
 
+def demo_count(text: str) -> int:
+    """``--with-demos``: a whole number of demonstrations, 0 or more."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more demonstrations, got {count}")
+    return count
+
+
 def parse_args(
-    description: str, *, strength: float, out: Path, argv: Sequence[str] | None = None
+    description: str,
+    *,
+    strength: float,
+    out: Path,
+    argv: Sequence[str] | None = None,
+    demos_in_prompt: bool = False,
 ) -> argparse.Namespace:
-    """The options every recipe takes: ``--strength`` and ``--out``."""
+    """The options every recipe takes: ``--strength`` and ``--out``.
+
+    ``demos_in_prompt``: the recipe's prompt can hold its demonstrations, so it also
+    takes ``--with-demos K`` and ``--hybrid-strength S``.
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--strength",
@@ -49,6 +77,22 @@ def parse_args(
         help=f"steering strength, also saved as the vector's recommended strength (default {strength:g})",
     )
     parser.add_argument("--out", type=Path, default=out, help=f"where to save the vector (default {out})")
+    if demos_in_prompt:
+        parser.add_argument(
+            "--with-demos",
+            type=demo_count,
+            default=0,
+            metavar="K",
+            help="also write the first K demonstrations into the prompt: adds an ICL column and an "
+            "ICL + ICV column (the vector on top of them)",
+        )
+        parser.add_argument(
+            "--hybrid-strength",
+            type=float,
+            default=None,
+            metavar="S",
+            help=f"strength of the ICL + ICV column (default {HYBRID_SHARE:.2g} x --strength)",
+        )
     return parser.parse_args(argv)
 
 
@@ -109,6 +153,38 @@ def compare(
     return {label: [cut(text) for text in texts] for label, texts in columns.items()}
 
 
+def icl_prompts(demos: Sequence[icv.Demo], k: int, texts: Sequence[str]) -> list[str]:
+    """The paraphrase prompt around each text with the first ``k`` demonstrations before it."""
+    if k > len(demos):
+        raise icv.OptionError(f"--with-demos {k}: the recipe has only {len(demos)} demonstrations")
+    return [icl_prompt(demos[:k], text) for text in texts]
+
+
+def compare_with_demos(
+    model: Any,
+    tokenizer: Any,
+    inputs: Sequence[str],
+    demos: Sequence[icv.Demo],
+    k: int,
+    label: str,
+    steered: Steered,
+    hybrid_strength: float | None = None,
+) -> dict[str, list[str]]:
+    """The rewriting comparison, and with ``k`` > 0 the same vector over ``k`` demos in the prompt.
+
+    Columns: ``unsteered``, ``label`` (ICV), then ``ICL (k demos)`` and ``ICL + label``
+    (at ``hybrid_strength``, by default :data:`HYBRID_SHARE` of the ICV strength).
+    """
+    columns = compare(model, tokenizer, rewrite_prompts(inputs), {label: steered})
+    if k == 0:
+        return columns
+    vector, strength = steered
+    hybrid = hybrid_strength if hybrid_strength is not None else strength * HYBRID_SHARE
+    shown = compare(model, tokenizer, icl_prompts(demos, k, inputs), {label: (vector, hybrid)})
+    plural = "demo" if k == 1 else "demos"
+    return {**columns, f"ICL ({k} {plural})": shown["unsteered"], f"ICL + {label}": shown[label]}
+
+
 def print_comparison(
     inputs: Sequence[str], columns: Mapping[str, Sequence[str]], *, file: TextIO | None = None
 ) -> None:
@@ -133,11 +209,16 @@ def run_one_vector_recipe(
     ``chat=True``: answering recipes (each input a user question in the chat template, the
     demonstrations read as the assistant's replies).
     """
-    args = parse_args(description, strength=strength, out=default_out(recipe, name), argv=argv)
+    args = parse_args(
+        description, strength=strength, out=default_out(recipe, name), argv=argv, demos_in_prompt=not chat
+    )
+    demos = load_demos(recipe)
+    with_demos = getattr(args, "with_demos", 0)
+    icl_prompts(demos, with_demos, [])  # a K past the recipe's demos fails before the model loads
     model, tokenizer = icv.load_model()
     options = {"template": icv.chat_reply_template(tokenizer)} if chat else {}
     vector = extract_and_save(
-        model, tokenizer, load_demos(recipe), name=name, strength=args.strength, out=args.out, **options
+        model, tokenizer, demos, name=name, strength=args.strength, out=args.out, **options
     )
     print(f"saved {args.out}  ({vector})\n")
     if chat:
@@ -150,5 +231,14 @@ def run_one_vector_recipe(
             cut=one_line,
         )
     else:
-        columns = compare(model, tokenizer, rewrite_prompts(inputs), {label: (vector, args.strength)})
+        columns = compare_with_demos(
+            model,
+            tokenizer,
+            inputs,
+            demos,
+            with_demos,
+            label,
+            (vector, args.strength),
+            args.hybrid_strength,
+        )
     print_comparison(inputs, columns)

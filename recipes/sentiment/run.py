@@ -8,8 +8,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from _common import (
     compare,
+    compare_with_demos,
     default_out,
     extract_and_save,
+    icl_prompts,
     load_demos,
     parse_args,
     print_comparison,
@@ -38,16 +40,27 @@ POSITIVE = [
 
 
 def main() -> None:
-    args = parse_args(__doc__, strength=STRENGTH, out=default_out(HERE, "positive"))
+    args = parse_args(__doc__, strength=STRENGTH, out=default_out(HERE, "positive"), demos_in_prompt=True)
+    demos = load_demos(HERE)
+    icl_prompts(demos, args.with_demos, [])  # a K past the recipe's demos fails before the model loads
     model, tokenizer = icv.load_model()
     positive = extract_and_save(
-        model, tokenizer, load_demos(HERE), name="positive", strength=args.strength, out=args.out
+        model, tokenizer, demos, name="positive", strength=args.strength, out=args.out
     )
     print(f"saved {args.out}  ({positive})\n")
     print("negative -> positive")
     print_comparison(
         NEGATIVE,
-        compare(model, tokenizer, rewrite_prompts(NEGATIVE), {"positive": (positive, args.strength)}),
+        compare_with_demos(
+            model,
+            tokenizer,
+            NEGATIVE,
+            demos,
+            args.with_demos,
+            "positive",
+            (positive, args.strength),
+            args.hybrid_strength,
+        ),
     )
     # Negating the vector reverses the task: the same pairs read the other way round.
     print("positive -> negative (the negated vector)")
