@@ -410,11 +410,3 @@ def read_inputs(path: str | os.PathLike[str], limit: int | None = None) -> tuple
     inputs = [c[0].strip() for c in cells]
     with_reference = all(len(c) > 1 and c[1].strip() for c in cells)
     return inputs, ([c[1].strip() for c in cells] if with_reference else None)
-
-
-if __name__ == "__main__":  # python -m icv.evaluate ... is icv eval ...
-    import sys
-
-    from .cli import main
-
-    raise SystemExit(main(["eval", *sys.argv[1:]]))

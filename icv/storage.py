@@ -28,7 +28,7 @@ import struct
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from safetensors.torch import save as save_safetensors_bytes
@@ -36,9 +36,6 @@ from safetensors.torch import save as save_safetensors_bytes
 from . import metadata as meta
 from .errors import FormatVersionError, VectorExistsError, VectorFileError
 from .magnitudes import check_magnitudes
-
-if TYPE_CHECKING:
-    from .vector import InContextVector
 
 # Our headers are a few kB; anything far larger is not a vector file of ours.
 MAX_HEADER_BYTES = 1 << 20
@@ -49,12 +46,40 @@ MAX_HIDDEN = 65536
 MAX_TENSOR_BYTES = 2 * MAX_LAYERS * MAX_HIDDEN * 4 + MAX_LAYERS * 4
 
 
+class StoredVector(Protocol):
+    """What a vector file holds; :class:`icv.InContextVector` has it.
+
+    The file I/O goes one way: ``icv.vector`` uses this module, which never imports it.
+    """
+
+    @property
+    def directions(self) -> torch.Tensor: ...
+
+    @property
+    def layer_scales(self) -> torch.Tensor: ...
+
+    @property
+    def shifts(self) -> torch.Tensor | None: ...
+
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+
+
+class VectorParts(NamedTuple):
+    """A checked vector file's contents, in the order ``InContextVector(*parts)`` takes them."""
+
+    directions: torch.Tensor
+    metadata: dict[str, Any]
+    layer_scales: torch.Tensor
+    shifts: torch.Tensor | None
+
+
 def tensor_names(num_layers: int, shifts: bool = False) -> list[str]:
     names = [f"direction.{layer}" for layer in range(num_layers)] + ["layer_scales"]
     return names + ([f"shift.{layer}" for layer in range(num_layers)] if shifts else [])
 
 
-def to_bytes(vector: InContextVector) -> bytes:
+def to_bytes(vector: StoredVector) -> bytes:
     """The complete file contents for ``vector`` (always the current format version)."""
     tensors = {f"direction.{l}": row.clone() for l, row in enumerate(vector.directions)}
     tensors["layer_scales"] = vector.layer_scales.clone()
@@ -64,7 +89,7 @@ def to_bytes(vector: InContextVector) -> bytes:
     return save_safetensors_bytes(tensors, metadata=meta.encode(metadata))
 
 
-def save_vector(vector: InContextVector, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+def save_vector(vector: StoredVector, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
     """Write ``vector`` to ``path``: temp file in the same folder, fsync, rename."""
     target = _as_path(path)
     if target.is_dir():
@@ -167,8 +192,8 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def load_vector(path: str | os.PathLike[str]) -> InContextVector:
-    """Read and validate a vector file, or raise a :class:`VectorFileError`.
+def load_vector(path: str | os.PathLike[str]) -> VectorParts:
+    """Read and validate a vector file's parts, or raise a :class:`VectorFileError`.
 
     A file of another kind (GGUF, demonstrations, model weights ...) gets an error that
     says what it is and what reads it.
@@ -221,10 +246,8 @@ def _read_bounded(path: Path) -> bytes:
     return data
 
 
-def from_bytes(data: bytes, *, source: str = "vector file") -> InContextVector:
-    """Parse a vector from file contents, checking everything before allocating."""
-    from .vector import InContextVector
-
+def from_bytes(data: bytes, *, source: str = "vector file") -> VectorParts:
+    """Parse a vector's parts from file contents, checking everything before allocating."""
     header = _parse_header(data, source)
     raw_meta = header.pop("__metadata__", None)
     if not isinstance(raw_meta, dict):
@@ -245,7 +268,7 @@ def from_bytes(data: bytes, *, source: str = "vector file") -> InContextVector:
         raise VectorFileError(f"{source}: the vector holds NaN or infinite values")
     check_magnitudes(directions, scales, shifts, scales_measured=metadata["method"] != "gguf", source=source)
     metadata = {k: v for k, v in metadata.items() if k not in ("hidden_size", "num_layers")}
-    return InContextVector(directions, metadata, scales, shifts)
+    return VectorParts(directions, metadata, scales, shifts)
 
 
 def _read_rows(body: memoryview, header: dict[str, Any], prefix: str, num_layers: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 
 from . import metadata as meta
 from .errors import ModelMismatchError, OptionError
+from .storage import load_vector, save_vector
 
 
 class InContextVector:
@@ -187,16 +188,12 @@ class InContextVector:
     # -- files -----------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write a self-describing safetensors file atomically (temp file + rename)."""
-        from .storage import save_vector
-
         save_vector(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> InContextVector:
         """Read and validate a vector file; raises ``VectorFileError`` if it is not one."""
-        from .storage import load_vector
-
-        return load_vector(path)
+        return cls(*load_vector(path))
 
     # -- arithmetic ------------------------------------------------------------------
     def _scaled(self, factor: float, name: str) -> InContextVector:

@@ -15,7 +15,8 @@ from tiny import DEMOS, char_tokenizer, tiny_model
 
 import icv
 from icv import cli
-from icv.cli import COMMANDS, layer_list, main, weighted_path
+from icv.arguments import layer_list, weighted_path
+from icv.cli import COMMANDS, main
 from icv.display import side_by_side
 from icv.errors import DemoError, OptionError
 from icv.generation import complete
@@ -808,8 +809,8 @@ def test_eval_subcommand_is_wired_and_checks_its_arguments(tmp_path, capsys):
             "0.05,x",
         ]
     )
-    assert code == 1
-    assert "--strengths must be comma-separated numbers" in capsys.readouterr().err
+    assert code == 2  # the same strength list as generate's --strength: a usage error
+    assert "'x' is not a number" in capsys.readouterr().err
     assert main(["eval", "--demos", str(demos)]) == 2  # --inputs and --style are required
 
 
@@ -934,7 +935,7 @@ class _MixedDeprecation(UserWarning, DeprecationWarning):
 
 
 def test_the_cli_shows_warnings_for_the_user_not_deprecations(capsys, vec, monkeypatch):
-    read = cli.read_vector
+    read = cli.inspect.read_vector
 
     def noisy(path):
         warnings.warn("old API", DeprecationWarning)
@@ -943,6 +944,6 @@ def test_the_cli_shows_warnings_for_the_user_not_deprecations(capsys, vec, monke
         warnings.warn("for the user", UserWarning)
         return read(path)
 
-    monkeypatch.setattr(cli, "read_vector", noisy)
+    monkeypatch.setattr(cli.inspect, "read_vector", noisy)
     code, _, err = run(capsys, "inspect", vec)
     assert code == 0 and err == "icv: warning: for the user\n"

@@ -172,7 +172,7 @@ def test_eval_arguments_and_cli_errors(tmp_path, capsys):
             "0.05,0.07",
         ]
     )
-    assert args.style == "inoffensive" and args.strengths == "0.05,0.07" and args.batch_size == 16
+    assert args.style == "inoffensive" and args.strengths == [0.05, 0.07] and args.batch_size == 16
     assert main(["eval", "--demos", str(tmp_path / "none.tsv"), "--inputs", "x", "--style", "positive"]) == 1
     assert "cannot read demonstrations" in capsys.readouterr().err
 

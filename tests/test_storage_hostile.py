@@ -54,7 +54,7 @@ def edited(data: bytes, edit) -> bytes:
 def load(data: bytes) -> icv.InContextVector | icv.VectorFileError:
     """The loader's verdict on ``data``; any exception other than VectorFileError escapes."""
     try:
-        return storage.from_bytes(data, source="case")
+        return icv.InContextVector(*storage.from_bytes(data, source="case"))
     except icv.VectorFileError as error:
         return error
 

@@ -15,12 +15,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..cli import non_negative_float, positive_int
+from ..arguments import non_negative_float, positive_int
 from ..distribution import pip_install
 from .access import API_KEY_ENV, is_loopback
-
-DEFAULT_HOST = "127.0.0.1"  # loopback: only this machine reaches it
-DEFAULT_PORT = 8000
+from .address import DEFAULT_HOST, DEFAULT_PORT
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from torch import nn
 from ..distribution import DISTRIBUTION
 from ..errors import ICVError
 from .access import AccessPolicy
+from .address import DEFAULT_HOST, DEFAULT_PORT
 from .app import ServerLimits, create_app
-from .command import DEFAULT_HOST, DEFAULT_PORT
 from .engine import BatchingPolicy, Engine
 from .library import ModelShape, VectorLibrary
 

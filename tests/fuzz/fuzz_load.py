@@ -67,7 +67,7 @@ def check_one(data: bytes) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            vector = storage.from_bytes(data, source="fuzz")
+            vector = icv.InContextVector(*storage.from_bytes(data, source="fuzz"))
         except icv.VectorFileError:
             return
     assert vector.directions.shape == (vector.num_layers, vector.hidden_size)

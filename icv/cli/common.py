@@ -1,0 +1,109 @@
+"""What every subcommand shares: messages, output checks, reading vectors, loading a model quietly."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ..arguments import WeightedPath
+from ..errors import VectorExistsError, VectorFileError
+
+if TYPE_CHECKING:
+    from ..vector import InContextVector
+
+PROG = "icv"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name and summary, what it adds to its parser, and what it runs."""
+
+    name: str
+    summary: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def say(message: str, stream: TextIO | None = None) -> None:
+    print(message, file=stream or sys.stderr)
+
+
+def check_new_file(path: Path, force: bool) -> None:
+    """Refuse before any slow work when the output exists and --force was not given."""
+    if path.exists() and not force:
+        raise VectorExistsError(f"'{path}' exists; pass --force to replace it")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise VectorFileError(f"cannot write '{path}': folder '{folder}' does not exist")
+
+
+def read_vector(path: str | Path) -> InContextVector:
+    """An icv safetensors vector, or a GGUF control vector (recognised by its magic bytes)."""
+    from ..gguf import import_gguf, is_gguf_file
+    from ..vector import InContextVector
+
+    if is_gguf_file(path):
+        return import_gguf(path)
+    return InContextVector.load(path)
+
+
+def quiet(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "quiet", False))
+
+
+# Read by huggingface_hub and transformers when they are imported.
+QUIET_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+@contextmanager
+def quiet_libraries(enabled: bool) -> Iterator[None]:
+    """No progress bars or notices from transformers and the hub (model loading, scorers' models).
+
+    Before transformers is imported (the usual case: ``icv`` imports it only when a
+    command needs a model), the environment tells it; once imported, its switches do.
+    """
+    if not enabled:
+        yield
+        return
+    if "transformers" in sys.modules:
+        from ..models import quiet_transformers
+
+        with quiet_transformers():
+            yield
+        return
+    saved = {key: os.environ.get(key) for key in QUIET_ENVIRONMENT}
+    os.environ.update(QUIET_ENVIRONMENT)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def load_model_for(args: argparse.Namespace, name: str | None) -> tuple[Any, Any]:
+    """The model a subcommand needs; with ``--quiet`` without a word or a progress bar."""
+    from ..models import load_model
+
+    if not quiet(args):
+        say(f"{PROG}: loading model {name or '(embedded default)'} ...")
+    return load_model(name, progress=not quiet(args))
+
+
+def weighted_sum(specs: Sequence[WeightedPath]) -> InContextVector:
+    """``w1 * v1 + w2 * v2 + ...`` through the vectors' own arithmetic (which refuses mixed models)."""
+    total: InContextVector | None = None
+    for spec in specs:
+        vector = read_vector(spec.path)
+        term = vector if spec.weight == 1.0 else vector * spec.weight
+        total = term if total is None else total + term
+    assert total is not None
+    return total

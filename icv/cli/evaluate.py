@@ -1,0 +1,130 @@
+"""``icv eval``: compare zero-shot, in-context learning and the ICV on test inputs, and write a report."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..arguments import positive_int, strength_list
+from .common import Command, load_model_for, quiet, read_vector
+
+EVAL_STYLES = ("inoffensive", "negative", "positive")
+EVAL_METHODS = ("zero-shot", "icl", "icv")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--demos",
+        metavar="FILE",
+        help="demonstrations: .jsonl (source/target), .json, .csv or .tsv; needed for icl, and for "
+        "icv unless --vector is given",
+    )
+    parser.add_argument(
+        "--inputs",
+        required=True,
+        metavar="FILE",
+        help="test inputs, one per line; a second tab-separated column is the human reference",
+    )
+    parser.add_argument(
+        "--style",
+        required=True,
+        choices=EVAL_STYLES,
+        help="style success: VADER positive/negative, or not offensive (alt-profanity-check)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="model name, folder or .gguf (default: the vector's model, else the embedded SmolLM2)",
+    )
+    parser.add_argument(
+        "--vector",
+        metavar="VEC",
+        help="a saved vector (or GGUF control vector) instead of extracting one from --demos",
+    )
+    parser.add_argument(
+        "--strengths",
+        type=strength_list,
+        metavar="LIST",
+        help="comma-separated ICV strengths, e.g. 0.03,0.05,0.07",
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(EVAL_METHODS),
+        metavar="LIST",
+        help="comma-separated subset of zero-shot,icl,icv (default: all three)",
+    )
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N inputs")
+    parser.add_argument("--extract-method", default="pca", choices=("pca", "mean"))
+    parser.add_argument("--mode", choices=("rotate", "add"), help="injection mode (default: the vector's)")
+    parser.add_argument("--site", choices=("block", "mlp", "attn"), help="injection site")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=40, metavar="N")
+    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N")
+    parser.add_argument("--no-fluency", action="store_true", help="skip the perplexity scorer (Gemma 3 270M)")
+    parser.add_argument(
+        "--show", action="store_true", help="also print every output, each input with one line per method"
+    )
+    parser.add_argument(
+        "--out", default="icv-eval", metavar="DIR", help="folder for eval.json, eval.md and eval.png"
+    )
+
+
+def _eval_methods(args: argparse.Namespace) -> list[str]:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(EVAL_METHODS))
+    if unknown or not methods:
+        args.parser.error(
+            f"--methods: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(EVAL_METHODS)}"
+        )
+    if args.demos is None and ("icl" in methods or ("icv" in methods and args.vector is None)):
+        args.parser.error("--demos is needed for the icl method, and for icv unless --vector is given")
+    return methods
+
+
+def _style_scorer(name: str) -> Any:
+    from ..scorers import OffensiveScorer, SentimentScorer
+
+    return OffensiveScorer() if name == "inoffensive" else SentimentScorer(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demos import read_demos
+    from ..evaluate import evaluate, read_inputs
+    from ..scorers import BleuScorer, PerplexityScorer, RepetitionScorer, fluency_model_for
+
+    methods = _eval_methods(args)
+    demos = read_demos(args.demos) if args.demos else None
+    inputs, references = read_inputs(args.inputs, args.limit)
+    vector = read_vector(args.vector) if args.vector else None
+    model_name = args.model or (vector.metadata["model_name"] if vector is not None else None) or None
+    model, tokenizer = load_model_for(args, model_name)
+    fluency = [] if args.no_fluency else [PerplexityScorer(model_name=fluency_model_for(model))]
+    scorers = [RepetitionScorer(3), *fluency, *([BleuScorer()] if references is not None else [])]
+    steer_options = {k: v for k, v in (("mode", args.mode), ("site", args.site)) if v}
+    evaluation = evaluate(
+        model,
+        tokenizer,
+        demos,
+        inputs,
+        style=_style_scorer(args.style),
+        scorers=scorers,
+        references=references,
+        vector=vector,
+        strengths=args.strengths,
+        methods=methods,
+        extract_options={"method": args.extract_method},
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        progress=False if quiet(args) else None,
+        **steer_options,
+    )
+    paths = evaluation.save(args.out)
+    print(evaluation.markdown())
+    if args.show:
+        from ..display import side_by_side
+
+        print("\n" + side_by_side(inputs, {r.label: r.outputs for r in evaluation.results}))
+    print(f"\nwrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    return 0
+
+
+COMMAND = Command("eval", "compare zero-shot, in-context learning and the ICV on test inputs", configure, run)

@@ -1,0 +1,166 @@
+"""``icv generate``: complete a prompt with the model steered by one or more vectors (or interactively)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..arguments import (
+    layer_list,
+    non_negative_float,
+    positive_int,
+    probability,
+    strength_list,
+    weighted_path,
+)
+from .common import Command, load_model_for, read_vector, weighted_sum
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "prompt", nargs="?", metavar="PROMPT", help="the prompt; read from standard input when absent or '-'"
+    )
+    parser.add_argument(
+        "--vector",
+        action="append",
+        required=True,
+        type=weighted_path,
+        metavar="VEC[:WEIGHT]",
+        help="a vector (safetensors or GGUF), optionally weighted; repeat to add several",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="the model (default: the first vector's model, else the embedded one)",
+    )
+    parser.add_argument(
+        "--strength",
+        type=strength_list,
+        metavar="S[,S...]",
+        help="steering strength; several (0.02,0.04,0.08) are generated side by side in one batch "
+        "(default: the vector's recommended one, else a default for the model's depth)",
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="also print the unsteered completion (a row of the same batch)"
+    )
+    parser.add_argument("--mode", choices=("rotate", "add"), help="override the vector's injection mode")
+    parser.add_argument(
+        "--layers",
+        type=layer_list,
+        metavar="LIST",
+        help="steer only these decoder layers (e.g. 10-20, -8--1)",
+    )
+    parser.add_argument(
+        "--positions",
+        choices=("all", "prompt", "generated"),
+        default="all",
+        help="which tokens to steer (default: all)",
+    )
+    parser.add_argument(
+        "--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template (a user turn)"
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a vector made on a model of another name (by default a warning when "
+        "the type, hidden size and layer count match)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=40,
+        metavar="N",
+        help="tokens to generate (default: 40)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=non_negative_float,
+        default=0.0,
+        metavar="T",
+        help="0 (default): greedy; above 0: sample at this temperature",
+    )
+    parser.add_argument("--top-p", type=probability, metavar="P", help="with --temperature: nucleus sampling")
+    parser.add_argument(
+        "--seed", type=int, metavar="N", help="with --temperature: the random seed, for repeatable samples"
+    )
+    parser.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="print the completion as it is generated (default: when the output is a terminal and "
+        "there is one completion)",
+    )
+    parser.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="load the model once, then read prompts (and /commands that change the vector, strength ...) "
+        "line by line; /help lists the commands",
+    )
+
+
+def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    if args.prompt is not None and args.prompt != "-":
+        prompt = args.prompt
+    elif sys.stdin is None or sys.stdin.isatty():
+        parser.error("give a PROMPT argument or pipe one on standard input")
+    else:
+        prompt = sys.stdin.read().rstrip("\n")
+    if not prompt.strip():
+        parser.error("the prompt is empty")
+    return prompt
+
+
+def _generate_settings(args: argparse.Namespace) -> Any:
+    from ..session import Settings
+
+    if (args.top_p is not None or args.seed is not None) and args.temperature == 0:
+        args.parser.error("--top-p and --seed need --temperature above 0 (greedy decoding does not sample)")
+    if args.stream and (args.compare or len(args.strength or [None]) > 1):
+        args.parser.error("--stream shows one completion as it comes: drop --compare, or give one strength")
+    return Settings(
+        vectors=list(args.vector),
+        strengths=args.strength,
+        compare=args.compare,
+        chat=args.chat,
+        mode=args.mode,
+        layers=args.layers,
+        positions=args.positions,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stream=args.stream,
+        strict=args.strict,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..session import Trial, interact
+
+    if args.interactive and args.prompt is not None:
+        args.parser.error("--interactive reads its prompts from standard input: drop PROMPT")
+    settings = _generate_settings(args)
+    prompt = None if args.interactive else _read_prompt(args, args.parser)
+    first = read_vector(args.vector[0].path)
+    model, tokenizer = load_model_for(args, args.model or first.metadata["model_name"] or None)
+    trial = Trial(model, tokenizer, settings, weighted_sum)
+    if prompt is not None:
+        trial.run(prompt, sys.stdout)
+        return 0
+    parsers = {
+        "vector": weighted_path,
+        "strengths": strength_list,
+        "layers": layer_list,
+        "temperature": non_negative_float,
+        "top_p": probability,
+        "seed": int,
+        "tokens": positive_int,
+    }
+    return interact(trial, parsers, sys.stdin, sys.stdout, sys.stderr)
+
+
+COMMAND = Command(
+    "generate", "complete a prompt with the model steered by one or more vectors", configure, run
+)
