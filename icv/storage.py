@@ -91,12 +91,30 @@ def to_bytes(vector: StoredVector) -> bytes:
 
 def save_vector(vector: StoredVector, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
     """Write ``vector`` to ``path``: temp file in the same folder, fsync, rename."""
+    write_file(to_bytes(vector), path, overwrite=overwrite, what="a vector")
+
+
+def write_file(
+    data: bytes, path: str | os.PathLike[str], *, overwrite: bool = False, what: str = "a file"
+) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+
+    Args:
+        data: the file's complete contents.
+        path: where to write; its folder must exist.
+        overwrite: replace an existing file (otherwise :class:`VectorExistsError`, even when
+            another process creates the file meanwhile).
+        what: what the file is, for error messages (``"a vector"``, ``"a model card"``).
+
+    Raises:
+        VectorExistsError: the file exists and ``overwrite`` is false.
+        VectorFileError: the path is a folder, its folder is missing, or the write fails.
+    """
     target = _as_path(path)
     if target.is_dir():
-        raise VectorFileError(f"cannot save a vector to '{target}': it is a directory")
+        raise VectorFileError(f"cannot save {what} to '{target}': it is a directory")
     if not overwrite and _exists(target):
         raise VectorExistsError(f"'{target}' exists; pass overwrite=True (or --force) to replace it")
-    data = to_bytes(vector)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise VectorFileError(f"cannot save '{target}': folder '{folder}' does not exist")

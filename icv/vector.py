@@ -21,6 +21,7 @@ import math
 import numbers
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -194,6 +195,127 @@ class InContextVector:
     def load(cls, path: str | os.PathLike[str]) -> InContextVector:
         """Read and validate a vector file; raises ``VectorFileError`` if it is not one."""
         return cls(*load_vector(path))
+
+    # -- the Hugging Face Hub (icv.hub) -----------------------------------------------
+    def save_pretrained(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        repo_id: str | None = None,
+        description: str | None = None,
+        evaluation: Any = None,
+        license: str = "apache-2.0",
+        overwrite: bool = False,
+    ) -> Path:
+        """Write a folder for the Hub: ``vector.safetensors`` and a model card ``README.md``.
+
+        Args:
+            folder: the folder (made if missing).
+            repo_id: the Hub id the card tells readers to load from.
+            description: what the vector does, for the card.
+            evaluation: the vector's evaluation for the card: Markdown, or what
+                :func:`icv.evaluate` / :func:`icv.calibrate` report (anything with ``markdown()``).
+            license: the vector's license as the Hub spells it.
+            overwrite: replace the files of an earlier save.
+
+        Returns:
+            The folder.
+        """
+        from .hub import save_pretrained
+
+        return save_pretrained(
+            self,
+            folder,
+            repo_id=repo_id,
+            description=description,
+            evaluation=evaluation,
+            license=license,
+            overwrite=overwrite,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_folder: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+    ) -> InContextVector:
+        """Load a vector from a Hub id (``owner/name``), a folder :meth:`save_pretrained` wrote, or a file.
+
+        Hub ids go through ``huggingface_hub``'s cache: ``HF_HUB_OFFLINE=1`` (or
+        ``local_files_only=True``) reads a cached revision without the network.
+
+        Args:
+            name_or_folder: a Hub id, a folder, or a vector file.
+            revision: a branch, tag or commit of the Hub repository (default: ``main``).
+            cache_dir: the Hub cache to use instead of the default.
+            token: a Hub token (default: the logged-in one).
+            local_files_only: never use the network.
+            force_download: fetch again even if the cache holds the file.
+
+        Returns:
+            The vector, checked as :meth:`load` checks every file.
+        """
+        from .hub import resolve
+
+        return cls.load(
+            resolve(
+                name_or_folder,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                local_files_only=local_files_only,
+                force_download=force_download,
+            )
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+        description: str | None = None,
+        evaluation: Any = None,
+        license: str = "apache-2.0",
+    ) -> str:
+        """Upload this vector and its model card to the Hub repository ``repo_id`` (made if missing).
+
+        Args:
+            repo_id: ``owner/name``.
+            private: make a new repository private.
+            token: a Hub token with write access (default: the logged-in one).
+            revision: the branch to commit to.
+            commit_message: the commit's message.
+            create_pr: open a pull request instead of committing.
+            description: what the vector does, for the card.
+            evaluation: the vector's evaluation for the card (Markdown or a report).
+            license: the vector's license as the Hub spells it.
+
+        Returns:
+            The URL of the commit or pull request.
+        """
+        from .hub import push_to_hub
+
+        return push_to_hub(
+            self,
+            repo_id,
+            private=private,
+            token=token,
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            description=description,
+            evaluation=evaluation,
+            license=license,
+        )
 
     # -- arithmetic ------------------------------------------------------------------
     def _scaled(self, factor: float, name: str) -> InContextVector:

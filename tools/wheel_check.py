@@ -172,6 +172,7 @@ def run_commands(python: Path, work: Path) -> None:
     where = run([str(python), "-c", "import icv; print(icv.__file__)"], cwd=work, env=env).strip()
     if not where.startswith(str(python.parents[1])):
         raise CheckFailed(f"`import icv` found {where}, not the installed wheel")
+    (work / "vectors").mkdir()
     (work / "demos.jsonl").write_text(
         "".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in DEMOS), encoding="utf-8"
     )

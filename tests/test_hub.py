@@ -1,0 +1,291 @@
+"""Vectors on the Hugging Face Hub: the folder round trip, the model card, the Hub's cache, pushing.
+
+No test reaches the network. Hub ids are read through huggingface_hub's own cache in offline
+mode, from a snapshot laid out as the library lays it out (refs/<branch> -> commit,
+snapshots/<commit>/<file> -> ../../blobs/<sha256>); pushing replaces HfApi's two network calls
+(create_repo, upload_folder) with recording fakes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import huggingface_hub
+import pytest
+import torch
+import yaml
+
+import icv
+from icv import hub
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.fixture
+def vec(llama, tokenizer, demos):
+    made = icv.extract(llama, tokenizer, demos, name="positive", recommended_strength=0.07)
+    return made.with_metadata(model_name=MODEL)
+
+
+def same_bits(a: icv.InContextVector, b: icv.InContextVector) -> bool:
+    """Every float bit for bit (not only ==, which equates -0.0 and 0.0), and the same metadata."""
+
+    def bits(t):
+        return None if t is None else t.contiguous().view(torch.int32)
+
+    return (
+        torch.equal(bits(a.directions), bits(b.directions))
+        and torch.equal(bits(a.layer_scales), bits(b.layer_scales))
+        and (a.shifts is None) == (b.shifts is None)
+        and (a.shifts is None or torch.equal(bits(a.shifts), bits(b.shifts)))
+        and a.metadata == b.metadata
+    )
+
+
+def front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+# -- the folder ---------------------------------------------------------------------------
+
+
+def test_a_folder_round_trips_bit_exactly(vec, tmp_path):
+    folder = vec.save_pretrained(tmp_path / "positive", repo_id="someone/positive")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "vector.safetensors"]
+    back = icv.InContextVector.from_pretrained(folder)
+    assert same_bits(back, vec)
+    assert same_bits(icv.InContextVector.from_pretrained(folder / "vector.safetensors"), vec)
+
+
+def test_the_model_card_has_the_hubs_front_matter_and_says_what_the_vector_is(vec, tmp_path):
+    folder = vec.save_pretrained(
+        tmp_path / "v", repo_id="someone/positive", description="Turns reviews positive."
+    )
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert front_matter(card) == {
+        "library_name": "in-context-vectors",
+        "tags": ["in-context-vectors", "steering-vector", "activation-steering", "icv"],
+        "license": "apache-2.0",
+        "base_model": MODEL,
+    }
+    meta = vec.metadata
+    assert "Turns reviews positive." in card
+    assert f"| demonstrations | {meta['num_demos']} |" in card
+    assert meta["demos_sha256"] in card
+    assert "Recommended strength: **0.07**" in card
+    assert 'icv.InContextVector.from_pretrained("someone/positive")' in card
+    assert f'icv.load_model("{MODEL}")' in card
+    assert "## Evaluation\n\nNone was recorded" in card
+
+
+def test_the_card_without_a_strength_names_the_default_and_takes_an_evaluation_report(vec):
+    class Report:
+        def markdown(self) -> str:
+            return "| method | style |\n|---|---|\n| icv | 60 % |"
+
+    metadata = {**vec.metadata, "recommended_strength": None}
+    card = hub.model_card(metadata, evaluation=Report(), license="mit")
+    assert "No recommended strength is stored" in card and "0.5 for this model" in card  # 1.5 / 3 layers
+    assert "| icv | 60 % |" in card and front_matter(card)["license"] == "mit"
+
+
+def test_a_model_name_that_is_not_a_hub_id_gives_no_base_model(vec):
+    card = hub.model_card({**vec.metadata, "model_name": "/home/me/models/llama"})
+    assert "base_model" not in front_matter(card)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("license", "Apache 2.0\nlibrary_name: x"), ("evaluation", 3), ("description", "x" * 200_000)],
+)
+def test_bad_card_fields_are_refused_before_anything_is_written(vec, tmp_path, field, value):
+    with pytest.raises(icv.OptionError):
+        vec.save_pretrained(tmp_path / "v", **{field: value})
+    assert not (tmp_path / "v" / "vector.safetensors").exists()
+
+
+def test_saving_over_a_folder_needs_overwrite(vec, tmp_path):
+    folder = vec.save_pretrained(tmp_path / "v")
+    with pytest.raises(icv.VectorExistsError):
+        (vec * 2).save_pretrained(folder)
+    assert icv.InContextVector.from_pretrained(folder).equal(vec)
+    (vec * 2).save_pretrained(folder, overwrite=True)
+    assert icv.InContextVector.from_pretrained(folder).equal(vec * 2)
+
+
+def test_a_card_that_cannot_be_written_takes_its_new_vector_with_it(vec, tmp_path):
+    folder = tmp_path / "v"
+    (folder / "README.md").mkdir(parents=True)  # the card's name is taken by a folder
+    with pytest.raises(icv.VectorFileError, match="directory"):
+        vec.save_pretrained(folder, overwrite=True)
+    assert not (folder / "vector.safetensors").exists()
+
+
+def test_a_folder_without_a_vector_and_a_name_that_is_nothing_are_vector_file_errors(tmp_path):
+    with pytest.raises(icv.VectorFileError, match="has no vector.safetensors"):
+        icv.InContextVector.from_pretrained(tmp_path)
+    for name in ("no-such-file.safetensors", "a/b/c", "../x/y", "-x/y"):
+        with pytest.raises(icv.VectorFileError, match="neither a file, a folder, nor a Hub id"):
+            icv.InContextVector.from_pretrained(tmp_path / name if name.endswith("s") else name)
+
+
+def test_hub_ids_are_told_from_paths():
+    assert hub.is_hub_id("someone/sentiment-icv") and hub.is_hub_id("Org.Name/v_1.0")
+    for text in ("positive.safetensors", "vecs/positive.gguf", "a/b/c", "/abs/x", "a/..", "a--b/c", "x"):
+        assert not hub.is_hub_id(text), text
+
+
+# -- the Hub's cache, offline ---------------------------------------------------------------
+
+
+def lay_out_snapshot(
+    cache: Path, repo_id: str, files: dict[str, bytes], commit: str, ref: str = "main"
+) -> None:
+    """What hf_hub_download leaves in its cache after fetching ``files`` of ``repo_id`` at ``ref``."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()  # an LFS file's etag: its sha256
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    # HF_HUB_OFFLINE=1 as huggingface_hub read it at import (and for any child process).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def published(vec, tmp_path) -> tuple[Path, str, str]:
+    """A cache holding someone/positive at main (vec) and at the tag v2 (2 * vec)."""
+    cache = tmp_path / "hub"
+    first, second = "a" * 40, "b" * 40
+    for vector, commit, ref in ((vec, first, "main"), (vec * 2, second, "v2")):
+        folder = vector.save_pretrained(tmp_path / ref, repo_id="someone/positive")
+        files = {p.name: p.read_bytes() for p in folder.iterdir()}
+        lay_out_snapshot(cache, "someone/positive", files, commit, ref)
+    return cache, first, second
+
+
+def test_a_hub_id_is_read_from_the_hubs_cache_offline_at_any_revision(vec, tmp_path, offline):
+    cache, first, second = published(vec, tmp_path)
+    load = icv.InContextVector.from_pretrained
+    assert load("someone/positive", cache_dir=cache).equal(vec)
+    assert load("someone/positive", cache_dir=cache, revision="v2").equal(vec * 2)
+    assert load("someone/positive", cache_dir=cache, revision=second).equal(vec * 2)
+    assert load("someone/positive", cache_dir=cache, revision=first).equal(vec)
+
+
+def test_a_hub_id_missing_from_the_cache_offline_says_so(vec, tmp_path, offline):
+    cache, _, _ = published(vec, tmp_path)
+    with pytest.raises(icv.VectorFileError, match="not in the Hub cache"):
+        icv.InContextVector.from_pretrained("someone/other", cache_dir=cache)
+    with pytest.raises(icv.VectorFileError, match="revision 'v9'"):
+        icv.InContextVector.from_pretrained("someone/positive", cache_dir=cache, revision="v9")
+    with pytest.raises(icv.OptionError, match="applies to Hub ids"):
+        icv.InContextVector.from_pretrained(tmp_path / "main", revision="v2")
+
+
+def test_a_hostile_file_in_the_cache_is_refused_as_any_vector_file(tmp_path, offline):
+    cache = tmp_path / "hub"
+    lay_out_snapshot(cache, "someone/evil", {"vector.safetensors": b"\xff" * 64}, "c" * 40)
+    with pytest.raises(icv.VectorFileError):
+        icv.InContextVector.from_pretrained("someone/evil", cache_dir=cache)
+
+
+def test_icv_pull_and_inspect_read_a_hub_id_in_a_fresh_offline_process(vec, tmp_path):
+    cache, _, _ = published(vec, tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "pulled.safetensors"
+    pulled = subprocess.run(
+        [sys.executable, "-m", "icv", "pull", "someone/positive", "--revision", "v2", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert icv.InContextVector.load(out).equal(vec * 2)
+    shown = subprocess.run(
+        [sys.executable, "-m", "icv", "inspect", "someone/positive", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert '"positive"' in shown.stdout
+
+
+# -- pushing ----------------------------------------------------------------------------------
+
+
+class RecordingHub:
+    """HfApi's network calls, recorded: what would have been sent, and a commit to answer with."""
+
+    def __init__(self, monkeypatch, fail: Exception | None = None):
+        self.calls: list[tuple[str, dict]] = []
+        self.uploaded: dict[str, bytes] = {}
+        self.fail = fail
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", self.create_repo)
+        monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", self.upload_folder)
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        if self.fail:
+            raise self.fail
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+        folder = Path(kwargs["folder_path"])
+        self.uploaded = {p.name: p.read_bytes() for p in folder.iterdir()}
+        url = f"https://huggingface.co/{kwargs['repo_id']}/commit/{'d' * 40}"
+        return huggingface_hub.CommitInfo(
+            commit_url=url, commit_message=kwargs["commit_message"], commit_description="", oid="d" * 40
+        )
+
+
+def test_push_to_hub_creates_the_repo_and_uploads_the_folder_save_pretrained_writes(
+    vec, tmp_path, monkeypatch
+):
+    fake = RecordingHub(monkeypatch)
+    url = vec.push_to_hub("someone/positive", private=True, description="Positive reviews.")
+    assert url == f"https://huggingface.co/someone/positive/commit/{'d' * 40}"
+    (name, create), (_, upload) = fake.calls
+    assert name == "create_repo" and create["private"] is True and create["exist_ok"] is True
+    assert (
+        upload["repo_id"] == "someone/positive"
+        and upload["commit_message"] == "Upload in-context vector positive"
+    )
+    assert sorted(fake.uploaded) == ["README.md", "vector.safetensors"]
+    card = vec.save_pretrained(tmp_path / "v", repo_id="someone/positive", description="Positive reviews.")
+    assert fake.uploaded["README.md"] == (card / "README.md").read_bytes()
+    (tmp_path / "sent.safetensors").write_bytes(fake.uploaded["vector.safetensors"])
+    assert same_bits(icv.InContextVector.load(tmp_path / "sent.safetensors"), vec)
+    assert not Path(upload["folder_path"]).exists()  # the staging folder is gone
+
+
+def test_push_to_hub_refuses_a_bad_repo_id_before_any_call_and_reports_the_hubs_refusal(vec, monkeypatch):
+    refusal = httpx.Response(401, request=httpx.Request("POST", "https://huggingface.co/api/repos/create"))
+    fake = RecordingHub(
+        monkeypatch,
+        fail=huggingface_hub.errors.HfHubHTTPError("401 Unauthorized: invalid token", response=refusal),
+    )
+    with pytest.raises(icv.OptionError, match="owner/name"):
+        vec.push_to_hub("not a repo")
+    assert fake.calls == []
+    with pytest.raises(icv.VectorFileError, match="401 Unauthorized"):
+        vec.push_to_hub("someone/positive")
