@@ -8,6 +8,7 @@ snapshots/<commit>/<file> -> ../../blobs/<sha256>); pushing replaces HfApi's two
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -289,3 +290,27 @@ def test_push_to_hub_refuses_a_bad_repo_id_before_any_call_and_reports_the_hubs_
     assert fake.calls == []
     with pytest.raises(icv.VectorFileError, match="401 Unauthorized"):
         vec.push_to_hub("someone/positive")
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+
+def test_a_server_loads_hub_ids_and_pretrained_folders_under_their_repository_names(
+    vec, llama, tmp_path, offline, monkeypatch
+):
+    from icv.serving import ModelShape, VectorLibrary
+    from icv.serving.vllm.contract import VECTORS_ENV, plugin_environment
+
+    cache, _, _ = published(vec, tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    shape = dataclasses.replace(ModelShape.of(llama), model_name=MODEL)
+    folder = (vec * 3).save_pretrained(tmp_path / "formal")
+    library = VectorLibrary.load(["someone/positive", folder], shape)
+    assert library.names == ["formal", "positive"]
+    assert same_bits(library.get("positive").vector, vec)
+    assert same_bits(library.get("formal").vector, vec * 3)
+    # vLLM's workers get the same names: Hub ids travel as they are, paths become absolute.
+    env = plugin_environment(["someone/positive", folder], {})
+    assert env[VECTORS_ENV].split(os.pathsep) == ["someone/positive", str(folder.resolve())]
+    with pytest.raises(icv.VectorFileError, match="not a Hub id"):
+        VectorLibrary.load([tmp_path / "missing"], shape)

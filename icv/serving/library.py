@@ -1,7 +1,9 @@
 """The vectors a server has loaded, and what a request's steering means with them.
 
 A server loads vector files once (icv safetensors files, or GGUF control vectors);
-each is known by its file's stem (``positive.safetensors`` -> ``positive``).
+each is known by its file's stem (``positive.safetensors`` -> ``positive``), a folder that
+``save_pretrained`` wrote by the folder's name, a Hub id by its repository's name
+(``someone/positive`` -> ``positive``).
 Vectors made for another model are kept aside with the reason, so a request
 naming one is told why it cannot be served rather than that it does not exist.
 A request's steering becomes one vector, ``v1 * s1 + v2 * s2 + ...``, applied at
@@ -73,18 +75,38 @@ class LoadedVector:
         return "file" if self.path else "added"
 
 
-def vector_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """The vector files named by ``paths``: files as given, folders' vector files (not recursive)."""
-    files: list[Path] = []
-    for entry in map(Path, paths):
-        if entry.is_dir():
-            files.extend(
-                sorted(p for p in entry.iterdir() if p.suffix.lower() in VECTOR_SUFFIXES and p.is_file())
-            )
+def vector_files(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, Path]]:
+    """The vector files named by ``paths``, each with the name it is served under.
+
+    Args:
+        paths: vector files, folders of them (not recursive), folders that
+            :meth:`InContextVector.save_pretrained` wrote, or Hub ids (``owner/name``, fetched
+            through the Hub's cache).
+
+    Returns:
+        ``(name, file)`` pairs: a file's stem, a pretrained folder's or a Hub repository's name.
+
+    Raises:
+        VectorFileError: a path that is nothing, or a Hub id that cannot be fetched.
+    """
+    from ..hub import VECTOR_FILE, is_hub_id, resolve
+
+    files: list[tuple[str, Path]] = []
+    for given in paths:
+        entry = Path(given)
+        if entry.is_dir() and (entry / VECTOR_FILE).is_file():
+            files.append((entry.resolve().name, entry / VECTOR_FILE))
+        elif entry.is_dir():
+            found = sorted(p for p in entry.iterdir() if p.suffix.lower() in VECTOR_SUFFIXES and p.is_file())
+            files.extend((p.stem, p) for p in found)
         elif entry.is_file():
-            files.append(entry)
+            files.append((entry.stem, entry))
+        elif is_hub_id(os.fspath(given)):
+            files.append((os.fspath(given).split("/")[1], resolve(os.fspath(given))))
         else:
-            raise VectorFileError(f"no vector file or folder at '{entry}'")
+            raise VectorFileError(
+                f"no vector file or folder at '{entry}', and it is not a Hub id (owner/name)"
+            )
     return files
 
 
@@ -120,8 +142,7 @@ class VectorLibrary:
         """Load every vector file under ``paths``; two files of the same stem are an error."""
         vectors: dict[str, LoadedVector] = {}
         unfit: dict[str, str] = {}
-        for file in vector_files(paths):
-            name = file.stem
+        for name, file in vector_files(paths):
             if name in vectors or name in unfit:
                 raise VectorFileError(f"two vector files are named '{name}' ('{file}' and an earlier one)")
             vector = read_vector_file(file, shape)

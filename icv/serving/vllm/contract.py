@@ -38,7 +38,10 @@ def vector_paths() -> list[str]:
 def plugin_environment(paths: Sequence[str | os.PathLike[str]], env: Mapping[str, str]) -> dict[str, str]:
     """``env`` with the plugin on: ``$ICV_VLLM_VECTORS`` = ``paths``, ``icv`` added to ``VLLM_PLUGINS``."""
     updated = dict(env)
-    updated[VECTORS_ENV] = os.pathsep.join(str(Path(p).resolve()) for p in paths)
+    # Paths become absolute (vLLM's workers may start elsewhere); Hub ids stay as they are.
+    updated[VECTORS_ENV] = os.pathsep.join(
+        str(Path(p).resolve()) if Path(p).exists() else str(p) for p in paths
+    )
     plugins = [p for p in updated.get("VLLM_PLUGINS", "").split(",") if p]
     updated["VLLM_PLUGINS"] = ",".join(plugins if PLUGIN_NAME in plugins else [*plugins, PLUGIN_NAME])
     return updated
