@@ -34,6 +34,10 @@ NOT_RUN: dict[str, tuple[range, str]] = {
         "a client of a server the reader starts first, and the foreground server itself; "
         "tests/test_serving*.py exercise both",
     ),
+    "docs/hub.md": (
+        range(0, 1),
+        "reaches the Hub (no network here); tests/test_hub.py runs the same calls offline",
+    ),
     "docs/vllm.md": (
         range(0, 2),
         "need vLLM (.venv-vllm) and its server; tests/with_vllm run the same calls",
