@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -24,7 +22,6 @@ import yaml
 import icv
 from icv import hub
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -204,30 +201,6 @@ def test_a_hostile_file_in_the_cache_is_refused_as_any_vector_file(tmp_path, off
     lay_out_snapshot(cache, "someone/evil", {"vector.safetensors": b"\xff" * 64}, "c" * 40)
     with pytest.raises(icv.VectorFileError):
         icv.InContextVector.from_pretrained("someone/evil", cache_dir=cache)
-
-
-def test_icv_pull_and_inspect_read_a_hub_id_in_a_fresh_offline_process(vec, tmp_path):
-    cache, _, _ = published(vec, tmp_path)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
-    out = tmp_path / "pulled.safetensors"
-    pulled = subprocess.run(
-        [sys.executable, "-m", "icv", "pull", "someone/positive", "--revision", "v2", "--out", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert pulled.returncode == 0, pulled.stderr
-    assert icv.InContextVector.load(out).equal(vec * 2)
-    shown = subprocess.run(
-        [sys.executable, "-m", "icv", "inspect", "someone/positive", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert shown.returncode == 0, shown.stderr
-    assert '"positive"' in shown.stdout
 
 
 # -- pushing ----------------------------------------------------------------------------------
