@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from .demos import as_demos
+from .demos import Demo, as_demos, demos_sha256
 from .errors import OptionError
 from .layers import decoder_layers
 from .prompts import icl_prompt, paraphrase_prompt
@@ -280,6 +280,20 @@ def prompt_form_mismatch(vector: InContextVector, demos_in_prompt: int) -> str |
         f"{_demos_phrase(demos_in_prompt)}: its recommended strength "
         f"({vector.recommended_strength:g}) may be too {'strong' if demos_in_prompt > calibrated else 'weak'}; "
         "recalibrate for this prompt form or give a strength"
+    )
+
+
+def demos_mismatch(vector: InContextVector, demos: Sequence[Demo]) -> str | None:
+    """A warning's text when ``demos`` are not the demonstrations ``vector`` was made from, else None.
+
+    ICL + ICV means the same demonstrations in the prompt and as the vector; the vector's
+    ``demos_sha256`` (of the whole set, read with its template) tells whether they are.
+    """
+    if demos_sha256(list(demos), vector.metadata["prompt_template"]) == vector.metadata["demos_sha256"]:
+        return None
+    return (
+        f"the demonstrations in the prompt are not the ones '{vector.name}' was made from "
+        "(ICL + ICV means the same demonstrations in the prompt and as the vector)"
     )
 
 

@@ -88,5 +88,10 @@ class ModelNameWarning(UserWarning):
     """A vector is used with a model of another name but the same type, width and depth."""
 
 
+class PromptFormWarning(UserWarning):
+    """A vector's recommended strength was calibrated for another prompt form (demos in it or not),
+    or the demonstrations written into a prompt are not the ones the vector was made from."""
+
+
 class StackedSteeringWarning(UserWarning):
     """A steering handle (not a ``with`` block) runs on a model that other steerings already steer."""

@@ -10,12 +10,13 @@ with ``/`` commands.
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from .display import side_by_side
-from .errors import ICVError, OptionError
+from .errors import ICVError, OptionError, PromptFormWarning
 
 # How the command line turns one setting's text into its value (argparse's types).
 Parse = Callable[[str], Any]
@@ -38,6 +39,10 @@ class Settings:
     seed: int | None = None
     stream: bool | None = None  # None: when the output is a terminal and there is one row
     strict: bool = False  # refuse a vector of a model of another name (else a warning)
+    # The paraphrase task with demonstrations in the prompt (ICL + ICV): the prompt is then the
+    # sentence to rewrite, after the first ``with_demos`` of ``demos``; None: the prompt as given.
+    demos: list[Any] | None = None
+    with_demos: int | None = None
 
     @property
     def sampling(self) -> bool:
@@ -95,14 +100,49 @@ class Trial:
             rows.append(Row(planned.label(), planned.value))
         return rows
 
+    def prompt_text(self, prompt: str) -> str:
+        """What the model reads for ``prompt``: as given, in the chat template, or in the paraphrase
+        task after ``with_demos`` demonstrations (refused together with chat)."""
+        from .prompts import chat_prompt, icl_prompt
+
+        settings = self.settings
+        if settings.with_demos is None:
+            return chat_prompt(self.tokenizer, prompt) if settings.chat else prompt
+        if settings.chat:
+            raise OptionError("demonstrations go into the paraphrase prompt, not a chat turn: drop chat")
+        demos = settings.demos or []
+        if settings.with_demos > len(demos):
+            raise OptionError(
+                f"{settings.with_demos} demonstrations asked for in the prompt, {len(demos)} given"
+            )
+        return icl_prompt(demos[: settings.with_demos], prompt)
+
+    def _warn_prompt_form(self, rows: list[Row]) -> None:
+        """Say where the prompt does not fit the vector: its recommended strength calibrated for
+        the other form, or demonstrations in the prompt that are not the vector's own."""
+        from .calibrate import demos_mismatch, prompt_form_mismatch
+
+        with_demos = self.settings.with_demos or 0
+        recommended = any(row.label.endswith("(recommended)") for row in rows)
+        problems = [
+            prompt_form_mismatch(self.vector, with_demos) if recommended else None,
+            demos_mismatch(self.vector, self.settings.demos or []) if with_demos else None,
+        ]
+        for problem in problems:
+            if problem is not None:
+                warnings.warn(problem, PromptFormWarning, stacklevel=3)
+
     def run(self, prompt: str, out: TextIO) -> None:
         """Generate for ``prompt`` with the current settings and print the result to ``out``."""
         from .generation import complete
-        from .prompts import chat_prompt
+        from .prompts import cut_answer
+        from .sweep import ANSWER_STOPS
 
         settings = self.settings
         rows = self.rows(warn=True)
-        text = chat_prompt(self.tokenizer, prompt) if settings.chat else prompt
+        text = self.prompt_text(prompt)
+        self._warn_prompt_form(rows)
+        task = settings.with_demos is not None  # the paraphrase task: the answer ends at its quote
         if settings.stream and len(rows) > 1:
             raise OptionError(
                 "streaming shows one completion as it comes: drop --compare, or give one strength"
@@ -131,10 +171,13 @@ class Trial:
             temperature=settings.temperature if settings.sampling else None,
             top_p=settings.top_p if settings.sampling else None,
             streamer=streamer,
+            stop_strings=list(ANSWER_STOPS) if task else None,
             **options,
         )
         if streamer is not None:
             return
+        if task:
+            outputs = [cut_answer(output) for output in outputs]
         if len(rows) == 1 and not settings.compare:
             print(outputs[0], file=out)
         else:
