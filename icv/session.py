@@ -204,6 +204,7 @@ Type a prompt to generate with the current settings, or a command:
   /vector VEC[:W] ...    steer with other vectors (a weighted sum), same model
   /compare on|off        an unsteered row too
   /chat on|off           wrap prompts in the chat template
+  /demos K               rewrite prompts in the paraphrase task after K of --demos (no value: off)
   /mode rotate|add       how to apply the vector (no value: the vector's own)
   /layers LIST           steer only these layers, e.g. 10-20 or -8--1 (no value: all)
   /temperature T         0: greedy; above 0: sample (with /top-p P and /seed N)
@@ -237,8 +238,9 @@ def describe(settings: Settings, trial: Trial) -> str:
     layers = "all layers" if settings.layers is None else f"layers {settings.layers}"
     vectors = " + ".join(f"{v.path}:{v.weight:g}" for v in settings.vectors)
     mode = settings.mode or trial.vector.metadata["injection_mode"]
+    demos = "" if settings.with_demos is None else f"{settings.with_demos} demos in the prompt; "
     return (
-        f"vector {vectors} ({trial.vector.name}); rows: {rows}; mode {mode}; {layers}; "
+        f"vector {vectors} ({trial.vector.name}); rows: {rows}; mode {mode}; {layers}; {demos}"
         f"chat {'on' if settings.chat else 'off'}; {sampling}; {settings.max_new_tokens} new tokens"
     )
 
@@ -301,6 +303,7 @@ SETTERS: dict[str, tuple[str, str, Any]] = {
     "strength": ("strengths", "strengths", None),
     "compare": ("compare", "on_off", True),
     "chat": ("chat", "on_off", True),
+    "demos": ("with_demos", "demo_count", None),
     "mode": ("mode", "mode", None),
     "layers": ("layers", "layers", None),
     "temperature": ("temperature", "temperature", 0.0),

@@ -1,15 +1,17 @@
-"""``icv eval``: compare zero-shot, in-context learning and the ICV on test inputs, and write a report."""
+"""``icv eval``: compare zero-shot, in-context learning, the ICV (and ICL + ICV) on test inputs, and write a report."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ..arguments import positive_int, strength_list
+from ..arguments import non_negative_int, positive_int, strength_list
 from .common import Command, load_model_for, quiet, read_vector
 
 EVAL_STYLES = ("inoffensive", "negative", "positive")
-EVAL_METHODS = ("zero-shot", "icl", "icv")
+EVAL_METHODS = ("zero-shot", "icl", "icv", "icl+icv")
+# icl+icv pays ICL's prompt at every strength of its sweep: asked for, not by default.
+DEFAULT_METHODS = ("zero-shot", "icl", "icv")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -49,9 +51,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--methods",
-        default=",".join(EVAL_METHODS),
+        default=",".join(DEFAULT_METHODS),
         metavar="LIST",
-        help="comma-separated subset of zero-shot,icl,icv (default: all three)",
+        help="comma-separated subset of zero-shot,icl,icv,icl+icv (default: the first three); "
+        "icl+icv steers the ICL prompt with the same demos' vector",
+    )
+    parser.add_argument(
+        "--hybrid-strengths",
+        type=strength_list,
+        metavar="LIST",
+        help="comma-separated icl+icv strengths (default: the ICV sweep); with the demos in the prompt "
+        "the vector moves the model further per unit of strength, so these are usually smaller",
+    )
+    parser.add_argument(
+        "--prompt-demos",
+        type=non_negative_int,
+        metavar="K",
+        help="icl+icv writes only the first K demos into its prompt (default: all); the vector keeps all",
     )
     parser.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N inputs")
     parser.add_argument("--extract-method", default="pca", choices=("pca", "mean"))
@@ -75,8 +91,14 @@ def _eval_methods(args: argparse.Namespace) -> list[str]:
         args.parser.error(
             f"--methods: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(EVAL_METHODS)}"
         )
-    if args.demos is None and ("icl" in methods or ("icv" in methods and args.vector is None)):
-        args.parser.error("--demos is needed for the icl method, and for icv unless --vector is given")
+    if args.demos is None and (
+        "icl" in methods or "icl+icv" in methods or ("icv" in methods and args.vector is None)
+    ):
+        args.parser.error(
+            "--demos is needed for the icl and icl+icv methods, and for icv unless --vector is given"
+        )
+    if "icl+icv" not in methods and (args.hybrid_strengths is not None or args.prompt_demos is not None):
+        args.parser.error("--hybrid-strengths and --prompt-demos set the icl+icv method: add it to --methods")
     return methods
 
 
@@ -93,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
     methods = _eval_methods(args)
     demos = read_demos(args.demos) if args.demos else None
+    if args.prompt_demos is not None and demos is not None and args.prompt_demos > len(demos):
+        args.parser.error(f"--prompt-demos {args.prompt_demos}: '{args.demos}' holds only {len(demos)}")
     inputs, references = read_inputs(args.inputs, args.limit)
     vector = read_vector(args.vector) if args.vector else None
     model_name = args.model or (vector.metadata["model_name"] if vector is not None else None) or None
@@ -111,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
         vector=vector,
         strengths=args.strengths,
         methods=methods,
+        hybrid_strengths=args.hybrid_strengths,
+        prompt_demos=args.prompt_demos,
         extract_options={"method": args.extract_method},
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
@@ -127,4 +153,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("eval", "compare zero-shot, in-context learning and the ICV on test inputs", configure, run)
+COMMAND = Command(
+    "eval",
+    "compare zero-shot, in-context learning and the ICV (and ICL + ICV) on test inputs",
+    configure,
+    run,
+)

@@ -9,6 +9,7 @@ from typing import Any
 from ..arguments import (
     layer_list,
     non_negative_float,
+    non_negative_int,
     positive_int,
     probability,
     strength_list,
@@ -59,6 +60,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template (a user turn)"
+    )
+    parser.add_argument(
+        "--demos",
+        metavar="FILE",
+        help="demonstrations (.jsonl, .json, .csv, .tsv) for --with-demos: best the vector's own",
+    )
+    parser.add_argument(
+        "--with-demos",
+        type=non_negative_int,
+        metavar="K",
+        help="rewrite PROMPT in the paraphrase task with the first K of --demos before it (ICL + ICV; "
+        "0: the paraphrase prompt alone); the answer is cut at its closing quote",
     )
     parser.add_argument(
         "--strict",
@@ -119,6 +132,7 @@ def _generate_settings(args: argparse.Namespace) -> Any:
         args.parser.error("--top-p and --seed need --temperature above 0 (greedy decoding does not sample)")
     if args.stream and (args.compare or len(args.strength or [None]) > 1):
         args.parser.error("--stream shows one completion as it comes: drop --compare, or give one strength")
+    demos = _prompt_demos(args)
     return Settings(
         vectors=list(args.vector),
         strengths=args.strength,
@@ -133,7 +147,25 @@ def _generate_settings(args: argparse.Namespace) -> Any:
         seed=args.seed,
         stream=args.stream,
         strict=args.strict,
+        demos=demos,
+        with_demos=args.with_demos,
     )
+
+
+def _prompt_demos(args: argparse.Namespace) -> list[Any] | None:
+    """The demonstrations ``--with-demos`` writes into the prompt, checked before the model loads."""
+    from ..demos import read_demos
+
+    if args.demos is None:
+        if args.with_demos is not None:
+            args.parser.error("--with-demos needs --demos FILE (the demonstrations to write into the prompt)")
+        return None
+    if args.chat:
+        args.parser.error("--with-demos writes the paraphrase prompt, not a chat turn: drop --chat")
+    demos = read_demos(args.demos)
+    if args.with_demos is not None and args.with_demos > len(demos):
+        args.parser.error(f"--with-demos {args.with_demos}: '{args.demos}' holds only {len(demos)}")
+    return demos
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         "top_p": probability,
         "seed": int,
         "tokens": positive_int,
+        "demo_count": non_negative_int,
     }
     return interact(trial, parsers, sys.stdin, sys.stdout, sys.stderr)
 
