@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 COMMAND = Command(
     "eval",
-    "compare zero-shot, in-context learning and the ICV (and ICL + ICV) on test inputs",
+    "compare zero-shot, ICL, ICV (and ICL + ICV) on test inputs",
     configure,
     run,
 )
