@@ -204,11 +204,11 @@ def resolve(
                 f"'{path}' has no {VECTOR_FILE}: is it a folder that save_pretrained wrote?"
             )
         return path / VECTOR_FILE
-    if path.is_file():
+    if path.exists():  # a file, or a pipe or device the loader refuses with its own words
         return path
     text = os.fspath(name_or_folder)
     if not is_hub_id(text):
-        raise VectorFileError(f"'{text[:200]}' is neither a file, a folder, nor a Hub id (owner/name)")
+        raise VectorFileError(f"no file or folder '{text[:200]}', and it is not a Hub id (owner/name)")
     return _download(text, revision, cache_dir, token, local_files_only, force_download)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -22,6 +24,7 @@ import yaml
 import icv
 from icv import hub
 
+ROOT = Path(__file__).resolve().parents[1]
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -130,7 +133,7 @@ def test_a_folder_without_a_vector_and_a_name_that_is_nothing_are_vector_file_er
     with pytest.raises(icv.VectorFileError, match="has no vector.safetensors"):
         icv.InContextVector.from_pretrained(tmp_path)
     for name in ("no-such-file.safetensors", "a/b/c", "../x/y", "-x/y"):
-        with pytest.raises(icv.VectorFileError, match="neither a file, a folder, nor a Hub id"):
+        with pytest.raises(icv.VectorFileError, match="no file or folder .*not a Hub id"):
             icv.InContextVector.from_pretrained(tmp_path / name if name.endswith("s") else name)
 
 
@@ -201,6 +204,30 @@ def test_a_hostile_file_in_the_cache_is_refused_as_any_vector_file(tmp_path, off
     lay_out_snapshot(cache, "someone/evil", {"vector.safetensors": b"\xff" * 64}, "c" * 40)
     with pytest.raises(icv.VectorFileError):
         icv.InContextVector.from_pretrained("someone/evil", cache_dir=cache)
+
+
+def test_icv_pull_and_inspect_read_a_hub_id_in_a_fresh_offline_process(vec, tmp_path):
+    cache, _, _ = published(vec, tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "pulled.safetensors"
+    pulled = subprocess.run(
+        [sys.executable, "-m", "icv", "pull", "someone/positive", "--revision", "v2", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert icv.InContextVector.load(out).equal(vec * 2)
+    shown = subprocess.run(
+        [sys.executable, "-m", "icv", "inspect", "someone/positive", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert '"positive"' in shown.stdout
 
 
 # -- pushing ----------------------------------------------------------------------------------
@@ -287,3 +314,36 @@ def test_a_server_loads_hub_ids_and_pretrained_folders_under_their_repository_na
     assert env[VECTORS_ENV].split(os.pathsep) == ["someone/positive", str(folder.resolve())]
     with pytest.raises(icv.VectorFileError, match="not a Hub id"):
         VectorLibrary.load([tmp_path / "missing"], shape)
+
+
+def test_icv_push_uploads_any_vector_it_can_read_and_prints_the_commit(vec, tmp_path, monkeypatch, capsys):
+    from icv.cli import main
+
+    fake = RecordingHub(monkeypatch)
+    vec.save(tmp_path / "positive.safetensors")
+    code = main(["push", str(tmp_path / "positive.safetensors"), "someone/positive", "--private", "--quiet"])
+    assert code == 0
+    assert capsys.readouterr().out.strip() == f"https://huggingface.co/someone/positive/commit/{'d' * 40}"
+    assert fake.calls[0][1]["private"] is True
+    (tmp_path / "sent.safetensors").write_bytes(fake.uploaded["vector.safetensors"])
+    assert same_bits(icv.InContextVector.load(tmp_path / "sent.safetensors"), vec)
+
+
+def test_icv_pull_refuses_what_is_not_a_hub_id_and_an_existing_out(vec, tmp_path, offline, capsys):
+    from icv.cli import main
+
+    cache, _, _ = published(vec, tmp_path)
+    assert main(["pull", "positive.safetensors"]) == 2
+    (tmp_path / "taken.safetensors").write_bytes(b"mine")
+    args = [
+        "pull",
+        "someone/positive",
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(tmp_path / "taken.safetensors"),
+    ]
+    assert main(args) == 1 and "exists" in capsys.readouterr().err
+    assert (tmp_path / "taken.safetensors").read_bytes() == b"mine"
+    assert main([*args, "--force"]) == 0
+    assert same_bits(icv.InContextVector.load(tmp_path / "taken.safetensors"), vec)

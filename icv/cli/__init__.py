@@ -1,7 +1,7 @@
 """The ``icv`` command: extract, inspect, try, combine and carry in-context vectors from a shell.
 
 One module per subcommand (``extract``, ``inspect``, ``generate``, ``combine``, ``gguf``
-for ``export``/``import``, ``evaluate`` for ``eval``, ``serve``), each with a
+for ``export``/``import``, ``evaluate`` for ``eval``, ``serve``, ``hub`` for ``push``/``pull``), each with a
 ``configure(parser)`` and a ``run(args) -> int`` and the :class:`~icv.cli.common.Command`
 row that names them; :data:`~icv.cli.app.COMMANDS` lists the rows once, so a new
 subcommand is one more module and one more row.  Argument types live in

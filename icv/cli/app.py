@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ICVError
-from . import combine, evaluate, extract, generate, gguf, inspect, serve
+from . import combine, evaluate, extract, generate, gguf, hub, inspect, serve
 from .common import PROG, Command, quiet, quiet_libraries, say
 
 COMMANDS: list[Command] = [
@@ -23,6 +23,8 @@ COMMANDS: list[Command] = [
     gguf.IMPORT,
     evaluate.COMMAND,
     serve.COMMAND,
+    hub.PUSH,
+    hub.PULL,
 ]
 
 

@@ -44,13 +44,19 @@ def check_new_file(path: Path, force: bool) -> None:
 
 
 def read_vector(path: str | Path) -> InContextVector:
-    """An icv safetensors vector, or a GGUF control vector (recognised by its magic bytes)."""
+    """A vector wherever the command line names one.
+
+    An icv safetensors file, a GGUF control vector (recognised by its magic bytes), a folder
+    that ``save_pretrained`` wrote, or a Hub id (``owner/name``, through the Hub's cache).
+    """
     from ..gguf import import_gguf, is_gguf_file
+    from ..hub import resolve
     from ..vector import InContextVector
 
-    if is_gguf_file(path):
-        return import_gguf(path)
-    return InContextVector.load(path)
+    file = resolve(path)
+    if is_gguf_file(file):
+        return import_gguf(file)
+    return InContextVector.load(file)
 
 
 def quiet(args: argparse.Namespace) -> bool:

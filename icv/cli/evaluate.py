@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vector",
         metavar="VEC",
-        help="a saved vector (or GGUF control vector) instead of extracting one from --demos",
+        help="a saved vector (a file, GGUF control vector, folder or Hub id) instead of extracting one from --demos",
     )
     parser.add_argument(
         "--strengths",

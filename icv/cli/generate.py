@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         required=True,
         type=weighted_path,
         metavar="VEC[:WEIGHT]",
-        help="a vector (safetensors or GGUF), optionally weighted; repeat to add several",
+        help="a vector (safetensors, GGUF, a save_pretrained folder or a Hub id owner/name), optionally weighted; repeat to add several",
     )
     parser.add_argument(
         "--model",

@@ -11,7 +11,7 @@ from .common import PROG, Command, check_new_file, read_vector, say
 
 
 def configure_export(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("vector", metavar="VEC", help="the vector file to export")
+    parser.add_argument("vector", metavar="VEC", help="the vector to export (a file, folder or Hub id)")
     parser.add_argument(
         "--format",
         choices=("gguf",),

@@ -14,7 +14,11 @@ if TYPE_CHECKING:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("vector", metavar="VEC", help="a vector file (.safetensors) or a GGUF control vector")
+    parser.add_argument(
+        "vector",
+        metavar="VEC",
+        help="a vector file (.safetensors), a GGUF control vector, a save_pretrained folder or a Hub id (owner/name)",
+    )
     parser.add_argument(
         "--json", action="store_true", help="print the metadata, per-layer scales and norms as JSON"
     )

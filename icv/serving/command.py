@@ -201,7 +201,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[],
         metavar="DIR_OR_FILE",
-        help="vector files (safetensors or GGUF) or folders of them; a vector's name is its file stem",
+        help="vector files (safetensors or GGUF), folders of them, save_pretrained folders or Hub ids (owner/name); a vector is named by its file stem, folder or repository name",
     )
     parser.add_argument(
         "--engine",
