@@ -10,8 +10,8 @@ exactly as the authors' reference code does (:mod:`icv.presets`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Generator, Iterable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -60,6 +60,33 @@ def pad_token_id(tokenizer: Any) -> int:
 
 
 EMBEDDING_ROWS = ("block_input", "embedding_output")
+T = TypeVar("T")
+Steps = Generator[None, None, T]  # one batch per `next`; the return value is the result
+
+
+def run_to_end(steps: Steps[T]) -> T:
+    """Run work written in steps (:func:`extract_steps`) to its end, in one go."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as finished:
+            return finished.value
+
+
+def batches_of(
+    lengths: Sequence[int], order: Sequence[int], batch_size: int, max_batch_tokens: int | None
+) -> list[list[int]]:
+    """``order`` (longest first) cut into batches of ``batch_size`` texts at most, and when
+    ``max_batch_tokens`` is given, of at most that many padded tokens (one text at least)."""
+    cut: list[list[int]] = []
+    for index in order:
+        if cut and len(cut[-1]) < batch_size:
+            widest = lengths[cut[-1][0]]  # longest first: the batch's first text sets its width
+            if max_batch_tokens is None or widest * (len(cut[-1]) + 1) <= max_batch_tokens:
+                cut[-1].append(index)
+                continue
+        cut.append([index])
+    return cut
 
 
 def read_last_token_states(
@@ -73,17 +100,54 @@ def read_last_token_states(
     progress: bool | None = None,
     architecture: Architecture | None = None,
     embedding_row: str = "block_input",
+    max_batch_tokens: int | None = None,
 ) -> torch.Tensor:
-    """``(len(texts), slots, hidden)`` float32 last-token activations.
+    """``(len(texts), slots, hidden)`` float32 last-token activations (see :func:`last_token_state_steps`)."""
+    return run_to_end(
+        last_token_state_steps(
+            model,
+            tokenizer,
+            texts,
+            site=site,
+            batch_size=batch_size,
+            padding_side=padding_side,
+            progress=progress,
+            architecture=architecture,
+            embedding_row=embedding_row,
+            max_batch_tokens=max_batch_tokens,
+        )
+    )
+
+
+def last_token_state_steps(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    site: str = "block",
+    batch_size: int = 16,
+    padding_side: str = "right",
+    progress: bool | None = None,
+    architecture: Architecture | None = None,
+    embedding_row: str = "block_input",
+    max_batch_tokens: int | None = None,
+) -> Steps[torch.Tensor]:
+    """``(len(texts), slots, hidden)`` float32 last-token activations, one batch per step.
 
     For ``site="block"`` slot 0 is the embedding output and slot ``l + 1`` the output of
     decoder block ``l``; for the other sites slot ``l`` is that module's output in layer ``l``.
     ``embedding_row``: slot 0 is the first block's input (``"block_input"``) or the token
     embedding module's output (``"embedding_output"``, as the reference code reads it).
-    Texts are batched longest first, so padding stays small.
+    Texts are batched longest first, so padding stays small; ``max_batch_tokens`` also
+    bounds a batch's padded size (rows x longest), so every step costs at most about that
+    many tokens' forward pass.  Between steps no hook of this reading is on the model.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if max_batch_tokens is not None and (
+        not isinstance(max_batch_tokens, int) or isinstance(max_batch_tokens, bool) or max_batch_tokens < 1
+    ):
+        raise OptionError(f"max_batch_tokens must be a positive integer or None, got {max_batch_tokens!r}")
     if site not in SITES:
         raise OptionError(f"unknown site '{site}': choose one of {', '.join(SITES)}")
     modules = site_modules(model, site, architecture)
@@ -99,17 +163,18 @@ def read_last_token_states(
     device = model_device(model)
     pad_id = pad_token_id(tokenizer)
     use_positions = padding_side == "left" and accepts_position_ids(model)
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    chunks = batches_of([len(s) for s in sequences], order, batch_size, max_batch_tokens)
     show = progress if progress is not None else len(chunks) > 4
     results: list[torch.Tensor | None] = [None] * len(sequences)
-    with recorder.attached():
-        for chunk in tqdm(chunks, desc="icv: reading demonstrations", disable=not show, unit="batch"):
-            batch = pad_batch([sequences[i] for i in chunk], pad_id, padding_side, device)
-            if not use_positions:
-                batch.position_ids = None
+    for chunk in tqdm(chunks, desc="icv: reading demonstrations", disable=not show, unit="batch"):
+        batch = pad_batch([sequences[i] for i in chunk], pad_id, padding_side, device)
+        if not use_positions:
+            batch.position_ids = None
+        with recorder.attached():  # on for this batch only: the model is free between steps
             states = recorder.run(model, batch)
-            for row, index in enumerate(chunk):
-                results[index] = states[row]
+        for row, index in enumerate(chunk):
+            results[index] = states[row]
+        yield
     return torch.stack(results)  # type: ignore[arg-type]
 
 
@@ -131,6 +196,7 @@ def extract(
     recommended_strength: float | None = None,
     progress: bool | None = None,
     architecture: Architecture | None = None,
+    max_batch_tokens: int | None = None,
 ) -> InContextVector:
     """Read the in-context vector of ``demos`` (``(source, target)`` pairs) from ``model``.
 
@@ -146,13 +212,62 @@ def extract(
     default (``"rotate"`` at the ``"mlp"`` output, as the reference code).
     With one demonstration PCA is undefined: the mean is used, with a warning, and
     ``method`` is recorded as ``"mean"``.
+    ``max_batch_tokens``: also cut batches at that many padded tokens (rows x longest
+    text), bounding each forward pass (``icv serve`` extracts with its chunk budget).
+    """
+    return run_to_end(
+        extract_steps(
+            model,
+            tokenizer,
+            demos,
+            method=method,
+            site=site,
+            template=template,
+            preset=preset,
+            batch_size=batch_size,
+            padding_side=padding_side,
+            name=name,
+            injection_mode=injection_mode,
+            injection_site=injection_site,
+            recommended_strength=recommended_strength,
+            progress=progress,
+            architecture=architecture,
+            max_batch_tokens=max_batch_tokens,
+        )
+    )
+
+
+def extract_steps(
+    model: nn.Module,
+    tokenizer: Any,
+    demos: Iterable[object],
+    *,
+    method: str | None = None,
+    site: str | None = None,
+    template: str | None = None,
+    preset: str | None = None,
+    batch_size: int = 16,
+    padding_side: str = "right",
+    name: str = "icv",
+    injection_mode: str = "rotate",
+    injection_site: str | None = None,
+    recommended_strength: float | None = None,
+    progress: bool | None = None,
+    architecture: Architecture | None = None,
+    max_batch_tokens: int | None = None,
+) -> Steps[InContextVector]:
+    """:func:`extract`, one batch of demonstration texts per step (a generator; see :func:`run_to_end`).
+
+    For a caller that must do other work on the model between batches (a server
+    decoding between them).  ``max_batch_tokens`` bounds a batch's padded size (see
+    :func:`last_token_state_steps`); ``extract(..., max_batch_tokens=N)`` gives the same vector.
     """
     settings = presets.resolve(preset, method=method, site=site, template=template)
     given = as_demos(demos)
     pairs = clean_demos(given, settings.text_cleaning)
     method = settings.method
     if method == "pca" and len(pairs) < 2:
-        warnings.warn("one demonstration: PCA is undefined, using the mean shift", stacklevel=3)
+        warnings.warn("one demonstration: PCA is undefined, using the mean shift", stacklevel=5)
         method = "mean"
     aggregate = aggregator(method, pca_sign=settings.pca_sign)
     template = check_template(settings.template)
@@ -165,7 +280,7 @@ def extract(
     texts = [format_text(template, d.source) for d in pairs] + [
         format_text(template, d.target) for d in pairs
     ]
-    states = read_last_token_states(
+    states = yield from last_token_state_steps(
         model,
         tokenizer,
         texts,
@@ -175,6 +290,7 @@ def extract(
         progress=progress,
         architecture=architecture,
         embedding_row=settings.embedding_row,
+        max_batch_tokens=max_batch_tokens,
     )
     sources, targets = states[: len(pairs)], states[len(pairs) :]
     shifts = (targets - sources).flatten(start_dim=1)

@@ -17,7 +17,6 @@ playground page at ``/`` (:mod:`icv.serving.page`), a client of these routes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -37,7 +36,7 @@ from . import protocol
 from .access import AccessPolicy, middleware
 from .bridge import Call
 from .engine import Engine, Failed, Finished, TextDelta
-from .http import ServerLimits, error_response, read_json
+from .http import ServerLimits, error_response, read_json, unless_gone
 from .library import VectorLibrary, public_name
 from .page import PATHS, Playground
 from .request import steering_json
@@ -103,7 +102,7 @@ class OpenAIRoutes:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        return await _unless_gone(request, call, whole_response(call, envelope, chat, len(prompts)))
+        return await unless_gone(request, whole_response(call, envelope, chat, len(prompts)), call.cancel)
 
     def _params(self, parsed: protocol.GenerationRequest, ids: list[int], chat: bool) -> SamplingParams:
         if chat and not parsed.max_tokens_given:
@@ -213,27 +212,6 @@ async def _cancelling(call: Call, chunks: AsyncIterator[str]) -> AsyncIterator[s
             yield chunk
     finally:
         call.cancel()
-
-
-async def _unless_gone(request: Request, call: Call, work: Awaitable[Response]) -> Response:
-    """``work``'s response; if the client disconnects first, its rows are dropped at once."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-            call.cancel()
-    if task.cancelled():
-        return Response(status_code=499)  # nobody reads it: the client is gone
-    return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 # -- errors ----------------------------------------------------------------------------

@@ -79,6 +79,16 @@ class DecodeBatch:
         return batch, logits
 
     @torch.no_grad()
+    def feed(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Append columns to every row (a prompt's next chunk); each row's logits after its last column.
+
+        ``ids``, ``mask`` and ``positions`` are ``(rows, columns)``: the next columns of
+        :func:`left_padded` prompts and of :func:`positions_of` their whole mask.
+        """
+        self.mask = torch.cat([self.mask, mask], dim=1)
+        return self._forward(ids, positions)
+
+    @torch.no_grad()
     def step(self, tokens: Sequence[int]) -> torch.Tensor:
         """Feed one new token per row; each row's logits for the token after it."""
         if len(tokens) != self.size:

@@ -8,6 +8,14 @@ Rows finish on their own (end of sequence, a stop string, ``max_tokens``) and
 leave the batch at once; a cancelled request's row leaves at the next step.  So a
 request waits for at most one step before it starts, never for a whole batch.
 
+Work is bounded per step, as in vLLM's chunked prefill: an engine step is one
+decode step for every decoding row plus one bounded piece of other work, either
+one chunk of a prefill (at most ``prefill_chunk`` prompt tokens,
+:mod:`icv.serving.prefill`; of the groups being prefilled, the one with the
+fewest tokens left goes first) or one slice of work on the model itself (an
+extraction, :meth:`Engine.run_in_slices`), taking turns when both wait.  So a
+running stream pauses at most one piece's time, however long a prompt arrives.
+
 Batching policy (:class:`BatchingPolicy`): at most ``max_batch`` rows decode
 together; when the engine is idle, the first request waits up to ``gather_ms``
 for others to arrive, so requests sent together are prefilled together; at most
@@ -17,8 +25,9 @@ without bound.
 Every request gets, through its ``sink`` (called from the worker thread), text
 pieces as they are decoded (:class:`TextDelta`), then :class:`Finished` or
 :class:`Failed`.  Other work on the model itself (extracting a vector, which hooks
-it too) goes through :meth:`Engine.run_exclusive`: the worker runs it between two
-steps, with no steering hook on the model.  Greedy float32 output is token for token what
+it too) goes through :meth:`Engine.run_in_slices` (or :meth:`Engine.run_exclusive`
+for one piece): the worker runs it a slice at a time between two steps, with no
+steering hook on the model.  Greedy float32 output is token for token what
 ``icv.steer(model, vector, positions=...)`` + ``model.generate`` gives for the
 request alone, whatever else shares the batch.
 """
@@ -30,10 +39,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union
+from typing import Any, Generic, TypeVar, Union
 
 import torch
 from torch import nn
@@ -42,6 +51,7 @@ from ..errors import ICVError, RequestError, SteeringError
 from ..extract import max_context, model_device, pad_token_id
 from ..steer import Steering, check_vector_fits, is_steered
 from .batch import DecodeBatch
+from .prefill import ChunkedPrefill
 from .sampling import SamplingParams, next_tokens, row_generator
 from .steering import RowSteering, steer_rows
 from .text import TextStream
@@ -83,7 +93,7 @@ class Failed:
 Event = Union[TextDelta, Finished, Failed]
 Sink = Callable[[Event], None]
 T = TypeVar("T")
-Task = tuple[Callable[[nn.Module], Any], "Future[Any]"]
+Steps = Generator[None, None, T]  # work in slices: each `next` runs one, the return value is the result
 
 
 @dataclass(frozen=True)
@@ -93,10 +103,11 @@ class BatchingPolicy:
     max_batch: int = 16
     gather_ms: float = 5.0
     max_queue: int = 256
+    prefill_chunk: int = 512  # prompt tokens (padding included) per engine step
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_queue < 1 or self.gather_ms < 0:
-            raise ValueError("max_batch and max_queue must be >= 1 and gather_ms >= 0")
+        if self.max_batch < 1 or self.max_queue < 1 or self.gather_ms < 0 or self.prefill_chunk < 1:
+            raise ValueError("max_batch, max_queue and prefill_chunk must be >= 1 and gather_ms >= 0")
 
 
 @dataclass
@@ -107,13 +118,18 @@ class EngineStats:
     finished: int = 0
     cancelled: int = 0
     failed: int = 0
-    prefills: int = 0
+    prefills: int = 0  # prefills completed (a group of requests each)
+    prefill_chunks: int = 0  # forward passes of prefills (one chunk each)
+    prefill_seconds: float = 0.0  # summed over chunks: / prefill_chunks = one chunk's cost
     joins: int = 0  # prefills whose rows joined rows already decoding
     decode_steps: int = 0
     decode_rows: int = 0  # summed over steps: / decode_steps = mean batch
     generated_tokens: int = 0
     peak_batch: int = 0
-    tasks: int = 0  # work run with run_exclusive
+    tasks: int = 0  # work run with run_in_slices (or run_exclusive) to its end
+    tasks_cancelled: int = 0  # work cancelled before its end (its client gone)
+    slices: int = 0
+    slice_seconds: float = 0.0
 
     def snapshot(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -188,6 +204,35 @@ class Job:
             self.cancel()
 
 
+class SlicedTask(Generic[T]):
+    """Work on the model run a slice at a time (:meth:`Engine.run_in_slices`); cancel from any thread."""
+
+    def __init__(self, work: Callable[[nn.Module], Steps[T]]) -> None:
+        self.work = work
+        self.future: Future[T] = Future()
+        self.steps: Steps[T] | None = None  # made on the worker when the first slice runs
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop at the next slice boundary; the future then fails (or is cancelled if not started)."""
+        self._cancelled.set()
+        self.future.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+def one_slice(work: Callable[[nn.Module], T]) -> Callable[[nn.Module], Steps[T]]:
+    """``work`` as sliced work of a single slice."""
+
+    def steps(model: nn.Module) -> Steps[T]:
+        yield from ()
+        return work(model)
+
+    return steps
+
+
 # -- the engine -------------------------------------------------------------------------
 
 
@@ -216,9 +261,10 @@ class Engine:
         self._eos = _eos_ids(model, tokenizer)
         self._vocab = int(model.get_input_embeddings().num_embeddings)
         self._queue: deque[Job] = deque()
-        self._tasks: deque[Task] = deque()  # run_exclusive's work; each leaves once it has run
+        self._tasks: deque[SlicedTask[Any]] = deque()  # work on the model; each leaves once it ends
         self._rows: list[Job] = []
-        self._starting: list[Job] = []  # taken from the queue, not yet decoding
+        self._prefills: list[ChunkedPrefill[Job]] = []  # taken from the queue, prompts going in
+        self._prefill_turn = True  # whether a prefill chunk goes before a task's slice
         self._batch: DecodeBatch | None = None
         self._decode_steering: tuple[tuple[int, ...], list[Steering]] | None = None
         self._lock = threading.Condition()
@@ -250,21 +296,28 @@ class Engine:
             self._lock.notify_all()
         return job
 
-    def run_exclusive(self, work: Callable[[nn.Module], T]) -> Future[T]:
-        """Run ``work(model)`` on the worker thread between two steps, with no steering hook on the model.
+    def run_in_slices(self, work: Callable[[nn.Module], Steps[T]]) -> SlicedTask[T]:
+        """Run ``work(model)``, a generator, on the worker thread one slice (one ``next``) per step.
 
-        For work that hooks the served model itself, such as :func:`icv.extract`: hooks are
-        global to a model, so only the thread that steers it may add others.  Decoding
-        pauses while ``work`` runs.  The future holds its result or its exception; work
-        still waiting when the engine closes fails with 503.
+        For work that hooks the served model itself, such as :func:`icv.extract_steps`:
+        hooks are global to a model, so only the thread that steers it may add others.
+        Each slice runs between two steps with no steering hook on the model, and must
+        leave none of its own when it yields; decoding rows advance between slices.
+        The task's future holds the generator's return value or its exception;
+        :meth:`SlicedTask.cancel` stops it at the next slice boundary; work still
+        running or waiting when the engine closes fails with 503.
         """
-        future: Future[T] = Future()
+        task = SlicedTask(work)
         with self._lock:
             if self._closing:
                 raise _closing()
-            self._tasks.append((work, future))
+            self._tasks.append(task)
             self._lock.notify_all()
-        return future
+        return task
+
+    def run_exclusive(self, work: Callable[[nn.Module], T]) -> Future[T]:
+        """Run ``work(model)`` on the worker thread between two steps, in one piece (see :meth:`run_in_slices`)."""
+        return self.run_in_slices(one_slice(work)).future
 
     def start(self) -> None:
         """Start the worker (engines made with ``start=False`` collect requests until then)."""
@@ -285,11 +338,12 @@ class Engine:
     def idle(self) -> bool:
         """No request queued or decoding (and so no hook on the model)."""
         with self._lock:
-            return not self._queue and not self._rows and not self._starting and not self._tasks
+            return not self._queue and not self._rows and not self._prefills and not self._tasks
 
     def load(self) -> dict[str, int]:
         with self._lock:
-            return {"queued": len(self._queue), "running": len(self._rows) + len(self._starting)}
+            running = len(self._rows) + sum(len(group.rows) for group in self._prefills)
+            return {"queued": len(self._queue), "running": running, "tasks": len(self._tasks)}
 
     def _check(self, ids: list[int], params: SamplingParams, steering: RowSteering | None) -> None:
         if not ids:
@@ -327,17 +381,13 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            while True:
-                jobs = self._admit()
-                if jobs is None:
-                    break
-                self._run_tasks()
-                if jobs:
-                    self._guarded(self._prefill, jobs)
+            while self._wait_for_work():
+                self._admit()
                 if self._rows:
-                    self._guarded(self._step)
+                    self._guarded(self._step, self._fail_decoding)
+                self._run_piece()
         finally:
-            self._fail_running(_closing(), [])
+            self._fail_everything(_closing())
             self._fail_waiting()
 
     def _fail_waiting(self) -> None:
@@ -346,80 +396,141 @@ class Engine:
             tasks, self._tasks = list(self._tasks), deque()
         for job in waiting:
             job.fail(_closing())
-        for _, future in tasks:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(_closing())
+        for task in tasks:
+            self._end_task(task, error=_closing())
 
-    def _run_tasks(self) -> None:
-        """Run the waiting :meth:`run_exclusive` work, the decode steering's hooks off meanwhile."""
-        while True:
-            with self._lock:
-                if not self._tasks:
-                    return
-                work, future = self._tasks[0]
-            self._release_steering()  # taken up again at the next step
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(work(self.model))
-                except Exception as error:
-                    future.set_exception(error)
-            with self._lock:
-                self._tasks.popleft()
-                self.stats.tasks += 1
-
-    def _guarded(self, work: Callable[..., None], *args: Any) -> None:
-        """Run one prefill or step; if it fails (a bug, memory), fail its rows and keep serving."""
+    def _guarded(self, work: Callable[[], None], fail: Callable[[RequestError], None]) -> None:
+        """Run one step or chunk; if it fails (a bug, memory), ``fail`` its rows and keep serving."""
         try:
-            work(*args)
+            work()
         except Exception as error:
             log.exception("the engine failed a batch")
-            failure = RequestError(f"the server failed to generate: {error}", code="server_error", status=500)
-            self._fail_running(failure, args[0] if args else [])
+            fail(RequestError(f"the server failed to generate: {error}", code="server_error", status=500))
 
-    def _admit(self) -> list[Job] | None:
-        """Requests to start now (blocking while there is nothing to do); ``None`` to stop."""
+    def _wait_for_work(self) -> bool:
+        """Block while there is nothing to do; when idle, gather requests sent together.  False: stop."""
         with self._lock:
-            if not self._rows:
+            if not self._rows and not self._prefills:
                 while not self._queue and not self._tasks and not self._closing:
                     self._lock.wait()
                 deadline = time.monotonic() + self.policy.gather_ms / 1000
-                while len(self._queue) < self.policy.max_batch and not self._closing:
+                while self._queue and len(self._queue) < self.policy.max_batch and not self._closing:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._lock.wait(left)
-            if self._closing:
-                return None
+            return not self._closing
+
+    def _admit(self) -> None:
+        """Start prefilling the waiting requests the batch has room for, as one group."""
+        with self._lock:
+            taken = len(self._rows) + sum(len(group.rows) for group in self._prefills)
             jobs: list[Job] = []
-            while self._queue and len(self._rows) + len(jobs) < self.policy.max_batch:
+            while self._queue and taken + len(jobs) < self.policy.max_batch:
                 job = self._queue.popleft()
                 if job.cancelled:
                     self.stats.cancelled += 1
                 else:
                     jobs.append(job)
-            self._starting = jobs
-            return jobs
-
-    def _prefill(self, jobs: list[Job]) -> None:
-        self._release_steering()  # the decode steering's rows are not this pass's rows
-        steerings = steer_rows(self.model, [job.steering for job in jobs], "prompt")
-        try:
-            batch, logits = DecodeBatch.prefill(
-                self.model, [job.prompt_ids for job in jobs], self._pad, self._device
+            if not jobs:
+                return
+            group = ChunkedPrefill(
+                self.model,
+                jobs,
+                [job.prompt_ids for job in jobs],
+                self._pad,
+                self._device,
+                self.policy.prefill_chunk,
             )
+            self._prefills.append(group)
+
+    def _run_piece(self) -> None:
+        """One bounded piece of work besides decoding: a prefill chunk or a task's slice, in turn."""
+        with self._lock:
+            prefill, task = bool(self._prefills), bool(self._tasks)
+        if prefill and (self._prefill_turn or not task):
+            group = min(self._prefills, key=lambda g: g.remaining_tokens)
+            self._guarded(lambda: self._prefill_chunk(group), lambda error: self._fail_group(group, error))
+            self._prefill_turn = False
+        elif task:
+            self._run_slice()
+            self._prefill_turn = True
+
+    def _prefill_chunk(self, group: ChunkedPrefill[Job]) -> None:
+        if all(job.cancelled for job in group.rows):
+            self._forget(group)
+            self.stats.cancelled += len(group.rows)
+            return
+        self._release_steering()  # the decode steering's rows are not this pass's rows
+        steerings = steer_rows(self.model, [job.steering for job in group.rows], "prompt")
+        began = time.perf_counter()
+        try:
+            logits = group.advance()
         finally:
             for steering in steerings:
                 steering.remove()
+        self.stats.prefill_chunks += 1
+        self.stats.prefill_seconds += time.perf_counter() - began
+        if logits is None:
+            return
         self.stats.prefills += 1
-        self._take_tokens(jobs, logits)
+        self._take_tokens(group.rows, logits)
         if self._batch is None:
-            self._batch = batch
+            self._batch = group.batch
         else:
             self.stats.joins += 1
-            self._batch.extend(batch)
+            self._batch.extend(group.batch)
         with self._lock:
-            self._rows, self._starting = self._rows + jobs, []
+            self._prefills.remove(group)
+            self._rows = self._rows + group.rows
         self._drop_done()
+
+    def _forget(self, group: ChunkedPrefill[Job]) -> None:
+        with self._lock:
+            if group in self._prefills:
+                self._prefills.remove(group)
+
+    def _run_slice(self) -> None:
+        """Run the first task's next slice, the decode steering's hooks off meanwhile."""
+        with self._lock:
+            task = self._tasks[0]
+        if task.cancelled:
+            self.stats.tasks_cancelled += 1
+            self._end_task(task, error=RequestError("the work was cancelled", code="cancelled", status=499))
+            return
+        if task.steps is None and not task.future.set_running_or_notify_cancel():
+            self._end_task(task)  # cancelled before it started
+            return
+        self._release_steering()  # taken up again at the next step
+        began = time.perf_counter()
+        try:
+            if task.steps is None:
+                task.steps = task.work(self.model)
+            next(task.steps)
+        except StopIteration as finished:
+            self.stats.tasks += 1
+            self._end_task(task, result=finished.value)
+        except Exception as error:
+            self.stats.tasks += 1
+            self._end_task(task, error=error)
+        finally:
+            self.stats.slices += 1
+            self.stats.slice_seconds += time.perf_counter() - began
+
+    def _end_task(self, task: SlicedTask[Any], *, result: Any = None, error: Exception | None = None) -> None:
+        """Take ``task`` off the queue with its result or error (the generator closed)."""
+        with self._lock:
+            if task in self._tasks:
+                self._tasks.remove(task)
+        if task.steps is not None:
+            task.steps.close()
+        future = task.future
+        if future.done() or (not future.running() and not future.set_running_or_notify_cancel()):
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
     def _step(self) -> None:
         self._drop_done()
@@ -477,12 +588,29 @@ class Engine:
         with self._lock:
             self._rows = [self._rows[i] for i in keep]
 
-    def _fail_running(self, error: RequestError, extra: list[Job]) -> None:
+    def _fail_decoding(self, error: RequestError) -> None:
+        """Fail every decoding row (their shared cache may be half-written); prefills go on."""
         self._release_steering()
         with self._lock:
-            rows, self._rows, self._starting = self._rows, [], []
+            rows, self._rows = self._rows, []
         self._batch = None
-        for job in {id(j): j for j in [*rows, *extra]}.values():
+        self._fail(rows, error)
+
+    def _fail_group(self, group: ChunkedPrefill[Job], error: RequestError) -> None:
+        """Fail one prefill group's rows; the decoding rows and other groups go on."""
+        self._release_steering()
+        self._forget(group)
+        self._fail(group.rows, error)
+
+    def _fail_everything(self, error: RequestError) -> None:
+        self._fail_decoding(error)
+        with self._lock:
+            groups, self._prefills = self._prefills, []
+        for group in groups:
+            self._fail(group.rows, error)
+
+    def _fail(self, jobs: list[Job], error: RequestError) -> None:
+        for job in jobs:
             if not job.done:
                 self.stats.failed += 1
                 job.fail(error)

@@ -8,12 +8,14 @@ read, and again while reading); errors go out in OpenAI's shape,
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from ..errors import RequestError
 from .request import DEFAULT_MAX_VECTORS
@@ -27,7 +29,9 @@ class ServerLimits:
     max_vectors: int = DEFAULT_MAX_VECTORS
     max_upload_bytes: int = 16 << 20  # a vector file or a pair file
     max_pairs: int = 128  # pairs one extraction reads
-    max_added_vectors: int = 32  # vectors extracted or uploaded while the server runs
+    max_added_vectors: int = 32  # vectors extracted or uploaded, held at once (--max-vectors)
+    max_text_tokens: int = 512  # tokens in one text of a pair to extract from
+    max_extractions: int = 4  # extractions running or waiting at once; more get 503
 
 
 async def read_body(request: Request, limit: int, what: str = "the body") -> bytes:
@@ -81,3 +85,24 @@ def _too_large(what: str, limit: int) -> RequestError:
 
 def error_response(error: RequestError) -> JSONResponse:
     return JSONResponse(error.to_openai(), status_code=error.status)
+
+
+async def unless_gone(request: Request, work: Awaitable[Response], cancel: Callable[[], None]) -> Response:
+    """``work``'s response; if the client disconnects first, ``work`` is cancelled and ``cancel`` called."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            cancel()
+    if task.cancelled():
+        return Response(status_code=499)  # nobody reads it: the client is gone
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -32,7 +32,8 @@ from __future__ import annotations
 import asyncio
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,12 @@ from starlette.responses import JSONResponse, Response
 
 from ..demos import Demo, as_demos, parse_demos
 from ..errors import DemoError, ICVError, ModelMismatchError, RequestError, VectorFileError
-from ..extract import extract
+from ..extract import Steps, extract_steps
 from ..storage import to_bytes
 from ..vector import InContextVector
 from .access import AccessPolicy
-from .engine import Engine
-from .http import ServerLimits, read_body, read_json, require_content_type
+from .engine import Engine, SlicedTask
+from .http import ServerLimits, read_body, read_json, require_content_type, unless_gone
 from .library import ModelShape, VectorLibrary, read_vector_file
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -65,20 +66,37 @@ class VectorRoutes:
         self.limits = limits
         self.access = access
         self.added: list[str] = []  # names this server took in (extracted or uploaded), oldest first
+        self.reserved: dict[str, str] = {}  # names being extracted or uploaded now -> "extract"/"upload"
 
     async def extract(self, request: Request) -> Response:
         self.access.check_writes()
         body = await read_json(request, self.limits.max_body_bytes)
         _check_fields(body, {"name", "pairs"})
-        name = self._free_name(body.get("name"))
         demos = _pairs(body.get("pairs"), self.limits.max_pairs)
-        tokenizer = self.engine.tokenizer
+        name = self._free_name(body.get("name"))
+        extracting = sum(kind == "extract" for kind in self.reserved.values())
+        if extracting >= self.limits.max_extractions:
+            raise RequestError(
+                f"the server is busy ({extracting} extractions running or waiting); retry later",
+                code="server_busy",
+                status=503,
+            )
+        with self._reserving(name, "extract"):
+            self._check_lengths(demos)  # on the loop's thread, as prompts are: one tokenizer, one thread
+            budget = self.engine.policy.prefill_chunk
+            tokenizer = self.engine.tokenizer
 
-        def work(model: Any) -> InContextVector:
-            return extract(model, tokenizer, demos, name=name, progress=False)
+            def steps(model: Any) -> Steps[InContextVector]:
+                return extract_steps(
+                    model, tokenizer, demos, name=name, progress=False, max_batch_tokens=budget
+                )
 
+            task = self.engine.run_in_slices(steps)
+            return await unless_gone(request, self._extracted(name, task), task.cancel)
+
+    async def _extracted(self, name: str, task: SlicedTask[InContextVector]) -> Response:
         try:
-            vector = await asyncio.wrap_future(self.engine.run_exclusive(work))
+            vector = await asyncio.wrap_future(task.future)
         except ICVError as error:
             if isinstance(error, RequestError):
                 raise
@@ -91,10 +109,11 @@ class VectorRoutes:
         self.access.check_writes()
         require_content_type(request, "application/octet-stream")
         name = self._free_name(request.query_params.get("name"))
-        filename = _upload_filename(request.query_params.get("filename"), name)
-        data = await read_body(request, self.limits.max_upload_bytes, what="the vector file")
-        vector = await asyncio.to_thread(read_uploaded_vector, data, filename, self.library.shape)
-        return self._added(name, vector)
+        with self._reserving(name, "upload"):
+            filename = _upload_filename(request.query_params.get("filename"), name)
+            data = await read_body(request, self.limits.max_upload_bytes, what="the vector file")
+            vector = await asyncio.to_thread(read_uploaded_vector, data, filename, self.library.shape)
+            return self._added(name, vector)
 
     async def delete(self, request: Request) -> Response:
         """Stop serving a vector added while the server runs (OpenAI's deletion shape)."""
@@ -145,8 +164,35 @@ class VectorRoutes:
         pairs = [{"source": d.source, "target": d.target} for d in demos]
         return JSONResponse({"object": "list", "data": pairs})
 
+    @contextmanager
+    def _reserving(self, name: str, kind: str) -> Iterator[None]:
+        """Hold ``name`` while it is being made: other requests for it get 409 at once."""
+        self.reserved[name] = kind
+        try:
+            yield
+        finally:
+            del self.reserved[name]
+
+    def _check_lengths(self, demos: Sequence[Demo]) -> None:
+        """Refuse (400, naming the text and the limit) a text longer than the server extracts from."""
+        limit = min(self.limits.max_text_tokens, self.engine.context)
+        tokenizer = self.engine.tokenizer
+        for i, demo in enumerate(demos):
+            for side in ("source", "target"):
+                text = getattr(demo, side)
+                # A token holds at most a few characters: a far longer text needs no tokenizing.
+                huge = len(text) > 16 * limit
+                count = len(text) if huge else len(tokenizer(text)["input_ids"])
+                if count > limit:
+                    raise RequestError(
+                        f"pairs[{i}].{side} is {'over ' if huge else ''}{count} tokens; this server "
+                        f"extracts from texts of at most {limit} tokens (--max-text-tokens)",
+                        param=f"pairs[{i}].{side}",
+                        code="text_too_long",
+                    )
+
     def _free_name(self, value: object) -> str:
-        """``value`` as the name of a new vector: well formed, not served yet, room for one more."""
+        """``value`` as the name of a new vector: well formed, not served or being made, room for one more."""
         if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
             raise RequestError(
                 f"a vector's name is 1 to 64 letters, digits, '.', '_' or '-' (starting with a letter or "
@@ -161,9 +207,17 @@ class VectorRoutes:
                 code="name_taken",
                 status=409,
             )
-        if len(self.added) >= self.limits.max_added_vectors:
+        if value in self.reserved:
             raise RequestError(
-                f"this server holds {len(self.added)} vectors added while it runs, its limit (--max-vectors): "
+                f"a vector named '{value}' is being made by another request: choose another name",
+                param="name",
+                code="name_taken",
+                status=409,
+            )
+        held = len(self.added) + len(self.reserved)
+        if held >= self.limits.max_added_vectors:
+            raise RequestError(
+                f"this server holds {held} vectors added while it runs, its limit (--max-vectors): "
                 "delete one (DELETE /v1/vectors/NAME) to make room",
                 param="name",
                 code="too_many_vectors",
@@ -172,7 +226,6 @@ class VectorRoutes:
         return value
 
     def _added(self, name: str, vector: InContextVector) -> Response:
-        self._free_name(name)  # again: another request may have taken the name while this one worked
         try:
             self.library.add(name, vector.with_metadata(name=name))
         except ModelMismatchError as error:
