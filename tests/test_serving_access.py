@@ -196,11 +196,16 @@ def test_the_startup_message_says_plainly_that_writes_are_off(folder, capsys, mo
     monkeypatch.setattr("icv.models.load_model", lambda name: (tiny_model("llama"), char_tokenizer()))
     parser = __import__("argparse").ArgumentParser()
     command.add_serve_arguments(parser)
-    args = parser.parse_args(["--host", "0.0.0.0", "--vectors", str(folder), "--max-vectors", "7"])
+    args = parser.parse_args(
+        ["--host", "0.0.0.0", "--vectors", str(folder), "--max-vectors", "7", "--prefill-chunk", "64"]
+        + ["--max-text-tokens", "99", "--max-extractions", "3"]
+    )
     assert command.run_serve(args) == 0
     said = capsys.readouterr().err
     assert "no API key" in said and "upload, extract, delete) are OFF" in said
-    assert served["access"].writes_on is False and served["limits"].max_added_vectors == 7
+    assert served["access"].writes_on is False and served["policy"].prefill_chunk == 64
+    limits = served["limits"]
+    assert (limits.max_added_vectors, limits.max_text_tokens, limits.max_extractions) == (7, 99, 3)
     monkeypatch.setenv("ICV_API_KEY", KEY)
     command.add_serve_arguments(parser := __import__("argparse").ArgumentParser())
     args = parser.parse_args(["--host", "0.0.0.0"])

@@ -64,6 +64,28 @@ def add_transformers_arguments(parser: argparse.ArgumentParser) -> None:
         help="the largest max_tokens a request may ask for (default: 1024)",
     )
     group.add_argument(
+        "--prefill-chunk",
+        type=positive_int,
+        default=512,
+        metavar="TOKENS",
+        help="prompt tokens run per engine step (chunked prefill), and an extraction's batch bound: "
+        "what a running stream waits at most for other work (default: 512)",
+    )
+    group.add_argument(
+        "--max-text-tokens",
+        type=positive_int,
+        default=512,
+        metavar="N",
+        help="tokens in one text of a pair sent to /v1/vectors/extract, at most (default: 512)",
+    )
+    group.add_argument(
+        "--max-extractions",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="extractions running or waiting at once; more get 503 (default: 4)",
+    )
+    group.add_argument(
         "--max-vectors",
         type=positive_int,
         default=32,
@@ -114,7 +136,12 @@ def run_transformers(args: argparse.Namespace) -> int:
     _say(f"vectors: {', '.join(library.names) or 'none'}")
     for name, reason in sorted(library.unfit.items()):
         _say(f"not served (another model's vector): {name}: {reason}")
-    policy = BatchingPolicy(max_batch=args.max_batch, gather_ms=args.gather_ms, max_queue=args.max_queue)
+    policy = BatchingPolicy(
+        max_batch=args.max_batch,
+        gather_ms=args.gather_ms,
+        max_queue=args.max_queue,
+        prefill_chunk=args.prefill_chunk,
+    )
     address = f"http://{_url_host(args.host)}:{args.port}"
     for line in access.describe():
         _say(line)
@@ -129,7 +156,11 @@ def run_transformers(args: argparse.Namespace) -> int:
         policy=policy,
         max_tokens=args.max_tokens,
         model_id=args.served_model_name,
-        limits=ServerLimits(max_added_vectors=args.max_vectors),
+        limits=ServerLimits(
+            max_added_vectors=args.max_vectors,
+            max_text_tokens=args.max_text_tokens,
+            max_extractions=args.max_extractions,
+        ),
         access=access,
     )
     return 0
