@@ -1,6 +1,6 @@
 """Run every speed benchmark and write docs/benchmarks.md (figures and the command that made them).
 
-    python benchmarks/run.py                  # all seven, the embedded model (about 25-45 min on 2 busy cores)
+    python benchmarks/run.py                  # all eight, the embedded model (about 25-45 min on 2 busy cores)
     python benchmarks/run.py --only generation icl
     python benchmarks/run.py --quick --out /tmp/bench.md   # tiny models, a smoke run of seconds
 
@@ -26,10 +26,11 @@ import generation_speed
 import icv_vs_icl
 import load_time
 import serving_load
+import serving_pause
 import torch
 from harness import REPO
 
-SECTIONS = ("generation", "extraction", "memory", "icl", "load", "serving", "vllm")
+SECTIONS = ("generation", "extraction", "memory", "icl", "load", "serving", "vllm", "pause")
 
 
 def _generation(quick: bool) -> str:
@@ -174,6 +175,20 @@ def _vllm(quick: bool) -> str:
         return out.read_text(encoding="utf-8")
 
 
+PAUSE_DEFAULTS = dict(prompt_tokens=4000, pairs=64, chunk=512, rounds=2, stream_tokens=2000)
+
+
+def _pause(quick: bool) -> str:
+    # The tiny model's context is 256 tokens: a 200-token prompt and a short stream fit in it.
+    sizes = dict(prompt_tokens=200, pairs=16, chunk=32, rounds=1, stream_tokens=200) if quick else {}
+    result = serving_pause.measure("tiny" if quick else "embedded", **{**PAUSE_DEFAULTS, **sizes})
+    return (
+        "## 8. Serving: a stream's longest pause while a long prompt or an extraction arrives\n\n"
+        f"{(serving_pause.__doc__ or '').split(chr(10) + chr(10))[1]}\n\n"
+        f"{serving_pause.table(result)}\n"
+    )
+
+
 RUNNERS: dict[str, Callable[[bool], str]] = {
     "generation": _generation,
     "extraction": _extraction,
@@ -182,6 +197,7 @@ RUNNERS: dict[str, Callable[[bool], str]] = {
     "load": _load,
     "serving": _serving,
     "vllm": _vllm,
+    "pause": _pause,
 }
 
 

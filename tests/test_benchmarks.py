@@ -19,6 +19,7 @@ import icv_vs_icl  # noqa: E402
 import load_time  # noqa: E402
 import run  # noqa: E402
 import serving_load  # noqa: E402
+import serving_pause  # noqa: E402
 
 import icv  # noqa: E402
 from icv.aggregate import unit_rows  # noqa: E402
@@ -144,3 +145,20 @@ def test_serving_payloads_mix_steerings_and_leave_every_nth_unsteered():
     assert steered == [False, True, True, False, True, True]
     assert all(b["ignore_eos"] and b["max_tokens"] == 4 for b in bodies)
     assert not any("steering" in b for b in serving_load.unsteered(bodies))
+
+
+def test_serving_pause_measures_every_arm_and_the_costs():
+    result = serving_pause.measure("tiny", prompt_tokens=60, pairs=4, chunk=16, rounds=1, stream_tokens=100)
+    assert set(result["results"]) == {
+        f"{w}/{a}" for w in ("prompt", "extraction") for a in ("bounded", "unbounded")
+    }
+    assert all(trial["pause"][0] > 0 for trial in result["results"].values())
+    assert result["costs"]["chunks"] == [-(-60 // 16)] and result["costs"]["slices"][0] >= 2
+    text = serving_pause.table(result)
+    assert "a 60-token prompt, chunks of 16" in text and "one extraction slice" in text
+
+
+def test_the_longest_gap_is_the_one_that_overlaps_the_work():
+    arrivals = [0.0, 0.1, 0.2, 1.5, 1.6, 3.0]
+    assert serving_pause.longest_gap(arrivals, start=0.15, end=1.55) == pytest.approx(1.3)
+    assert serving_pause.longest_gap(arrivals, start=1.55, end=1.58) == pytest.approx(0.1)

@@ -1,0 +1,221 @@
+"""How long a running stream waits while other work arrives: chunked prefill and extraction in slices.
+
+A streamed completion decodes on a server on 127.0.0.1 (engine `transformers`) and its client
+notes when each server-sent event arrives. While it runs, one thing arrives: a 4,000-token prompt
+or a 64-pair extraction (`POST /v1/vectors/extract`). The figure is the stream's longest gap
+between two events while that work ran (target <= 2 s on 2 cores), with the engine's chunked
+prefill and extraction slices bounded by `--prefill-chunk` tokens, against the same engine with
+the bound lifted (the whole prompt in one forward pass, extraction in `icv.extract`'s batches of
+16 texts: what the engine did before). Also what one prefill chunk and one extraction slice cost
+(the engine's own counters), and the stream's median gap with nothing else running (one step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+from extraction_speed import demo_pairs
+from harness import describe, embedded_model, markdown_table
+
+from icv.serving import ModelShape, VectorLibrary
+from icv.serving.engine import BatchingPolicy
+from icv.serving.server import BackgroundServer
+
+TARGET_SECONDS = 2.0
+UNBOUNDED = 1 << 30  # a chunk larger than any prompt: one forward pass per prefill
+
+
+def tiny_served_model() -> tuple[Any, Any]:
+    from tiny import char_tokenizer, tiny_model
+
+    return tiny_model("llama"), char_tokenizer()
+
+
+MODELS = {"embedded": embedded_model, "tiny": tiny_served_model}
+
+
+class Stream:
+    """A streamed completion read on a thread; ``arrivals`` are the times its events came."""
+
+    def __init__(self, url: str, max_tokens: int) -> None:
+        self.arrivals: list[float] = []
+        self._stop = threading.Event()
+        body = {"prompt": "The food was", "max_tokens": max_tokens, "temperature": 0, "stream": True}
+        self._thread = threading.Thread(target=self._read, args=(url, {**body, "ignore_eos": True}))
+        self._thread.start()
+
+    def _read(self, url: str, body: dict[str, Any]) -> None:
+        with (
+            httpx.Client(base_url=url, timeout=600) as client,
+            client.stream("POST", "/v1/completions", json=body) as response,
+        ):
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    self.arrivals.append(time.perf_counter())
+                if self._stop.is_set():
+                    break  # closing the connection cancels the row on the server
+
+    def wait_for(self, count: int, after: float = 0.0, timeout: float = 600) -> None:
+        """Wait until ``count`` events arrived later than ``after``."""
+        deadline = time.monotonic() + timeout
+        while sum(t > after for t in self.arrivals) < count:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the stream ended or stalled before the measurement was done")
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def longest_gap(arrivals: Sequence[float], start: float, end: float) -> float:
+    """The longest time between two events of which the later came after ``start``, the earlier before ``end``."""
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False) if b > start and a < end]
+    return max(gaps)
+
+
+def one_trial(url: str, work: Callable[[], None], stream_tokens: int) -> dict[str, float]:
+    stream = Stream(url, stream_tokens)
+    try:
+        stream.wait_for(8)
+        alone = [b - a for a, b in zip(stream.arrivals[1:], stream.arrivals[2:], strict=False)]
+        start = time.perf_counter()
+        work()
+        end = time.perf_counter()
+        stream.wait_for(2, after=end)
+    finally:
+        stream.stop()
+    return {
+        "pause": longest_gap(stream.arrivals, start, end),
+        "step": statistics.median(alone),
+        "work": end - start,
+    }
+
+
+def long_prompt(tokenizer: Any, tokens: int) -> list[int]:
+    """A prompt of exactly ``tokens`` token ids (review sentences repeated)."""
+    text = " ".join(s for pair in demo_pairs(64) for s in pair)
+    ids: list[int] = []
+    while len(ids) < tokens:
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[:tokens]
+
+
+def measure(
+    model_name: str, prompt_tokens: int, pairs: int, chunk: int, rounds: int, stream_tokens: int
+) -> dict:
+    model, tokenizer = MODELS[model_name]()
+    prompt = long_prompt(tokenizer, prompt_tokens)
+    demos = [list(p) for p in demo_pairs(pairs)]
+    library = VectorLibrary(ModelShape.of(model))
+    arms = {"bounded": chunk, "unbounded": UNBOUNDED}
+    results: dict[str, dict[str, list[float]]] = {}
+    costs: dict[str, list[float]] = {"chunk": [], "slice": [], "chunks": [], "slices": []}
+    count = iter(range(10**6))
+    for _ in range(rounds):
+        for arm, budget in arms.items():
+            policy = BatchingPolicy(prefill_chunk=budget, gather_ms=0)
+            with BackgroundServer(
+                model, tokenizer, library, policy=policy, max_tokens=stream_tokens
+            ) as server:
+                stats = server.engine.stats
+
+                def send_prompt(url: str = server.url) -> None:
+                    body = {"prompt": prompt, "max_tokens": 1, "temperature": 0}
+                    httpx.post(f"{url}/v1/completions", json=body, timeout=600).raise_for_status()
+
+                def send_pairs(url: str = server.url) -> None:
+                    body = {"name": f"v{next(count)}", "pairs": demos}
+                    httpx.post(f"{url}/v1/vectors/extract", json=body, timeout=600).raise_for_status()
+
+                before = (stats.prefill_chunks, stats.prefill_seconds)
+                prompted = one_trial(server.url, send_prompt, stream_tokens)
+                # The long prompt's chunks (less the stream's own prefill: one chunk of 4 tokens).
+                chunks = stats.prefill_chunks - before[0] - 1
+                seconds = stats.prefill_seconds - before[1]
+                slices_before = (stats.slices, stats.slice_seconds)
+                extracted = one_trial(server.url, send_pairs, stream_tokens)
+                slices = stats.slices - slices_before[0]
+                if arm == "bounded":
+                    costs["chunk"].append(seconds / chunks)
+                    costs["chunks"].append(chunks)
+                    costs["slice"].append((stats.slice_seconds - slices_before[1]) / slices)
+                    costs["slices"].append(slices)
+            for work, trial in (("prompt", prompted), ("extraction", extracted)):
+                for key, value in trial.items():
+                    results.setdefault(f"{work}/{arm}", {}).setdefault(key, []).append(value)
+    return {
+        "model": describe(model),
+        "prompt_tokens": prompt_tokens,
+        "pairs": pairs,
+        "chunk": chunk,
+        "rounds": rounds,
+        "results": results,
+        "costs": costs,
+    }
+
+
+def table(result: dict) -> str:
+    rows = []
+    labels = {
+        "prompt/bounded": f"a {result['prompt_tokens']}-token prompt, chunks of {result['chunk']}",
+        "prompt/unbounded": f"a {result['prompt_tokens']}-token prompt, one forward pass",
+        "extraction/bounded": f"a {result['pairs']}-pair extraction, slices of {result['chunk']} tokens",
+        "extraction/unbounded": f"a {result['pairs']}-pair extraction, batches of 16 texts",
+    }
+    for key, label in labels.items():
+        trial = result["results"][key]
+        longest = max(trial["pause"])
+        rows.append(
+            [
+                label,
+                f"{longest:.2f}",
+                " / ".join(f"{p:.2f}" for p in trial["pause"]),
+                f"{statistics.median(trial['step']):.3f}",
+                f"{statistics.median(trial['work']):.1f}",
+                "yes" if longest <= TARGET_SECONDS else "no",
+            ]
+        )
+    pauses = markdown_table(
+        [
+            "what arrives while a stream decodes",
+            "longest pause (s)",
+            "per round",
+            "step alone (s, median)",
+            "the work took (s, median)",
+            f"<= {TARGET_SECONDS:g} s",
+        ],
+        rows,
+    )
+    costs = result["costs"]
+    return (
+        f"Model: {result['model']}; {result['rounds']} rounds.\n\n{pauses}\n\n"
+        f"One prefill chunk of {result['chunk']} tokens cost {statistics.median(costs['chunk']):.2f} s "
+        f"(median over rounds of the mean over the prompt's {statistics.median(costs['chunks']):.0f} chunks; "
+        f"later chunks attend to more of the prompt and cost more); one extraction slice "
+        f"{statistics.median(costs['slice']):.2f} s ({statistics.median(costs['slices']):.0f} slices)."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="embedded")
+    parser.add_argument("--prompt-tokens", type=int, default=4000)
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--chunk", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--stream-tokens", type=int, default=2000)
+    args = parser.parse_args(argv)
+    result = measure(args.model, args.prompt_tokens, args.pairs, args.chunk, args.rounds, args.stream_tokens)
+    print(table(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
