@@ -3,7 +3,8 @@
 Paths are dotted attribute paths: ``layers`` from the top-level model to the
 ``ModuleList`` of decoder blocks, ``mlp`` and ``attn`` from one block to the
 module whose output is the MLP's (resp. attention's) contribution to the
-residual stream, before it is added back.
+residual stream, before it is added back (gemma2, gemma3 and olmo2 norm the MLP's output
+once more before adding it; the path names the MLP itself, as the paper's code hooks it).
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "falcon": Architecture(layers="transformer.h", mlp="mlp", attn="self_attention"),
     # OPT has no MLP module: fc2 is the last linear of its feed-forward.
     "opt": Architecture(layers="model.decoder.layers", mlp="fc2", attn="self_attn"),
-    # Bloom's MLP adds the residual itself; its last linear is the MLP's own output.
-    "bloom": Architecture(layers="transformer.h", mlp="mlp.dense_4h_to_h", attn="self_attention"),
+    # Bloom's MLP and attention add the residual themselves; their last linears give their own output.
+    "bloom": Architecture(layers="transformer.h", mlp="mlp.dense_4h_to_h", attn="self_attention.dense"),
 }
 
 

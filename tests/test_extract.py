@@ -1,6 +1,5 @@
 """Extraction: the paper's aggregation, last-token reading under any padding, errors, hygiene."""
 
-
 import pytest
 import torch
 from steering_reference import hook_count

@@ -1,6 +1,5 @@
 """load_model: the embedded default from its package, aliases, GGUF paths, clear errors."""
 
-
 import pytest
 
 import icv
