@@ -18,7 +18,7 @@ MIN_VENV := .venv-min
 MPY := $(MIN_VENV)/bin/python
 
 .PHONY: setup demo test bench clean setup-vllm test-vllm serve-vllm setup-min test-min browser screenshot \
-	docs wheel-check
+	docs wheel-check lint
 
 setup: $(VENV)/.installed
 
@@ -81,6 +81,17 @@ browser:
 screenshot: setup browser
 	ICV_PLAYGROUND_SCREENSHOT=docs/img/playground.png $(PY) -m pytest -q -p no:randomly \
 		tests/test_playground_browser.py -k columns_hold
+
+# Lint, format and types (the `lint` extra, pinned): ruff's checks and formatting over the
+# repository, mypy over icv/ (configs in pyproject.toml).  Clean, or it fails.
+lint: $(VENV)/.lint-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy
+
+$(VENV)/.lint-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[lint]"
+	touch $@
 
 # The documentation site in site/: MkDocs with Material and mkdocstrings (the `docs` extra),
 # strict, so a broken link, anchor or reference fails the build.

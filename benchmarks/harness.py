@@ -92,7 +92,7 @@ def spread(values: Sequence[float]) -> Spread:
 
 def speed_ratio(times: dict[str, list[float]], arm: str, baseline: str) -> Spread:
     """Speed of ``arm`` relative to ``baseline`` (baseline time / arm time), round by round."""
-    return spread([b / a for a, b in zip(times[arm], times[baseline])])
+    return spread([b / a for a, b in zip(times[arm], times[baseline], strict=True)])
 
 
 def median_seconds(times: dict[str, list[float]], arm: str) -> float:

@@ -104,7 +104,7 @@ def icv_vs_icl(
             seconds.setdefault(name, {}).setdefault(measure, []).extend(values)
             if name != "icv":
                 base = times[("icv", measure)]
-                ratios[name][measure].extend(t / b for t, b in zip(values, base))
+                ratios[name][measure].extend(t / b for t, b in zip(values, base, strict=True))
     return {
         "extract_seconds": extract_seconds,
         "icv_demos": icv_demos,

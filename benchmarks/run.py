@@ -109,7 +109,7 @@ def _prefill_note(result: dict) -> str:
     tokens = [result["prompt_tokens"][name] for name in result["seconds"]]
     seconds = [result["seconds"][name]["prefill"] for name in result["seconds"]]
     mean_t, mean_s = sum(tokens) / len(tokens), sum(seconds) / len(seconds)
-    slope = sum((t - mean_t) * (s - mean_s) for t, s in zip(tokens, seconds)) / max(
+    slope = sum((t - mean_t) * (s - mean_s) for t, s in zip(tokens, seconds, strict=True)) / max(
         sum((t - mean_t) ** 2 for t in tokens), 1e-12
     )
     fixed = mean_s - slope * mean_t

@@ -143,7 +143,7 @@ def measure(
         # Every answer checked: the same request sent alone gives the same text.
         distinct = {repr(sorted(b.items())): b for b in mixed}
         alone = {key: run_clients(server.url, [b], 1)["texts"][0] for key, b in distinct.items()}
-    wrong = sum(text != alone[repr(sorted(b.items()))] for b, text in zip(mixed, load["texts"]))
+    wrong = sum(text != alone[repr(sorted(b.items()))] for b, text in zip(mixed, load["texts"], strict=True))
     tokens = clients * per_client * new_tokens
     steps = after["decode_steps"] - before["decode_steps"]
     return {

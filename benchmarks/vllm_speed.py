@@ -128,7 +128,7 @@ def measure_http(
         load = run_clients(vllm.url, mixed, clients)
         distinct = {repr(sorted(b.items())): b for b in mixed}
         alone = {key: run_clients(vllm.url, [b], 1)["texts"][0] for key, b in distinct.items()}
-    wrong = sum(text != alone[repr(sorted(b.items()))] for b, text in zip(mixed, load["texts"]))
+    wrong = sum(text != alone[repr(sorted(b.items()))] for b, text in zip(mixed, load["texts"], strict=True))
     return {
         "times": times,
         "clients": clients,

@@ -54,35 +54,41 @@ _EXPORTS: dict[str, str] = {
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
-if TYPE_CHECKING:  # what editors and type checkers see
-    from .calibrate import calibrate
-    from .demos import Demo, read_demos
+if TYPE_CHECKING:  # what editors and type checkers see (`X as X`: a re-export, not an unused import)
+    from .calibrate import calibrate as calibrate
+    from .demos import Demo as Demo, read_demos as read_demos
     from .errors import (
-        ArchitectureError,
-        DemoError,
-        FormatVersionError,
-        ICVError,
-        ModelLoadError,
-        ModelMismatchError,
-        ModelNameWarning,
-        OptionError,
-        PromptFormWarning,
-        ScorerError,
-        StackedSteeringWarning,
-        SteeringError,
-        UnknownOptionError,
-        VectorExistsError,
-        VectorFileError,
+        ArchitectureError as ArchitectureError,
+        DemoError as DemoError,
+        FormatVersionError as FormatVersionError,
+        ICVError as ICVError,
+        ModelLoadError as ModelLoadError,
+        ModelMismatchError as ModelMismatchError,
+        ModelNameWarning as ModelNameWarning,
+        OptionError as OptionError,
+        PromptFormWarning as PromptFormWarning,
+        ScorerError as ScorerError,
+        StackedSteeringWarning as StackedSteeringWarning,
+        SteeringError as SteeringError,
+        UnknownOptionError as UnknownOptionError,
+        VectorExistsError as VectorExistsError,
+        VectorFileError as VectorFileError,
     )
-    from .evaluate import evaluate
-    from .extract import extract
-    from .gguf import export_gguf, import_gguf
-    from .layers import Architecture, register_architecture
-    from .models import load_model
-    from .prompts import chat_reply_template
-    from .steer import Steering, is_steered, steer, steer_averaged, unsteer
-    from .strength import DefaultStrengthWarning
-    from .vector import InContextVector
+    from .evaluate import evaluate as evaluate
+    from .extract import extract as extract
+    from .gguf import export_gguf as export_gguf, import_gguf as import_gguf
+    from .layers import Architecture as Architecture, register_architecture as register_architecture
+    from .models import load_model as load_model
+    from .prompts import chat_reply_template as chat_reply_template
+    from .steer import (
+        Steering as Steering,
+        is_steered as is_steered,
+        steer as steer,
+        steer_averaged as steer_averaged,
+        unsteer as unsteer,
+    )
+    from .strength import DefaultStrengthWarning as DefaultStrengthWarning
+    from .vector import InContextVector as InContextVector
 
 
 def __getattr__(name: str) -> Any:

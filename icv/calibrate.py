@@ -126,24 +126,50 @@ def calibrate(
 ) -> Calibration:
     """Sweep strengths on ``inputs`` and return the vector with the best one recommended.
 
-    * ``style``: the scorer whose success rate is maximised (e.g. ``SentimentScorer()``).
-    * ``content``: content preservation, MiniLM similarity to the source by default;
-      a candidate needs a mean of at least ``min_content``.
-    * fluency: the share of repeated 3-grams must stay at most ``max_repetition``; with
-      a ``fluency`` scorer (e.g. ``PerplexityScorer()``) the outputs' perplexity must
-      also stay within ``max_perplexity_ratio`` times the unsteered outputs'.
-    * ``layer_ranges``: optional candidate layer sets (e.g. ``[range(0, 30), range(5, 25)]``);
-      the returned vector then keeps only the chosen layers (other rows zeroed).
-    * ``mode``/``site``: how to inject (defaults: the vector's); the result records them.
-    * ``prompt``: the prompt around each input (default: the paper's paraphrase prompt).
-    * ``demos``: calibrate for ICL + ICV: these demonstrations are written into the
-      paraphrase prompt before each input (the baseline, strength 0, is then ICL), and the
-      vector's ``calibrated_with_demos`` records how many; without them it records 0
-      (or, with a ``prompt`` of your own, nothing: its form is unknown).
+    A candidate (a strength, and a layer set with ``layer_ranges``) must keep the content
+    (mean ``content`` score at least ``min_content``) and stay fluent (the share of
+    repeated 3-grams at most ``max_repetition``; with a ``fluency`` scorer, perplexity
+    within ``max_perplexity_ratio`` times the unsteered outputs').  Among those, the one
+    of highest ``style`` success wins; ties go to the smaller strength.  If no candidate
+    passes the floors, the smallest strength of the sweep is recommended with a warning,
+    and ``report.feasible`` is False.
 
-    Ties in style success go to the smaller strength.  If no candidate passes the floors,
-    the smallest strength of the sweep is recommended with a warning, and
-    ``report.feasible`` is False.
+    Args:
+        model: the model the vector steers.
+        tokenizer: its tokenizer.
+        vector: the vector to calibrate.
+        inputs: the texts to rewrite (a calibration set, not the test set).
+        style: the scorer whose success rate is maximised (e.g. ``SentimentScorer()``).
+        content: content preservation; default MiniLM similarity to the source.
+        fluency: an optional scorer (e.g. ``PerplexityScorer()``) whose ratio to the
+            unsteered outputs' must stay within ``max_perplexity_ratio``.
+        references: human rewrites, one per input, for scorers that need them.
+        strengths: the strengths to try.
+        layer_ranges: optional candidate layer sets (e.g. ``[range(0, 30), range(5, 25)]``);
+            the returned vector then keeps only the chosen layers (other rows zeroed).
+        min_content: the content floor (mean ``content`` score).
+        max_repetition: the most repeated 3-grams an output may have, as a share.
+        max_perplexity_ratio: the fluency floor with a ``fluency`` scorer; ``None``: none.
+        prompt: the prompt around each input (a function of the input); default the
+            paper's paraphrase prompt.
+        demos: calibrate for ICL + ICV: these demonstrations are written into the
+            paraphrase prompt before each input (the baseline, strength 0, is then ICL), and
+            the vector's ``calibrated_with_demos`` records how many; without them it records
+            0 (or, with a ``prompt`` of your own, nothing: its form is unknown).
+        max_new_tokens: tokens generated per output.
+        batch_size: prompts per generation batch.
+        mode: how to inject (``"rotate"`` or ``"add"``); default the vector's; the result
+            records it.
+        site: where to inject; default the vector's; the result records it.
+        progress: show a progress bar; ``None``: when there are more than 4 batches.
+
+    Returns:
+        ``(vector, report)``: the vector with its recommended strength (and mode, site,
+        layers) set, and every candidate's scores.
+
+    Raises:
+        OptionError: not a vector or scorer where one belongs, no non-zero strength, an
+            empty layer range, or both ``demos`` and ``prompt``.
     """
     if not isinstance(vector, InContextVector):
         raise OptionError("vector must be an icv.InContextVector")

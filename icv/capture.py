@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -100,12 +100,10 @@ class LastTokenRecorder:
     def _take(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self._rows is not None
         index = self._rows.to(hidden.device)
-        if hidden.dim() == 2:  # (rows * tokens, hidden): OPT's feed-forward runs on flattened tokens
-            hidden = hidden.view(index.shape[0], -1, hidden.shape[-1])
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
         return picked.float().cpu()
 
-    def _layer_hook(self, slot: int, module: nn.Module):
+    def _layer_hook(self, slot: int, module: nn.Module) -> Callable[[nn.Module, Any, Any], None]:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             self._states[slot] = self._take(output_tensor(output))
             if module is self._stop_after:
@@ -121,7 +119,7 @@ class LastTokenRecorder:
         self._states[0] = self._take(output_tensor(output))
 
     @contextmanager
-    def attached(self):
+    def attached(self) -> Iterator[LastTokenRecorder]:
         handles = HookHandles()
         try:
             offset = 1 if self._embeddings else 0

@@ -32,7 +32,12 @@ TEXT_CLEANINGS = ("none", "reference")
 
 @dataclass(frozen=True)
 class Demo:
-    """One demonstration: ``source`` and the wanted rewrite ``target``."""
+    """One demonstration: a text and the wanted rewrite of it.
+
+    Args:
+        source: the text as it is (e.g. a negative review).
+        target: the same text in the wanted style (the positive review).
+    """
 
     source: str
     target: str
@@ -159,8 +164,18 @@ def read_demos(path: str | os.PathLike[str]) -> list[Demo]:
     JSONL holds one ``{"source": ..., "target": ...}`` object per line.  A ``.json`` file
     may be JSON Lines too, or one array of such objects or of ``[source, target]`` pairs.
     CSV/TSV files may start with a ``source,target`` header line.  Blank lines are
-    skipped; a row with one column, or more than two non-empty ones, is an error.
-    Errors name the file and the line (or the array's item).
+    skipped.
+
+    Args:
+        path: the file; its suffix (``.jsonl``, ``.json``, ``.csv``, ``.tsv``) says its format.
+
+    Returns:
+        The demonstrations, in the file's order.
+
+    Raises:
+        DemoError: an unreadable file, or a row with one column, more than two non-empty
+            ones, or an empty text (the message names the file and the line, or the
+            array's item).
     """
     try:
         file = Path(path)
@@ -237,7 +252,7 @@ def _read_json_array(text: str, file: Path) -> list[Demo]:
 
 
 def _read_delimited(text: str, file: Path, delimiter: str) -> list[Demo]:
-    demos = []
+    demos: list[Demo] = []
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     while True:
         try:

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -232,23 +232,43 @@ def evaluate(
 ) -> Evaluation:
     """Compare zero-shot, ICL and ICV (and, asked for, ICL + ICV) on ``inputs`` with the same ``demos``.
 
-    ``demos`` may be ``None`` when no method needs them (zero-shot, and ICV with ``vector``).
-    * ``style``: the style scorer (its success rate is the headline figure).
-    * ``content``: content preservation, MiniLM similarity to the source by default.
-    * ``scorers``: further scorers; default: 3-gram repetition and perplexity under
-      Gemma 3 270M.  Give ``[]`` for none.
-    * ``vector``: the ICV to steer with; extracted from ``demos`` (with
-      ``extract_options``) when not given.
-    * ``strengths``: the ICV sweep; default 0.03/0.05/0.07/0.09.
-    * ``methods``: any of ``zero-shot``, ``icl``, ``icv``, ``icl+icv``; default the first
-      three (the hybrid pays ICL's prompt at every strength of its sweep).
-    * ``hybrid_strengths``: the ``icl+icv`` sweep; default the ICV sweep's values.
-    * ``prompt_demos``: how many of the demonstrations (the first ones) ``icl+icv`` writes
-      into its prompt; default all of them, as ``icl`` does.  The vector is the same.
-    * The vector's recommended strength joins the default sweep of the arm whose prompt it was
-      calibrated for (``calibrated_with_demos`` in its metadata: ``icl+icv`` when above 0,
-      else ``icv``) and is marked there in the markdown.
-    * ``steer_options``: ``mode``, ``site``, ``layers``, ``positions`` for :func:`icv.steer`.
+    The vector's recommended strength joins the default sweep of the arm whose prompt it
+    was calibrated for (``calibrated_with_demos`` in its metadata: ``icl+icv`` when above
+    0, else ``icv``) and is marked there in the markdown.
+
+    Args:
+        model: the model to evaluate.
+        tokenizer: its tokenizer.
+        demos: the demonstrations ICL writes into its prompt and ICV is extracted from;
+            may be ``None`` when no method needs them (zero-shot, and ICV with ``vector``).
+        inputs: the test inputs.
+        style: the style scorer (its success rate is the headline figure).
+        content: content preservation; default MiniLM similarity to the source.
+        scorers: further scorers; default: 3-gram repetition and perplexity under
+            Gemma 3 270M.  Give ``[]`` for none.
+        references: human rewrites, one per input (BLEU and the like).
+        vector: the ICV to steer with; extracted from ``demos`` (with ``extract_options``)
+            when not given.
+        strengths: the ICV sweep; default 0.03/0.05/0.07/0.09.
+        methods: any of ``zero-shot``, ``icl``, ``icv``, ``icl+icv``; default the first
+            three (the hybrid pays ICL's prompt at every strength of its sweep).
+        hybrid_strengths: the ``icl+icv`` sweep; default the ICV sweep's values.
+        prompt_demos: how many of the demonstrations (the first ones) ``icl+icv`` writes
+            into its prompt; default all of them, as ``icl`` does.  The vector is the same.
+        extract_options: keyword arguments for :func:`icv.extract` when the vector is
+            extracted here.
+        max_new_tokens: tokens generated per output.
+        batch_size: prompts per generation batch.
+        progress: show progress bars; ``None``: when there are more than 4 batches.
+        **steer_options: ``mode``, ``site``, ``layers``, ``positions`` for :func:`icv.steer`.
+
+    Returns:
+        Every method's outputs and scores, with the settings; ``.markdown()`` and
+        ``.save(folder)`` write the report.
+
+    Raises:
+        OptionError: an unknown method, demonstrations missing where a method needs them,
+            or references of another length than the inputs.
     """
     inputs = check_inputs(inputs)
     if references is not None and len(references) != len(inputs):
@@ -309,7 +329,7 @@ def evaluate(
         settings.update(recommended_strength=recommended, recommended_for=recommended_for)
         settings["vector"] = vector.metadata
         # Each arm: its sweep, its prompt, and the settings key its sweep is recorded under.
-        arms = {
+        arms: dict[str, tuple[Sequence[float] | None, Callable[[str], str], str]] = {
             "icv": (strengths, paraphrase_prompt, "strengths"),
             "icl+icv": (
                 hybrid_strengths if hybrid_strengths is not None else strengths,
@@ -322,7 +342,12 @@ def evaluate(
         for method in steered:
             given, prompt, key = arms[method]
             sweep = list(given) if given is not None else list(DEFAULT_STRENGTHS)
-            if given is None and method == recommended_for and recommended not in (None, *sweep):
+            if (
+                given is None
+                and method == recommended_for
+                and recommended is not None
+                and recommended not in sweep
+            ):
                 sweep.append(recommended)
             sweep = sorted(check_strengths(sweep))
             settings[key] = sweep

@@ -17,13 +17,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import metadata as meta
-from . import presets
+from . import metadata as meta, presets
 from .aggregate import aggregator, unit_rows
 from .capture import LastTokenRecorder, accepts_position_ids, pad_batch, tokenize
 from .demos import as_demos, check_template, clean_demos, demos_sha256, format_text
-from .errors import OptionError
-from .layers import SITES, Architecture, decoder_layers, site_modules
+from .errors import ArchitectureError, OptionError
+from .layers import SITES, Architecture, decoder_layers, input_embeddings, site_modules
 from .models import model_name_of
 from .options import checked_options
 from .vector import InContextVector
@@ -31,8 +30,7 @@ from .vector import InContextVector
 
 def model_device(model: nn.Module) -> torch.device:
     """Where inputs go: the device of the input embeddings (first device under device_map)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    for module in (embeddings, model):
+    for module in (input_embeddings(model), model):
         if module is None:
             continue
         for parameter in module.parameters():
@@ -154,7 +152,9 @@ def last_token_state_steps(
     stop_after = decoder_layers(model, architecture)[-1] if site == "block" else modules[-1]
     if embedding_row not in EMBEDDING_ROWS:
         raise OptionError(f"embedding_row must be one of {', '.join(EMBEDDING_ROWS)}, got {embedding_row!r}")
-    embedding_module = model.get_input_embeddings() if embedding_row == "embedding_output" else None
+    embedding_module = input_embeddings(model) if embedding_row == "embedding_output" else None
+    if embedding_row == "embedding_output" and embedding_module is None:
+        raise ArchitectureError("embedding_row='embedding_output' needs the model's get_input_embeddings()")
     recorder = LastTokenRecorder(
         modules, stop_after=stop_after, embeddings=site == "block", embedding_module=embedding_module
     )
@@ -200,20 +200,49 @@ def extract(
 ) -> InContextVector:
     """Read the in-context vector of ``demos`` (``(source, target)`` pairs) from ``model``.
 
-    ``method``: ``"pca"`` (default: first principal component of the shifts, sign aligned
-    with their mean, plus the mean) or ``"mean"``.  ``site``: where the shift is read
-    (``"block"``: the residual stream, default; ``"mlp"``; ``"attn"``).  ``template``: how
-    each text is presented, ``"{text}"`` (raw) by default.
-    ``preset="paper"``: everything as the authors' reference code does it (punctuation and
-    special characters deleted from the texts, the ``svd_flip`` sign rule; see
-    :mod:`icv.presets`), recorded in the vector's metadata; it fixes ``method``, ``site``
-    and ``template``.
-    ``injection_mode``/``injection_site``: how :func:`icv.steer` applies the vector by
-    default (``"rotate"`` at the ``"mlp"`` output, as the reference code).
     With one demonstration PCA is undefined: the mean is used, with a warning, and
     ``method`` is recorded as ``"mean"``.
-    ``max_batch_tokens``: also cut batches at that many padded tokens (rows x longest
-    text), bounding each forward pass (``icv serve`` extracts with its chunk budget).
+
+    Args:
+        model: the transformers causal LM to read (the one the vector will steer).
+        tokenizer: its tokenizer.
+        demos: the demonstrations: :class:`icv.Demo` objects, ``(source, target)`` pairs or
+            ``{"source": ..., "target": ...}`` mappings (see :func:`icv.read_demos` for files).
+        method: ``"pca"`` (default: the first principal component of the shifts, sign
+            aligned with their mean, plus the mean) or ``"mean"``.
+        site: where the shift is read: ``"block"`` (the residual stream, default),
+            ``"mlp"`` or ``"attn"``.
+        template: how each text is presented, with ``{text}`` where it goes; default
+            ``"{text}"`` (raw, as the paper); see :func:`icv.chat_reply_template`.
+        preset: ``"paper"``: everything as the authors' reference code does it
+            (punctuation and special characters deleted from the texts, the ``svd_flip``
+            sign rule; see :mod:`icv.presets`), recorded in the vector's metadata; it fixes
+            ``method``, ``site`` and ``template``.
+        batch_size: texts per forward pass.
+        padding_side: how a batch's texts are padded: ``"right"`` (default) or ``"left"``
+            (with position ids, where the model takes them); each text's own last token is
+            read either way.
+        name: the vector's name (its metadata; shown by ``repr`` and the CLI).
+        injection_mode: how :func:`icv.steer` applies the vector by default: ``"rotate"``
+            (the paper) or ``"add"``.
+        injection_site: where it applies by default; ``None``: ``"mlp"`` for the rotation
+            (the reference code), ``"block"`` for the addition.
+        recommended_strength: a strength to record as the vector's recommendation
+            (:func:`icv.calibrate` finds one).
+        progress: show a progress bar; ``None``: when there are more than 4 batches.
+        architecture: where the decoder layers, MLPs and attentions are, for a model type
+            the library does not know (see :func:`icv.register_architecture`).
+        max_batch_tokens: also cut batches at that many padded tokens (rows x longest
+            text), bounding each forward pass (``icv serve`` extracts with its chunk budget).
+
+    Returns:
+        The vector, with its metadata (model, method, demonstrations' count and
+        fingerprint, injection mode and site).
+
+    Raises:
+        DemoError: no demonstrations, or one that is not a pair of non-empty texts.
+        OptionError: an unknown method, site, preset or mode, or a bad template or batch size.
+        ArchitectureError: a model type whose layers the library cannot find.
     """
     return run_to_end(
         extract_steps(

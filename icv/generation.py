@@ -70,7 +70,7 @@ def complete(
         chunk = list(prompts[start : start + batch_size])
         inputs = left_padded(tokenizer, chunk, device)
         row_strength = strength[start : start + batch_size] if per_row else strength  # type: ignore[index]
-        generate_kwargs = dict(
+        generate_kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
             pad_token_id=pad_token_id(tokenizer),
@@ -83,11 +83,12 @@ def complete(
             generate_kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
         if streamer is not None:
             generate_kwargs["streamer"] = streamer
+        lm: Any = model  # a transformers model: nn.Module's type does not declare generate()
         if vector is None:
-            tokens = model.generate(**inputs, **generate_kwargs)
+            tokens = lm.generate(**inputs, **generate_kwargs)
         else:
             with steer(model, vector, row_strength, **steer_options):
-                tokens = model.generate(**inputs, **generate_kwargs)
+                tokens = lm.generate(**inputs, **generate_kwargs)
         new = tokens[:, inputs["input_ids"].shape[1] :]
         outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return outputs

@@ -145,9 +145,22 @@ def export_gguf(
 ) -> GGUFExport:
     """Write ``vector`` as a llama.cpp control vector (see the module docstring for the mapping).
 
-    ``strength``: folded into the tensors; ``None`` uses :func:`export_strength`.
-    Warns when block 0 carries a direction, which the format cannot express.
-    Written atomically (a temporary file in the same folder, then a rename).
+    Warns when block 0 carries a direction, which the format cannot express.  Written
+    atomically (a temporary file in the same folder, then a rename).
+
+    Args:
+        vector: the vector to export.
+        path: the ``.gguf`` file to write.
+        strength: the strength folded into the tensors (llama.cpp applies the file at
+            scale 1); ``None`` uses :func:`export_strength`.
+        overwrite: replace an existing file.
+
+    Returns:
+        What was written: the path, the strength, the model hint and the blocks covered.
+
+    Raises:
+        VectorExistsError: ``path`` exists and ``overwrite`` is False.
+        VectorFileError: the file cannot be written.
     """
     if not isinstance(vector, InContextVector):
         raise OptionError("export_gguf needs an icv.InContextVector")
@@ -307,13 +320,26 @@ def import_gguf(
     """Read a GGUF control vector (llama.cpp's cvector-generator, repeng, EasySteer, :func:`export_gguf`).
 
     The result steers like llama.cpp applies the file (see the module docstring) and
-    records the blocks the file covers (``vector.layers``): :func:`icv.steer` hooks only those.
-    ``num_layers`` (or ``model``, whose decoder layers are counted): the model's depth; the
-    vector is padded to it with zero rows.  Without either, the depth is one more than the
-    highest ``direction.N``; a file that leaves out the last blocks then gives a shorter
-    vector, which :func:`icv.steer` pads to the model it steers.
-    ``model_type``: overrides ``controlvector.model_hint`` (which writers spell their
-    own way, e.g. llama.cpp's ``gemma3`` for transformers' ``gemma3_text``).
+    records the blocks the file covers (``vector.layers``): :func:`icv.steer` hooks only
+    those.  Without ``num_layers`` or ``model``, the depth is one more than the highest
+    ``direction.N``; a file that leaves out the last blocks then gives a shorter vector,
+    which :func:`icv.steer` pads to the model it steers.
+
+    Args:
+        path: the ``.gguf`` file.
+        num_layers: the model's depth; the vector is padded to it with zero rows.
+        model_type: overrides ``controlvector.model_hint`` (which writers spell their own
+            way, e.g. llama.cpp's ``gemma3`` for transformers' ``gemma3_text``).
+        name: the vector's name; default: the file's ``general.name``, else its file name.
+        model: the model the vector is for: its decoder layers give the depth (instead of
+            ``num_layers``).
+
+    Returns:
+        The vector.
+
+    Raises:
+        VectorFileError: not a valid GGUF control vector (sizes, names and values are all
+            checked before anything is allocated).
     """
     file = Path(path)
     source = str(file)

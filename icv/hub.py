@@ -422,7 +422,7 @@ def _download(
                 repo_id,
                 VECTOR_FILE,
                 revision=revision,
-                cache_dir=cache_dir,
+                cache_dir=None if cache_dir is None else Path(cache_dir),
                 token=token,
                 local_files_only=local_files_only,
                 force_download=force_download,

@@ -3,8 +3,7 @@
 Paths are dotted attribute paths: ``layers`` from the top-level model to the
 ``ModuleList`` of decoder blocks, ``mlp`` and ``attn`` from one block to the
 module whose output is the MLP's (resp. attention's) contribution to the
-residual stream, before it is added back (gemma2, gemma3 and olmo2 norm the MLP's output
-once more before adding it; the path names the MLP itself, as the paper's code hooks it).
+residual stream, before it is added back.
 """
 
 from __future__ import annotations
@@ -18,7 +17,14 @@ from .errors import ArchitectureError, OptionError
 
 @dataclass(frozen=True)
 class Architecture:
-    """Where the decoder blocks, their MLP and their attention live."""
+    """Where the decoder blocks, their MLP and their attention live.
+
+    Args:
+        layers: the dotted path from the model to its list of decoder blocks
+            (``"model.layers"``).
+        mlp: the path from a block to its MLP (``"mlp"``).
+        attn: the path from a block to its attention (``"self_attn"``).
+    """
 
     layers: str
     mlp: str
@@ -58,13 +64,18 @@ ARCHITECTURES: dict[str, Architecture] = {
     "falcon": Architecture(layers="transformer.h", mlp="mlp", attn="self_attention"),
     # OPT has no MLP module: fc2 is the last linear of its feed-forward.
     "opt": Architecture(layers="model.decoder.layers", mlp="fc2", attn="self_attn"),
-    # Bloom's MLP and attention add the residual themselves; their last linears give their own output.
-    "bloom": Architecture(layers="transformer.h", mlp="mlp.dense_4h_to_h", attn="self_attention.dense"),
+    # Bloom's MLP adds the residual itself; its last linear is the MLP's own output.
+    "bloom": Architecture(layers="transformer.h", mlp="mlp.dense_4h_to_h", attn="self_attention"),
 }
 
 
 def register_architecture(model_type: str, architecture: Architecture) -> None:
-    """Teach the library a model type it does not know (or override a known one)."""
+    """Teach the library a model type it does not know (or override a known one).
+
+    Args:
+        model_type: transformers' ``config.model_type`` of the model.
+        architecture: where its decoder layers, MLPs and attentions are.
+    """
     ARCHITECTURES[model_type] = architecture
 
 
@@ -112,6 +123,12 @@ def decoder_layers(model: nn.Module, override: Architecture | None = None) -> li
             f"'{arch.layers}' in a '{model_type}' model is not a non-empty list of decoder layers"
         )
     return list(layers)
+
+
+def input_embeddings(model: nn.Module) -> nn.Module | None:
+    """The token embedding module (transformers' ``get_input_embeddings()``); ``None`` if the model has none."""
+    get = getattr(model, "get_input_embeddings", None)
+    return get() if callable(get) else None
 
 
 SITES = ("block", "mlp", "attn")

@@ -116,7 +116,7 @@ def validate(
                 raise error(f"{source}: metadata '{key}' is too large to be a number") from None
         if not isinstance(value, kind) or isinstance(value, bool):
             raise error(f"{source}: metadata '{key}' should be {kind.__name__}, got {value!r:.60}")
-        if kind is float and not math.isfinite(value):
+        if isinstance(value, float) and kind is float and not math.isfinite(value):
             raise error(f"{source}: metadata '{key}' is not finite ({value})")
         clean[key] = value
     if clean["icv_format_version"] < 1:

@@ -96,9 +96,24 @@ def load_model(
 ) -> tuple[nn.Module, Any]:
     """``(model, tokenizer)`` for the embedded default, an alias, a ``.gguf`` file, or any HF model.
 
-    Extra keyword arguments go to ``AutoModelForCausalLM.from_pretrained`` (for example
-    ``device_map="auto"``).  The model is put in eval mode.  ``progress=False`` silences
-    transformers' progress bars and notices while loading.
+    The model is put in eval mode.  A ``.gguf`` file (and the embedded models, which ship
+    as GGUF) is converted to a safetensors folder once and cached.
+
+    Args:
+        name_or_path: a Hugging Face model id or folder, a ``.gguf`` file, an alias
+            (``gemma3-270m``), or ``None`` for the embedded default (SmolLM2-135M-Instruct).
+        dtype: the weights' dtype.
+        device: where to put the model (``"cpu"``, ``"cuda"`` ...); ``None`` leaves it where
+            transformers loads it.
+        progress: ``False`` silences transformers' progress bars and notices while loading.
+        **kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (for example
+            ``device_map="auto"``).
+
+    Returns:
+        The model and its tokenizer.
+
+    Raises:
+        ModelLoadError: the model cannot be found or loaded.
     """
     if progress:
         return _load(name_or_path, dtype, device, kwargs)
@@ -133,7 +148,8 @@ def _load(
     source, display_name = model_source(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        # Any: transformers' types of the loaded model do not check (its .to() is wrapped).
+        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load model '{display_name}': {error}") from error
     if device is not None:
@@ -172,7 +188,7 @@ def _fingerprint(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-def _forget_quantization(model: nn.Module) -> None:
+def _forget_quantization(model: Any) -> None:
     """The weights are already dequantised to float32; drop the GGUF marker so they save."""
     model.hf_quantizer = None
     for holder in (model, model.config):

@@ -65,6 +65,13 @@ def chat_reply_template(tokenizer: Any, request: str = DEFAULT_REQUEST) -> str:
     and target is read where a chat model writes its answer (after ``request`` as the user
     turn), which is where a vector that steers chat answers (a persona, a format) is used.
     The text is the last thing in the template, so its last token is the one read.
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+        request: the user turn before each reply.
+
+    Returns:
+        The template, with ``{text}`` where each demonstration text goes.
     """
     escaped = chat_prompt(tokenizer, request).replace("{", "{{").replace("}", "}}")
     return escaped + "{text}"

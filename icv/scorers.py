@@ -114,7 +114,12 @@ class FunctionScorer(Scorer):
         self.needs_references = needs_references
         self._function = function
 
-    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+    def score(
+        self,
+        outputs: Sequence[str],
+        sources: Sequence[str] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> list[float]:
         self.check(outputs, sources, references)
         values = [float(v) for v in self._function(list(outputs), sources, references)]
         if len(values) != len(outputs):
@@ -159,7 +164,12 @@ class SentimentScorer(Scorer):
         """VADER's compound polarity in [-1, 1] for each output."""
         return [float(self._analyzer.polarity_scores(text)["compound"]) for text in outputs]
 
-    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+    def score(
+        self,
+        outputs: Sequence[str],
+        sources: Sequence[str] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> list[float]:
         self.check(outputs, sources, references)
         sign = 1.0 if self.target == "positive" else -1.0
         return [1.0 if sign * c > self.threshold else 0.0 for c in self.compound(outputs)]
@@ -185,7 +195,12 @@ class OffensiveScorer(Scorer):
         profanity = _require("profanity_check", "alt-profanity-check", "toxicity")
         return [float(p) for p in profanity.predict_prob(list(outputs))]
 
-    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+    def score(
+        self,
+        outputs: Sequence[str],
+        sources: Sequence[str] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> list[float]:
         self.check(outputs, sources, references)
         return [1.0 if p > self.threshold else 0.0 for p in self.probability(outputs)]
 
@@ -253,7 +268,12 @@ class SimilarityScorer(Scorer):
             rows.append(torch.nn.functional.normalize(pooled, dim=-1))
         return torch.cat(rows) if rows else torch.zeros(0, 384)
 
-    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+    def score(
+        self,
+        outputs: Sequence[str],
+        sources: Sequence[str] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> list[float]:
         self.check(outputs, sources, references)
         others = sources if self.against == "sources" else references
         if not outputs:
@@ -273,19 +293,38 @@ class BleuScorer(Scorer):
     def __init__(self, lowercase: bool = True) -> None:
         self.lowercase = lowercase
 
-    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+    def score(
+        self,
+        outputs: Sequence[str],
+        sources: Sequence[str] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> list[float]:
         self.check(outputs, sources, references)
         sacrebleu = _require("sacrebleu", "sacrebleu", "eval")
         return [
             float(sacrebleu.sentence_bleu(o, [r], lowercase=self.lowercase).score)
-            for o, r in zip(outputs, references)  # type: ignore[arg-type]
+            for o, r in zip(outputs, self._given(references), strict=True)
         ]
 
-    def summary(self, values, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+    def summary(
+        self,
+        values: Sequence[float],
+        outputs: Sequence[str],
+        sources: Sequence[str] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> float:
         if not outputs:
             return math.nan
         sacrebleu = _require("sacrebleu", "sacrebleu", "eval")
-        return float(sacrebleu.corpus_bleu(list(outputs), [list(references)], lowercase=self.lowercase).score)
+        corpus = sacrebleu.corpus_bleu(
+            list(outputs), [list(self._given(references))], lowercase=self.lowercase
+        )
+        return float(corpus.score)
+
+    def _given(self, references: Sequence[str] | None) -> Sequence[str]:
+        if references is None:
+            raise OptionError(f"scorer '{self.name}' needs references, one per output")
+        return references
 
 
 # -- fluency ----------------------------------------------------------------------------
@@ -337,7 +376,12 @@ class PerplexityScorer(Scorer):
         return self._model, self._tokenizer
 
     @torch.no_grad()
-    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+    def score(
+        self,
+        outputs: Sequence[str],
+        sources: Sequence[str] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> list[float]:
         self.check(outputs, sources, references)
         if not outputs:
             return []
@@ -369,7 +413,13 @@ class PerplexityScorer(Scorer):
                 values[index] = float(torch.exp(mean_nll[row]))
         return values
 
-    def summary(self, values, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+    def summary(
+        self,
+        values: Sequence[float],
+        outputs: Sequence[str],
+        sources: Sequence[str] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> float:
         logs = [math.log(v) for v in values if not math.isnan(v) and v > 0]
         return math.exp(sum(logs) / len(logs)) if logs else math.nan
 
@@ -389,7 +439,12 @@ class RepetitionScorer(Scorer):
         self.n = n
         self.name = f"repetition_{n}gram"
 
-    def score(self, outputs, sources=None, references=None):  # type: ignore[no-untyped-def]
+    def score(
+        self,
+        outputs: Sequence[str],
+        sources: Sequence[str] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> list[float]:
         self.check(outputs, sources, references)
         return [repeated_ngram_share(text, self.n) for text in outputs]
 

@@ -91,7 +91,7 @@ class Trial:
         from .strength import planned_strength, warn_default
 
         mode, site = injection_of(self.vector, self.settings.mode)
-        given = self.settings.strengths or [None]
+        given: Sequence[float | None] = self.settings.strengths or [None]
         rows = [Row("unsteered", 0.0)] if self.settings.compare else []
         for value in given:
             planned = planned_strength(self.vector, mode, site, value)
@@ -181,7 +181,10 @@ class Trial:
         if len(rows) == 1 and not settings.compare:
             print(outputs[0], file=out)
         else:
-            print(side_by_side(None, {row.label: [text] for row, text in zip(rows, outputs)}), file=out)
+            print(
+                side_by_side(None, {row.label: [text] for row, text in zip(rows, outputs, strict=True)}),
+                file=out,
+            )
 
 
 def text_streamer(tokenizer: Any, out: TextIO) -> Any:

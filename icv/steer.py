@@ -36,7 +36,7 @@ from . import metadata as meta
 from .errors import OptionError, StackedSteeringWarning, SteeringError
 from .gguf import pad_layers
 from .hooks import HookHandles, output_tensor
-from .layers import SITES, Architecture, decoder_layers, site_modules
+from .layers import SITES, Architecture, decoder_layers, input_embeddings, site_modules
 from .models import model_name_of
 from .options import checked_options
 from .positions import POSITIONS, PositionTracker
@@ -55,9 +55,22 @@ Hook = Callable[[nn.Module, Any, Any], Any]
 class Steering:
     """Hooks that steer ``model`` with a vector; a context manager and a handle.
 
-    Made by :func:`steer`.  The hooks are live from construction until
-    :meth:`remove` (idempotent) or the end of the ``with`` block, which removes
-    them whatever happened inside.
+    Made by :func:`steer` (and :func:`steer_averaged`), which check and prepare its
+    arguments.  The hooks are live from construction until :meth:`remove` (idempotent)
+    or the end of the ``with`` block, which removes them whatever happened inside.
+
+    Args:
+        model: the model the hooks go on.
+        deltas: ``(rows, layers, hidden)`` float tensor: per batch row (one row: all rows)
+            and layer, what the hook applies (the direction times strength and scale).
+        layer_weights: ``(layers,)`` weight per layer; layers of weight 0 get no hook.
+        mode: ``"rotate"`` or ``"add"``.
+        site: ``"block"``, ``"mlp"`` or ``"attn"``.
+        positions: ``"all"``, ``"prompt"`` or ``"generated"``.
+        architecture: the layer paths for a model type the library does not know, or ``None``.
+        description: what ``repr`` shows: the vector's name (or how many vectors).
+        average: several vectors on every row, their pushes averaged (see
+            :func:`steer_averaged`); ``deltas`` then holds one row per vector.
     """
 
     def __init__(
@@ -179,13 +192,24 @@ def _release(model: nn.Module, steering: Steering) -> None:
 
 
 def is_steered(model: nn.Module) -> bool:
-    """Whether any steering made by this library is live on ``model``."""
+    """Whether any steering made by this library is live on ``model``.
+
+    Args:
+        model: the model to look at.
+    """
     with _registry_lock:
         return bool(_active.get(model))
 
 
 def unsteer(model: nn.Module) -> int:
-    """Remove every steering of this library from ``model`` (e.g. a lost handle); returns how many."""
+    """Remove every steering of this library from ``model`` (e.g. a lost handle).
+
+    Args:
+        model: the model to clean.
+
+    Returns:
+        How many steerings were removed.
+    """
     with _registry_lock:
         live = list(_active.get(model, ()))
     for steering in live:
@@ -339,28 +363,44 @@ def steer(
     """Steer ``model`` with ``vector`` until the returned handle is removed.
 
     Use as ``with icv.steer(model, vec): model.generate(...)`` or keep the handle and
-    call ``.remove()``.
+    call ``.remove()``.  Several vectors on the same rows: ``steer(model, a + b)`` (their
+    sum, one push), or :func:`steer_averaged` (each pushed with its own boost, averaged:
+    the reference code).
 
-    * ``strength``: a number, or one number per batch row; ``None`` uses the vector's
-      recommended strength, else a default for the model's depth, with a
-      :class:`icv.DefaultStrengthWarning` (see :mod:`icv.strength`).
-    * ``vector``: one vector, or one per batch row (compare vectors in one batch).
-    * ``mode``/``site``: ``"rotate"`` at ``"mlp"`` (the reference code, default) or ``"add"``
-      at ``"block"`` (llama.cpp / repeng); any mode works at ``"block"``, ``"mlp"``, ``"attn"``.
-      Defaults come from the vector's metadata.
-    * ``layers``: which decoder layers to steer (indices, negative allowed), or a per-layer
-      strength profile ``{layer: weight}``; ``None`` steers the layers the vector covers
-      (all, unless it was made for some, e.g. a partial GGUF control vector).
-    * ``positions``: ``"all"`` (the paper), ``"prompt"`` or ``"generated"`` tokens only.
-    * ``scale`` (``mode="add"`` only): ``"activation"`` adds ``strength * layer_scales[l] * v_l``
-      (strength as a fraction of the activation's size); ``"shift"`` adds ``strength * shifts[l]``,
-      the shift at its own size: with a ``method="mean"`` vector at ``site="block"`` that is
-      CAA / steering-vectors with multiplier ``strength`` (default 1).
-    * ``strict``: refuse a vector made on a model of another name (by default a warning;
-      type, hidden size and layer count must match either way).
+    Args:
+        model: the transformers causal LM (any ``nn.Module`` whose layers the library
+            finds; see ``architecture``).
+        vector: one vector, or one per batch row (to compare vectors in one batch).
+        strength: a number, or one number per batch row; ``None`` uses the vector's
+            recommended strength, else a default for the model's depth, with a
+            :class:`icv.DefaultStrengthWarning` (see :mod:`icv.strength`).
+        mode: ``"rotate"`` (the paper's norm-preserving turn) or ``"add"``; ``None``: the
+            vector's own (its metadata).
+        site: where the vector is applied: ``"block"``, ``"mlp"`` or ``"attn"`` outputs;
+            ``None``: the vector's own.  ``"rotate"`` at ``"mlp"`` is the reference code,
+            ``"add"`` at ``"block"`` llama.cpp's and repeng's.
+        layers: the decoder layers to steer (indices, negative from the end), or a per-layer
+            strength profile ``{layer: weight}`` (or a float tensor of one weight per
+            layer); ``None`` steers the layers the vector covers (all, unless it was made
+            for some, e.g. a partial GGUF control vector).
+        positions: which tokens: ``"all"`` (the paper), ``"prompt"`` or ``"generated"``.
+        scale: with ``mode="add"`` only: ``"activation"`` adds
+            ``strength * layer_scales[l] * v_l`` (strength as a fraction of the activation's
+            size); ``"shift"`` adds ``strength * shifts[l]``, the shift at its own size (with
+            a ``method="mean"`` vector at ``site="block"``: CAA / steering-vectors with
+            multiplier ``strength``, default 1).
+        strict: refuse a vector made on a model of another name (by default a warning; the
+            type, hidden size and layer count must match either way).
+        architecture: where the decoder layers, MLPs and attentions are, for a model type
+            the library does not know (see :func:`icv.register_architecture`).
 
-    Several vectors on the same rows: ``steer(model, a + b)`` (their sum, one push), or
-    :func:`steer_averaged` (each pushed with its own boost, averaged: the reference code).
+    Returns:
+        The live :class:`Steering`: a context manager, and a handle with ``.remove()``.
+
+    Raises:
+        ModelMismatchError: the vector was made on a model of another shape (or name, with
+            ``strict``).
+        OptionError: an option out of its range (an unknown mode, a layer past the model).
     """
     vectors = _as_vectors(vector)
     mode, site, vectors = _settings(model, vectors, mode, site, positions, scale, strict, architecture)
@@ -404,8 +444,33 @@ def steer_averaged(
     ``steer(model, a + b, s)``, the linear default, applies the sum's one push.  In the
     additive mode the pushes are averaged too: ``steer(model, (a * s_a + b * s_b) / 2, 1)``.
 
-    ``strength``: one number for all vectors, one per vector, or ``None`` (each vector's
-    default).  The other options are those of :func:`steer`.
+    Args:
+        model: the model to steer, as for :func:`steer`.
+        vectors: the vectors applied together on every row (made on the same model).
+        strength: one number for all vectors, one per vector, or ``None`` (each vector's
+            default).
+        mode: ``"rotate"`` (the paper's norm-preserving turn) or ``"add"``; ``None``: the
+            vector's own (its metadata).
+        site: where the vector is applied: ``"block"``, ``"mlp"`` or ``"attn"`` outputs;
+            ``None``: the vector's own.  ``"rotate"`` at ``"mlp"`` is the reference code,
+            ``"add"`` at ``"block"`` llama.cpp's and repeng's.
+        layers: the decoder layers to steer (indices, negative from the end), or a per-layer
+            strength profile ``{layer: weight}`` (or a float tensor of one weight per
+            layer); ``None`` steers the layers the vector covers (all, unless it was made
+            for some, e.g. a partial GGUF control vector).
+        positions: which tokens: ``"all"`` (the paper), ``"prompt"`` or ``"generated"``.
+        scale: with ``mode="add"`` only: ``"activation"`` adds
+            ``strength * layer_scales[l] * v_l`` (strength as a fraction of the activation's
+            size); ``"shift"`` adds ``strength * shifts[l]``, the shift at its own size (with
+            a ``method="mean"`` vector at ``site="block"``: CAA / steering-vectors with
+            multiplier ``strength``, default 1).
+        strict: refuse a vector made on a model of another name (by default a warning; the
+            type, hidden size and layer count must match either way).
+        architecture: where the decoder layers, MLPs and attentions are, for a model type
+            the library does not know (see :func:`icv.register_architecture`).
+
+    Returns:
+        The live :class:`Steering`, as :func:`steer` returns it.
     """
     if isinstance(vectors, InContextVector) or not isinstance(vectors, Sequence) or not vectors:
         raise OptionError("steer_averaged needs a non-empty list of icv.InContextVector")
@@ -524,9 +589,9 @@ def _as_vectors(vector: object) -> list[InContextVector]:
 
 
 def hidden_size_of(model: nn.Module) -> int:
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    size = getattr(embeddings, "embedding_dim", None)
-    return int(size if size is not None else model.config.hidden_size)
+    size = getattr(input_embeddings(model), "embedding_dim", None)
+    config: Any = model.config  # a transformers config (nn.Module's type does not declare it)
+    return int(size if size is not None else config.hidden_size)
 
 
 def check_vector_fits(
@@ -551,7 +616,7 @@ def check_vector_fits(
 def _finite(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise OptionError(f"{what} must be a number, got {value!r:.40}")
-    number = float(value)  # type: ignore[arg-type]
+    number = float(value)
     if not math.isfinite(number):
         raise OptionError(f"{what} must be finite, got {number}")
     return number
@@ -580,7 +645,7 @@ def _row_strengths(
         return [SHIFT_STRENGTH] * len(vectors)
     if strength is None:
         planned = [planned_strength(v, mode, site) for v in vectors]
-        for v, p in zip(vectors, planned):
+        for v, p in zip(vectors, planned, strict=True):
             # Frames up to the caller: warn_default, here, steer (or steer_averaged), checked_options.
             warn_default(v, p, mode, stacklevel=4)
         return [p.value for p in planned]

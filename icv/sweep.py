@@ -130,7 +130,7 @@ def steered_answers(
             **steer_options,
         )
         share = (time.perf_counter() - started) / len(chunk)
-        for (s, _), text in zip(chunk, raw):
+        for (s, _), text in zip(chunk, raw, strict=True):
             raw_by[s].append(text)
             answers[s].append(cut_answer(text))
             seconds[s] += share

@@ -34,16 +34,28 @@ from .storage import load_vector, save_vector
 class InContextVector:
     """Per-layer steering directions read from demonstrations, with their provenance.
 
-    ``directions`` has shape ``(num_layers, hidden_size)`` (float32, CPU).
-    ``layer_scales`` has shape ``(num_layers,)``: the typical norm of the residual
-    stream at each layer when the vector was made, which gives the additive mode
-    (``mode="add"``) the same meaning of strength as the rotation: a fraction of
-    the activation's size.
-    ``shifts`` has the shape of ``directions`` or is ``None`` (unknown: vectors saved in
-    format 1): the aggregated shift itself, at its own size, per layer, which
-    ``steer(..., mode="add", scale="shift")`` adds (CAA / steering-vectors).  It goes
+    Made by :func:`icv.extract` (or read with :meth:`load`, :func:`icv.import_gguf`); a
+    value: arithmetic (``+ - * /``) and every method return a new vector.  The shifts go
     through arithmetic exactly like the directions: ``(a + 2 * b).shifts`` is
     ``a.shifts + 2 * b.shifts``.
+
+    Args:
+        directions: ``(num_layers, hidden_size)`` float tensor, one direction per decoder
+            layer (stored float32 on the CPU).
+        metadata: the vector's metadata (name, model, method, injection mode and site,
+            recommended strength ...; :mod:`icv.metadata` says which fields are required);
+            ``hidden_size`` and ``num_layers`` follow from ``directions``.
+        layer_scales: ``(num_layers,)``: the typical norm of the residual stream at each
+            layer when the vector was made, which gives the additive mode (``mode="add"``)
+            the same meaning of strength as the rotation: a fraction of the activation's
+            size; ``None``: ones.
+        shifts: the shape of ``directions``: the aggregated shift itself, at its own size,
+            per layer, which ``steer(..., mode="add", scale="shift")`` adds (CAA /
+            steering-vectors); ``None``: unknown (vectors saved in format 1).
+
+    Raises:
+        OptionError: a tensor of the wrong shape, values that are not finite, or
+            metadata that does not fit the schema.
     """
 
     __slots__ = ("_directions", "_layer_scales", "_metadata", "_shifts")
@@ -127,7 +139,15 @@ class InContextVector:
         return self._metadata["recommended_strength"]
 
     def with_metadata(self, **updates: Any) -> InContextVector:
-        """A copy with some metadata replaced (e.g. ``recommended_strength=0.07``)."""
+        """A copy with some metadata replaced (e.g. ``recommended_strength=0.07``).
+
+        Args:
+            **updates: metadata keys and their new values (``hidden_size`` and ``num_layers``
+                follow from the directions and cannot be set).
+
+        Returns:
+            The new vector; this one is unchanged.
+        """
         fixed = {"hidden_size", "num_layers"} & set(updates)
         if fixed:
             raise OptionError(f"{', '.join(sorted(fixed))} follow from the directions' shape")
@@ -142,15 +162,25 @@ class InContextVector:
         return None if layers is None else list(layers)
 
     def only_layers(self, layers: Iterable[int]) -> InContextVector:
-        """A copy that covers only ``layers`` (indices; negative count from the end).
+        """A copy that covers only ``layers``.
 
         The other layers' directions and shifts become zero (a zero row steers
         nothing) and ``layers`` is recorded, so :func:`icv.steer` hooks only those.
+
+        Args:
+            layers: layer indices (negative count from the end); at least one.
+
+        Returns:
+            The new vector.
+
+        Raises:
+            OptionError: an index that is not an integer or is out of range, or no index.
         """
         if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
             raise OptionError(f"layers must be layer indices, got {layers!r:.40}")
-        chosen = set()
-        for index in layers:
+        chosen: set[int] = set()
+        indices: Iterable[object] = layers  # checked one by one: callers may pass anything
+        for index in indices:
             if isinstance(index, bool) or not isinstance(index, numbers.Integral):
                 raise OptionError(f"layer indices must be integers, got {index!r:.40}")
             if not -self.num_layers <= int(index) < self.num_layers:
@@ -167,9 +197,18 @@ class InContextVector:
     def at(self, strength: float | None = None) -> InContextVector:
         """This vector with a strength folded in: ``self * strength``, recommending strength 1.
 
-        ``strength=None`` folds in the vector's recommended strength.  Sums of such vectors
-        apply each part at its own strength when steered at strength 1 (their default):
-        ``steer(model, p.at() + f.at())`` is ``p`` at its recommendation plus ``f`` at its.
+        Sums of such vectors apply each part at its own strength when steered at strength 1
+        (their default): ``steer(model, p.at() + f.at())`` is ``p`` at its recommendation
+        plus ``f`` at its.
+
+        Args:
+            strength: the strength to fold in; ``None``: the vector's recommended strength.
+
+        Returns:
+            The scaled vector, recommending strength 1.
+
+        Raises:
+            OptionError: no strength given and none recommended, or not a finite number.
         """
         if strength is None:
             strength = self.recommended_strength
@@ -188,12 +227,34 @@ class InContextVector:
 
     # -- files -----------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        """Write a self-describing safetensors file atomically (temp file + rename)."""
+        """Write a self-describing safetensors file atomically (temp file + rename).
+
+        Args:
+            path: the file to write (its folder must exist).
+            overwrite: replace an existing file (by default an existing file is an error).
+
+        Raises:
+            VectorExistsError: ``path`` exists and ``overwrite`` is False.
+            VectorFileError: the file cannot be written (a folder, a missing folder, no space).
+        """
         save_vector(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> InContextVector:
-        """Read and validate a vector file; raises ``VectorFileError`` if it is not one."""
+        """Read and validate a vector file.
+
+        Every byte is checked before any tensor is allocated; nothing is unpickled.
+
+        Args:
+            path: a vector file written by :meth:`save`.
+
+        Returns:
+            The vector.
+
+        Raises:
+            VectorFileError: not a valid vector file (the message says what the file is, when known).
+            FormatVersionError: a vector file of a newer format than this version reads.
+        """
         return cls(*load_vector(path))
 
     # -- the Hugging Face Hub (icv.hub) -----------------------------------------------
@@ -367,7 +428,11 @@ class InContextVector:
         )
 
     def equal(self, other: InContextVector) -> bool:
-        """Exact equality of directions, scales, shifts and metadata."""
+        """Exact equality of directions, scales, shifts and metadata.
+
+        Args:
+            other: the vector to compare with.
+        """
         same_shifts = (
             self._shifts is None and other._shifts is None
             if self._shifts is None or other._shifts is None
@@ -393,7 +458,7 @@ def _as_factor(value: object) -> float | None:
             value = value.item()
         else:
             return None
-    k = float(value)  # type: ignore[arg-type]
+    k = float(value)
     if not math.isfinite(k):
         raise OptionError(f"cannot scale an in-context vector by {k}")
     return k

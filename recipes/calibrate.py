@@ -161,7 +161,9 @@ SETUPS: dict[str, Setup] = {
         ],
         FunctionScorer(
             "positive_and_formal",
-            lambda o, s, r: [a * b for a, b in zip(SentimentScorer("positive").score(o), _formal(o, s, r))],
+            lambda o, s, r: [
+                a * b for a, b in zip(SentimentScorer("positive").score(o), _formal(o, s, r), strict=True)
+            ],
         ),
         0.55,
     ),

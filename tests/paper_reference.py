@@ -83,7 +83,7 @@ def paper_rotation(x: torch.Tensor, vectors: Sequence[torch.Tensor], lams: Seque
     x64 = x.double()
     norm = x64.norm(dim=-1, keepdim=True)
     push = torch.zeros_like(x64)
-    for icv, lam in zip(vectors, lams):
+    for icv, lam in zip(vectors, lams, strict=True):
         icv = icv.double()
         cos = torch.nn.functional.cosine_similarity(x64, -icv.expand_as(x64), dim=-1)
         boost = 1.0 + cos.clamp_min(0.0)

@@ -2,13 +2,11 @@
 
 The formulas are written directly from the docstring of ``icv/steer.py`` (and the
 paper's reference code, see ``icv-method.md``), in float64, with plain torch hooks
-on modules found from the model's own classes (``site_module``), not through
-``icv.layers``.
+on modules found by attribute paths, not through ``icv.layers``.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
@@ -16,59 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks, found by walking the model: the outermost list of ``num_hidden_layers`` modules."""
-    config = getattr(model.config, "text_config", model.config)  # a multimodal wrapper's text half
-    count = config.num_hidden_layers
-    lists = [
-        (name.count("."), name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and len(module) == count
-    ]
-    assert lists, f"no list of {count} decoder blocks in {type(model).__name__}"
-    return min(lists, key=lambda found: found[0])[2]
-
-
-def _adds_its_own_residual(module: nn.Module) -> bool:
-    # Bloom's attention and MLP take the residual and add it themselves (``forward(..., residual)``):
-    # their own contribution is the output of their last linear layer.
-    return "residual" in inspect.signature(module.forward).parameters
-
-
-def _last_linear(module: nn.Module) -> nn.Module:
-    return [child for child in module.children() if isinstance(child, nn.Linear)][-1]
-
-
-def _own_child(block: nn.Module, suffixes: tuple[str, ...]) -> nn.Module | None:
-    """The one child of ``block`` whose transformers class name ends in one of ``suffixes``."""
-    found = [child for child in block.children() if type(child).__name__.endswith(suffixes)]
-    assert len(found) <= 1, f"{type(block).__name__} has several {suffixes} children: {found}"
-    return found[0] if found else None
+# (path of the decoder layers, of the MLP, of the attention) for the families these tests use.
+_PATHS = {
+    "llama": ("model.layers", "mlp", "self_attn"),
+    "gpt2": ("transformer.h", "mlp", "attn"),
+}
 
 
 def site_module(model: nn.Module, layer: int, site: str) -> nn.Module:
-    """The module whose output is ``site``'s contribution in decoder block ``layer``.
-
-    Found from the model's own classes, not from a table of attribute paths (nor from
-    ``icv.layers``): the attention is the block's ``...Attention`` child, the MLP its ``...MLP``
-    (or sparse ``...MoeBlock`` of experts) child; a module that adds the residual itself gives
-    its last linear layer; a block without an MLP module (OPT) has its feed-forward's linears
-    directly, and the last of them is the MLP's output.
-    """
-    block = decoder_blocks(model)[layer]
-    if site == "block":
-        return block
-    suffixes = {"attn": ("Attention",), "mlp": ("MLP", "MoeBlock")}[site]
-    module = _own_child(block, suffixes)
-    if module is None and site == "mlp":
-        inline = [child for child in block.children() if isinstance(child, nn.Linear)]
-        assert len(inline) >= 2, (
-            f"{type(block).__name__} has neither an MLP module nor a feed-forward's linears"
-        )
-        return inline[-1]
-    assert module is not None, f"no {suffixes} child in {type(block).__name__}"
-    return _last_linear(module) if _adds_its_own_residual(module) else module
+    layers_path, mlp, attn = _PATHS[model.config.model_type]
+    block = model.get_submodule(layers_path)[layer]
+    return {"block": block, "mlp": block.get_submodule(mlp), "attn": block.get_submodule(attn)}[site]
 
 
 def rotate(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

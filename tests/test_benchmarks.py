@@ -110,8 +110,7 @@ def test_icv_vs_icl_counts_longer_prompts_for_icl():
 
 
 def test_load_times_converts_once_then_reads_the_cache(tmp_path):
-    from tokenizers import Tokenizer
-    from tokenizers import models as tok_models
+    from tokenizers import Tokenizer, models as tok_models
     from transformers import PreTrainedTokenizerFast
 
     tiny_model("llama").save_pretrained(tmp_path)

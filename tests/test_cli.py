@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import subprocess
@@ -92,7 +93,7 @@ def test_layer_lists_and_weights():
     assert layer_list("3,5-7,-1") == [3, 5, 6, 7, -1]
     assert layer_list(" 0 , 2 ") == [0, 2]
     for bad in ("", "a", "7-5", "1-", "1.5"):
-        with pytest.raises(Exception):
+        with pytest.raises(argparse.ArgumentTypeError):
             layer_list(bad)
     assert weighted_path("v.safetensors:0.5") == weighted_path("v.safetensors:5e-1")
     assert weighted_path("v.safetensors:-2").weight == -2.0
@@ -938,10 +939,10 @@ def test_the_cli_shows_warnings_for_the_user_not_deprecations(capsys, vec, monke
     read = cli.inspect.read_vector
 
     def noisy(path):
-        warnings.warn("old API", DeprecationWarning)
-        warnings.warn("old name", _MixedDeprecation)
-        warnings.warn("soon old", PendingDeprecationWarning)
-        warnings.warn("for the user", UserWarning)
+        warnings.warn("old API", DeprecationWarning, stacklevel=2)
+        warnings.warn("old name", _MixedDeprecation, stacklevel=2)
+        warnings.warn("soon old", PendingDeprecationWarning, stacklevel=2)
+        warnings.warn("for the user", UserWarning, stacklevel=2)
         return read(path)
 
     monkeypatch.setattr(cli.inspect, "read_vector", noisy)

@@ -34,7 +34,9 @@ def fake_style():
 def fake_content():
     return FunctionScorer(
         "overlap",
-        lambda outputs, sources, r: [len(set(o) & set(s)) / 26 for o, s in zip(outputs, sources)],
+        lambda outputs, sources, r: [
+            len(set(o) & set(s)) / 26 for o, s in zip(outputs, sources, strict=True)
+        ],
         needs_sources=True,
     )
 

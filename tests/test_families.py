@@ -48,7 +48,7 @@ def test_hooks_removed_after_exception(family, tokenizer, demos):
     with pytest.raises(ZeroDivisionError):
         with icv.steer(model, vector, strength=0.5):
             assert library_hooks(model) > 0
-            1 / 0
+            raise ZeroDivisionError
     assert library_hooks(model) == 0
     assert not icv.is_steered(model)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from steering_reference import add, hook_count, manual_steering, paper_icv_layer, rotate, site_module
-from tiny import DEMOS, FAMILIES, LAYERS, ByteTokenizer, tiny_model
+from tiny import DEMOS, LAYERS, ByteTokenizer, tiny_model
 
 import icv
 
@@ -133,7 +133,7 @@ def test_integer_tensor_selects_layers(model, vec):
 # -- sites x modes ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("site", ["block", "mlp", "attn"])
 @pytest.mark.parametrize("mode", ["rotate", "add"])
 def test_each_site_and_mode_equals_the_reference_formula(family, site, mode):

@@ -23,8 +23,7 @@ def test_missing_paths_raise_model_load_error(tmp_path):
 
 def test_local_folder_loads_the_ordinary_way(tmp_path):
     from tiny import tiny_model
-    from tokenizers import Tokenizer
-    from tokenizers import models as tok_models
+    from tokenizers import Tokenizer, models as tok_models
     from transformers import PreTrainedTokenizerFast
 
     tiny_model("llama").save_pretrained(tmp_path)

@@ -29,7 +29,9 @@ def test_the_package_page_keeps_absolute_links_and_drops_relative_ones():
         "![the playground](docs/img/playground.png)\n"
         "<!-- --8<-- [start:quickstart] -->\ncode\n<!-- --8<-- [end:quickstart] -->\n"
     )
-    assert page == "See the docs, [the paper](https://arxiv.org/abs/2311.06668) and [below](#install).\ncode\n"
+    assert (
+        page == "See the docs, [the paper](https://arxiv.org/abs/2311.06668) and [below](#install).\ncode\n"
+    )
 
 
 def test_the_readme_as_package_page_links_nowhere_relative_and_says_how_to_install():

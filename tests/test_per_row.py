@@ -54,7 +54,7 @@ def forward_logits(model, prompts):
 def test_strength_per_row_equals_separate_runs(model, vec, mode, strengths):
     with icv.steer(model, vec, strengths, mode=mode):
         tokens, logits = run(model, PROMPTS)
-    for row, (prompt, s) in enumerate(zip(PROMPTS, strengths)):
+    for row, (prompt, s) in enumerate(zip(PROMPTS, strengths, strict=True)):
         with icv.steer(model, vec, s, mode=mode):
             alone_tokens, alone_logits = run(model, [prompt])
         assert torch.equal(tokens[row], alone_tokens[0]), f"row {row}"
@@ -90,7 +90,7 @@ def test_vector_per_row_equals_separate_runs(model, vec, other, mode):
     strength = 1.0 if mode == "rotate" else 0.3
     with icv.steer(model, [vec, other], strength, mode=mode):
         tokens, logits = run(model, prompts)
-    for row, (prompt, v) in enumerate(zip(prompts, [vec, other])):
+    for row, (prompt, v) in enumerate(zip(prompts, [vec, other], strict=True)):
         with icv.steer(model, v, strength, mode=mode):
             alone_tokens, alone_logits = run(model, [prompt])
         assert torch.equal(tokens[row], alone_tokens[0])

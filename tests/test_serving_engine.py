@@ -140,13 +140,13 @@ def test_a_mixed_batch_gives_each_request_what_it_gets_alone(model, tok, vectors
     finally:
         engine.close()
     assert engine.stats.prefills == 1 and engine.stats.peak_batch == len(CASES)
-    for (prompt, case), want, (finished, text) in zip(CASES, expected, results):
+    for (prompt, case), want, (finished, text) in zip(CASES, expected, results, strict=True):
         assert isinstance(finished, Finished), finished
         assert list(finished.token_ids) == want, (prompt, case)
         assert text == finished.text == tok.decode(want, skip_special_tokens=True)
     # The comparison has teeth: every steered request differs from the same prompt unsteered.
     unsteered = {prompt: alone(model, tok, prompt, None) for prompt, _ in CASES}
-    for (prompt, case), want in zip(CASES, expected):
+    for (prompt, case), want in zip(CASES, expected, strict=True):
         if case is not None:
             assert want != unsteered[prompt], (prompt, case)
     assert not icv.is_steered(model) and hook_count(model) == 0
@@ -177,7 +177,7 @@ def test_rows_joining_and_leaving_a_running_batch_match_alone(model, tok, vector
         results = [listener.result() for listener in listeners]
     finally:
         engine.close()
-    for want, (finished, _) in zip(expected, results):
+    for want, (finished, _) in zip(expected, results, strict=True):
         assert list(finished.token_ids) == want
     assert engine.stats.joins >= 1, engine.stats
     assert not icv.is_steered(model)
@@ -194,7 +194,7 @@ def test_decode_batch_joins_and_drops_rows_exactly_in_other_families(family, tok
         model, [tok(p)["input_ids"] for p in prompts[:2]], 0, torch.device("cpu")
     )
     got, rows = [[], [], []], [0, 1]
-    for row, token in zip(rows, logits.argmax(-1).tolist()):
+    for row, token in zip(rows, logits.argmax(-1).tolist(), strict=True):
         got[row].append(token)
     for step in range(1, 30):
         if step == 3:  # a third row joins late
@@ -211,7 +211,7 @@ def test_decode_batch_joins_and_drops_rows_exactly_in_other_families(family, tok
             rows = [rows[i] for i in keep]
         if not rows:
             break
-        for row, token in zip(rows, batch.step([got[r][-1] for r in rows]).argmax(-1).tolist()):
+        for row, token in zip(rows, batch.step([got[r][-1] for r in rows]).argmax(-1).tolist(), strict=True):
             got[row].append(token)
     assert got == [want[0], want[1][:5], want[2]]
 

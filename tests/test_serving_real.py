@@ -119,7 +119,7 @@ def test_requests_sent_together_each_get_what_icv_steer_gives_alone(real, vector
             responses = list(pool.map(ask, cases))
         wait_idle(server)
         assert server.engine.stats.peak_batch > 1  # they were batched
-    for case, response, expected in zip(cases, responses, want):
+    for case, response, expected in zip(cases, responses, want, strict=True):
         assert response.choices[0].text == expected, case[1:3]
     assert responses[0].steering is None
     assert responses[2].steering == {

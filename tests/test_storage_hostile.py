@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from tiny import DEMOS, ByteTokenizer, tiny_model
 
 import icv
@@ -184,7 +183,7 @@ def test_garbage_metadata_values(good, key):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for value in GARBAGE:
-            verdict = load(edited(good, lambda h: h["__metadata__"].__setitem__(key, value)))
+            verdict = load(edited(good, lambda h, value=value: h["__metadata__"].__setitem__(key, value)))
             if isinstance(verdict, icv.InContextVector):
                 assert_valid(verdict)
                 assert (

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         candidates = list(range(args.demo_start, min(len(data), args.demo_start + 200)))
         toxic = scorer.score([data[i][0] for i in candidates])
         clean = scorer.score([data[i][1] for i in candidates])
-        chosen = [i for i, t, c in zip(candidates, toxic, clean) if t == 1.0 and c == 0.0][:k]
+        chosen = [i for i, t, c in zip(candidates, toxic, clean, strict=True) if t == 1.0 and c == 0.0][:k]
         demos = [data[i] for i in chosen]
         demo_rows = "rows " + ",".join(map(str, chosen))
         if set(chosen) & (set(test_rows) | set(calib_rows)):

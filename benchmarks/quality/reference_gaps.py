@@ -26,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from common import DATA  # noqa: E402
 from paradetox import HANDWRITTEN as RUDE  # noqa: E402
-from yelp import HANDWRITTEN as NEGATIVE  # noqa: E402
-from yelp import read_reference
+from yelp import HANDWRITTEN as NEGATIVE, read_reference  # noqa: E402
 
 import icv  # noqa: E402
 from icv.aggregate import aggregator, unit_rows  # noqa: E402
@@ -94,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         kept[label] = as_vector(rows["default"], template, label)
         for name, _, _, _ in VARIANTS:
             if name == "default":
-                moved = sum(a != b for a, b in zip(outputs[name], plain))
+                moved = sum(a != b for a, b in zip(outputs[name], plain, strict=True))
                 print(f"| {label} | default (icv.extract) | 1 | - | {moved}/{len(prompts)} |")
                 continue
             cos = torch.nn.functional.cosine_similarity(rows[name], rows["default"], dim=-1)
-            differ = sum(a != b for a, b in zip(outputs[name], outputs["default"]))
-            moved = sum(a != b for a, b in zip(outputs[name], plain))
+            differ = sum(a != b for a, b in zip(outputs[name], outputs["default"], strict=True))
+            moved = sum(a != b for a, b in zip(outputs[name], plain, strict=True))
             print(
                 f"| {label} | {name} | {cos.mean():.4f} ({cos.min():.4f}) | {differ}/{len(prompts)} | {moved}/{len(prompts)} |"
             )

@@ -13,6 +13,7 @@ that ranks variants fairly when their strengths are not comparable.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import sys
@@ -49,7 +50,7 @@ def variant_demos(variant: str, k: int, unpaired: int) -> list[tuple[str, str]]:
     if variant == "unpaired-means":
         negative = (DATA / "yelp" / "sentiment.dev.0").read_text(encoding="utf-8").splitlines()[:unpaired]
         positive = (DATA / "yelp" / "sentiment.dev.1").read_text(encoding="utf-8").splitlines()[:unpaired]
-        return [(n.strip(), p.strip()) for n, p in zip(negative, positive)]
+        return [(n.strip(), p.strip()) for n, p in zip(negative, positive, strict=False)]
     return list(pairs)
 
 
@@ -89,7 +90,7 @@ def style_at_content(evaluation: Evaluation, floor: float = 0.65) -> float | Non
     points = sorted(
         ((r.content, r.style_success) for r in evaluation.results if r.method == "icv"), reverse=True
     )
-    for (c1, s1), (c2, s2) in zip(points, points[1:]):
+    for (c1, s1), (c2, s2) in itertools.pairwise(points):
         if c1 >= floor >= c2 and c1 > c2:
             return s1 + (s2 - s1) * (c1 - floor) / (c1 - c2)
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..arguments import (
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if prompt is not None:
         trial.run(prompt, sys.stdout)
         return 0
-    parsers = {
+    parsers: dict[str, Callable[[str], Any]] = {
         "vector": weighted_path,
         "strengths": strength_list,
         "layers": layer_list,

@@ -72,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
     vector = read_vector(args.vector)
     m = vector.metadata
     if args.json:
+        shifts = vector.shift_norms()
         report = {
             "file": str(args.vector),
             "metadata": m,
             "layer_norms": vector.layer_norms().tolist(),
             "layer_scales": vector.layer_scales.tolist(),
-            "shift_norms": None if vector.shift_norms() is None else vector.shift_norms().tolist(),
+            "shift_norms": None if shifts is None else shifts.tolist(),
         }
         print(json.dumps(report, indent=2))
         return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +107,7 @@ class DecodeBatch:
             raise SteeringError("cannot join two batches whose caches have different layer counts")
         self._pad_to(width)
         other._pad_to(width)
-        for a, b in zip(mine, theirs):
+        for a, b in zip(mine, theirs, strict=True):
             a.keys = torch.cat([a.keys, b.keys], dim=0)
             a.values = torch.cat([a.values, b.values], dim=0)
         self.mask = torch.cat([self.mask, other.mask], dim=0)
@@ -147,16 +148,25 @@ class DecodeBatch:
             layer.keys = F.pad(layer.keys, (0, 0, extra, 0))
             layer.values = F.pad(layer.values, (0, 0, extra, 0))
 
-    def _layers(self) -> list[DynamicLayer]:
+    def _layers(self) -> list[_FilledLayer]:
         layers = list(getattr(self.cache, "layers", ()))
         for layer in layers:
             if type(layer) is not DynamicLayer or not layer.is_initialized:
                 raise SteeringError(
                     f"this model's KV cache ({type(layer).__name__}) cannot be batched by the server"
                 )
+        filled = cast(list[_FilledLayer], layers)
+        for layer in filled:
             if layer.keys.shape[-2] != self.width:
                 raise SteeringError("the KV cache and the attention mask disagree on the batch's width")
-        return layers
+        return filled
+
+
+class _FilledLayer(Protocol):
+    """An initialised ``DynamicLayer``: its keys and values are tensors (transformers types them optional)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
 
 
 def _accepts(model: nn.Module, name: str) -> bool:

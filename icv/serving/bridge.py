@@ -32,7 +32,7 @@ class Call:
     ) -> None:
         """Queue every prompt, or none: a refused prompt cancels the ones queued before it."""
         try:
-            for index, (ids, p) in enumerate(zip(prompts, params)):
+            for index, (ids, p) in enumerate(zip(prompts, params, strict=True)):
                 self._jobs.append(self._engine.submit(ids, p, steering, partial(self._post, index)))
         except RequestError as error:
             self.cancel()

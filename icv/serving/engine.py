@@ -42,13 +42,14 @@ from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, Union
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
 
 from ..errors import ICVError, RequestError, SteeringError
 from ..extract import max_context, model_device, pad_token_id
+from ..layers import input_embeddings
 from ..steer import Steering, check_vector_fits, is_steered
 from .batch import DecodeBatch
 from .prefill import ChunkedPrefill
@@ -90,7 +91,7 @@ class Failed:
     error: RequestError
 
 
-Event = Union[TextDelta, Finished, Failed]
+Event = TextDelta | Finished | Failed
 Sink = Callable[[Event], None]
 T = TypeVar("T")
 Steps = Generator[None, None, T]  # work in slices: each `next` runs one, the return value is the result
@@ -259,7 +260,8 @@ class Engine:
         self._device = model_device(model)
         self._pad = pad_token_id(tokenizer)
         self._eos = _eos_ids(model, tokenizer)
-        self._vocab = int(model.get_input_embeddings().num_embeddings)
+        embeddings: Any = input_embeddings(model)  # an nn.Embedding in transformers' models
+        self._vocab = int(embeddings.num_embeddings)
         self._queue: deque[Job] = deque()
         self._tasks: deque[SlicedTask[Any]] = deque()  # work on the model; each leaves once it ends
         self._rows: list[Job] = []
@@ -548,7 +550,7 @@ class Engine:
     def _take_tokens(self, jobs: list[Job], logits: torch.Tensor) -> None:
         tokens = next_tokens(logits, [job.params for job in jobs], [job.generator for job in jobs])
         self.stats.generated_tokens += len(tokens)
-        for job, token in zip(jobs, tokens):
+        for job, token in zip(jobs, tokens, strict=True):
             if not job.cancelled:
                 job.accept(token, self._eos)
 

@@ -57,7 +57,7 @@ def next_tokens(
     """One token per row of ``logits`` (rows, vocab), each by its own request's parameters."""
     greedy = logits.argmax(dim=-1).tolist()
     chosen: list[int] = []
-    for row, (p, generator) in enumerate(zip(params, generators)):
+    for row, (p, generator) in enumerate(zip(params, generators, strict=True)):
         if p.greedy:
             chosen.append(int(greedy[row]))
             continue

@@ -6,7 +6,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from _common import (
+from _common import (  # noqa: E402
     compare,
     default_out,
     extract_and_save,
@@ -15,7 +15,7 @@ from _common import (
     print_comparison,
     rewrite_prompts,
     save,
-)  # noqa: E402
+)
 
 import icv  # noqa: E402
 

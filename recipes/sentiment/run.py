@@ -6,7 +6,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from _common import (
+from _common import (  # noqa: E402
     compare,
     compare_with_demos,
     default_out,
@@ -16,7 +16,7 @@ from _common import (
     parse_args,
     print_comparison,
     rewrite_prompts,
-)  # noqa: E402
+)
 
 import icv  # noqa: E402
 

@@ -10,8 +10,7 @@ import os
 import warnings
 
 import pytest
-from tiny import DEMOS as TINY_DEMOS
-from tiny import ByteTokenizer, tiny_model
+from tiny import DEMOS as TINY_DEMOS, ByteTokenizer, tiny_model
 from vllm_cases import DEMOS
 
 import icv

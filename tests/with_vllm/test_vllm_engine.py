@@ -59,10 +59,10 @@ def test_one_mixed_batch_gives_every_request_the_tokens_icv_steer_gives_it_alone
     batch = [(p, case) for p in prompts for case in CASES]
     got = tokens_of(llm.generate([p for p, _ in batch], [params(c) for _, c in batch], use_tqdm=False))
     expected = [reference(case, tok(p).input_ids, MAX_TOKENS) for p, case in batch]
-    for (prompt, case), g, e in zip(batch, got, expected):
+    for (prompt, case), g, e in zip(batch, got, expected, strict=True):
         assert g == e, f"{case} on {prompt!r}: vLLM {tok.decode(g)!r} vs transformers {tok.decode(e)!r}"
-    unsteered = {p: e for (p, case), e in zip(batch, expected) if case is None}
-    changed = sum(e != unsteered[p] for (p, case), e in zip(batch, expected) if case is not None)
+    unsteered = {p: e for (p, case), e in zip(batch, expected, strict=True) if case is None}
+    changed = sum(e != unsteered[p] for (p, case), e in zip(batch, expected, strict=True) if case is not None)
     assert changed >= len(batch) - len(prompts) - 2, "the cases should mostly change the output"
 
 

@@ -235,7 +235,7 @@ def test_a_bounded_load_of_mixed_steering_comes_back_complete_and_correct(client
         results = list(pool.map(one, jobs))
     elapsed = time.perf_counter() - started
     assert len(results) == len(jobs)
-    wrong = [(job, text) for job, (text, _, _) in zip(jobs, results) if text != wanted[job]]
+    wrong = [(job, text) for job, (text, _, _) in zip(jobs, results, strict=True) if text != wanted[job]]
     assert not wrong, f"{len(wrong)} of {len(jobs)} answers differ from icv.steer, e.g. {wrong[0]}"
     latencies = sorted(seconds for *_, seconds in results)
     tokens = sum(n for _, n, _ in results)

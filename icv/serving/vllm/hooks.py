@@ -18,7 +18,7 @@ is unsteered (``y == s`` bitwise there).  The MLP and attention return plain ten
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +99,7 @@ class InjectionHooks:
         away = self._away[layer].index_select(0, self._index)
         return rotate_towards(x, d, torch.linalg.vecdot(x, away).unsqueeze_(-1))
 
-    def _output_hook(self, layer: int):
+    def _output_hook(self, layer: int) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
             if not self.active:
                 return None
@@ -109,7 +109,7 @@ class InjectionHooks:
 
         return hook
 
-    def _block_hook(self, layer: int):
+    def _block_hook(self, layer: int) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
             if not self.active:
                 return None

@@ -195,8 +195,8 @@ def _annotating(send: Send, fields: dict[str, Any]) -> Send:
         if more:
             return
         body = _annotate_json(pending, insert)
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        kept = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*kept, (b"content-length", str(len(body)).encode())]})
         await send({**message, "body": body})
 
     return annotated

@@ -85,7 +85,7 @@ class SteeredLLM:
         )
         if len(params_list) != len(prompt_list):
             raise OptionError(f"{len(params_list)} sampling params for {len(prompt_list)} prompts")
-        steered = [self.prepare(p, s) for p, s in zip(prompt_list, params_list)]
+        steered = [self.prepare(p, s) for p, s in zip(prompt_list, params_list, strict=True)]
         return self.llm.generate([p for p, _ in steered], [s for _, s in steered], **kwargs)
 
     def prepare(self, prompt: Any, params: Any) -> tuple[dict[str, Any], Any]:

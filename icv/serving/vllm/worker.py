@@ -96,7 +96,7 @@ def attach(runner: Any, vllm_config: Any) -> StepSteering:
 
     @functools.wraps(forward)
     def steered_forward(*args: Any, **kwargs: Any) -> Any:
-        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+        positions: Any = kwargs.get("positions", args[1] if len(args) > 1 else None)
         arm(steering, runner, int(positions.shape[-1]))
         try:
             return forward(*args, **kwargs)
