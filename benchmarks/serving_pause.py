@@ -151,6 +151,7 @@ def measure(
             for work, trial in (("prompt", prompted), ("extraction", extracted)):
                 for key, value in trial.items():
                     results.setdefault(f"{work}/{arm}", {}).setdefault(key, []).append(value)
+                print(f"serving_pause: {work}/{arm}: {trial}", file=sys.stderr, flush=True)
     return {
         "model": describe(model),
         "prompt_tokens": prompt_tokens,
