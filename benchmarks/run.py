@@ -175,7 +175,7 @@ def _vllm(quick: bool) -> str:
         return out.read_text(encoding="utf-8")
 
 
-PAUSE_DEFAULTS = dict(prompt_tokens=4000, pairs=64, chunk=512, rounds=2, stream_tokens=2000)
+PAUSE_DEFAULTS = dict(prompt_tokens=4000, pairs=64, chunk=256, rounds=2, stream_tokens=2000)
 
 
 def _pause(quick: bool) -> str:

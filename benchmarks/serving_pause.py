@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
+import torch
 from extraction_speed import demo_pairs
 from harness import describe, embedded_model, markdown_table
 
@@ -210,10 +211,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="embedded")
     parser.add_argument("--prompt-tokens", type=int, default=4000)
     parser.add_argument("--pairs", type=int, default=64)
-    parser.add_argument("--chunk", type=int, default=512)
+    parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--stream-tokens", type=int, default=2000)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's); 1 on a machine shared with other jobs, where spinning "
+        "threads of two processes on the same cores slow each other down many times over",
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     result = measure(args.model, args.prompt_tokens, args.pairs, args.chunk, args.rounds, args.stream_tokens)
     print(table(result))
 

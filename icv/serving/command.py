@@ -66,17 +66,17 @@ def add_transformers_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--prefill-chunk",
         type=positive_int,
-        default=512,
+        default=256,
         metavar="TOKENS",
         help="prompt tokens run per engine step (chunked prefill), and an extraction's batch bound: "
-        "what a running stream waits at most for other work (default: 512)",
+        "what a running stream waits at most for other work (default: 256)",
     )
     group.add_argument(
         "--max-text-tokens",
         type=positive_int,
-        default=512,
+        default=256,
         metavar="N",
-        help="tokens in one text of a pair sent to /v1/vectors/extract, at most (default: 512)",
+        help="tokens in one text of a pair sent to /v1/vectors/extract, at most (default: 256)",
     )
     group.add_argument(
         "--max-extractions",

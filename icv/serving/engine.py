@@ -104,7 +104,7 @@ class BatchingPolicy:
     max_batch: int = 16
     gather_ms: float = 5.0
     max_queue: int = 256
-    prefill_chunk: int = 512  # prompt tokens (padding included) per engine step
+    prefill_chunk: int = 256  # prompt tokens (padding included) per engine step
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1 or self.gather_ms < 0 or self.prefill_chunk < 1:

@@ -30,7 +30,7 @@ class ServerLimits:
     max_upload_bytes: int = 16 << 20  # a vector file or a pair file
     max_pairs: int = 128  # pairs one extraction reads
     max_added_vectors: int = 32  # vectors extracted or uploaded, held at once (--max-vectors)
-    max_text_tokens: int = 512  # tokens in one text of a pair to extract from
+    max_text_tokens: int = 256  # tokens in one text of a pair to extract from
     max_extractions: int = 4  # extractions running or waiting at once; more get 503
 
 
