@@ -337,3 +337,21 @@ def test_the_vector_list_shows_no_server_path(open_server, folder):
     assert all("file" not in v and v["origin"] == "file" for v in described)
     assert [u["name"] for u in listed.json()["unfit"]] == ["qwen"]
     error_of(steered, 400, "vector_mismatch")
+
+
+def test_the_vllm_engine_gets_the_key_in_its_environment_not_its_command_line(monkeypatch):
+    import argparse
+
+    from icv.serving import command
+    from icv.serving.vllm import launch
+
+    monkeypatch.setattr(launch, "command", lambda *a, **kw: (["vllm", "serve"], {"PATH": "/bin"}))
+    monkeypatch.delenv("ICV_API_KEY", raising=False)
+    parser = argparse.ArgumentParser()
+    command.add_serve_arguments(parser)
+    argv, env = command.vllm_command(parser.parse_args(["--engine", "vllm", "--api-key", KEY]))
+    assert env["VLLM_API_KEY"] == KEY and KEY not in " ".join(argv)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--api-key", "has space"])
+    _, env = command.vllm_command(parser.parse_args(["--engine", "vllm"]))
+    assert "VLLM_API_KEY" not in env
