@@ -60,6 +60,13 @@ def runnable(page: str) -> list[tuple[int, str]]:
     return [(number, block) for number, block in enumerate(blocks) if number not in skipped]
 
 
+def quickstart_sentence() -> str:
+    """The sentence the README says the Quickstart prints (``It prints `...` ``, wrapped or not)."""
+    shown = re.search(r"It prints `([^`]+)`", (ROOT / "README.md").read_text(encoding="utf-8"))
+    assert shown, "the README no longer says what the Quickstart prints"
+    return " ".join(shown.group(1).split())
+
+
 def test_every_python_block_of_the_docs_is_run_or_says_why_not():
     for page in pages():
         blocks = python_blocks((ROOT / page).read_text(encoding="utf-8"))
@@ -85,7 +92,9 @@ def test_readme_and_docs_python_runs_twice_from_a_fresh_folder(tmp_path, monkeyp
                 )
         printed.append(capsys.readouterr().out)
     assert printed[0] == printed[1]
-    # The Quickstart prints the paraphrase alone: one line, no closing quote, no commentary after it.
+    # The Quickstart prints the paraphrase alone (one line, no closing quote), and it is the sentence
+    # the README says it prints: greedy decoding in float32 on the CPU is deterministic.
     answer = printed[0].strip().splitlines()
     assert len(answer) == 1 and answer[0] and '"' not in answer[0]
+    assert answer[0] == quickstart_sentence()
     assert (tmp_path / "positive.safetensors").is_file() and (tmp_path / "results" / "eval.json").is_file()
