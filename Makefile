@@ -17,7 +17,7 @@ VLLM_VERSION := 0.32.0
 MIN_VENV := .venv-min
 MPY := $(MIN_VENV)/bin/python
 
-.PHONY: setup demo test bench clean setup-vllm test-vllm serve-vllm setup-min test-min browser screenshot \
+.PHONY: setup demo test bench clean setup-vllm test-vllm serve-vllm test-llama-cpp setup-min test-min browser screenshot \
 	docs wheel-check lint
 
 setup: $(VENV)/.installed
@@ -68,6 +68,16 @@ test-vllm: setup-vllm
 VECTORS ?= vectors
 serve-vllm: setup-vllm
 	$(VLLM_VENV)/bin/icv serve --engine vllm --vectors $(VECTORS)
+
+# llama.cpp itself, steered by an exported control vector (tests/test_llama_cpp.py). llama-cpp-python
+# has no wheel on the index: pip compiles llama.cpp, lean (no native tuning, tools or tests), which
+# took 36 min on 2 busy cores; too long for .ci/run's 90 minutes beside the rest, so CI skips it.
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF
+test-llama-cpp: setup
+	$(PY) -c "import llama_cpp" 2>/dev/null || \
+		CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" $(PY) -m pip install --quiet llama-cpp-python diskcache
+	$(PY) -m pytest -q -p no:randomly tests/test_llama_cpp.py
 
 # Headless Chromium for the browser tests: Debian's package (Playwright's own browser
 # download does not work here; its Python package comes with the test extra).
