@@ -164,6 +164,7 @@ class Job:
         self._text = TextStream(decode, params.stop)
         self._cancelled = threading.Event()
         self.done = False
+        self.failed = False
 
     def cancel(self) -> None:
         """Drop this request at the next step boundary; it hears nothing more."""
@@ -193,6 +194,7 @@ class Job:
 
     def fail(self, error: RequestError) -> None:
         self.done = True
+        self.failed = True
         self.send(Failed(error))
 
     def send(self, event: Event) -> None:
@@ -548,9 +550,19 @@ class Engine:
         self._drop_done()
 
     def _take_tokens(self, jobs: list[Job], logits: torch.Tensor) -> None:
-        tokens = next_tokens(logits, [job.params for job in jobs], [job.generator for job in jobs])
+        """Each row's next token; a row whose logits are not finite ends alone, with an error."""
+        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        for job, ok in zip(jobs, finite, strict=True):
+            if not ok:
+                job.fail(_non_finite(job))
+        good = [row for row, ok in enumerate(finite) if ok]
+        if not good:
+            return
+        picked = [jobs[row] for row in good]
+        rows = logits if len(good) == len(jobs) else logits[good]
+        tokens = next_tokens(rows, [job.params for job in picked], [job.generator for job in picked])
         self.stats.generated_tokens += len(tokens)
-        for job, token in zip(jobs, tokens, strict=True):
+        for job, token in zip(picked, tokens, strict=True):
             if not job.cancelled:
                 job.accept(token, self._eos)
 
@@ -576,7 +588,9 @@ class Engine:
         if len(keep) == len(self._rows):
             return
         for job in self._rows:
-            if job.done:
+            if job.failed:
+                self.stats.failed += 1
+            elif job.done:
                 self.stats.finished += 1
             elif job.cancelled:
                 self.stats.cancelled += 1
@@ -616,6 +630,20 @@ class Engine:
             if not job.done:
                 self.stats.failed += 1
                 job.fail(error)
+
+
+def _non_finite(job: Job) -> RequestError:
+    """Why a row ended: its numbers overflowed (the steering's doing when it is steered)."""
+    if job.steering is not None:
+        return RequestError(
+            "the steering drove the model's numbers out of range (its logits are not finite): "
+            "lower the strength or use another vector",
+            param="steering",
+            code="steering_overflow",
+        )
+    return RequestError(
+        "the model's logits for this request are not finite", code="non_finite_logits", status=500
+    )
 
 
 def _closing() -> RequestError:

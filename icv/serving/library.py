@@ -238,6 +238,13 @@ class VectorLibrary:
         for term in terms:
             try:
                 scaled = self._vectors[term.vector].vector * term.strength
+            except ICVError as error:  # the product leaves float32's range
+                raise RequestError(
+                    f"vector '{term.vector}' at strength {term.strength:g}: {error}",
+                    param="steering",
+                    code="invalid_strength",
+                ) from None
+            try:
                 total = scaled if total is None else total + scaled
             except ICVError as error:  # vectors of different injection modes, a sum past float32
                 raise RequestError(

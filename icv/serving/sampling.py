@@ -2,8 +2,14 @@
 
 Each request keeps its own random generator (seeded from the request's ``seed``
 when it gives one), so a seeded request draws the same tokens whatever other
-requests share its batch.  ``temperature == 0`` is greedy: the argmax, exactly
-what ``model.generate(do_sample=False)`` picks.
+requests share its batch.  The generator is Python's Mersenne Twister seeded with
+all 64 bits of the seed (torch's CPU generator keeps only the low 32: seeds 0 and
+2**32 drew the same tokens); a token is drawn by inverting the cumulative
+distribution at one uniform draw.  ``temperature == 0`` is greedy: the argmax,
+exactly what ``model.generate(do_sample=False)`` picks.
+
+Only rows whose logits are all finite are given here: the engine ends a row whose
+numbers overflowed (:mod:`icv.serving.engine`) before it samples the others.
 """
 
 from __future__ import annotations
@@ -31,13 +37,16 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def row_generator(params: SamplingParams) -> torch.Generator | None:
-    """The request's own random generator (``None`` for greedy requests, which need none)."""
+def row_generator(params: SamplingParams) -> random.Random | None:
+    """The request's own random generator (``None`` for greedy requests, which need none).
+
+    Seeded with the seed's 64 bits (negative seeds as their two's complement), or from
+    the system's entropy when the request gives no seed.
+    """
     if params.greedy:
         return None
-    generator = torch.Generator()
-    generator.manual_seed(params.seed if params.seed is not None else random.SystemRandom().randrange(2**63))
-    return generator
+    seed = params.seed % 2**64 if params.seed is not None else random.SystemRandom().randrange(2**64)
+    return random.Random(seed)
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -51,17 +60,36 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(0, order, ordered)
 
 
+def distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The probabilities (float64) a sampled row draws from: temperature, then top-p.
+
+    The largest logit is subtracted before dividing by the temperature, so a tiny
+    temperature gives the argmax's certainty instead of ``inf - inf``.
+    """
+    wide = logits.double()
+    scaled = (wide - wide.max()) / params.temperature
+    return nucleus(torch.softmax(scaled, dim=-1), params.top_p)
+
+
+def draw(probs: torch.Tensor, generator: random.Random) -> int:
+    """The token at one uniform draw along the cumulative distribution (never one of probability 0)."""
+    cumulative = torch.cumsum(probs, dim=0)
+    point = torch.tensor([generator.random() * float(cumulative[-1])], dtype=cumulative.dtype)
+    index = int(torch.searchsorted(cumulative, point, right=True))
+    # A draw that rounds up to the total lands past the end: the last token that can be drawn.
+    return min(index, int(probs.nonzero()[-1]))
+
+
 def next_tokens(
-    logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
+    logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[random.Random | None]
 ) -> list[int]:
-    """One token per row of ``logits`` (rows, vocab), each by its own request's parameters."""
+    """One token per row of ``logits`` (rows, vocab, all finite), each by its own request's parameters."""
     greedy = logits.argmax(dim=-1).tolist()
     chosen: list[int] = []
     for row, (p, generator) in enumerate(zip(params, generators, strict=True)):
         if p.greedy:
             chosen.append(int(greedy[row]))
             continue
-        probs = torch.softmax(logits[row].float() / p.temperature, dim=-1)
-        probs = nucleus(probs, p.top_p)
-        chosen.append(int(torch.multinomial(probs, 1, generator=generator)))
+        assert generator is not None, "a sampled row needs its generator (row_generator)"
+        chosen.append(draw(distribution(logits[row], p), generator))
     return chosen

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..steer import Steering, steer
@@ -72,12 +73,20 @@ def steer_rows(model: nn.Module, rows: Sequence[RowSteering | None], phase: str)
 def _steer_group(
     model: nn.Module, active: list[RowSteering | None], members: set[int], mode: str, site: str
 ) -> Steering:
-    filler = active[min(members)]
-    assert filler is not None
-    vectors = [
-        s.vector if row in members and s is not None else filler.vector for row, s in enumerate(active)
-    ]
+    first = active[min(members)]
+    assert first is not None
+    # The other rows get a zero vector of the same kind at strength 0: bitwise unsteered, and
+    # untouched by whatever a member's vector holds (inf * 0 would be NaN in every row).
+    idle = _zero_like(first.vector)
+    vectors = [s.vector if row in members and s is not None else idle for row, s in enumerate(active)]
     strengths = [1.0 if row in members else 0.0 for row in range(len(active))]
     # Entered as a `with` block enters it: stacking these is deliberate (each steers rows the
     # others leave at strength 0), so no stacked-handle warning; the caller removes it.
     return steer(model, vectors, strengths, mode=mode, site=site).__enter__()
+
+
+def _zero_like(vector: InContextVector) -> InContextVector:
+    """A vector of ``vector``'s model and injection that steers nothing."""
+    zeros = torch.zeros_like(vector.directions)
+    shifts = None if vector.shifts is None else zeros
+    return InContextVector(zeros, vector.metadata, torch.zeros_like(vector.layer_scales), shifts)
