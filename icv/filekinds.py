@@ -44,16 +44,19 @@ def what_it_is(path: str | os.PathLike[str]) -> str | None:
             return f"a GGUF control vector: read it with icv.import_gguf({name!r}) (command line: icv import)"
         return f"a GGUF model, not a vector: load it with icv.load_model({name!r})"
     rebuild = "build the vector with icv.InContextVector(directions, metadata) and save it"
+    # Before the magic bytes: a safetensors header's length may start with any byte (0x80 too).
+    if _is_safetensors(head):
+        if b"icv_format_version" in head:
+            return None  # one of ours: the reader's own error says what is wrong with it
+        weights = b'.weight"' in head or b'"model.' in head
+        what = "a model's weights in safetensors" if weights else "a safetensors file without icv metadata"
+        return f"{what}, not an icv vector: load models with icv.load_model(folder); make vectors with icv.extract"
     if head.startswith(b"PK\x03\x04"):
         return f"a zip archive (what torch.save writes), not a vector file: {rebuild}"
     if head.startswith(b"\x80"):
         return f"a pickle, not a vector file, and icv never unpickles files: {rebuild}"
     if head.startswith(b"\x93NUMPY"):
         return f"a NumPy array, not a vector file: {rebuild}"
-    if _is_safetensors(head) and b"icv_format_version" not in head:
-        weights = b'.weight"' in head or b'"model.' in head
-        what = "a model's weights in safetensors" if weights else "a safetensors file without icv metadata"
-        return f"{what}, not an icv vector: load models with icv.load_model(folder); make vectors with icv.extract"
     text = _text(head)
     if text is None:
         return None

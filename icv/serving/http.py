@@ -20,6 +20,9 @@ from starlette.responses import JSONResponse, Response
 from ..errors import RequestError
 from .request import DEFAULT_MAX_VECTORS
 
+# The deepest body a route reads is 5 levels (chat messages' content parts); any deeper is not ours.
+MAX_JSON_DEPTH = 32
+
 
 @dataclass(frozen=True)
 class ServerLimits:
@@ -50,14 +53,59 @@ async def read_body(request: Request, limit: int, what: str = "the body") -> byt
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
     """The request's JSON object, declared ``application/json`` (else 415), at most ``limit`` bytes."""
     require_content_type(request, "application/json")
-    body = await read_body(request, limit)
+    return parse_json_object(await read_body(request, limit))
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object of text: at most :data:`MAX_JSON_DEPTH` levels deep, no lone surrogates (else 400)."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise RequestError(f"the body is not valid JSON: {error}", code="invalid_json") from None
+    except RecursionError:  # nesting past the parser's own limit
+        raise _too_deep() from None
     if not isinstance(data, dict):
         raise RequestError("the body must be a JSON object", code="invalid_json")
+    _check_json_values(data)
     return data
+
+
+def _check_json_values(data: Any) -> None:
+    """Walk the parsed body (without recursion): bounded depth, strings that are text.
+
+    JSON's ``\\ud800`` escape parses to a lone UTF-16 surrogate, a Python string that no
+    tokenizer or UTF-8 writer takes: refused here, once, for every field of every route.
+    """
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep()
+        if isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key)
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+
+
+def _check_text(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = value[error.start : error.end]
+        raise RequestError(
+            f"the body holds a lone UTF-16 surrogate ({bad.encode('unicode_escape').decode()}), which is not text",
+            code="invalid_json",
+        ) from None
+
+
+def _too_deep() -> RequestError:
+    return RequestError(
+        f"the body nests more than {MAX_JSON_DEPTH} levels of arrays and objects", code="invalid_json"
+    )
 
 
 def require_content_type(request: Request, expected: str) -> None:

@@ -54,7 +54,8 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (0, None),
     "presence_penalty": (0, None),
     "logit_bias": (None, {}),
-    "logprobs": (None, False, 0),
+    # vLLM's `logprobs: 0` asks for the sampled token's logprob: this server returns none.
+    "logprobs": (None, False),
     "top_logprobs": (None, 0),
     "echo": (False, None),
     "best_of": (1, None),
@@ -113,6 +114,14 @@ def _request(
             "'stream_options' may only hold 'include_usage'", param="stream_options", code="invalid_value"
         )
     include_usage = _boolean((options or {}).get("include_usage"), "stream_options.include_usage", False)
+    stream = _boolean(body.get("stream"), "stream", False)
+    if options is not None and not stream:
+        # As OpenAI and vLLM: options of a stream in a request that asks for none are a mistake.
+        raise RequestError(
+            "'stream_options' is only allowed when 'stream' is true",
+            param="stream_options",
+            code="invalid_value",
+        )
     given = max_tokens is not None
     params = SamplingParams(
         max_tokens=_integer(max_tokens, max_name, COMPLETIONS_DEFAULT_MAX_TOKENS, low=1),
@@ -127,7 +136,7 @@ def _request(
         prompts=prompts,
         params=params,
         max_tokens_given=given,
-        stream=_boolean(body.get("stream"), "stream", False),
+        stream=stream,
         include_usage=include_usage,
         steering=parse_steering(body, max_vectors=max_vectors),
         messages=messages,
