@@ -48,6 +48,10 @@ def _check_text(value: object, where: str) -> str:
         raise DemoError(f"{where} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise DemoError(f"{where} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON's "\\ud800" escape: no tokenizer reads it
+        raise DemoError(f"{where} holds a lone UTF-16 surrogate, which is not text") from None
     return value
 
 
