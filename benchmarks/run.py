@@ -27,10 +27,11 @@ import icv_vs_icl
 import load_time
 import serving_load
 import serving_pause
+import serving_safety
 import torch
 from harness import REPO
 
-SECTIONS = ("generation", "extraction", "memory", "icl", "load", "serving", "vllm", "pause")
+SECTIONS = ("generation", "extraction", "memory", "icl", "load", "serving", "vllm", "pause", "safety")
 
 
 def _generation(quick: bool) -> str:
@@ -189,6 +190,18 @@ def _pause(quick: bool) -> str:
     )
 
 
+def _safety(_quick: bool) -> str:
+    # Always the tiny model: what is measured is the server's refusal and isolation, not speed.
+    return (
+        "## 9. Serving: a hostile upload and a broken row\n\n"
+        "Hostile GGUF control vectors (about 6 KB, one direction 1,536 values wide at a block index no "
+        "model has) uploaded to a running server on a tiny model, the server on a thread of the "
+        "measuring process, whose peak memory (`VmHWM`, reset before each upload) is reported; and "
+        "one broken row in a batch (`benchmarks/serving_safety.py`).\n\n"
+        f"{serving_safety.report()}\n"
+    )
+
+
 RUNNERS: dict[str, Callable[[bool], str]] = {
     "generation": _generation,
     "extraction": _extraction,
@@ -198,6 +211,7 @@ RUNNERS: dict[str, Callable[[bool], str]] = {
     "serving": _serving,
     "vllm": _vllm,
     "pause": _pause,
+    "safety": _safety,
 }
 
 

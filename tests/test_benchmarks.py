@@ -166,3 +166,11 @@ def test_the_longest_gap_is_the_one_that_overlaps_the_work():
     arrivals = [0.0, 0.1, 0.2, 1.5, 1.6, 3.0]
     assert serving_pause.longest_gap(arrivals, start=0.15, end=1.55) == pytest.approx(1.3)
     assert serving_pause.longest_gap(arrivals, start=1.55, end=1.58) == pytest.approx(0.1)
+
+
+def test_serving_safety_refuses_the_hostile_uploads_and_isolates_the_broken_row():
+    import serving_safety
+
+    text = serving_safety.report()
+    assert text.count("| 400 |") == 2
+    assert "400 `steering_overflow`; good rows identical to alone: 4/4" in text

@@ -144,7 +144,12 @@ def check(response) -> None:
 
 
 def post(http, route: str, body: bytes, content_type: str = "application/json", **params):
-    return http.post(route, content=body, params=params, headers={"content-type": content_type})
+    # Percent-encoded as a client must (surrogates as their WTF-8 bytes), so the server decodes them.
+    query = "&".join(
+        f"{key}={quote(value, safe='', errors='surrogatepass')}" for key, value in params.items()
+    )
+    url = f"{route}?{query}" if query else route
+    return http.post(url, content=body, headers={"content-type": content_type})
 
 
 def as_json(value) -> bytes:
@@ -221,7 +226,6 @@ def test_reading_routes_with_any_name_and_query(http):
     @FUZZ
     @given(name=TEXT, fmt=st.sampled_from(["safetensors", "gguf", "", "pdf"]) | TEXT)
     def run(name, fmt):
-        # Percent-encoded as a client must (surrogates as their WTF-8 bytes), so the server decodes them.
         quoted, query = (quote(text, safe="", errors="surrogatepass") for text in (name, fmt))
         check(http.get(f"/v1/vectors/{quoted or 'x'}/download?format={query}"))
         for path in ("/v1/models", "/v1/vectors", "/health"):

@@ -98,3 +98,72 @@ def test_readme_and_docs_python_runs_twice_from_a_fresh_folder(tmp_path, monkeyp
     assert len(answer) == 1 and answer[0] and '"' not in answer[0]
     assert answer[0] == quickstart_sentence()
     assert (tmp_path / "positive.safetensors").is_file() and (tmp_path / "results" / "eval.json").is_file()
+
+
+# -- shell commands ----------------------------------------------------------------------
+
+# Pages whose `icv` commands run, in this order, from a fresh folder holding what a fresh clone
+# has (recipes/): the README's, then the serving page's first steps.
+RUN_SHELL = ("README.md", "docs/serving.md")
+
+# page -> (indices of its `icv` commands that are not run, why).  Pages not in RUN_SHELL excuse all.
+SHELL_NOT_RUN: dict[str, tuple[range, str]] = {
+    "docs/serving.md": (
+        range(2, 5),
+        "`icv serve` runs in the foreground until stopped; tests/test_serving*.py start the same server",
+    ),
+    "docs/cli.md": (
+        range(0, 100),
+        "a reference of every command on the reader's own files (positive.jsonl, ./my-llama, "
+        "sentences.txt, someone-elses.gguf) and the Hub; tests/test_cli.py runs each command",
+    ),
+    "docs/index.md": (
+        range(0, 100),
+        "the reader's own positive.jsonl; the README runs the same two commands",
+    ),
+    "docs/hub.md": (range(0, 100), "reaches the Hub (no network here); tests/test_hub.py runs them offline"),
+    "docs/vllm.md": (range(0, 100), "needs vLLM (.venv-vllm) and runs a foreground server"),
+}
+
+
+def shell_commands(text: str) -> list[str]:
+    """The `icv ...` commands of a page's shell blocks (continuation lines joined, comments cut)."""
+    commands = []
+    for block in re.findall(r"^```(?:sh|bash|shell|console)\n(.*?)^```", text, flags=re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.removeprefix("$ ").strip()
+            if line.startswith("icv "):
+                commands.append(line.split("  #")[0].split(" # ")[0].strip())
+    return commands
+
+
+def runnable_commands(page: str) -> list[tuple[int, str]]:
+    skipped = SHELL_NOT_RUN.get(page, (range(0), ""))[0]
+    commands = shell_commands((ROOT / page).read_text(encoding="utf-8"))
+    return [(number, command) for number, command in enumerate(commands) if number not in skipped]
+
+
+def test_every_icv_command_of_the_docs_is_run_or_says_why_not():
+    for page in pages():
+        commands = shell_commands((ROOT / page).read_text(encoding="utf-8"))
+        if page not in RUN_SHELL:
+            assert not commands or page in SHELL_NOT_RUN, f"{page}: `icv` commands neither run nor excused"
+    run = [command for page in RUN_SHELL for _, command in runnable_commands(page)]
+    assert any("--out vectors/" in command for command in run), run  # the serving page's first step
+    assert sum(1 for page in RUN_SHELL for _ in runnable_commands(page)) >= 3
+
+
+@pytest.mark.real_model
+def test_readme_and_docs_icv_commands_run_from_a_fresh_folder(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    from icv.cli.app import main
+
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")  # what a fresh clone has; no vectors/ yet
+    monkeypatch.chdir(tmp_path)
+    for page in RUN_SHELL:
+        for number, command in runnable_commands(page):
+            code = main(shlex.split(command)[1:])
+            captured = capsys.readouterr()
+            assert code == 0, f"{page} command {number + 1}: {command}\n{captured.err[-2000:]}"
+    assert (tmp_path / "vectors" / "positive.safetensors").is_file()

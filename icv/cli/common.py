@@ -35,12 +35,20 @@ def say(message: str, stream: TextIO | None = None) -> None:
 
 
 def check_new_file(path: Path, force: bool) -> None:
-    """Refuse before any slow work when the output exists and --force was not given."""
+    """Before any slow work: refuse an existing output without --force, and make its missing folders.
+
+    ``--out vectors/positive.safetensors`` on a fresh clone makes ``vectors/`` (as ``mkdir -p``);
+    the file itself is still written atomically (a temporary file, then a rename).
+    """
     if path.exists() and not force:
         raise VectorExistsError(f"'{path}' exists; pass --force to replace it")
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise VectorFileError(f"cannot write '{path}': folder '{folder}' does not exist")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a folder should be, no permission
+        raise VectorFileError(
+            f"cannot write '{path}': cannot make folder '{folder}' ({error.strerror or error})"
+        ) from None
 
 
 def read_vector(path: str | Path) -> InContextVector:
