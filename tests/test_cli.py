@@ -332,14 +332,18 @@ def test_extract_layer_out_of_range_is_an_error(model_dir, demos_file, tmp_path,
     assert code == 1 and "out of range" in err
     assert not (tmp_path / "o.safetensors").exists()
     (tmp_path / "a-file").write_text("")
-    code, _, err = run(capsys, "extract", "--demos", demos_file, "--out", tmp_path / "a-file" / "o.safetensors")
+    code, _, err = run(
+        capsys, "extract", "--demos", demos_file, "--out", tmp_path / "a-file" / "o.safetensors"
+    )
     assert code == 1 and "cannot make folder" in err  # refused before loading any model
 
 
 def test_out_makes_missing_folders(demos_file, model_dir, tmp_path, capsys):
     # The README's first serving command on a fresh clone: --out vectors/positive.safetensors.
     out = tmp_path / "vectors" / "deeper" / "positive.safetensors"
-    code, _, err = run(capsys, "extract", "--demos", demos_file, "--out", out, "--model", model_dir, "--quiet")
+    code, _, err = run(
+        capsys, "extract", "--demos", demos_file, "--out", out, "--model", model_dir, "--quiet"
+    )
     assert code == 0, err
     assert icv.InContextVector.load(out).num_layers > 0
     assert [p.name for p in out.parent.iterdir()] == ["positive.safetensors"]  # no temporary file left
