@@ -28,10 +28,11 @@ DEMOS_FILE = "demos.jsonl"
 # One column of a comparison: the vector and the strength it is applied with.
 Steered = tuple[icv.InContextVector, float]
 
-# With the demonstrations in the prompt as well, the same vector moves the model much further
-# per unit of strength (docs/results.md, "ICL + ICV"): the hybrid column's default strength is
-# this share of the recipe's own.
-HYBRID_SHARE = 1 / 3
+# With the demonstrations in the prompt as well, the same vector moves the model 2-3x further per
+# unit of strength: on Yelp the hybrid matched ICV's similarity at 0.35-0.5 of ICV's strength
+# (SmolLM2 0.015 ~ 0.03, 0.03 ~ 0.04; Gemma 3 270M 0.03 ~ 0.08, 0.04 ~ 0.095; docs/results.md,
+# "Hybrid"). The hybrid column's default strength is this share of the recipe's own.
+HYBRID_SHARE = 0.4
 
 
 def recipe_dir(recipe: str | os.PathLike[str]) -> Path:
