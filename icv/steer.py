@@ -32,10 +32,13 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from . import metadata as meta
+from . import inject, metadata as meta
 from .errors import OptionError, StackedSteeringWarning, SteeringError
 from .gguf import pad_layers
-from .hooks import HookHandles, output_tensor
+from .hooks import HookHandles, output_tensor, replace_output
+
+# rotate_towards: re-exported for callers that import it from here (the vLLM plugin, tests).
+from .inject import away_directions, rotate_towards  # noqa: F401
 from .layers import SITES, Architecture, decoder_layers, input_embeddings, site_modules
 from .models import model_name_of
 from .options import checked_options
@@ -44,7 +47,6 @@ from .rows import RowGroupCheck
 from .strength import planned_strength, warn_default
 from .vector import InContextVector
 
-_EPS = 1e-12
 _registry_lock = threading.Lock()
 # model -> the live steerings on it; lets us refuse steering from a second thread.
 _active: weakref.WeakKeyDictionary[nn.Module, list[Steering]] = weakref.WeakKeyDictionary()
@@ -247,18 +249,9 @@ class _Variants:
         return self._delta.repeat_interleave(batch // rows, dim=0).unsqueeze(1)
 
 
-def away_directions(delta: torch.Tensor) -> torch.Tensor:
-    """``-delta/|delta|`` along the last axis (zero rows stay zero): what the rotation's boost measures."""
-    wide = delta.float()
-    norm = wide.norm(dim=-1, keepdim=True)
-    return torch.where(norm > 0, -wide / norm.clamp_min(_EPS), torch.zeros_like(wide)).to(delta.dtype)
-
-
 def _prepare_rotation(delta: torch.Tensor) -> tuple:
-    """(delta, -delta/|delta| as a column for one matmul; zero rows stay zero)."""
-    away = away_directions(delta)
-    column = away.unsqueeze(-1) if delta.dim() == 1 else away.transpose(-1, -2)
-    return delta, column
+    """(delta, -delta/|delta| beside it, for one vecdot; zero rows stay zero)."""
+    return delta, away_directions(delta)
 
 
 def _rotation_hook(delta: torch.Tensor, tracker: PositionTracker | None) -> Hook:
@@ -267,33 +260,10 @@ def _rotation_hook(delta: torch.Tensor, tracker: PositionTracker | None) -> Hook
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
         x = output if type(output) is torch.Tensor else output_tensor(output)
         d, away = variants.get(x)
-        y = rotate_towards(x, d, torch.matmul(x, away), None if tracker is None else tracker.mask_for(x))
-        return y if type(output) is torch.Tensor else _replace(output, y)
+        y = inject.rotate(x, d, away, None if tracker is None else tracker.mask_for(x))
+        return y if type(output) is torch.Tensor else replace_output(output, y)
 
     return hook
-
-
-def rotate_towards(
-    x: torch.Tensor, d: torch.Tensor, dot_away: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``x`` turned towards ``d`` with its norm kept: the rotation every steering hook applies.
-
-    ``d`` broadcasts against ``x`` (one delta, one per row, or one per token);
-    ``dot_away`` is ``x . -d/|d|`` per position (0 where ``d`` is 0), shape ``(..., 1)``,
-    and is overwritten; ``mask`` (0 or 1 per position) leaves the positions at 0 untouched.
-    """
-    # Nine tensor ops (the hook runs per layer per generated token, where the cost of
-    # launching ops, not arithmetic, dominates): no syncs, no Python loops.
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    # boost * |x| = |x| (1 + max(0, cos(x, -d))) = |x| + max(0, x . -d/|d|)
-    coef = dot_away.clamp_min_(0.0).add_(norm)
-    if mask is not None:
-        coef.mul_(mask)
-    # x/|x| + boost*d, rescaled to |x|:  (x + boost |x| d) * |x| / |x + boost |x| d|
-    y = torch.addcmul(x, coef, d)
-    # |y| = 0 only where x = 0 (then y = 0 too): 0/0 -> 0 keeps it zero, in any dtype.
-    # Unsteered rows and positions get y = x, so |x|/|y| is exactly 1: bitwise unchanged.
-    return y.mul_(norm.div_(torch.linalg.vector_norm(y, dim=-1, keepdim=True)).nan_to_num_(0.0, 0.0, 0.0))
 
 
 def _prepare_averaged(deltas: torch.Tensor) -> tuple:
@@ -309,13 +279,8 @@ def _averaged_rotation_hook(deltas: torch.Tensor, tracker: PositionTracker | Non
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
         x = output if type(output) is torch.Tensor else output_tensor(output)
         d, away = variants.get(x)
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        coef = torch.matmul(x, away).clamp_min_(0.0).add_(norm)  # (..., K): boost_k * |x|
-        if tracker is not None:
-            coef.mul_(tracker.mask_for(x))
-        y = x + torch.matmul(coef, d)
-        y.mul_(norm.div_(torch.linalg.vector_norm(y, dim=-1, keepdim=True)).nan_to_num_(0.0, 0.0, 0.0))
-        return y if type(output) is torch.Tensor else _replace(output, y)
+        y = inject.rotate_averaged(x, d, away, None if tracker is None else tracker.mask_for(x))
+        return y if type(output) is torch.Tensor else replace_output(output, y)
 
     return hook
 
@@ -326,14 +291,10 @@ def _addition_hook(delta: torch.Tensor, tracker: PositionTracker | None) -> Hook
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
         x = output if type(output) is torch.Tensor else output_tensor(output)
         (d,) = variants.get(x)
-        y = x + d if tracker is None else torch.addcmul(x, tracker.mask_for(x), d)
-        return y if type(output) is torch.Tensor else _replace(output, y)
+        y = inject.add(x, d, None if tracker is None else tracker.mask_for(x))
+        return y if type(output) is torch.Tensor else replace_output(output, y)
 
     return hook
-
-
-def _replace(output: Any, hidden: torch.Tensor) -> Any:
-    return (hidden, *output[1:]) if isinstance(output, tuple) else [hidden, *output[1:]]
 
 
 # -- building a steering ----------------------------------------------------------------
