@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-from steering_reference import add as reference_add
-from steering_reference import rotate as reference_rotate
+from steering_reference import add as reference_add, rotate as reference_rotate
 
 from icv import inject
 
