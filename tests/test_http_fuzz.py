@@ -27,8 +27,12 @@ from icv.serving.http import ServerLimits
 from icv.storage import to_bytes
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import (  # noqa: E402
+    HealthCheck,
+    given,
+    settings,
+    strategies as st,  # noqa: E402
+)
 
 EXAMPLES = int(os.environ.get("ICV_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(
