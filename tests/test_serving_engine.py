@@ -105,12 +105,15 @@ def wait_idle(engine: Engine, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def run_together(engine, tok, requests):
+def run_together(engine, tok, requests, *, start: bool = False):
+    """Submits every request, then (``start``) starts the engine and waits for them all."""
     listeners = []
     for prompt, steering in requests:
         listener = Listener()
         engine.submit(tok(prompt)["input_ids"], GREEDY, steering, listener)
         listeners.append(listener)
+    if start:
+        engine.start()
     return [listener.result() for listener in listeners]
 
 
@@ -135,8 +138,7 @@ def test_a_mixed_batch_gives_each_request_what_it_gets_alone(model, tok, vectors
     expected = [alone(model, tok, prompt, steering) for prompt, steering in requests]
     engine = Engine(model, tok, start=False)  # everything queued first: one prefill, one batch
     try:
-        engine.start()
-        results = run_together(engine, tok, requests)
+        results = run_together(engine, tok, requests, start=True)
     finally:
         engine.close()
     assert engine.stats.prefills == 1 and engine.stats.peak_batch == len(CASES)

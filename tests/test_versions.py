@@ -22,8 +22,9 @@ def declared() -> dict[str, Requirement]:
     lines = config["options"]["install_requires"].splitlines()
     for extra, value in config["options.extras_require"].items():
         # Not part of `make test`: atheris (a fuzzing tool), the docs site's tools (`make docs`),
+        # the linters, pinned exactly (`make lint`),
         # and vLLM, which lives in an environment of its own (`make setup-vllm`).
-        if extra not in ("fuzz", "docs", "vllm"):
+        if extra not in ("fuzz", "docs", "lint", "vllm"):
             lines += value.splitlines()
     return {_name(r.name): r for r in (Requirement(line) for line in lines if line.strip())}
 
