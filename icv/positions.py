@@ -50,6 +50,7 @@ class PositionTracker:
             raise ValueError(positions)
         self._steer_prompt = positions == "prompt"
         self.prompt_length = 0
+        self.batch = 1  # the current call's rows
         self._previous: torch.Tensor | None = None
         self._mask = torch.ones(1, 1, 1, dtype=torch.bool)
         self._cast: dict[tuple, torch.Tensor] = {}
@@ -59,7 +60,7 @@ class PositionTracker:
         tokens = ids if isinstance(ids, torch.Tensor) else kwargs.get("inputs_embeds")
         if not isinstance(tokens, torch.Tensor):
             return
-        length = tokens.shape[1]
+        self.batch, length = tokens.shape[0], tokens.shape[1]
         past = past_length(kwargs)
         # A call given a cache is a prefill exactly when the cache is empty; only a
         # cache-less call needs the heuristic that tells a next step from a new prompt.

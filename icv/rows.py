@@ -23,14 +23,15 @@ class RowGroupCheck:
 
     def __init__(self, rows: int) -> None:
         self.rows = rows
-        # Its prompt length says which leading columns every repeat of a row shares.
-        self._prompt = PositionTracker("prompt")
+        # Its prompt length says which leading columns every repeat of a row shares, and
+        # its batch how the hooks lay out a site's output that flattens the batch.
+        self.calls = PositionTracker("prompt")
 
     def observe(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        self.calls.observe(model, args, kwargs)
         ids = kwargs.get("input_ids", args[0] if args else None)
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
             return
-        self._prompt.observe(model, args, kwargs)
         batch = ids.shape[0]
         if batch % self.rows:
             raise SteeringError(
@@ -40,7 +41,7 @@ class RowGroupCheck:
         repeats = batch // self.rows
         if repeats == 1 or past_length(kwargs) > 0:
             return
-        prompts = ids[:, : self._prompt.prompt_length].reshape(self.rows, repeats, -1)
+        prompts = ids[:, : self.calls.prompt_length].reshape(self.rows, repeats, -1)
         if not bool((prompts == prompts[:, :1]).all()):
             raise SteeringError(
                 f"steering was given {self.rows} per-row strengths or vectors, but the batch "

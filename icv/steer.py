@@ -106,22 +106,21 @@ class Steering:
                 self._handles.add(self._stack_check)
             if tracker is not None:
                 self._handles.add(model.register_forward_pre_hook(tracker.observe, with_kwargs=True))
-            if average:
-                # Several vectors on every row, the reference code's way (see steer_averaged).
-                make = _averaged_rotation_hook if mode == "rotate" else _addition_hook
-                # rotate: (1, layers, K, hidden), so each layer's hook gets its K pushes as one row.
-                deltas = (
-                    deltas.transpose(0, 1).unsqueeze(0) if mode == "rotate" else deltas.mean(0, keepdim=True)
-                )
-            else:
-                make = _rotation_hook if mode == "rotate" else _addition_hook
-                if deltas.shape[0] > 1:
-                    check = RowGroupCheck(deltas.shape[0])
-                    self._handles.add(model.register_forward_pre_hook(check.observe, with_kwargs=True))
+            check = None
+            if average and mode == "rotate":
+                # (1, layers, K, hidden): each layer's hook gets its K pushes as one row.
+                deltas = deltas.transpose(0, 1).unsqueeze(0)
+            elif average:
+                deltas = deltas.mean(0, keepdim=True)  # averaged additions are one addition
+            elif deltas.shape[0] > 1:
+                check = RowGroupCheck(deltas.shape[0])
+                self._handles.add(model.register_forward_pre_hook(check.observe, with_kwargs=True))
+            calls = tracker if tracker is not None else None if check is None else check.calls
             for layer, module in enumerate(modules):
                 if float(layer_weights[layer]) == 0.0:
                     continue
-                self._handles.add(module.register_forward_hook(make(deltas[:, layer], tracker)))
+                hook = _steering_hook(deltas[:, layer], mode, average, tracker, calls)
+                self._handles.add(module.register_forward_hook(hook))
         except BaseException:
             self.remove()
             raise
@@ -254,44 +253,50 @@ def _prepare_rotation(delta: torch.Tensor) -> tuple:
     return delta, away_directions(delta)
 
 
-def _rotation_hook(delta: torch.Tensor, tracker: PositionTracker | None) -> Hook:
-    variants = _Variants(delta, _prepare_rotation)
-
-    def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
-        x = output if type(output) is torch.Tensor else output_tensor(output)
-        d, away = variants.get(x)
-        y = inject.rotate(x, d, away, None if tracker is None else tracker.mask_for(x))
-        return y if type(output) is torch.Tensor else replace_output(output, y)
-
-    return hook
-
-
 def _prepare_averaged(deltas: torch.Tensor) -> tuple:
     """(deltas / K, the K unit "away" directions as columns) for K vectors (zero rows stay zero)."""
     return deltas / deltas.shape[0], away_directions(deltas).transpose(0, 1).contiguous()
 
 
-def _averaged_rotation_hook(deltas: torch.Tensor, tracker: PositionTracker | None) -> Hook:
-    """Several vectors at once, as the reference code applies them: each push ``boost_k * d_k``
-    with its own boost, the pushes averaged, then one norm-preserving turn."""
-    variants = _Variants(deltas, _prepare_averaged)  # deltas: (1, K, hidden)
+def _prepare_addition(delta: torch.Tensor) -> tuple:
+    return (delta,)
+
+
+# mode (and whether several vectors are averaged) -> (how a layer's delta is prepared, the injection).
+_INJECTIONS: dict[tuple[str, bool], tuple[Callable[[torch.Tensor], tuple], Callable[..., torch.Tensor]]] = {
+    ("rotate", False): (_prepare_rotation, inject.rotate),
+    # Several vectors at once, as the reference code applies them: each push boost_k * d_k
+    # with its own boost, the pushes averaged, then one norm-preserving turn.
+    ("rotate", True): (_prepare_averaged, inject.rotate_averaged),
+    ("add", False): (_prepare_addition, inject.add),
+    ("add", True): (_prepare_addition, inject.add),
+}
+
+
+def _steering_hook(
+    delta: torch.Tensor,
+    mode: str,
+    average: bool,
+    tracker: PositionTracker | None,
+    calls: PositionTracker | None,
+) -> Hook:
+    """The forward hook that applies one layer's ``delta`` to its site's output.
+
+    ``tracker`` gives the position mask (``None``: all positions); ``calls`` sees each
+    call's batch, where per-row deltas or a mask need it (``None``: neither does).
+    """
+    prepare, apply = _INJECTIONS[mode, average]
+    variants = _Variants(delta, prepare)
 
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
         x = output if type(output) is torch.Tensor else output_tensor(output)
-        d, away = variants.get(x)
-        y = inject.rotate_averaged(x, d, away, None if tracker is None else tracker.mask_for(x))
-        return y if type(output) is torch.Tensor else replace_output(output, y)
-
-    return hook
-
-
-def _addition_hook(delta: torch.Tensor, tracker: PositionTracker | None) -> Hook:
-    variants = _Variants(delta, lambda d: (d,))
-
-    def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
-        x = output if type(output) is torch.Tensor else output_tensor(output)
-        (d,) = variants.get(x)
-        y = inject.add(x, d, None if tracker is None else tracker.mask_for(x))
+        # Some sites flatten the batch (OPT's fc2: (batch * length, hidden)): per-row deltas
+        # and position masks are laid out per (row, position), so view it that way.
+        flat = calls is not None and x.dim() == 2
+        rows = x.view(calls.batch, -1, x.shape[-1]) if flat else x  # type: ignore[union-attr]
+        y = apply(rows, *variants.get(rows), None if tracker is None else tracker.mask_for(rows))
+        if flat:
+            y = y.view(x.shape)
         return y if type(output) is torch.Tensor else replace_output(output, y)
 
     return hook

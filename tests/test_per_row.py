@@ -8,10 +8,12 @@ beams; a wrong count is an error that leaves no hook behind.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from steering_reference import hook_count
-from tiny import DEMOS, ByteTokenizer, tiny_model
+from tiny import DEMOS, FAMILIES, ByteTokenizer, tiny_model
 
 import icv
 
@@ -82,6 +84,30 @@ def test_strength_zero_for_every_row_is_the_unsteered_model(model, vec):
         assert torch.equal(forward_logits(model, PROMPTS), plain)
     with icv.steer(model, vec * 0.0):
         assert torch.equal(forward_logits(model, PROMPTS), plain)
+
+
+@functools.cache
+def family_model_and_vector(family):
+    model = tiny_model(family)
+    return model, icv.extract(model, ByteTokenizer(), DEMOS, progress=False)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("mode,positions", [("rotate", "generated"), ("add", "all")])
+def test_every_family_steers_per_row_at_the_mlp(family, mode, positions):
+    """Per-row strengths at every family's MLP, whatever shape its output has (OPT's fc2
+    flattens the batch to (batch * length, hidden)), with a position mask, equal separate runs."""
+    model, vec = family_model_and_vector(family)
+    prompts, strengths = PROMPTS[:2], [0.0, 1.0 if mode == "rotate" else 0.3]
+    with icv.steer(model, vec, strengths, mode=mode, site="mlp", positions=positions):
+        tokens, logits = run(model, prompts, max_new_tokens=3)
+    plain_tokens, plain_logits = run(model, prompts[:1], max_new_tokens=3)
+    with icv.steer(model, vec, strengths[1], mode=mode, site="mlp", positions=positions):
+        alone_tokens, alone_logits = run(model, prompts[1:], max_new_tokens=3)
+    assert torch.equal(tokens[0], plain_tokens[0]) and torch.equal(tokens[1], alone_tokens[0])
+    torch.testing.assert_close(logits[0], plain_logits[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits[1], alone_logits[0], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(logits[1], run(model, prompts[1:], max_new_tokens=3)[1][0], atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["rotate", "add"])
