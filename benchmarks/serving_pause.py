@@ -13,6 +13,7 @@ the bound lifted (the whole prompt in one forward pass, extraction in `icv.extra
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 import httpx
 import torch
 from extraction_speed import demo_pairs
-from harness import describe, embedded_model, markdown_table
+from harness import describe, embedded_model, markdown_table, round_orders
 
 from icv.serving import ModelShape, VectorLibrary
 from icv.serving.engine import BatchingPolicy
@@ -31,6 +32,8 @@ from icv.serving.server import BackgroundServer
 
 TARGET_SECONDS = 2.0
 UNBOUNDED = 1 << 30  # a chunk larger than any prompt: one forward pass per prefill
+TIMEOUT = 3600.0  # seconds: under `nice` on a loaded machine a 4,000-token prompt took over 600
+ARMS = ("bounded", "tokens", "unbounded")
 
 
 def tiny_served_model() -> tuple[Any, Any]:
@@ -54,7 +57,7 @@ class Stream:
 
     def _read(self, url: str, body: dict[str, Any]) -> None:
         with (
-            httpx.Client(base_url=url, timeout=600) as client,
+            httpx.Client(base_url=url, timeout=TIMEOUT) as client,
             client.stream("POST", "/v1/completions", json=body) as response,
         ):
             for line in response.iter_lines():
@@ -63,7 +66,7 @@ class Stream:
                 if self._stop.is_set():
                     break  # closing the connection cancels the row on the server
 
-    def wait_for(self, count: int, after: float = 0.0, timeout: float = 600) -> None:
+    def wait_for(self, count: int, after: float = 0.0, timeout: float = TIMEOUT) -> None:
         """Wait until ``count`` events arrived later than ``after``."""
         deadline = time.monotonic() + timeout
         while sum(t > after for t in self.arrivals) < count:
@@ -110,46 +113,63 @@ def long_prompt(tokenizer: Any, tokens: int) -> list[int]:
 
 
 def measure(
-    model_name: str, prompt_tokens: int, pairs: int, chunk: int, rounds: int, stream_tokens: int
+    model_name: str,
+    prompt_tokens: int,
+    pairs: int,
+    chunk: int,
+    rounds: int,
+    stream_tokens: int,
+    arms_run: Sequence[str] = ARMS,
+    extraction: bool = True,
 ) -> dict:
     model, tokenizer = MODELS[model_name]()
     prompt = long_prompt(tokenizer, prompt_tokens)
     demos = [list(p) for p in demo_pairs(pairs)]
     library = VectorLibrary(ModelShape.of(model))
-    arms = {"bounded": chunk, "unbounded": UNBOUNDED}
+    # bounded: chunks narrowing with the context (the engine now); tokens: chunks of `chunk` tokens
+    # whatever their context (the engine before); unbounded: the whole prompt in one pass.
+    policies = {
+        "bounded": BatchingPolicy(prefill_chunk=chunk, gather_ms=0),
+        "tokens": BatchingPolicy(prefill_chunk=chunk, gather_ms=0, chunk_by_attention=False),
+        "unbounded": BatchingPolicy(prefill_chunk=UNBOUNDED, gather_ms=0),
+    }
+    arms = {arm: policies[arm] for arm in arms_run}
     results: dict[str, dict[str, list[float]]] = {}
-    costs: dict[str, list[float]] = {"chunk": [], "slice": [], "chunks": [], "slices": []}
+    costs: dict[str, list[float]] = {"load": []}
     count = iter(range(10**6))
-    for _ in range(rounds):
-        for arm, budget in arms.items():
-            policy = BatchingPolicy(prefill_chunk=budget, gather_ms=0)
+    for order in round_orders(list(arms), rounds):  # the order rotates: load hits each arm alike
+        for arm in order:
+            costs["load"].append(os.getloadavg()[0])
             with BackgroundServer(
-                model, tokenizer, library, policy=policy, max_tokens=stream_tokens
+                model, tokenizer, library, policy=arms[arm], max_tokens=stream_tokens
             ) as server:
                 stats = server.engine.stats
 
                 def send_prompt(url: str = server.url) -> None:
                     body = {"prompt": prompt, "max_tokens": 1, "temperature": 0}
-                    httpx.post(f"{url}/v1/completions", json=body, timeout=600).raise_for_status()
+                    httpx.post(f"{url}/v1/completions", json=body, timeout=TIMEOUT).raise_for_status()
 
                 def send_pairs(url: str = server.url) -> None:
                     body = {"name": f"v{next(count)}", "pairs": demos}
-                    httpx.post(f"{url}/v1/vectors/extract", json=body, timeout=600).raise_for_status()
+                    httpx.post(f"{url}/v1/vectors/extract", json=body, timeout=TIMEOUT).raise_for_status()
 
                 before = (stats.prefill_chunks, stats.prefill_seconds)
-                prompted = one_trial(server.url, send_prompt, stream_tokens)
+                trials = {"prompt": one_trial(server.url, send_prompt, stream_tokens)}
                 # The long prompt's chunks (less the stream's own prefill: one chunk of 4 tokens).
                 chunks = stats.prefill_chunks - before[0] - 1
-                seconds = stats.prefill_seconds - before[1]
-                slices_before = (stats.slices, stats.slice_seconds)
-                extracted = one_trial(server.url, send_pairs, stream_tokens)
-                slices = stats.slices - slices_before[0]
-                if arm == "bounded":
-                    costs["chunk"].append(seconds / chunks)
-                    costs["chunks"].append(chunks)
-                    costs["slice"].append((stats.slice_seconds - slices_before[1]) / slices)
-                    costs["slices"].append(slices)
-            for work, trial in (("prompt", prompted), ("extraction", extracted)):
+                costs.setdefault(f"chunk/{arm}", []).append((stats.prefill_seconds - before[1]) / chunks)
+                costs.setdefault(f"chunks/{arm}", []).append(chunks)
+                costs.setdefault(f"longest/{arm}", []).append(stats.prefill_longest)
+                # Extraction slices do not depend on how prompts are chunked.
+                if extraction and arm != "tokens":
+                    slices_before = (stats.slices, stats.slice_seconds)
+                    trials["extraction"] = one_trial(server.url, send_pairs, stream_tokens)
+                    slices = stats.slices - slices_before[0]
+                    costs.setdefault(f"slice/{arm}", []).append(
+                        (stats.slice_seconds - slices_before[1]) / slices
+                    )
+                    costs.setdefault(f"slices/{arm}", []).append(slices)
+            for work, trial in trials.items():
                 for key, value in trial.items():
                     results.setdefault(f"{work}/{arm}", {}).setdefault(key, []).append(value)
                 print(f"serving_pause: {work}/{arm}: {trial}", file=sys.stderr, flush=True)
@@ -167,12 +187,15 @@ def measure(
 def table(result: dict) -> str:
     rows = []
     labels = {
-        "prompt/bounded": f"a {result['prompt_tokens']}-token prompt, chunks of {result['chunk']}",
+        "prompt/bounded": f"a {result['prompt_tokens']}-token prompt, chunks costing {result['chunk']} tokens",
+        "prompt/tokens": f"a {result['prompt_tokens']}-token prompt, chunks of {result['chunk']} tokens",
         "prompt/unbounded": f"a {result['prompt_tokens']}-token prompt, one forward pass",
         "extraction/bounded": f"a {result['pairs']}-pair extraction, slices of {result['chunk']} tokens",
         "extraction/unbounded": f"a {result['pairs']}-pair extraction, batches of 16 texts",
     }
     for key, label in labels.items():
+        if key not in result["results"]:
+            continue  # an arm or the extraction left out of this run
         trial = result["results"][key]
         longest = max(trial["pause"])
         rows.append(
@@ -197,12 +220,30 @@ def table(result: dict) -> str:
         rows,
     )
     costs = result["costs"]
+
+    def median(key: str, digits: int = 2) -> str:
+        return f"{statistics.median(costs[key]):.{digits}f}"
+
+    notes = []
+    if "chunks/bounded" in costs:
+        notes.append(
+            f"costing {result['chunk']} tokens each, the prompt took {median('chunks/bounded', 0)} chunks "
+            f"narrowing as its context grew, of {median('chunk/bounded')} s on average and "
+            f"{median('longest/bounded')} s the longest"
+        )
+    if "chunks/tokens" in costs:
+        notes.append(
+            f"of {result['chunk']} tokens each, {median('chunks/tokens', 0)} chunks of {median('chunk/tokens')} s "
+            f"on average and {median('longest/tokens')} s the longest (later chunks attend to more of the prompt)"
+        )
+    if "slices/bounded" in costs:
+        notes.append(
+            f"one extraction slice took {median('slice/bounded')} s ({median('slices/bounded', 0)} slices)"
+        )
     return (
-        f"Model: {result['model']}; {result['rounds']} rounds.\n\n{pauses}\n\n"
-        f"One prefill chunk of {result['chunk']} tokens cost {statistics.median(costs['chunk']):.2f} s "
-        f"(median over rounds of the mean over the prompt's {statistics.median(costs['chunks']):.0f} chunks; "
-        f"later chunks attend to more of the prompt and cost more); one extraction slice "
-        f"{statistics.median(costs['slice']):.2f} s ({statistics.median(costs['slices']):.0f} slices)."
+        f"Model: {result['model']}; {result['rounds']} rounds; load average (1 min) "
+        f"{min(costs['load']):.1f}-{max(costs['load']):.1f} as the arms began.\n\n{pauses}\n\n"
+        f"Prefill chunks and slices (medians over rounds): {'; '.join(notes)}."
     )
 
 
@@ -221,10 +262,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="torch CPU threads (default: torch's); 1 on a machine shared with other jobs, where spinning "
         "threads of two processes on the same cores slow each other down many times over",
     )
+    parser.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        help="which engines to run, of bounded (chunks narrowing with the context), tokens (chunks of "
+        "--chunk tokens: the engine before) and unbounded (one forward pass); default: all",
+    )
+    parser.add_argument("--no-extraction", action="store_true", help="only the long prompt")
     args = parser.parse_args(argv)
+    arms = [arm.strip() for arm in args.arms.split(",") if arm.strip()]
+    if not arms or set(arms) - set(ARMS):
+        parser.error(f"--arms takes a comma-separated subset of {', '.join(ARMS)}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    result = measure(args.model, args.prompt_tokens, args.pairs, args.chunk, args.rounds, args.stream_tokens)
+    result = measure(
+        args.model,
+        args.prompt_tokens,
+        args.pairs,
+        args.chunk,
+        args.rounds,
+        args.stream_tokens,
+        arms,
+        not args.no_extraction,
+    )
     print(table(result))
 
 

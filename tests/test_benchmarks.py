@@ -28,6 +28,7 @@ import serving_pause  # noqa: E402
 
 import icv  # noqa: E402
 from icv.aggregate import unit_rows  # noqa: E402
+from icv.serving.prefill import attention_span, chunk_plan  # noqa: E402
 
 
 def test_round_orders_put_every_arm_in_every_slot_equally():
@@ -155,11 +156,15 @@ def test_serving_pause_measures_every_arm_and_the_costs():
     result = serving_pause.measure("tiny", prompt_tokens=60, pairs=4, chunk=16, rounds=1, stream_tokens=100)
     assert set(result["results"]) == {
         f"{w}/{a}" for w in ("prompt", "extraction") for a in ("bounded", "unbounded")
-    }
+    } | {"prompt/tokens"}
     assert all(trial["pause"][0] > 0 for trial in result["results"].values())
-    assert result["costs"]["chunks"] == [-(-60 // 16)] and result["costs"]["slices"][0] >= 2
+    costs = result["costs"]
+    model, _ = serving_pause.tiny_served_model()
+    narrowing = chunk_plan(60, 1, 16, attention_span(model))
+    assert costs["chunks/bounded"] == [len(narrowing)] and narrowing[-2] < narrowing[0] <= 16
+    assert costs["chunks/tokens"] == [-(-60 // 16)] and costs["slices/bounded"][0] >= 2
     text = serving_pause.table(result)
-    assert "a 60-token prompt, chunks of 16" in text and "one extraction slice" in text
+    assert "a 60-token prompt, chunks of 16 tokens" in text and "One extraction slice" in text
 
 
 def test_the_longest_gap_is_the_one_that_overlaps_the_work():

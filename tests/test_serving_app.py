@@ -9,6 +9,7 @@ touch the served model.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import socket
@@ -18,11 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from serving_server import BackgroundServer, expected, httpx, library_from, save_vectors, wait_idle
+from starlette.responses import Response
 from tiny import DEMOS, char_tokenizer, tiny_model
 
 import icv
 from icv.serving.app import ServerLimits
 from icv.serving.engine import BatchingPolicy
+from icv.serving.http import unless_gone
 
 openai = pytest.importorskip(
     "openai", reason="the client tests need the official openai package (the 'test' extra)"
@@ -388,3 +391,28 @@ def test_time_to_first_piece_is_one_step_not_a_whole_batch(server):
             # The short one is done while the long one (no end of sequence in its 150 greedy
             # tokens) still decodes: it joined the running batch instead of waiting for it.
             assert server.engine.load()["running"] >= 1
+
+
+def test_a_client_gone_before_the_answer_is_a_499_and_a_cancel_not_a_500():
+    """The work is only asked to cancel when the client leaves: its result must not be read (it was a 500)."""
+
+    class Request:
+        def __init__(self, gone: bool) -> None:
+            self.gone = gone
+
+        async def receive(self) -> dict:
+            if not self.gone:
+                await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+    async def forever() -> Response:
+        await asyncio.sleep(3600)
+        return Response(status_code=200)
+
+    async def answer() -> Response:
+        return Response(status_code=201)
+
+    cancelled: list[bool] = []
+    left = asyncio.run(unless_gone(Request(gone=True), forever(), lambda: cancelled.append(True)))  # type: ignore[arg-type]
+    stayed = asyncio.run(unless_gone(Request(gone=False), answer(), lambda: cancelled.append(False)))  # type: ignore[arg-type]
+    assert left.status_code == 499 and stayed.status_code == 201 and cancelled == [True]

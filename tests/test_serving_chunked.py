@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 from steering_reference import hook_count
 from test_serving_engine import GREEDY, Listener, alone, steering_of, wait_idle
 from tiny import DEMOS, char_tokenizer, tiny_model
@@ -19,9 +20,10 @@ from tiny import DEMOS, char_tokenizer, tiny_model
 import icv
 from icv.errors import OptionError, RequestError
 from icv.extract import batches_of, extract_steps, run_to_end
+from icv.layers import decoder_layers
 from icv.serving.batch import DecodeBatch
 from icv.serving.engine import BatchingPolicy, Engine, Finished
-from icv.serving.prefill import ChunkedPrefill
+from icv.serving.prefill import ChunkedPrefill, attention_span, chunk_columns, chunk_plan
 from icv.serving.sampling import SamplingParams
 from icv.serving.steering import RowSteering
 
@@ -59,12 +61,13 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("chunk", [5, 37, 10_000])
-def test_chunked_prefill_gives_each_request_what_it_gets_alone(model, tok, vectors, chunk):
+@pytest.mark.parametrize("chunk, by_attention", [(5, True), (37, True), (37, False), (10_000, True)])
+def test_chunked_prefill_gives_each_request_what_it_gets_alone(model, tok, vectors, chunk, by_attention):
     """Prompts of 7 to 170 tokens in chunks of 1 to 6 columns (the group's six rows share the budget)."""
     requests = [(prompt, steering_of(vectors, case)) for prompt, case in CASES]
     expected = [alone(model, tok, prompt, steering) for prompt, steering in requests]
-    engine = Engine(model, tok, policy=BatchingPolicy(prefill_chunk=chunk), start=False)
+    policy = BatchingPolicy(prefill_chunk=chunk, chunk_by_attention=by_attention)
+    engine = Engine(model, tok, policy=policy, start=False)
     listeners = []
     for prompt, steering in requests:
         listeners.append(Listener())
@@ -75,8 +78,12 @@ def test_chunked_prefill_gives_each_request_what_it_gets_alone(model, tok, vecto
     finally:
         engine.close()
     width = max(len(tok(prompt)["input_ids"]) for prompt, _ in CASES)
-    columns = max(1, chunk // len(CASES))
-    assert engine.stats.prefills == 1 and engine.stats.prefill_chunks == -(-width // columns)
+    plan = chunk_plan(width, len(CASES), chunk, attention_span(model) if by_attention else None)
+    assert engine.stats.prefills == 1 and engine.stats.prefill_chunks == len(plan)
+    if not by_attention:
+        assert plan == [chunk // len(CASES)] * (width // (chunk // len(CASES))) + [
+            width % (chunk // len(CASES))
+        ]
     for (prompt, case), want, (finished, _) in zip(CASES, expected, results, strict=True):
         assert isinstance(finished, Finished), finished
         assert list(finished.token_ids) == want, (prompt[:20], case, chunk)
@@ -119,7 +126,7 @@ def test_rows_decode_between_the_chunks_of_a_long_prompt(model, tok, vectors, mo
     assert [list(r[0].token_ids) for r in results] == [want_running, want_arriving]
     width = len(tok(LONG)["input_ids"])
     chunks = [i for i, entry in enumerate(log) if entry == f"chunk{width}"]
-    assert len(chunks) == -(-width // 16) >= 10
+    assert len(chunks) == len(chunk_plan(width, 1, 16, attention_span(model))) >= 10
     for before, after in zip(chunks, chunks[1:], strict=False):
         assert "step" in log[before:after], log[before : after + 1]  # the stream never waits two chunks
 
@@ -149,6 +156,63 @@ def test_the_group_with_fewest_tokens_left_goes_first(model, tok, monkeypatch):
         alone(model, tok, "hi", None),
         alone(model, tok, LONG, None),
     ]
+
+
+def test_a_chunk_is_the_widest_whose_weights_and_attention_fit_the_budget():
+    """Columns x after `done` cost rows * x * (1 + (done + x) / span) tokens' worth: at most the budget."""
+
+    def cost(done, rows, x, span):
+        return rows * x * (1 + (done + x) / span)
+
+    for done in (0, 1, 100, 3_000, 50_000):
+        for rows, budget, span in ((1, 256, 3073.0), (3, 256, 3073.0), (1, 64, 145.0), (6, 37, 145.0)):
+            x = chunk_columns(done, rows, budget, span)
+            assert x == 1 or cost(done, rows, x, span) <= budget + 1e-6, (done, rows, budget)
+            assert cost(done, rows, x + 1, span) > budget, (done, rows, budget)  # the widest that fits
+    assert chunk_columns(0, 1, 256, None) == 256 and chunk_columns(10_000, 3, 256, None) == 85
+    assert chunk_columns(50_000, 16, 8, 100.0) == 1  # always progress
+
+
+def test_the_plan_narrows_as_the_context_grows_and_covers_the_prompt():
+    plan = chunk_plan(4000, 1, 256, 3073.0)
+    assert sum(plan) == 4000 and plan[0] == 237 and plan[-2] == 111  # SmolLM2-135M's span
+    assert all(a >= b for a, b in zip(plan[:-1], plan[1:-1], strict=False))
+    assert chunk_plan(600, 1, 256, None) == [256, 256, 88]
+
+
+def test_the_attention_span_is_a_layers_weights_over_its_attention_per_token(model):
+    config = model.config
+    layer = decoder_layers(model)[0]
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    weights = sum(p.numel() for p in layer.parameters())
+    assert attention_span(model) == weights / (2 * config.num_attention_heads * head_dim)
+    assert attention_span(torch.nn.Linear(2, 2)) is None  # no config: chunks bounded in tokens alone
+
+
+def test_a_prompt_that_ends_with_its_first_token_never_joins_the_running_rows(model, tok, monkeypatch):
+    """Its cache is not copied into the running batch (padding the running rows to its width) only to be cut."""
+    joins: list[int] = []
+    real_extend = DecodeBatch.extend
+    monkeypatch.setattr(
+        DecodeBatch, "extend", lambda self, other: joins.append(other.width) or real_extend(self, other)
+    )
+    engine = Engine(model, tok, policy=BatchingPolicy(prefill_chunk=16, gather_ms=0))
+    try:
+        running, short = Listener(), Listener()
+        endless = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
+        engine.submit(tok("the room")["input_ids"], endless, None, running)
+        running.first()
+        one = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+        engine.submit(tok(LONG)["input_ids"], one, None, short)
+        results = [running.result(), short.result()]
+        wait_idle(engine)
+    finally:
+        engine.close()
+    assert [list(r[0].token_ids) for r in results] == [
+        alone(model, tok, "the room", None, new=60),
+        alone(model, tok, LONG, None, new=1),
+    ]
+    assert joins == [] and engine.stats.finished == 2 and engine.stats.joins == 0
 
 
 # -- work on the model in slices ---------------------------------------------------------------------

@@ -52,7 +52,7 @@ from ..extract import max_context, model_device, pad_token_id
 from ..layers import input_embeddings
 from ..steer import Steering, check_vector_fits, is_steered
 from .batch import DecodeBatch
-from .prefill import ChunkedPrefill
+from .prefill import ChunkedPrefill, attention_span
 from .sampling import SamplingParams, next_tokens, row_generator
 from .steering import RowSteering, steer_rows
 from .text import TextStream
@@ -104,7 +104,10 @@ class BatchingPolicy:
     max_batch: int = 16
     gather_ms: float = 5.0
     max_queue: int = 256
-    prefill_chunk: int = 256  # prompt tokens (padding included) per engine step
+    prefill_chunk: int = 256  # prompt tokens (padding included) per engine step, as they cost with no context
+    # Chunks narrow as the context grows, by the attention each token adds (icv.serving.prefill);
+    # False bounds them in tokens alone (the engine before; benchmarks/serving_pause.py compares).
+    chunk_by_attention: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1 or self.gather_ms < 0 or self.prefill_chunk < 1:
@@ -122,6 +125,7 @@ class EngineStats:
     prefills: int = 0  # prefills completed (a group of requests each)
     prefill_chunks: int = 0  # forward passes of prefills (one chunk each)
     prefill_seconds: float = 0.0  # summed over chunks: / prefill_chunks = one chunk's cost
+    prefill_longest: float = 0.0  # the longest chunk (s): what a decoding row waited at most for one
     joins: int = 0  # prefills whose rows joined rows already decoding
     decode_steps: int = 0
     decode_rows: int = 0  # summed over steps: / decode_steps = mean batch
@@ -264,6 +268,7 @@ class Engine:
         self._eos = _eos_ids(model, tokenizer)
         embeddings: Any = input_embeddings(model)  # an nn.Embedding in transformers' models
         self._vocab = int(embeddings.num_embeddings)
+        self._span = attention_span(model) if self.policy.chunk_by_attention else None
         self._queue: deque[Job] = deque()
         self._tasks: deque[SlicedTask[Any]] = deque()  # work on the model; each leaves once it ends
         self._rows: list[Job] = []
@@ -445,6 +450,7 @@ class Engine:
                 self._pad,
                 self._device,
                 self.policy.prefill_chunk,
+                self._span,
             )
             self._prefills.append(group)
 
@@ -474,20 +480,36 @@ class Engine:
             for steering in steerings:
                 steering.remove()
         self.stats.prefill_chunks += 1
-        self.stats.prefill_seconds += time.perf_counter() - began
+        took = time.perf_counter() - began
+        self.stats.prefill_seconds += took
+        self.stats.prefill_longest = max(self.stats.prefill_longest, took)
         if logits is None:
             return
         self.stats.prefills += 1
         self._take_tokens(group.rows, logits)
-        if self._batch is None:
+        self._join(group)
+        self._drop_done()
+
+    def _join(self, group: ChunkedPrefill[Job]) -> None:
+        """The group's rows join the decoding rows, but for those already ended.
+
+        A row that ends with its first token (``max_tokens: 1``, an end of sequence, a
+        failure) leaves before the join: joining it first would pad the running rows'
+        cache to its prompt's width, and copy it, only to cut it off again.
+        """
+        live = [i for i, job in enumerate(group.rows) if not job.done and not job.cancelled]
+        self._count_ended([job for i, job in enumerate(group.rows) if i not in live])
+        if live and len(live) < len(group.rows):
+            group.batch.keep(live)
+        if live and self._batch is None:
             self._batch = group.batch
-        else:
+        elif live:
+            assert self._batch is not None
             self.stats.joins += 1
             self._batch.extend(group.batch)
         with self._lock:
             self._prefills.remove(group)
-            self._rows = self._rows + group.rows
-        self._drop_done()
+            self._rows = self._rows + [group.rows[i] for i in live]
 
     def _forget(self, group: ChunkedPrefill[Job]) -> None:
         with self._lock:
@@ -587,13 +609,7 @@ class Engine:
         keep = [i for i, job in enumerate(self._rows) if not job.done and not job.cancelled]
         if len(keep) == len(self._rows):
             return
-        for job in self._rows:
-            if job.failed:
-                self.stats.failed += 1
-            elif job.done:
-                self.stats.finished += 1
-            elif job.cancelled:
-                self.stats.cancelled += 1
+        self._count_ended([self._rows[i] for i in range(len(self._rows)) if i not in keep])
         # Hooks off before the engine can look idle: whoever waits for idle finds the model clean.
         if keep:
             assert self._batch is not None
@@ -603,6 +619,15 @@ class Engine:
             self._release_steering()
         with self._lock:
             self._rows = [self._rows[i] for i in keep]
+
+    def _count_ended(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.failed:
+                self.stats.failed += 1
+            elif job.done:
+                self.stats.finished += 1
+            elif job.cancelled:
+                self.stats.cancelled += 1
 
     def _fail_decoding(self, error: RequestError) -> None:
         """Fail every decoding row (their shared cache may be half-written); prefills go on."""

@@ -146,8 +146,10 @@ async def unless_gone(request: Request, work: Awaitable[Response], cancel: Calla
         if not task.done():
             task.cancel()
             cancel()
-    if task.cancelled():
-        return Response(status_code=499)  # nobody reads it: the client is gone
+    if not task.done() or task.cancelled():
+        # Nobody reads it: the client is gone.  (A task asked to cancel is not cancelled until
+        # it runs again, so its result cannot be read here: that was a 500 in the log.)
+        return Response(status_code=499)
     return task.result()
 
 
