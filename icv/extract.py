@@ -9,9 +9,10 @@ exactly as the authors' reference code does (:mod:`icv.presets`).
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Generator, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator, Iterable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -59,6 +60,7 @@ def pad_token_id(tokenizer: Any) -> int:
 
 EMBEDDING_ROWS = ("block_input", "embedding_output")
 T = TypeVar("T")
+P = ParamSpec("P")
 Steps = Generator[None, None, T]  # one batch per `next`; the return value is the result
 
 
@@ -178,8 +180,7 @@ def last_token_state_steps(
     return torch.stack(results)  # type: ignore[arg-type]
 
 
-@checked_options
-def extract(
+def extract_steps(
     model: nn.Module,
     tokenizer: Any,
     demos: Iterable[object],
@@ -197,8 +198,14 @@ def extract(
     progress: bool | None = None,
     architecture: Architecture | None = None,
     max_batch_tokens: int | None = None,
-) -> InContextVector:
+) -> Steps[InContextVector]:
     """Read the in-context vector of ``demos`` (``(source, target)`` pairs) from ``model``.
+
+    :func:`extract_steps` does it one batch of demonstration texts per step (a
+    generator; see :func:`run_to_end`), for a caller that must do other work on the
+    model between batches (a server decoding between them); :func:`extract` runs it
+    in one go.  ``max_batch_tokens`` bounds a batch's padded size (see
+    :func:`last_token_state_steps`) and gives the same vector.
 
     With one demonstration PCA is undefined: the mean is used, with a warning, and
     ``method`` is recorded as ``"mean"``.
@@ -243,53 +250,6 @@ def extract(
         DemoError: no demonstrations, or one that is not a pair of non-empty texts.
         OptionError: an unknown method, site, preset or mode, or a bad template or batch size.
         ArchitectureError: a model type whose layers the library cannot find.
-    """
-    return run_to_end(
-        extract_steps(
-            model,
-            tokenizer,
-            demos,
-            method=method,
-            site=site,
-            template=template,
-            preset=preset,
-            batch_size=batch_size,
-            padding_side=padding_side,
-            name=name,
-            injection_mode=injection_mode,
-            injection_site=injection_site,
-            recommended_strength=recommended_strength,
-            progress=progress,
-            architecture=architecture,
-            max_batch_tokens=max_batch_tokens,
-        )
-    )
-
-
-def extract_steps(
-    model: nn.Module,
-    tokenizer: Any,
-    demos: Iterable[object],
-    *,
-    method: str | None = None,
-    site: str | None = None,
-    template: str | None = None,
-    preset: str | None = None,
-    batch_size: int = 16,
-    padding_side: str = "right",
-    name: str = "icv",
-    injection_mode: str = "rotate",
-    injection_site: str | None = None,
-    recommended_strength: float | None = None,
-    progress: bool | None = None,
-    architecture: Architecture | None = None,
-    max_batch_tokens: int | None = None,
-) -> Steps[InContextVector]:
-    """:func:`extract`, one batch of demonstration texts per step (a generator; see :func:`run_to_end`).
-
-    For a caller that must do other work on the model between batches (a server
-    decoding between them).  ``max_batch_tokens`` bounds a batch's padded size (see
-    :func:`last_token_state_steps`); ``extract(..., max_batch_tokens=N)`` gives the same vector.
     """
     settings = presets.resolve(preset, method=method, site=site, template=template)
     given = as_demos(demos)
@@ -346,3 +306,18 @@ def extract_steps(
         "pca_sign": settings.pca_sign if method == "pca" else "",
     }
     return InContextVector(unit_rows(per_layer), metadata, scales, shifts=per_layer)
+
+
+def _in_one_go(steps: Callable[P, Steps[T]], name: str) -> Callable[P, T]:
+    """``steps`` run to its end in one call: its signature, its docstring, options checked."""
+
+    @functools.wraps(steps)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run_to_end(steps(*args, **kwargs))
+
+    run.__name__ = run.__qualname__ = name
+    return checked_options(run)
+
+
+# One signature, one docstring: extract is extract_steps run to its end.
+extract = _in_one_go(extract_steps, "extract")

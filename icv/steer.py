@@ -415,25 +415,13 @@ def steer_averaged(
         vectors: the vectors applied together on every row (made on the same model).
         strength: one number for all vectors, one per vector, or ``None`` (each vector's
             default).
-        mode: ``"rotate"`` (the paper's norm-preserving turn) or ``"add"``; ``None``: the
-            vector's own (its metadata).
-        site: where the vector is applied: ``"block"``, ``"mlp"`` or ``"attn"`` outputs;
-            ``None``: the vector's own.  ``"rotate"`` at ``"mlp"`` is the reference code,
-            ``"add"`` at ``"block"`` llama.cpp's and repeng's.
-        layers: the decoder layers to steer (indices, negative from the end), or a per-layer
-            strength profile ``{layer: weight}`` (or a float tensor of one weight per
-            layer); ``None`` steers the layers the vector covers (all, unless it was made
-            for some, e.g. a partial GGUF control vector).
-        positions: which tokens: ``"all"`` (the paper), ``"prompt"`` or ``"generated"``.
-        scale: with ``mode="add"`` only: ``"activation"`` adds
-            ``strength * layer_scales[l] * v_l`` (strength as a fraction of the activation's
-            size); ``"shift"`` adds ``strength * shifts[l]``, the shift at its own size (with
-            a ``method="mean"`` vector at ``site="block"``: CAA / steering-vectors with
-            multiplier ``strength``, default 1).
-        strict: refuse a vector made on a model of another name (by default a warning; the
-            type, hidden size and layer count must match either way).
-        architecture: where the decoder layers, MLPs and attentions are, for a model type
-            the library does not know (see :func:`icv.register_architecture`).
+        mode: as for :func:`steer`.
+        site: as for :func:`steer`.
+        layers: as for :func:`steer`.
+        positions: as for :func:`steer`.
+        scale: as for :func:`steer`.
+        strict: as for :func:`steer`.
+        architecture: as for :func:`steer`.
 
     Returns:
         The live :class:`Steering`, as :func:`steer` returns it.

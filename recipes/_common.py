@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import icv
+from icv.arguments import non_negative_int
 from icv.display import side_by_side
 from icv.generation import complete
 from icv.prompts import chat_prompt, cut_answer, icl_prompt, paraphrase_prompt
@@ -46,17 +47,6 @@ def load_demos(recipe: str | os.PathLike[str]) -> list[icv.Demo]:
     return icv.read_demos(recipe_dir(recipe) / DEMOS_FILE)
 
 
-def demo_count(text: str) -> int:
-    """``--with-demos``: a whole number of demonstrations, 0 or more."""
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if count < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more demonstrations, got {count}")
-    return count
-
-
 def parse_args(
     description: str,
     *,
@@ -81,7 +71,7 @@ def parse_args(
     if demos_in_prompt:
         parser.add_argument(
             "--with-demos",
-            type=demo_count,
+            type=non_negative_int,
             default=0,
             metavar="K",
             help="also write the first K demonstrations into the prompt: adds an ICL column and an "

@@ -5,40 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny import ByteTokenizer
+from evaluation_fakes import DEMOS, INPUTS, DecodingTokenizer, overlap, vowels
 
 import icv
 from icv.errors import OptionError
 from icv.evaluate import evaluate, read_inputs
-from icv.scorers import FunctionScorer, RepetitionScorer
+from icv.scorers import RepetitionScorer
 from icv.sweep import steered_answers
-
-DEMOS = [("bad day", "good day"), ("i hate it", "i love it")]
-INPUTS = ["the food was cold", "slow service", "meh"]
-
-
-class DecodingTokenizer(ByteTokenizer):
-    """ByteTokenizer plus the batch_decode generation needs (one letter per token)."""
-
-    def batch_decode(self, rows, skip_special_tokens=True):
-        return ["".join(chr(97 + int(t) % 26) for t in row if int(t) > 2) for row in rows]
-
-
-def fake_style():
-    # Deterministic function of the text, so steering that changes text changes it.
-    return FunctionScorer(
-        "vowels", lambda outputs, s, r: [float(sum(c in "aeiou" for c in o) % 2) for o in outputs]
-    )
-
-
-def fake_content():
-    return FunctionScorer(
-        "overlap",
-        lambda outputs, sources, r: [
-            len(set(o) & set(s)) / 26 for o, s in zip(outputs, sources, strict=True)
-        ],
-        needs_sources=True,
-    )
 
 
 @pytest.fixture
@@ -52,8 +25,8 @@ def test_harness_reports_every_method_and_writes_json_markdown_png(llama, tok, t
         tok,
         DEMOS,
         INPUTS,
-        style=fake_style(),
-        content=fake_content(),
+        style=vowels(),
+        content=overlap(),
         scorers=[RepetitionScorer(3)],
         strengths=[0.05, 0.2],
         max_new_tokens=6,
@@ -87,8 +60,8 @@ def test_icv_at_strength_zero_matches_zero_shot(llama, tok):
         tok,
         DEMOS,
         INPUTS,
-        style=fake_style(),
-        content=fake_content(),
+        style=vowels(),
+        content=overlap(),
         scorers=[],
         strengths=[0.0, 0.5],
         methods=["zero-shot", "icv"],
@@ -114,8 +87,8 @@ def test_recommended_strength_joins_the_default_sweep_and_is_marked(llama, tok):
         tok,
         DEMOS,
         INPUTS[:1],
-        style=fake_style(),
-        content=fake_content(),
+        style=vowels(),
+        content=overlap(),
         scorers=[],
         vector=vector,
         methods=["icv"],
@@ -128,19 +101,19 @@ def test_recommended_strength_joins_the_default_sweep_and_is_marked(llama, tok):
 
 def test_bad_arguments_are_option_errors(llama, tok):
     with pytest.raises(OptionError, match="unknown methods"):
-        evaluate(llama, tok, DEMOS, INPUTS, style=fake_style(), methods=["lora"])
+        evaluate(llama, tok, DEMOS, INPUTS, style=vowels(), methods=["lora"])
     with pytest.raises(OptionError, match="references"):
-        evaluate(llama, tok, DEMOS, INPUTS, style=fake_style(), references=["x"])
+        evaluate(llama, tok, DEMOS, INPUTS, style=vowels(), references=["x"])
     with pytest.raises(OptionError, match="inputs"):
-        evaluate(llama, tok, DEMOS, [], style=fake_style())
+        evaluate(llama, tok, DEMOS, [], style=vowels())
     with pytest.raises(OptionError, match="repeat"):
         evaluate(
             llama,
             tok,
             DEMOS,
             INPUTS,
-            style=fake_style(),
-            content=fake_content(),
+            style=vowels(),
+            content=overlap(),
             scorers=[],
             methods=["icv"],
             strengths=[0.1, 0.1],
@@ -186,8 +159,8 @@ def test_demos_are_needed_only_by_the_methods_that_use_them(llama, tok):
         tok,
         None,
         INPUTS,
-        style=fake_style(),
-        content=fake_content(),
+        style=vowels(),
+        content=overlap(),
         scorers=[],
         vector=vector,
         methods=["zero-shot", "icv"],
@@ -198,4 +171,4 @@ def test_demos_are_needed_only_by_the_methods_that_use_them(llama, tok):
     assert report.settings["num_demos"] is None
     for methods, given in ((["icl"], vector), (["icv"], None)):
         with pytest.raises(OptionError, match="demos are needed"):
-            evaluate(llama, tok, None, INPUTS, style=fake_style(), vector=given, methods=methods)
+            evaluate(llama, tok, None, INPUTS, style=vowels(), vector=given, methods=methods)

@@ -7,19 +7,16 @@ import json
 import warnings
 
 import pytest
-from tiny import ByteTokenizer
+from evaluation_fakes import DEMOS, INPUTS, DecodingTokenizer, overlap, vowels
 
 import icv
 from icv.errors import OptionError
 from icv.evaluate import evaluate
 from icv.generation import complete
 from icv.prompts import cut_answer
-from icv.scorers import FunctionScorer
 from icv.storage import load_vector
 
 calibration = importlib.import_module("icv.calibrate")  # icv.calibrate is the function
-DEMOS = [("bad day", "good day"), ("i hate it", "i love it")]
-INPUTS = ["the food was cold", "slow service", "meh"]
 # The ICL prompt written out by hand (not by icv.prompts), so a change of the hybrid's prompt shows.
 HEAD = "Please paraphrase the following sentence.\n"
 SHOTS = [
@@ -28,36 +25,13 @@ SHOTS = [
 ]
 
 
-def by_hand(text: str, shots: int = 2) -> str:
-    return HEAD + "".join(SHOTS[:shots]) + f' Original: "{text}"; Paraphrased: "'
-
-
-class DecodingTokenizer(ByteTokenizer):
-    """ByteTokenizer plus the batch_decode generation needs (one letter per token)."""
-
-    def batch_decode(self, rows, skip_special_tokens=True):
-        return ["".join(chr(97 + int(t) % 26) for t in row if int(t) > 2) for row in rows]
-
-
-def vowels():
-    return FunctionScorer(
-        "vowels", lambda outputs, s, r: [float(sum(c in "aeiou" for c in o) % 2) for o in outputs]
-    )
-
-
-def overlap():
-    return FunctionScorer(
-        "overlap",
-        lambda outputs, sources, r: [
-            len(set(o) & set(s)) / 26 for o, s in zip(outputs, sources, strict=True)
-        ],
-        needs_sources=True,
-    )
-
-
 @pytest.fixture
 def tok():
     return DecodingTokenizer()
+
+
+def by_hand(text: str, shots: int = 2) -> str:
+    return HEAD + "".join(SHOTS[:shots]) + f' Original: "{text}"; Paraphrased: "'
 
 
 def hybrid_report(model, tok, **options):

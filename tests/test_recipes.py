@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
 import sys
@@ -10,14 +9,13 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
+from recipe_helpers import RECIPES, DecodingTokenizer, load_common, load_module
 from tiny import DEMOS, ByteTokenizer, tiny_model
 
 import icv
 from icv.generation import complete
 from icv.prompts import paraphrase_prompt
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 NAMES = [
     "sentiment",
     "detox",
@@ -30,25 +28,9 @@ NAMES = [
 ]
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def common(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.setattr(sys, "path", list(sys.path))  # run.py files prepend recipes/
-    return _load("recipes_common", RECIPES / "_common.py")
-
-
-class DecodingTokenizer(ByteTokenizer):
-    """The tiny byte tokenizer plus the decoding that generation needs."""
-
-    def batch_decode(self, rows: torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
-        return ["".join(chr(96 + int(t) % 26) for t in row if int(t) > 2) for row in rows]
+    return load_common(monkeypatch, "recipes_common")
 
 
 # -- the folders ---------------------------------------------------------------------------
@@ -74,7 +56,7 @@ def test_recipe_has_16_distinct_valid_pairs_a_readme_and_a_script(name: str) -> 
 @pytest.mark.parametrize("name", NAMES)
 def test_run_script_imports_and_ships_a_usable_strength(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "path", list(sys.path))
-    module = _load(f"recipe_{name}", RECIPES / name / "run.py")
+    module = load_module(f"recipe_{name}", RECIPES / name / "run.py")
     assert callable(module.main)
     # Above about 0.1 the embedded model loses fluency: a shipped default must stay below.
     assert 0 < module.STRENGTH <= 0.1
@@ -177,7 +159,7 @@ def test_sentiment_recipe_turns_negative_sentences_positive(real, monkeypatch: p
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     monkeypatch.setattr(sys, "path", list(sys.path))
-    recipe = _load("recipe_sentiment_real", RECIPES / "sentiment" / "run.py")
+    recipe = load_module("recipe_sentiment_real", RECIPES / "sentiment" / "run.py")
     common = sys.modules["_common"]
     model, tokenizer = real
     negative = [

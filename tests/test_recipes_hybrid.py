@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
-from tiny import DEMOS, ByteTokenizer, tiny_model
+from recipe_helpers import DecodingTokenizer, load_common
+from tiny import DEMOS, tiny_model
 
 import icv
 from icv.demos import as_demos
 from icv.generation import complete
 from icv.prompts import cut_answer
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture
 def common(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.setattr(sys, "path", list(sys.path))  # run.py files prepend recipes/
-    return _load("recipes_common_hybrid", RECIPES / "_common.py")
-
-
-class DecodingTokenizer(ByteTokenizer):
-    def batch_decode(self, rows: torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
-        return ["".join(chr(96 + int(t) % 26) for t in row if int(t) > 2) for row in rows]
+    return load_common(monkeypatch, "recipes_common_hybrid")
 
 
 def test_with_demos_options(common: ModuleType, tmp_path: Path) -> None:
