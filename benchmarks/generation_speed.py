@@ -1,17 +1,21 @@
 """1. Generation overhead: tokens/s of ``model.generate`` steered vs unsteered.
 
-Same prompts, greedy, a fixed number of new tokens (``min_new_tokens`` equal to
-``max_new_tokens``, so a steered run cannot stop earlier or later than the
-unsteered one).  Each round generates once unsteered and once per steering mode,
-in rotating order; the figure is the median over rounds of
-``unsteered time / steered time`` (1.0 = free, the target is >= 0.97).
+The method users run, and issue 22 states: the embedded model, 48 new tokens
+(``min_new_tokens`` equal to ``max_new_tokens``, so a steered run cannot stop
+earlier or later than the unsteered one), greedy, 2 torch threads, batches 1 and
+8, 5 rounds after a warm-up round.  Each round generates once unsteered and once
+per steering mode, in rotating order; the figure is the median over rounds of
+``unsteered time / steered time`` (1.0 = free, the target is >= 0.985).  The load
+average at the start is printed with the table: on a shared machine it says how
+far the absolute figures can be trusted (the ratios, taken round by round, less so).
 
-    python benchmarks/generation_speed.py            # the embedded model
+    nice -n 10 python benchmarks/generation_speed.py            # the embedded model
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +40,10 @@ MODES: dict[str, dict[str, str]] = {
     "rotate@mlp": {"mode": "rotate", "site": "mlp"},
     "add@block": {"mode": "add", "site": "block"},
 }
-TARGET = 0.97
+TARGET = 0.985
+THREADS = 2
+NEW_TOKENS = 48
+ROUNDS = 5
 FALLBACK_SENTENCES = [
     "the food was cold and the service was slow .",
     "i would not come back here again .",
@@ -99,9 +106,33 @@ def generation_overhead(
 
 
 def measure(
-    model_name: str, batches: Sequence[int], new_tokens: int, rounds: int, warmup: int = 1
+    model_name: str,
+    batches: Sequence[int],
+    new_tokens: int = NEW_TOKENS,
+    rounds: int = ROUNDS,
+    warmup: int = 1,
+    threads: int | None = THREADS,
+    modes: dict[str, dict[str, str]] = MODES,
 ) -> list[dict[str, Any]]:
-    """One result per batch size on the named model (see ``harness.MODELS``)."""
+    """One result per batch size on the named model (see ``harness.MODELS``), on ``threads``
+    torch threads (``None``: as set), the thread count restored afterwards."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(model_name, batches, new_tokens, rounds, warmup, modes)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(
+    model_name: str,
+    batches: Sequence[int],
+    new_tokens: int,
+    rounds: int,
+    warmup: int,
+    modes: dict[str, dict[str, str]],
+) -> list[dict[str, Any]]:
     model, tokenizer = MODELS[model_name]()
     sentences, demos = sentences_and_demos(max(batches))
     vector = icv.extract(model, tokenizer, demos, progress=False)
@@ -109,9 +140,24 @@ def measure(
     for batch in batches:
         inputs = prompt_batch(tokenizer, sentences[:batch], model_device(model))
         result = generation_overhead(
-            model, tokenizer, inputs, vector, new_tokens=new_tokens, rounds=rounds, warmup=warmup
+            model,
+            tokenizer,
+            inputs,
+            vector,
+            new_tokens=new_tokens,
+            rounds=rounds,
+            warmup=warmup,
+            modes=modes,
         )
-        results.append({"model": describe(model), "batch": batch, "new_tokens": new_tokens, **result})
+        results.append(
+            {
+                "model": describe(model),
+                "batch": batch,
+                "new_tokens": new_tokens,
+                "threads": torch.get_num_threads(),
+                **result,
+            }
+        )
     return results
 
 
@@ -149,10 +195,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="embedded")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
+    parser.add_argument(
+        "--modes", nargs="+", choices=sorted(MODES), default=sorted(MODES), help="the steerings to time"
+    )
     args = parser.parse_args(argv)
-    print(table(measure(args.model, args.batches, args.new_tokens, args.rounds)))
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"load average (1/5/15 min) at start: {load}; {args.threads} torch threads")
+    modes = {name: MODES[name] for name in args.modes}
+    print(
+        table(
+            measure(args.model, args.batches, args.new_tokens, args.rounds, threads=args.threads, modes=modes)
+        )
+    )
 
 
 if __name__ == "__main__":

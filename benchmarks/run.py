@@ -36,15 +36,16 @@ SECTIONS = ("generation", "extraction", "memory", "icl", "load", "serving", "vll
 
 def _generation(quick: bool) -> str:
     model = "tiny" if quick else "embedded"
-    embedded = generation_speed.measure(model, [1, 8], 4 if quick else 64, 2 if quick else 4)
+    embedded = generation_speed.measure(model, [1, 8], 4 if quick else 48, 2 if quick else 5)
     wide = generation_speed.measure(
         "tiny" if quick else "wide", [1, 8], 4 if quick else 16, 2 if quick else 3
     )
     return (
         "## 1. Generation overhead (steered vs unsteered `model.generate`)\n\n"
         "Greedy, fixed number of new tokens, same prompts (Yelp paraphrase prompts, left-padded), "
-        "default strength. Speed ratio = unsteered time / steered time per round (1.0 = free); "
-        "target >= 0.97 for the default `rotate@mlp`.\n\n"
+        "default strength, 2 torch threads, 48 new tokens, 5 rounds. Speed ratio = unsteered time / "
+        f"steered time per round (1.0 = free); target >= {generation_speed.TARGET} for the default "
+        "`rotate@mlp`.\n\n"
         f"{generation_speed.table(embedded)}\n\n"
         "At a 7B model's layer width (random weights, a few layers, fewer new tokens to keep the "
         "run short; the hook does O(hidden) work against the layer's O(hidden x 11008)):\n\n"

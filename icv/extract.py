@@ -10,6 +10,7 @@ exactly as the authors' reference code does (:mod:`icv.presets`).
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
@@ -308,7 +309,7 @@ def extract_steps(
     return InContextVector(unit_rows(per_layer), metadata, scales, shifts=per_layer)
 
 
-def _in_one_go(steps: Callable[P, Steps[T]], name: str) -> Callable[P, T]:
+def _in_one_go(steps: Callable[P, Steps[T]], name: str, result_annotation: str) -> Callable[P, T]:
     """``steps`` run to its end in one call: its signature, its docstring, options checked."""
 
     @functools.wraps(steps)
@@ -316,8 +317,13 @@ def _in_one_go(steps: Callable[P, Steps[T]], name: str) -> Callable[P, T]:
         return run_to_end(steps(*args, **kwargs))
 
     run.__name__ = run.__qualname__ = name
+    # What it returns is what the steps end with (inspect and the API reference read this).
+    signature = inspect.signature(steps)
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        return_annotation=result_annotation
+    )
     return checked_options(run)
 
 
 # One signature, one docstring: extract is extract_steps run to its end.
-extract = _in_one_go(extract_steps, "extract")
+extract = _in_one_go(extract_steps, "extract", "InContextVector")

@@ -19,7 +19,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -79,6 +79,31 @@ class Scorer(ABC):
         return f"<{type(self).__name__} '{self.name}'>"
 
 
+class Texts(NamedTuple):
+    """What a scorer scores: the outputs, with their sources and references where given."""
+
+    outputs: Sequence[str]
+    sources: Sequence[str] | None
+    references: Sequence[str] | None
+
+
+class _CheckedScorer(Scorer):
+    """The built-in scorers: :meth:`score` checks the inputs, then :meth:`_values` scores them."""
+
+    def score(
+        self,
+        outputs: Sequence[str],
+        sources: Sequence[str] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> list[float]:
+        self.check(outputs, sources, references)
+        return self._values(Texts(outputs, sources, references))
+
+    @abstractmethod
+    def _values(self, texts: Texts) -> list[float]:
+        """One value per output of inputs already checked."""
+
+
 def success_rate(scorer: Scorer, values: Sequence[float]) -> float:
     """The share of outputs in the wanted style, from a style scorer's 0/1 (or [0, 1]) values.
 
@@ -94,7 +119,7 @@ def nan_mean(values: Sequence[float]) -> float:
     return sum(defined) / len(defined) if defined else math.nan
 
 
-class FunctionScorer(Scorer):
+class FunctionScorer(_CheckedScorer):
     """A scorer from a plain function ``(outputs, sources, references) -> list[float]``."""
 
     def __init__(
@@ -114,13 +139,8 @@ class FunctionScorer(Scorer):
         self.needs_references = needs_references
         self._function = function
 
-    def score(
-        self,
-        outputs: Sequence[str],
-        sources: Sequence[str] | None = None,
-        references: Sequence[str] | None = None,
-    ) -> list[float]:
-        self.check(outputs, sources, references)
+    def _values(self, texts: Texts) -> list[float]:
+        outputs, sources, references = texts
         values = [float(v) for v in self._function(list(outputs), sources, references)]
         if len(values) != len(outputs):
             raise ScorerError(
@@ -141,7 +161,7 @@ def _require(module: str, package: str, extra: str) -> Any:
 # -- style ------------------------------------------------------------------------------
 
 
-class SentimentScorer(Scorer):
+class SentimentScorer(_CheckedScorer):
     """1.0 where VADER's compound score is past ``threshold`` in the wanted direction, else 0.0.
 
     ``target="positive"`` (negative -> positive transfer) counts compound > threshold;
@@ -164,18 +184,13 @@ class SentimentScorer(Scorer):
         """VADER's compound polarity in [-1, 1] for each output."""
         return [float(self._analyzer.polarity_scores(text)["compound"]) for text in outputs]
 
-    def score(
-        self,
-        outputs: Sequence[str],
-        sources: Sequence[str] | None = None,
-        references: Sequence[str] | None = None,
-    ) -> list[float]:
-        self.check(outputs, sources, references)
+    def _values(self, texts: Texts) -> list[float]:
+        outputs, sources, references = texts
         sign = 1.0 if self.target == "positive" else -1.0
         return [1.0 if sign * c > self.threshold else 0.0 for c in self.compound(outputs)]
 
 
-class OffensiveScorer(Scorer):
+class OffensiveScorer(_CheckedScorer):
     """1.0 where alt-profanity-check calls the text offensive (probability > ``threshold``).
 
     Lower is better: the mean is the share of offensive outputs.  Needs the optional
@@ -195,13 +210,8 @@ class OffensiveScorer(Scorer):
         profanity = _require("profanity_check", "alt-profanity-check", "toxicity")
         return [float(p) for p in profanity.predict_prob(list(outputs))]
 
-    def score(
-        self,
-        outputs: Sequence[str],
-        sources: Sequence[str] | None = None,
-        references: Sequence[str] | None = None,
-    ) -> list[float]:
-        self.check(outputs, sources, references)
+    def _values(self, texts: Texts) -> list[float]:
+        outputs, sources, references = texts
         return [1.0 if p > self.threshold else 0.0 for p in self.probability(outputs)]
 
 
@@ -234,7 +244,7 @@ def _load_encoder(folder: str) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
-class SimilarityScorer(Scorer):
+class SimilarityScorer(_CheckedScorer):
     """Cosine similarity of mean-pooled MiniLM sentence embeddings, output vs source.
 
     With ``against="references"`` it compares with the human rewrite instead.
@@ -268,13 +278,8 @@ class SimilarityScorer(Scorer):
             rows.append(torch.nn.functional.normalize(pooled, dim=-1))
         return torch.cat(rows) if rows else torch.zeros(0, 384)
 
-    def score(
-        self,
-        outputs: Sequence[str],
-        sources: Sequence[str] | None = None,
-        references: Sequence[str] | None = None,
-    ) -> list[float]:
-        self.check(outputs, sources, references)
+    def _values(self, texts: Texts) -> list[float]:
+        outputs, sources, references = texts
         others = sources if self.against == "sources" else references
         if not outputs:
             return []
@@ -283,7 +288,7 @@ class SimilarityScorer(Scorer):
         return [float(v) for v in (a * b).sum(dim=-1)]
 
 
-class BleuScorer(Scorer):
+class BleuScorer(_CheckedScorer):
     """BLEU (sacrebleu, 0-100) against the human reference; the summary is corpus BLEU."""
 
     name = "bleu"
@@ -293,13 +298,8 @@ class BleuScorer(Scorer):
     def __init__(self, lowercase: bool = True) -> None:
         self.lowercase = lowercase
 
-    def score(
-        self,
-        outputs: Sequence[str],
-        sources: Sequence[str] | None = None,
-        references: Sequence[str] | None = None,
-    ) -> list[float]:
-        self.check(outputs, sources, references)
+    def _values(self, texts: Texts) -> list[float]:
+        outputs, sources, references = texts
         sacrebleu = _require("sacrebleu", "sacrebleu", "eval")
         return [
             float(sacrebleu.sentence_bleu(o, [r], lowercase=self.lowercase).score)
@@ -340,7 +340,7 @@ def fluency_model_for(steered: nn.Module) -> str:
     return FALLBACK_FLUENCY_MODEL if model_type.startswith("gemma3") else FLUENCY_MODEL
 
 
-class PerplexityScorer(Scorer):
+class PerplexityScorer(_CheckedScorer):
     """Perplexity of each output under a language model other than the steered one.
 
     Defaults to Gemma 3 270M (``icv.load_model("gemma3-270m")``, loaded on first use
@@ -376,13 +376,8 @@ class PerplexityScorer(Scorer):
         return self._model, self._tokenizer
 
     @torch.no_grad()
-    def score(
-        self,
-        outputs: Sequence[str],
-        sources: Sequence[str] | None = None,
-        references: Sequence[str] | None = None,
-    ) -> list[float]:
-        self.check(outputs, sources, references)
+    def _values(self, texts: Texts) -> list[float]:
+        outputs, sources, references = texts
         if not outputs:
             return []
         model, tokenizer = self._loaded()
@@ -424,7 +419,7 @@ class PerplexityScorer(Scorer):
         return math.exp(sum(logs) / len(logs)) if logs else math.nan
 
 
-class RepetitionScorer(Scorer):
+class RepetitionScorer(_CheckedScorer):
     """Share of repeated word n-grams in each output: ``1 - distinct / total`` (0 = no repeats).
 
     Degenerate steering shows up as loops ("great great great ..."); a short output
@@ -439,13 +434,8 @@ class RepetitionScorer(Scorer):
         self.n = n
         self.name = f"repetition_{n}gram"
 
-    def score(
-        self,
-        outputs: Sequence[str],
-        sources: Sequence[str] | None = None,
-        references: Sequence[str] | None = None,
-    ) -> list[float]:
-        self.check(outputs, sources, references)
+    def _values(self, texts: Texts) -> list[float]:
+        outputs, sources, references = texts
         return [repeated_ngram_share(text, self.n) for text in outputs]
 
 
