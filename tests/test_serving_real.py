@@ -159,34 +159,33 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_icv_serve_in_one_command(real, vectors):
+# A loaded 2-core CI machine (other jobs, the rest of the suite) can take minutes to import torch,
+# load the model and answer; the test waits that long rather than fail for it (it once did at 120 s).
+STARTUP_SECONDS = 600
+ANSWER_SECONDS = 600
+
+
+def test_icv_serve_in_one_command(real, vectors, tmp_path):
     """``icv serve --vectors DIR`` as a user runs it: the openai client gets steered text; Ctrl-C stops it."""
     model, tok = real
     folder, v = vectors
     prompt = paraphrase_prompt(SENTENCES[0])
     want = generate_alone(model, tok, prompt, v["positive"], 0.07)
     port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "icv", "serve", "--vectors", str(folder), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=Path(__file__).parent.parent,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    log = tmp_path / "serve.log"  # a file, not a pipe nobody reads while the server runs
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "icv", "serve", "--vectors", str(folder), "--port", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=Path(__file__).parent.parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "icv serve did not come up"
-            time.sleep(0.2)
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        _wait_until_healthy(process, url, log)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=ANSWER_SECONDS)
         response = client.completions.create(
             model=MODEL,
             prompt=prompt,
@@ -195,11 +194,36 @@ def test_icv_serve_in_one_command(real, vectors):
             extra_body={"steering": [{"vector": "positive", "strength": 0.07}]},
         )
         assert response.choices[0].text == want
-        page = httpx.get(f"{url}/", timeout=10)  # the playground, at the address it prints
+        page = httpx.get(f"{url}/", timeout=ANSWER_SECONDS)  # the playground, at the address it prints
         assert page.status_code == 200 and "icv playground" in page.text
     finally:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
+        _interrupt(process)
+    output = log.read_text()
     assert process.returncode == 0, output
     assert "vectors: negative, positive, positive_add" in output
     assert f"playground: http://127.0.0.1:{port}/ " in output
+
+
+def _wait_until_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/health", timeout=10).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, (
+            f"icv serve did not come up in {STARTUP_SECONDS} s:\n{log.read_text()}"
+        )
+        time.sleep(0.5)
+
+
+def _interrupt(process: subprocess.Popen) -> None:
+    """Ctrl-C, as a user stops it; killed if it has not stopped in two minutes (never left running)."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
