@@ -164,7 +164,8 @@ def test_serving_pause_measures_every_arm_and_the_costs():
     assert costs["chunks/bounded"] == [len(narrowing)] and narrowing[-2] < narrowing[0] <= 16
     assert costs["chunks/tokens"] == [-(-60 // 16)] and costs["slices/bounded"][0] >= 2
     text = serving_pause.table(result)
-    assert "a 60-token prompt, chunks of 16 tokens" in text and "One extraction slice" in text
+    assert "a 60-token prompt, chunks of 16 tokens" in text and "one extraction slice" in text
+    assert "longest chunk + longest step, CPU (s)" in text
 
 
 def test_the_longest_gap_is_the_one_that_overlaps_the_work():
