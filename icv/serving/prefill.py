@@ -9,7 +9,7 @@ What a chunk may cost is ``budget`` prompt tokens (padding included, for all the
 group's rows together) *as they cost with nothing before them*.  A token of a
 later chunk also attends to every token before it, and on a long prompt that is
 most of its cost (on SmolLM2-135M at 4,000 tokens of context, attention took half
-of a 256-token chunk's time, and the chunk 1.3-2x the first's), so a budget of
+of a 256-token chunk's time, and later chunks 1.2-1.7x the first's), so a budget of
 tokens alone lets each chunk cost more than the last.  The chunk's width shrinks
 as the context grows instead (:func:`chunk_columns`), by the model's
 :func:`attention_span`: the context at which a token's attention costs what its
