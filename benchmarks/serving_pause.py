@@ -4,10 +4,14 @@ A streamed completion decodes on a server on 127.0.0.1 (engine `transformers`) a
 notes when each server-sent event arrives. While it runs, one thing arrives: a 4,000-token prompt
 or a 64-pair extraction (`POST /v1/vectors/extract`). The figure is the stream's longest gap
 between two events while that work ran (target <= 2 s on 2 cores), with the engine's chunked
-prefill and extraction slices bounded by `--prefill-chunk` tokens, against the same engine with
-the bound lifted (the whole prompt in one forward pass, extraction in `icv.extract`'s batches of
-16 texts: what the engine did before). Also what one prefill chunk and one extraction slice cost
-(the engine's own counters), and the stream's median gap with nothing else running (one step).
+prefill and extraction slices bounded by `--prefill-chunk` tokens' cost (chunks narrowing as the
+prompt's context grows), against chunks of `--prefill-chunk` tokens whatever their context (the
+engine before) and against the bound lifted (the whole prompt in one forward pass, extraction in
+`icv.extract`'s batches of 16 texts). Beside the wall-clock pause, the longest chunk and the
+longest decode step in CPU time on the engine's thread: the pause on a core of its own, which a
+loaded machine's wall clock hides under other processes' time slices. Also what one prefill chunk
+and one extraction slice cost (the engine's own counters), and the stream's median gap with
+nothing else running (one step).
 """
 
 from __future__ import annotations
