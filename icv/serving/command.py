@@ -68,8 +68,9 @@ def add_transformers_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=256,
         metavar="TOKENS",
-        help="prompt tokens run per engine step (chunked prefill), and an extraction's batch bound: "
-        "what a running stream waits at most for other work (default: 256)",
+        help="what one prefill chunk may cost, in prompt tokens with no context before them (chunks "
+        "narrow as a prompt's context grows), and an extraction's batch bound: what a running "
+        "stream waits at most for other work (default: 256)",
     )
     group.add_argument(
         "--max-text-tokens",
