@@ -24,6 +24,7 @@ from tiny import DEMOS, char_tokenizer, tiny_model
 import icv
 from icv.serving import ModelShape, VectorLibrary
 from icv.serving.http import ServerLimits
+from icv.serving.protocol import CHAT, COMPLETIONS, FIELDS as REQUEST_FIELDS
 from icv.storage import to_bytes
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -54,29 +55,11 @@ JSON = st.recursive(
     max_leaves=12,
 )
 
-COMMON = [
-    "model",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "seed",
-    "stop",
-    "stream",
-    "stream_options",
-    "user",
-    "ignore_eos",
-    "steering",
-    "steering_positions",
-    "n",
-    "logprobs",
-    "top_logprobs",
-    "echo",
-    "logit_bias",
-    "response_format",
-]
+# Every field the request table (icv.serving.protocol.FIELDS) gives each route, those the server
+# accepts only at their neutral value included: the table is the one place fields are named.
 FIELDS = {
-    "/v1/completions": [*COMMON, "prompt", "suffix", "best_of"],
-    "/v1/chat/completions": [*COMMON, "messages", "max_completion_tokens", "tools"],
+    "/v1/completions": [f.name for f in REQUEST_FIELDS if COMPLETIONS in f.routes],
+    "/v1/chat/completions": [f.name for f in REQUEST_FIELDS if CHAT in f.routes],
     "/v1/vectors/extract": ["name", "pairs"],
 }
 # Values that are valid or one step from it, so the fuzzer reaches past the first check.
