@@ -19,7 +19,7 @@ from icv.layers import site_modules
 from icv.serving import ModelShape, SteeringSpec, SteeringTerm, VectorLibrary
 from icv.serving.vllm.contract import encode
 from icv.serving.vllm.rows import POSITION_CODES, token_slots
-from icv.serving.vllm.step import StepRequest, StepSteering
+from icv.serving.vllm.step import SlotAllocator, StepRequest, StepSteering
 from icv.steer import away_directions, layer_deltas, rotate_towards
 
 ALL, PROMPT, GENERATED = (POSITION_CODES[p] for p in ("all", "prompt", "generated"))
@@ -78,6 +78,12 @@ def spec(*terms: tuple[str, float], positions: str = "all") -> SteeringSpec:
     return SteeringSpec(tuple(SteeringTerm(v, s) for v, s in terms), positions)
 
 
+def make_steering(library, finder, static=False):
+    return StepSteering(
+        library, finder, torch.device("cpu"), torch.float32, max_tokens=64, max_requests=8, static=static
+    )
+
+
 def mlp_finder(model):
     return lambda site: list(enumerate(site_modules(model, site)))
 
@@ -107,7 +113,7 @@ def arm_mixed(steering, library, requests=MIXED):
 
 
 def test_a_mixed_step_gives_each_token_what_its_request_gets_alone(model, library):
-    steering = StepSteering(library, mlp_finder(model), torch.device("cpu"), torch.float32)
+    steering = make_steering(library, mlp_finder(model))
     try:
         assert arm_mixed(steering, library)
         mlp = model.model.layers[1].mlp
@@ -152,7 +158,7 @@ class FakeVllmLayer(nn.Module):
 def test_the_block_site_steers_the_sum_of_hidden_states_and_residual(library, vector):
     layers = nn.ModuleList([FakeVllmLayer() for _ in range(3)])
     block_spec = spec((vector, 0.5))
-    steering = StepSteering(library, lambda site: list(enumerate(layers)), torch.device("cpu"), torch.float32)
+    steering = make_steering(library, lambda site: list(enumerate(layers)))
     try:
         arm_mixed(steering, library, [(block_spec, 4, 0, 4), (None, 3, 0, 3)])
         torch.manual_seed(1)
@@ -171,7 +177,7 @@ def test_the_block_site_steers_the_sum_of_hidden_states_and_residual(library, ve
 
 
 def test_disarmed_hooks_and_steps_without_steered_tokens_change_nothing(model, library):
-    steering = StepSteering(library, mlp_finder(model), torch.device("cpu"), torch.float32)
+    steering = make_steering(library, mlp_finder(model))
     mlp = model.model.layers[0].mlp
     x = torch.randn(4, 32)
     plain = mlp(x)
@@ -186,14 +192,62 @@ def test_disarmed_hooks_and_steps_without_steered_tokens_change_nothing(model, l
     assert hook_count(model) == 0
 
 
-def test_a_steering_is_compiled_once_and_its_hooks_are_made_on_first_use(model, library):
-    steering = StepSteering(library, mlp_finder(model), torch.device("cpu"), torch.float32)
+def test_every_injection_of_the_library_is_hooked_up_front_and_removed_with_its_buffers(model, library):
+    steering = make_steering(library, mlp_finder(model))
     try:
         raw = encode(library.resolve(spec(("positive", 0.4))))
         assert steering.compiled(raw) is steering.compiled(raw)
-        assert hook_count(model) == 0
+        # rotate@mlp, rotate@block, add@block: one hook per layer each, before any step.
+        assert steering.injections == [("add", "block"), ("rotate", "block"), ("rotate", "mlp")]
+        assert hook_count(model) == 3 * len(model.model.layers)
         arm_mixed(steering, library, [(spec(("positive", 0.4)), 4, 0, 4)])
-        assert hook_count(model) == len(model.model.layers)
+        assert hook_count(model) == 3 * len(model.model.layers)
     finally:
         steering.remove()
     assert hook_count(model) == 0
+    assert not [name for name, _ in model.named_buffers() if "_icv_" in name]
+
+
+def test_slots_are_kept_while_in_use_and_the_least_recently_used_is_reused():
+    slots = SlotAllocator(3)  # slots 1 and 2
+    assert slots.place(["a", "b"]) == ({"a": 1, "b": 2}, ["a", "b"])
+    assert slots.place(["b"]) == ({"b": 2}, [])
+    assert slots.place(["c", "b"]) == ({"c": 1, "b": 2}, ["c"])  # a was the least recently used
+    with pytest.raises(ValueError, match="more than 2 distinct"):
+        slots.place(["d", "e", "f"])
+
+
+def run_mlps(model, x):
+    for layer in model.model.layers:
+        x = layer.mlp(x)
+    return x
+
+
+def test_compiled_steering_takes_new_steerings_without_recompiling(model, library):
+    """As in vLLM's compiled engine: the hooks are traced once; a new vector or mix only rewrites buffers."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    compiled = torch.compile(run_mlps, backend=counter, fullgraph=True, dynamic=True)
+    steering = make_steering(library, mlp_finder(model), static=True)
+    torch.manual_seed(2)
+    x = torch.randn(6, 32)
+    requests = [
+        [(None, 6, 0, 6)],  # the warm-up run vLLM compiles on: nothing steered
+        [(spec(("positive", 0.4)), 4, 0, 4), (None, 2, 0, 2)],
+        [(spec(("negative", 0.3), ("positive", 0.1)), 3, 0, 3), (spec(("positive", 0.2)), 3, 4, 3)],
+        [(spec(("negative", 0.5), positions="generated"), 2, 4, 1), (spec(("positive", 0.4)), 5, 0, 5)],
+    ]
+    try:
+        with torch.no_grad():
+            for step in requests:
+                arm_mixed(steering, library, step)
+                got = compiled(model, x)
+                expected = run_mlps(model, x)  # the same hooks, eagerly
+                steering.disarm()
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+            assert not torch.equal(got, run_mlps(model, x)), "the last step should have been steered"
+    finally:
+        steering.remove()
+        torch._dynamo.reset()
+    assert counter.frame_count == 1, f"{counter.frame_count} compilations"

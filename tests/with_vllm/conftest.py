@@ -22,12 +22,14 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default 
 
 @pytest.fixture(scope="session")
 def vector_folder(real, tmp_path_factory):
-    """positive, negative (rotate@mlp), cheerful (a GGUF control vector: add@block) and one of another model."""
+    """positive, negative (rotate@mlp), cheerful (a GGUF control vector: add@block), additive (add@mlp)
+    and one of another model."""
     model, tok = real
     folder = tmp_path_factory.mktemp("served-vectors")
     positive = icv.extract(model, tok, DEMOS, name="positive")
     positive.save(folder / "positive.safetensors")
     icv.extract(model, tok, [(t, s) for s, t in DEMOS], name="negative").save(folder / "negative.safetensors")
+    positive.with_metadata(injection_mode="add", injection_site="mlp").save(folder / "additive.safetensors")
     with warnings.catch_warnings():  # block 0 does not fit a GGUF file: said elsewhere
         warnings.simplefilter("ignore")
         export_gguf(positive, folder / "cheerful.gguf", strength=0.04)

@@ -2,7 +2,10 @@
 
 Every request is compared with the transformers reference computed alone, in float32,
 so a batch that mixed them up (another request's vector, a prompt token steered under
-``"generated"``, a prefix cached under another steering) would fail.
+``"generated"``, a prefix cached under another steering) would fail.  The module's
+engine runs vLLM's default compilation (torch.compile with inductor on a CPU), shared
+by the tests because compiling takes minutes on two cores; one eager engine checks
+that ``enforce_eager=True`` gives the same tokens.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ pytest.importorskip(
 from vllm_cases import MAX_MODEL_LEN, fields, spec  # noqa: E402
 
 import icv  # noqa: E402
-from icv.errors import RequestError, SteeringError  # noqa: E402
+from icv.errors import RequestError  # noqa: E402
+from icv.serving.vllm.contract import STATUS_METHOD  # noqa: E402
 
 pytestmark = pytest.mark.real_model
 
@@ -30,6 +34,7 @@ CASES = [
     spec(("positive", 0.06), ("negative", -0.04)),  # composition: v1 * s1 + v2 * s2
     spec(("cheerful", None)),  # a GGUF control vector: addition at the block
     spec(("cheerful", 1.5), positions="generated"),
+    spec(("additive", 0.06)),  # addition at the MLP
 ]
 MAX_TOKENS = 12
 
@@ -110,8 +115,41 @@ def test_bad_steering_is_refused_before_it_reaches_the_engine(llm):
     assert len(out.outputs[0].token_ids) == 2
 
 
-def test_steering_refuses_a_compiled_engine(vector_folder):
+def compiled_graphs(llm) -> list[int]:
+    statuses = llm.llm.collective_rpc(STATUS_METHOD)
+    assert all(status["compiled"] for status in statuses), statuses
+    return [status["graphs"] for status in statuses]
+
+
+def test_steerings_new_after_compilation_need_no_recompilation(llm, real, reference):
+    _, tok = real
+    before = compiled_graphs(llm)
+    prompt = icv.prompts.paraphrase_prompt(SENTENCES[1])
+    fresh = [  # mixes and strengths no request used before
+        spec(("negative", 0.05), ("positive", 0.07), positions="prompt"),
+        spec(("cheerful", 0.7), positions="all"),
+        spec(("positive", 0.11), ("negative", 0.02), positions="generated"),
+    ]
+    outputs = llm.generate([prompt] * len(fresh), [params(c) for c in fresh], use_tqdm=False)
+    ids = tok(prompt).input_ids
+    assert tokens_of(outputs) == [reference(c, ids, MAX_TOKENS) for c in fresh]
+    assert compiled_graphs(llm) == before
+
+
+def test_an_eager_engine_gives_the_same_tokens(vector_folder, real, reference):
     from icv.serving.vllm import SteeredLLM
 
-    with pytest.raises(SteeringError, match="eager"):
-        SteeredLLM(vectors=[vector_folder], dtype="float32", max_model_len=MAX_MODEL_LEN, enforce_eager=False)
+    _, tok = real
+    eager = SteeredLLM(
+        vectors=[vector_folder], dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0, enforce_eager=True
+    )
+    try:
+        statuses = eager.llm.collective_rpc(STATUS_METHOD)
+        assert not any(status["compiled"] for status in statuses)
+        prompt = icv.prompts.paraphrase_prompt(SENTENCES[0])
+        cases = [None, *CASES[1:4], CASES[6]]
+        got = tokens_of(eager.generate([prompt] * len(cases), [params(c) for c in cases], use_tqdm=False))
+    finally:
+        eager.llm.llm_engine.engine_core.shutdown()
+    ids = tok(prompt).input_ids
+    assert got == [reference(c, ids, MAX_TOKENS) for c in cases]

@@ -145,7 +145,7 @@ def test_chat_completions_apply_the_chat_template_and_the_steering(client, real,
 
 def test_the_server_lists_its_vectors_and_model(client, server, library):
     vectors = httpx.get(f"{server}/v1/vectors").json()["data"]
-    assert [v["name"] for v in vectors] == library.names == ["cheerful", "negative", "positive"]
+    assert [v["name"] for v in vectors] == library.names == ["additive", "cheerful", "negative", "positive"]
     assert all("recommended_strength" in v and "default_strength" in v for v in vectors)
     assert [m.id for m in client.models.list().data] == [DEFAULT_MODEL]
 

@@ -36,7 +36,8 @@ def vector_paths() -> list[str]:
 
 
 def plugin_environment(paths: Sequence[str | os.PathLike[str]], env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` with the plugin on: ``$ICV_VLLM_VECTORS`` = ``paths``, ``icv`` added to ``VLLM_PLUGINS``."""
+    """``env`` with the plugin on: ``$ICV_VLLM_VECTORS`` = ``paths``, ``icv`` added to ``VLLM_PLUGINS``,
+    and vLLM's per-row NaN count on (``VLLM_COMPUTE_NANS_IN_LOGITS``)."""
     updated = dict(env)
     # Paths become absolute (vLLM's workers may start elsewhere); Hub ids stay as they are.
     updated[VECTORS_ENV] = os.pathsep.join(
@@ -44,6 +45,8 @@ def plugin_environment(paths: Sequence[str | os.PathLike[str]], env: Mapping[str
     )
     plugins = [p for p in updated.get("VLLM_PLUGINS", "").split(",") if p]
     updated["VLLM_PLUGINS"] = ",".join(plugins if PLUGIN_NAME in plugins else [*plugins, PLUGIN_NAME])
+    # vLLM counts each row's NaN logits only when asked; the plugin ends those rows (rows_guard).
+    updated.setdefault("VLLM_COMPUTE_NANS_IN_LOGITS", "1")
     return updated
 
 

@@ -1,24 +1,37 @@
-"""Hooks on vLLM's decoder layers that give every token of a step its own request's steering.
+"""Steering as tensor ops in vLLM's forward, reading persistent buffers that the plugin fills per step.
 
-One :class:`InjectionHooks` per way of injecting (``rotate`` or ``add``, at ``block``,
-``mlp`` or ``attn``) holds one forward hook per layer.  Before each step it is armed
-with a table of the step's steerings, ``(layers, slots, hidden)`` with slot 0 the
-zero delta, and a per-token slot index (:mod:`.rows`); each layer's hook then
-gathers its rows with one ``index_select`` and applies the same arithmetic as
-:func:`icv.steer` (:func:`icv.steer.rotate_towards`, or an addition).  No Python
-loop over requests, no device synchronisation, and nothing at all while disarmed
-(warm-up and profiling runs, steps without a steered token).
+One :class:`SteeringTable` per way of injecting (``rotate`` or ``add``, at ``block``,
+``mlp`` or ``attn``) holds three buffers that live as long as the model, at fixed
+addresses:
+
+* ``deltas`` ``(layers, slots, hidden)``: what each slot's steering adds or turns
+  towards at each layer; slot 0 is all zeros (unsteered) and stays so;
+* ``away`` (rotation only): ``-delta/|delta|`` per slot and layer, what the boost measures;
+* ``index`` ``(max_tokens,)``: each token's slot in the current step (0: not steered).
+
+A forward hook on every layer's module reads them and applies :func:`icv.steer`'s
+arithmetic (:func:`icv.steer.rotate_towards`, or an addition) with one gather per
+buffer, sliced to the step's (padded) token count.  The hook is a module-level
+function and the buffers are registered on the hooked module, so torch.compile
+traces the ops into the model's graph with stable sources (vLLM's AOT compile cache
+reloads it), CUDA graphs capture reads of fixed addresses, and nothing in the hook
+decides anything from data: a new steering only rewrites a slot's rows and the
+index, never the graph.  Unsteered tokens gather zeros and come out bitwise
+unchanged (``x + 0``; a rotation towards 0 is ``x`` exactly).
+
+In an eager engine (``static=False``) the hooks also skip a step in which no token
+of their injection is steered, which a compiled graph cannot do without a branch.
 
 vLLM's decoder layers return ``(hidden_states, residual)``, whose sum is what
 transformers calls the block's output: addition at the block adds to
 ``hidden_states``; rotation at the block rotates the sum ``s`` into ``y`` and
-returns ``hidden_states + (y - s)``, which is exactly ``hidden_states`` where a token
-is unsteered (``y == s`` bitwise there).  The MLP and attention return plain tensors.
+returns ``hidden_states + (y - s)``, exactly ``hidden_states`` where ``y == s``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +45,7 @@ from ...steer import away_directions, rotate_towards
 
 @dataclass(frozen=True)
 class CompiledSteering:
-    """One request's steering, ready for the hooks."""
+    """One request's steering, ready for a table slot."""
 
     key: str  # the library's fingerprint: equal keys steer identically
     mode: str
@@ -45,81 +58,131 @@ class CompiledSteering:
         return self.mode, self.site
 
 
-class InjectionHooks:
-    """A forward hook per layer for one injection, and the step's table they read."""
+class _Switch:
+    """Whether an eager engine's hooks act on this step (compiled engines have none)."""
 
-    def __init__(self, mode: str, site: str, modules: Iterable[tuple[int, nn.Module]]) -> None:
-        self.mode = mode
-        self.site = site
-        self.active = False
-        self._index: torch.Tensor | None = None
-        self._deltas: torch.Tensor | None = None  # (layers, slots, hidden)
-        self._away: torch.Tensor | None = None
-        self._table_key: tuple | None = None
+    on = False
+
+
+class SteeringTable:
+    """The persistent buffers of one injection, and the hooks that read them."""
+
+    def __init__(
+        self,
+        injection: tuple[str, str],
+        modules: Iterable[tuple[int, nn.Module]],
+        *,
+        num_layers: int,
+        slots: int,
+        hidden: int,
+        max_tokens: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        static: bool,
+    ) -> None:
+        self.mode, self.site = injection
+        self.slots = slots
+        self.deltas = torch.zeros(num_layers, slots, hidden, device=device, dtype=dtype)
+        self.away = torch.zeros_like(self.deltas) if self.mode == "rotate" else None
+        self.index = torch.zeros(max_tokens, dtype=torch.long, device=device)
+        # The host side of the index: the index itself on a CPU, pinned memory on a GPU.
+        self._staging = (
+            self.index
+            if device.type == "cpu"
+            else torch.zeros(max_tokens, dtype=torch.long, pin_memory=torch.cuda.is_available())
+        )
+        self._switch = None if static else _Switch()
+        self._prefix = f"_icv_{self.mode}_{self.site}"
+        self._modules: list[nn.Module] = []
         self._handles = HookHandles()
-        make = self._block_hook if site == "block" else self._output_hook
+        hook = _block_hook if self.site == "block" else _output_hook
         try:
             for layer, module in modules:
-                self._handles.add(module.register_forward_hook(make(layer)))
+                self._attach(module, layer, hook)
         except BaseException:
             self.remove()
             raise
 
-    def arm(
-        self,
-        steerings: Sequence[CompiledSteering],
-        index: np.ndarray,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> None:
-        """Steer the next forward: ``steerings`` fill slots 1.., ``index`` gives each token's slot."""
-        key = (tuple(s.key for s in steerings), device, dtype)
-        if key != self._table_key:  # rebuilt only when the batch's set of steerings changes
-            table = torch.stack([torch.zeros_like(steerings[0].deltas), *(s.deltas for s in steerings)])
-            self._deltas = table.transpose(0, 1).to(device, dtype).contiguous()
-            self._away = away_directions(self._deltas) if self.mode == "rotate" else None
-            self._table_key = key
-        self._index = torch.from_numpy(index).to(device, non_blocking=True)
-        self.active = True
+    def _attach(self, module: nn.Module, layer: int, hook: Any) -> None:
+        module.register_buffer(f"{self._prefix}_deltas", self.deltas, persistent=False)
+        module.register_buffer(f"{self._prefix}_index", self.index, persistent=False)
+        if self.away is not None:
+            module.register_buffer(f"{self._prefix}_away", self.away, persistent=False)
+        self._modules.append(module)
+        bound = functools.partial(hook, prefix=self._prefix, layer=layer, mode=self.mode, switch=self._switch)
+        self._handles.add(module.register_forward_hook(bound))
 
-    def disarm(self) -> None:
-        self.active = False
-        self._index = None
+    @property
+    def max_tokens(self) -> int:
+        return int(self.index.shape[0])
+
+    def write_slot(self, slot: int, deltas: torch.Tensor) -> None:
+        """Fill ``slot`` with a steering's ``(layers, hidden)`` deltas (slot 0 stays zero)."""
+        if not 0 < slot < self.slots:
+            raise ValueError(f"slot {slot} is not one of 1..{self.slots - 1}")
+        self.deltas[:, slot].copy_(deltas.to(self.deltas.dtype))
+        if self.away is not None:
+            self.away[:, slot].copy_(away_directions(deltas).to(self.away.dtype))
+
+    def write_index(self, slots: np.ndarray) -> bool:
+        """Each of the step's tokens' slot (padding included); whether any token is steered."""
+        count = len(slots)
+        if count > self.max_tokens:
+            raise ValueError(f"a step of {count} tokens does not fit the index of {self.max_tokens}")
+        self._staging.numpy()[:count] = slots
+        if self._staging is not self.index:
+            self.index[:count].copy_(self._staging[:count], non_blocking=True)
+        steered = bool(slots.any())
+        if self._switch is not None:
+            self._switch.on = steered
+        return steered
+
+    def clear_index(self, count: int) -> None:
+        """Point the first ``count`` tokens back at slot 0 (vLLM's own dummy runs stay unsteered)."""
+        self.index[:count].zero_()
+        if self._staging is not self.index:
+            self._staging[:count].zero_()
+        if self._switch is not None:
+            self._switch.on = False
 
     def remove(self) -> None:
-        self.disarm()
+        """Take the hooks and buffers off the model."""
         self._handles.remove()
+        for module in self._modules:
+            for part in ("deltas", "index", "away"):
+                module._buffers.pop(f"{self._prefix}_{part}", None)
+        self._modules.clear()
 
-    def _apply(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        assert self._deltas is not None and self._index is not None
-        d = self._deltas[layer].index_select(0, self._index)
-        if self.mode == "add":
-            return x + d
-        assert self._away is not None
-        away = self._away[layer].index_select(0, self._index)
-        return rotate_towards(x, d, torch.linalg.vecdot(x, away).unsqueeze_(-1))
 
-    def _output_hook(self, layer: int) -> Callable[[nn.Module, Any, Any], Any]:
-        def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
-            if not self.active:
-                return None
-            x = output if type(output) is torch.Tensor else output_tensor(output)
-            y = self._apply(layer, x)
-            return y if type(output) is torch.Tensor else replace_output(output, y)
+def _steer(module: nn.Module, prefix: str, layer: int, mode: str, x: torch.Tensor) -> torch.Tensor:
+    # x is vLLM's flat (num_tokens, hidden); the slice follows its (padded) token count.
+    index = getattr(module, f"{prefix}_index")[: x.shape[0]]
+    d = getattr(module, f"{prefix}_deltas")[layer].index_select(0, index)
+    if mode == "add":
+        return x + d
+    away = getattr(module, f"{prefix}_away")[layer].index_select(0, index)
+    return rotate_towards(x, d, torch.linalg.vecdot(x, away).unsqueeze(-1))
 
-        return hook
 
-    def _block_hook(self, layer: int) -> Callable[[nn.Module, Any, Any], Any]:
-        def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
-            if not self.active:
-                return None
-            if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], torch.Tensor)):
-                x = output_tensor(output)  # a layer that returns its whole output
-                return replace_output(output, self._apply(layer, x))
-            hidden, residual = output
-            if self.mode == "add":
-                return self._apply(layer, hidden), residual
-            total = hidden + residual
-            return hidden + (self._apply(layer, total) - total), residual
+def _output_hook(
+    module: nn.Module, _args: Any, output: Any, *, prefix: str, layer: int, mode: str, switch: _Switch | None
+) -> Any:
+    if switch is not None and not switch.on:
+        return None
+    x = output if type(output) is torch.Tensor else output_tensor(output)
+    y = _steer(module, prefix, layer, mode, x)
+    return y if type(output) is torch.Tensor else replace_output(output, y)
 
-        return hook
+
+def _block_hook(
+    module: nn.Module, _args: Any, output: Any, *, prefix: str, layer: int, mode: str, switch: _Switch | None
+) -> Any:
+    if switch is not None and not switch.on:
+        return None
+    if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], torch.Tensor)):
+        return replace_output(output, _steer(module, prefix, layer, mode, output_tensor(output)))
+    hidden, residual = output
+    if mode == "add":
+        return _steer(module, prefix, layer, mode, hidden), residual
+    total = hidden + residual
+    return hidden + (_steer(module, prefix, layer, mode, total) - total), residual

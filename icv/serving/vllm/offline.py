@@ -35,8 +35,8 @@ class SteeredLLM:
     ``model``: anything :func:`icv.load_model` takes (default: the embedded model);
     ``vectors``: vector files or folders (a vector's name is its file's stem);
     ``steering``/``steering_positions``: what requests without their own ``steering``
-    get; other keyword arguments go to ``vllm.LLM`` (``enforce_eager`` defaults to
-    ``True``, which steering needs).  vLLM's processes read the vectors from
+    get; other keyword arguments go to ``vllm.LLM`` (its default compilation steers,
+    and so does ``enforce_eager=True``).  vLLM's processes read the vectors from
     ``$ICV_VLLM_VECTORS``, which this sets (with ``VLLM_PLUGINS``) for this process.
     """
 
@@ -54,11 +54,6 @@ class SteeredLLM:
         paths = [str(Path(p)) for p in vectors]
         if not paths:
             raise OptionError("SteeredLLM needs vector files or folders: vectors=[...]")
-        if llm_kwargs.setdefault("enforce_eager", True) is not True:
-            raise SteeringError(
-                "steering needs vLLM in eager mode (hooks do not run in a compiled model "
-                "or a CUDA graph): leave enforce_eager=True"
-            )
         source, name = model_source(model)
         os.environ.update(plugin_environment(paths, os.environ))  # vLLM's processes inherit it
         llm_kwargs.setdefault("served_model_name", name)

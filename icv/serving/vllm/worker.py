@@ -13,9 +13,14 @@ first arms the hooks from the runner's own CPU-side view of the batch:
 from; reading them costs no device synchronisation, where the forward context's
 attention metadata lives on the device.
 
-Steering refuses to start rather than serve unsteered output as steered: hooks
-act only on an eager model (``enforce_eager=True``, ``--enforce-eager``), and only
-the v1 model runner exposes the batch as above.
+The hooks are in place before vLLM compiles the model (its warm-up run comes after
+``load_model``), so torch.compile traces the steering into the graph and CUDA graphs
+capture it; the steps only rewrite buffers (:mod:`.hooks`).  The steering's shape
+(its injections and slot count, and this plugin's version) joins vLLM's compile-cache
+key through ``additional_config``, so a graph compiled without the plugin, or for
+other vectors, is never loaded for this one.  Steering refuses to start rather than
+serve unsteered output as steered: under inductor freezing (which folds the tables
+into constants), and on a model runner that does not expose the batch as above.
 """
 
 from __future__ import annotations
@@ -30,10 +35,19 @@ from torch import nn
 from ...errors import SteeringError
 from ...layers import architecture_of, decoder_layers
 from .contract import PLUGIN_NAME, STATUS_METHOD, STEERING_ARG, load_library, vector_paths
+from .rows_guard import end_corrupted_requests
 from .step import StepRequest, StepSteering
 
 logger = logging.getLogger(__name__)
-_RUNNER_PARTS = ("_model_forward", "input_batch", "query_start_loc", "requests", "get_model")
+_RUNNER_PARTS = (
+    "_model_forward",
+    "input_batch",
+    "query_start_loc",
+    "requests",
+    "get_model",
+    "max_num_tokens",
+    "max_num_reqs",
+)
 
 
 def register() -> None:
@@ -41,6 +55,7 @@ def register() -> None:
     if not vector_paths():
         return
     _check_plugins_allowed()
+    end_corrupted_requests()  # in the engine core's process: its scheduler
     from vllm.v1.worker.gpu_worker import Worker
 
     if getattr(Worker.load_model, "_icv_steering", False):
@@ -58,9 +73,21 @@ def register() -> None:
 
 
 def status(worker: Any) -> dict[str, Any] | None:
-    """What a worker steers with (front ends check it through ``collective_rpc``); None: nothing."""
+    """What a worker steers with (front ends check it through ``collective_rpc``); None: nothing.
+
+    ``compiled``: the steering runs inside a compiled graph; ``graphs``: how many graphs
+    torch.compile has made in this worker so far (a new steering must not add one).
+    """
     steering = getattr(worker.model_runner, "_icv_steering", None)
-    return None if steering is None else {"vectors": steering.library.names}
+    if steering is None:
+        return None
+    from torch._dynamo.utils import counters
+
+    return {
+        "vectors": steering.library.names,
+        "compiled": steering.static,
+        "graphs": int(counters["stats"]["unique_graphs"]),
+    }
 
 
 def _check_plugins_allowed() -> None:
@@ -78,8 +105,8 @@ def _check_plugins_allowed() -> None:
 
 
 def attach(runner: Any, vllm_config: Any) -> StepSteering:
-    """Hook ``runner``'s model and arm the hooks before each of its forward steps."""
-    check_eager(vllm_config)
+    """Hook ``runner``'s model and fill the hooks' buffers before each of its forward steps."""
+    static = check_steerable(vllm_config)
     missing = [part for part in _RUNNER_PARTS if not hasattr(runner, part)]
     if missing:
         raise SteeringError(
@@ -90,8 +117,15 @@ def attach(runner: Any, vllm_config: Any) -> StepSteering:
     library = load_library(vllm_config.model_config)
     parameter = next(model.parameters())
     steering = StepSteering(
-        library, functools.partial(site_modules, model), parameter.device, vllm_config.model_config.dtype
+        library,
+        functools.partial(site_modules, model),
+        parameter.device,
+        vllm_config.model_config.dtype,
+        max_tokens=step_capacity(runner, vllm_config),
+        max_requests=int(runner.max_num_reqs),
+        static=static,
     )
+    _key_compile_cache(vllm_config, steering)
     forward = runner._model_forward
 
     @functools.wraps(forward)
@@ -106,37 +140,60 @@ def attach(runner: Any, vllm_config: Any) -> StepSteering:
     runner._model_forward = steered_forward
     runner._icv_steering = steering
     logger.info(
-        "icv: steering with %d vector(s) (%s)%s",
+        "icv: steering with %d vector(s) (%s), %s%s",
         len(library.names),
         ", ".join(library.names),
+        "inside the compiled graph" if static else "eager",
         f"; not for this model: {', '.join(library.unfit)}" if library.unfit else "",
     )
     return steering
 
 
-def check_eager(vllm_config: Any) -> None:
-    """Refuse a compiled model or CUDA graphs: they would skip the hooks without a word."""
+def check_steerable(vllm_config: Any) -> bool:
+    """Whether the forward is compiled or captured (True) or eager; refuse what cannot steer."""
     from vllm.config import CompilationMode, CUDAGraphMode
 
     compilation = vllm_config.compilation_config
-    if compilation.mode != CompilationMode.NONE or compilation.cudagraph_mode not in (
+    inductor = compilation.inductor_compile_config or {}
+    if inductor.get("freezing") or inductor.get("max_autotune"):
+        raise SteeringError(
+            "icv steering cannot run under inductor freezing (max_autotune turns it on on CPUs): it folds "
+            "the steering tables into constants, so new steerings would never reach the graph; leave "
+            "freezing and max_autotune off"
+        )
+    return compilation.mode != CompilationMode.NONE or compilation.cudagraph_mode not in (
         None,
         CUDAGraphMode.NONE,
-    ):
-        raise SteeringError(
-            "icv steering needs vLLM in eager mode (hooks do not run inside a compiled model or a "
-            "CUDA graph): start vLLM with --enforce-eager, or LLM(..., enforce_eager=True)"
-        )
+    )
+
+
+def step_capacity(runner: Any, vllm_config: Any) -> int:
+    """The most tokens one forward can carry: scheduled tokens, or the largest CUDA-graph size."""
+    sizes = vllm_config.compilation_config.cudagraph_capture_sizes or []
+    return max([int(runner.max_num_tokens), *map(int, sizes)])
+
+
+def _key_compile_cache(vllm_config: Any, steering: StepSteering) -> None:
+    # vLLM keys its AOT compile cache by the config's hash (additional_config included) and
+    # checks the sources it traced: with this, a graph traced without these hooks is never
+    # reloaded for a steered engine, nor one with other injections or table sizes.
+    extra = vllm_config.additional_config
+    if not isinstance(extra, dict):
+        raise SteeringError("icv steering needs vLLM's additional_config to be a dict (or unset)")
+    extra[PLUGIN_NAME] = {
+        "injections": [f"{mode}@{site}" for mode, site in steering.injections],
+        "slots": int(vllm_config.scheduler_config.max_num_seqs) + 1,
+        "static": steering.static,
+    }
 
 
 def arm(steering: StepSteering, runner: Any, num_tokens: int) -> None:
-    """Arm ``steering`` for the step ``runner`` is about to run (its batch as the runner built it)."""
+    """Fill ``steering``'s buffers for the step ``runner`` is about to run (its batch as the runner built it)."""
     batch = runner.input_batch
     count = batch.num_reqs
     requests = [_step_request(runner.requests[req_id]) for req_id in batch.req_ids[:count]]
     if all(r.steering is None for r in requests):
-        steering.disarm()
-        return
+        return  # the index already points every token at slot 0 (cleared after each step)
     computed = np.asarray(batch.num_computed_tokens_cpu[:count])
     steering.arm(requests, runner.query_start_loc.np[: count + 1], computed, num_tokens)
 
