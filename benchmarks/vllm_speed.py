@@ -180,7 +180,9 @@ def measure_http(
     }
 
 
-def measure(requests: int, tokens: int, rounds: int, clients: int, load_requests: int) -> dict[str, Any]:
+def measure(
+    requests: int, tokens: int, rounds: int, clients: int, load_requests: int, http: bool = True
+) -> dict[str, Any]:
     sentences, demos = sentences_and_demos(max(requests, 2 * clients))
     prompts = [paraphrase_prompt(s) for s in sentences]
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,8 +194,8 @@ def measure(requests: int, tokens: int, rounds: int, clients: int, load_requests
             mode: measure_offline(folder, prompts[:requests], tokens, rounds, eager=mode == "eager")
             for mode in ("compiled", "eager")
         }
-        http = measure_http(folder, prompts, clients, 2, tokens, rounds, load_requests)
-    return {"offline": offline, "http": http}
+        served = measure_http(folder, prompts, clients, 2, tokens, rounds, load_requests) if http else None
+    return {"offline": offline, "http": served}
 
 
 def _ratio_row(times: dict[str, list[float]], arm: str, baseline: str, tokens: int) -> list[str]:
@@ -241,6 +243,12 @@ def offline_table(offline: dict[str, Any]) -> str:
 
 def table(result: dict[str, Any]) -> str:
     offline, http = result["offline"], result["http"]
+    offline_part = (
+        f"(a) Offline, {offline['compiled']['requests']} requests x {offline['compiled']['tokens']} new tokens "
+        f"per arm and round:\n\n{offline_table(offline)}\n\n"
+    )
+    if http is None:
+        return offline_part + "(b) Over HTTP: not run this time (`--no-http`)."
     head = ["arm", "output tokens/s (median)", "speed / baseline (median)", "min-max"]
     total_http = http["requests"] * http["tokens"]
     times = http["times"]
@@ -272,9 +280,7 @@ def table(result: dict[str, Any]) -> str:
         ],
     )
     return (
-        f"(a) Offline, {offline['compiled']['requests']} requests x {offline['compiled']['tokens']} new tokens "
-        f"per arm and round:\n\n{offline_table(offline)}\n\n"
-        f"(b) Over HTTP, {http['clients']} clients, {http['requests']} requests x {http['tokens']} new tokens "
+        f"{offline_part}(b) Over HTTP, {http['clients']} clients, {http['requests']} requests x {http['tokens']} new tokens "
         f"per arm and round:\n\n{markdown_table(head, vs)}\n\n"
         f"Load test of the vLLM server ({http['clients']} clients, mixed steering, a third unsteered):\n\n{loaded}"
     )
@@ -302,8 +308,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="where the markdown section goes (vLLM logs to stdout)"
     )
+    parser.add_argument("--no-http", action="store_true", help="only the offline part (a)")
     args = parser.parse_args(argv)
-    result = measure(args.requests, args.tokens, args.rounds, args.clients, args.load_requests)
+    result = measure(
+        args.requests, args.tokens, args.rounds, args.clients, args.load_requests, http=not args.no_http
+    )
     args.out.write_text(section(result), encoding="utf-8")
 
 

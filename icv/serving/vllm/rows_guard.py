@@ -1,7 +1,8 @@
 """One request's broken numbers end that request with an error, and no other.
 
 vLLM, by default, samples whatever a row's logits hold: greedy decoding of an all-NaN
-row picks token 0 and random sampling picks arbitrary tokens, so a request whose
+row picks token 0 (argmax takes NaN as the largest value), and so does its random
+sampling (probabilities over exponential noise, then argmax), so a request whose
 hidden states became NaN or infinite (a steering that overflows, say, in float16)
 would return garbage with a 200.  vLLM can count each row's NaN logits
 (``VLLM_COMPUTE_NANS_IN_LOGITS=1``, which the plugin's environment turns on; its
