@@ -188,7 +188,7 @@ class StepSteering:
 
 def library_injections(library: VectorLibrary) -> list[tuple[str, str]]:
     """The ways of injecting (mode, site) of the library's vectors: the hooks a model needs."""
-    found = set()
+    found: set[tuple[str, str]] = set()
     for name in library.names:
         metadata = library.get(name).vector.metadata
         found.add((metadata["injection_mode"], metadata["injection_site"]))
