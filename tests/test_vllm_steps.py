@@ -15,12 +15,13 @@ from tiny import DEMOS, ByteTokenizer, tiny_model
 from torch import nn
 
 import icv
+from icv.inject import away_directions, rotate_towards
 from icv.layers import site_modules
 from icv.serving import ModelShape, SteeringSpec, SteeringTerm, VectorLibrary
 from icv.serving.vllm.contract import encode
 from icv.serving.vllm.rows import POSITION_CODES, token_slots
 from icv.serving.vllm.step import SlotAllocator, StepRequest, StepSteering
-from icv.steer import away_directions, layer_deltas, rotate_towards
+from icv.steer import layer_deltas
 
 ALL, PROMPT, GENERATED = (POSITION_CODES[p] for p in ("all", "prompt", "generated"))
 

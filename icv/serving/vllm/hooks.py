@@ -10,7 +10,7 @@ addresses:
 * ``index`` ``(max_tokens,)``: each token's slot in the current step (0: not steered).
 
 A forward hook on every layer's module reads them and applies :func:`icv.steer`'s
-arithmetic (:func:`icv.steer.rotate_towards`, or an addition) with one gather per
+arithmetic (:func:`icv.inject.rotate` or :func:`icv.inject.add`) with one gather per
 buffer, sliced to the step's (padded) token count.  The hook is a module-level
 function and the buffers are registered on the hooked module, so torch.compile
 traces the ops into the model's graph with stable sources (vLLM's AOT compile cache
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ... import inject
 from ...hooks import HookHandles, output_tensor, replace_output
-from ...steer import away_directions, rotate_towards
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class SteeringTable:
             raise ValueError(f"slot {slot} is not one of 1..{self.slots - 1}")
         self.deltas[:, slot].copy_(deltas.to(self.deltas.dtype))
         if self.away is not None:
-            self.away[:, slot].copy_(away_directions(deltas).to(self.away.dtype))
+            self.away[:, slot].copy_(inject.away_directions(deltas).to(self.away.dtype))
 
     def write_index(self, slots: np.ndarray) -> bool:
         """Each of the step's tokens' slot (padding included); whether any token is steered."""
@@ -159,9 +159,9 @@ def _steer(module: nn.Module, prefix: str, layer: int, mode: str, x: torch.Tenso
     index = getattr(module, f"{prefix}_index")[: x.shape[0]]
     d = getattr(module, f"{prefix}_deltas")[layer].index_select(0, index)
     if mode == "add":
-        return x + d
+        return inject.add(x, d)
     away = getattr(module, f"{prefix}_away")[layer].index_select(0, index)
-    return rotate_towards(x, d, torch.linalg.vecdot(x, away).unsqueeze(-1))
+    return inject.rotate(x, d, away)
 
 
 def _output_hook(
