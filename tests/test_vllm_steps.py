@@ -252,3 +252,23 @@ def test_compiled_steering_takes_new_steerings_without_recompiling(model, librar
         steering.remove()
         torch._dynamo.reset()
     assert counter.frame_count == 1, f"{counter.frame_count} compilations"
+
+
+def test_a_pipeline_stage_hooks_only_its_own_layers_under_their_global_numbers():
+    from icv.errors import SteeringError
+    from icv.serving.vllm.worker import site_modules as stage_modules
+
+    class PPMissingLayer(nn.Identity):  # what vLLM puts where another stage's layers are
+        pass
+
+    stage = tiny_model("llama")
+    layers = stage.model.layers
+    layers[0] = PPMissingLayer()  # the second stage of two: the first layers are elsewhere
+    found = stage_modules(stage, "mlp")
+    assert [i for i, _ in found] == list(range(1, len(layers)))
+    assert all(module is layers[i].mlp for i, module in found)
+    assert [module for _, module in stage_modules(stage, "block")] == list(layers[1:])
+    for i in range(len(layers)):
+        layers[i] = PPMissingLayer()
+    with pytest.raises(SteeringError, match="runs no decoder layer"):
+        stage_modules(stage, "mlp")
