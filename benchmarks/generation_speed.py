@@ -32,8 +32,11 @@ from harness import (
 )
 
 import icv
+from icv import inject
 from icv.extract import model_device, pad_token_id
 from icv.generation import left_padded
+from icv.inject import away_directions
+from icv.layers import site_modules
 from icv.prompts import paraphrase_prompt
 
 MODES: dict[str, dict[str, str]] = {
@@ -103,6 +106,76 @@ def generation_overhead(
         "tokens_per_s": tokens / median_seconds(times, "unsteered"),
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
     }
+
+
+@torch.no_grad()
+def hook_costs(
+    model: torch.nn.Module, vector: icv.InContextVector, batch: int, *, calls: int = 500, rounds: int = 5
+) -> dict[str, float]:
+    """Where a steered layer's time goes at decode time (one token per row), in microseconds per call.
+
+    On the first MLP, at shape ``(batch, 1, hidden)``, alternated round by round (medians):
+    the MLP alone; with a no-op forward hook (torch's hook dispatch); with the steering's
+    hook (dispatch, the hook's Python work and its tensor ops); and the rotation's tensor
+    ops alone (:func:`icv.inject.rotate` on prepared tensors).
+    """
+    mlp = site_modules(model, "mlp")[0]
+    hidden = vector.hidden_size
+    x = torch.randn(batch, 1, hidden, dtype=next(model.parameters()).dtype)
+    x_in = torch.randn(batch, 1, model.config.hidden_size, dtype=x.dtype)
+    d = (vector.directions[0] * 0.1).to(x.dtype)
+    away = away_directions(d)
+
+    def repeat(call: Any) -> None:
+        for _ in range(calls):
+            call()
+
+    def with_hook(hook: Any) -> None:
+        handle = mlp.register_forward_hook(hook)
+        try:
+            repeat(lambda: mlp(x_in))
+        finally:
+            handle.remove()
+
+    def steered() -> None:
+        with icv.steer(model, vector, mode="rotate", site="mlp"):
+            repeat(lambda: mlp(x_in))
+
+    arms = {
+        "mlp": lambda: repeat(lambda: mlp(x_in)),
+        "mlp + no-op hook": lambda: with_hook(lambda *_: None),
+        "mlp + steering hook": steered,
+        "rotation ops": lambda: repeat(lambda: inject.rotate(x, d, away)),
+    }
+    times = alternate(arms, rounds, warmup=1)
+    return {name: median_seconds(times, name) / calls * 1e6 for name in arms}
+
+
+def hook_table(costs: dict[int, dict[str, float]], layers: int, step_ms: dict[int, float]) -> str:
+    """The hook costs per batch, with what they add to a decode step of ``layers`` steered layers."""
+    rows = []
+    for batch, c in costs.items():
+        added = c["mlp + steering hook"] - c["mlp"]
+        per_step = added * layers / 1000
+        rows.append(
+            [
+                batch,
+                f"{c['mlp']:.1f}",
+                f"{c['mlp + no-op hook'] - c['mlp']:.1f}",
+                f"{added:.1f}",
+                f"{c['rotation ops']:.1f}",
+                f"{per_step:.2f} ms of {step_ms[batch]:.1f} ms ({per_step / step_ms[batch]:.1%})",
+            ]
+        )
+    header = [
+        "batch",
+        "MLP alone (us)",
+        "torch hook dispatch (us)",
+        "steering hook, all of it (us)",
+        "rotation ops alone (us)",
+        f"steering per decode step ({layers} layers) / unsteered step",
+    ]
+    return markdown_table(header, rows)
 
 
 def measure(
@@ -200,6 +273,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     parser.add_argument(
         "--modes", nargs="+", choices=sorted(MODES), default=sorted(MODES), help="the steerings to time"
+    )
+    parser.add_argument(
+        "--hook-costs",
+        action="store_true",
+        help="also time where the hook's time goes (microseconds per call)",
     )
     args = parser.parse_args(argv)
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
