@@ -9,11 +9,9 @@ exactly as the authors' reference code does (:mod:`icv.presets`).
 
 from __future__ import annotations
 
-import functools
-import inspect
 import warnings
-from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Generator, Iterable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -61,7 +59,6 @@ def pad_token_id(tokenizer: Any) -> int:
 
 EMBEDDING_ROWS = ("block_input", "embedding_output")
 T = TypeVar("T")
-P = ParamSpec("P")
 Steps = Generator[None, None, T]  # one batch per `next`; the return value is the result
 
 
@@ -181,7 +178,8 @@ def last_token_state_steps(
     return torch.stack(results)  # type: ignore[arg-type]
 
 
-def extract_steps(
+@checked_options
+def extract(
     model: nn.Module,
     tokenizer: Any,
     demos: Iterable[object],
@@ -199,14 +197,8 @@ def extract_steps(
     progress: bool | None = None,
     architecture: Architecture | None = None,
     max_batch_tokens: int | None = None,
-) -> Steps[InContextVector]:
+) -> InContextVector:
     """Read the in-context vector of ``demos`` (``(source, target)`` pairs) from ``model``.
-
-    :func:`extract_steps` does it one batch of demonstration texts per step (a
-    generator; see :func:`run_to_end`), for a caller that must do other work on the
-    model between batches (a server decoding between them); :func:`extract` runs it
-    in one go.  ``max_batch_tokens`` bounds a batch's padded size (see
-    :func:`last_token_state_steps`) and gives the same vector.
 
     With one demonstration PCA is undefined: the mean is used, with a warning, and
     ``method`` is recorded as ``"mean"``.
@@ -251,6 +243,55 @@ def extract_steps(
         DemoError: no demonstrations, or one that is not a pair of non-empty texts.
         OptionError: an unknown method, site, preset or mode, or a bad template or batch size.
         ArchitectureError: a model type whose layers the library cannot find.
+    """
+    # The options are spelled out again (not forwarded by a wrapper) so that the API
+    # reference, help() and editors show extract's own signature.
+    return run_to_end(
+        extract_steps(
+            model,
+            tokenizer,
+            demos,
+            method=method,
+            site=site,
+            template=template,
+            preset=preset,
+            batch_size=batch_size,
+            padding_side=padding_side,
+            name=name,
+            injection_mode=injection_mode,
+            injection_site=injection_site,
+            recommended_strength=recommended_strength,
+            progress=progress,
+            architecture=architecture,
+            max_batch_tokens=max_batch_tokens,
+        )
+    )
+
+
+def extract_steps(
+    model: nn.Module,
+    tokenizer: Any,
+    demos: Iterable[object],
+    *,
+    method: str | None = None,
+    site: str | None = None,
+    template: str | None = None,
+    preset: str | None = None,
+    batch_size: int = 16,
+    padding_side: str = "right",
+    name: str = "icv",
+    injection_mode: str = "rotate",
+    injection_site: str | None = None,
+    recommended_strength: float | None = None,
+    progress: bool | None = None,
+    architecture: Architecture | None = None,
+    max_batch_tokens: int | None = None,
+) -> Steps[InContextVector]:
+    """:func:`extract`, one batch of demonstration texts per step (a generator; see :func:`run_to_end`).
+
+    For a caller that must do other work on the model between batches (a server
+    decoding between them).  ``max_batch_tokens`` bounds a batch's padded size (see
+    :func:`last_token_state_steps`); ``extract(..., max_batch_tokens=N)`` gives the same vector.
     """
     settings = presets.resolve(preset, method=method, site=site, template=template)
     given = as_demos(demos)
@@ -307,23 +348,3 @@ def extract_steps(
         "pca_sign": settings.pca_sign if method == "pca" else "",
     }
     return InContextVector(unit_rows(per_layer), metadata, scales, shifts=per_layer)
-
-
-def _in_one_go(steps: Callable[P, Steps[T]], name: str, result_annotation: str) -> Callable[P, T]:
-    """``steps`` run to its end in one call: its signature, its docstring, options checked."""
-
-    @functools.wraps(steps)
-    def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        return run_to_end(steps(*args, **kwargs))
-
-    run.__name__ = run.__qualname__ = name
-    # What it returns is what the steps end with (inspect and the API reference read this).
-    signature = inspect.signature(steps)
-    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        return_annotation=result_annotation
-    )
-    return checked_options(run)
-
-
-# One signature, one docstring: extract is extract_steps run to its end.
-extract = _in_one_go(extract_steps, "extract", "InContextVector")
