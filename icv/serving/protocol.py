@@ -200,12 +200,7 @@ def _read_prompt(field: Field, value: object) -> tuple[str | tuple[int, ...], ..
             prompts = tuple(tuple(v) for v in value)
     if not prompts:
         raise RequestError(f"'{field.name}' must be {field.kind}", param=field.name, code="invalid_type")
-    if len(prompts) > MAX_PROMPTS:
-        raise RequestError(
-            f"'{field.name}' holds {len(prompts)} prompts; at most {MAX_PROMPTS}",
-            param=field.name,
-            code="invalid_value",
-        )
+    _check_count(field, len(prompts), MAX_PROMPTS, "prompts")
     return prompts
 
 
@@ -217,13 +212,15 @@ def _read_stop(field: Field, value: object) -> tuple[str, ...]:
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
         raise RequestError(f"'{field.name}' must be {field.kind}", param=field.name, code="invalid_type")
-    if len(stops) > MAX_STOP_STRINGS:
-        raise RequestError(
-            f"'{field.name}' holds {len(stops)} strings; at most {MAX_STOP_STRINGS}",
-            param=field.name,
-            code="invalid_value",
-        )
+    _check_count(field, len(stops), MAX_STOP_STRINGS, "strings")
     return tuple(stops)
+
+
+def _check_count(field: Field, count: int, limit: int, items: str) -> None:
+    if count > limit:
+        raise RequestError(
+            f"'{field.name}' holds {count} {items}; at most {limit}", param=field.name, code="invalid_value"
+        )
 
 
 def _read_stream_options(field: Field, value: object) -> bool:
