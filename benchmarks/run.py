@@ -1,6 +1,6 @@
 """Run every speed benchmark and write docs/benchmarks.md (figures and the command that made them).
 
-    python benchmarks/run.py                  # all eight, the embedded model (about 25-45 min on 2 busy cores)
+    python benchmarks/run.py                  # every section, the embedded model (about 25-45 min on 2 busy cores)
     python benchmarks/run.py --only generation icl
     python benchmarks/run.py --quick --out /tmp/bench.md   # tiny models, a smoke run of seconds
 
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import compiled_speed
 import extraction_memory
 import extraction_speed
 import generation_speed
@@ -31,7 +32,18 @@ import serving_safety
 import torch
 from harness import REPO
 
-SECTIONS = ("generation", "extraction", "memory", "icl", "load", "serving", "vllm", "pause", "safety")
+SECTIONS = (
+    "generation",
+    "compiled",
+    "extraction",
+    "memory",
+    "icl",
+    "load",
+    "serving",
+    "vllm",
+    "pause",
+    "safety",
+)
 
 
 def _generation(quick: bool) -> str:
@@ -58,6 +70,17 @@ def _generation(quick: bool) -> str:
         "y = x + (boost |x|) d (one addcmul), rescale by |x| / |y| (norm, divide, nan_to_num so "
         "a zero activation stays zero, multiply). It replaced a 13-op version (normalise, cosine, "
         "boost, rescale): about 0.6x the hook time in a microbenchmark.\n"
+    )
+
+
+def _compiled(quick: bool) -> str:
+    results = compiled_speed.measure(
+        "tiny" if quick else "embedded", [1, 8], 4 if quick else 48, 1 if quick else 5
+    )
+    return (
+        "## 1b. Generation under torch.compile (`icv.prepare_for_compile`)\n\n"
+        f"{(compiled_speed.__doc__ or '').split(chr(10) + chr(10))[1]}\n\n"
+        f"{compiled_speed.table(results)}\n"
     )
 
 
@@ -205,6 +228,7 @@ def _safety(_quick: bool) -> str:
 
 RUNNERS: dict[str, Callable[[bool], str]] = {
     "generation": _generation,
+    "compiled": _compiled,
     "extraction": _extraction,
     "memory": _memory,
     "icl": _icl,

@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "StackedSteeringWarning": "errors",
     "Steering": "steer",
     "SteeringError": "errors",
+    "StaticSteering": "compiled",
     "UnknownOptionError": "errors",
     "VectorExistsError": "errors",
     "VectorFileError": "errors",
@@ -46,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "import_gguf": "gguf",
     "is_steered": "steer",
     "load_model": "models",
+    "prepare_for_compile": "compiled",
     "read_demos": "demos",
     "register_architecture": "layers",
     "steer": "steer",
@@ -56,6 +58,7 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # what editors and type checkers see (`X as X`: a re-export, not an unused import)
     from .calibrate import calibrate as calibrate
+    from .compiled import StaticSteering as StaticSteering, prepare_for_compile as prepare_for_compile
     from .demos import Demo as Demo, read_demos as read_demos
     from .errors import (
         ArchitectureError as ArchitectureError,

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from torch.utils.hooks import RemovableHandle
+
+
+class Removable(Protocol):
+    """A torch hook handle, or anything else taken off with ``remove()``."""
+
+    def remove(self) -> None: ...
 
 
 class HookHandles:
     """A group of torch hook handles removed together, at most once each."""
 
     def __init__(self) -> None:
-        self._handles: list[RemovableHandle] = []
+        self._handles: list[Removable] = []
 
-    def add(self, handle: RemovableHandle) -> None:
+    def add(self, handle: Removable) -> None:
         self._handles.append(handle)
 
     def remove(self) -> None:

@@ -9,6 +9,7 @@ residual stream, before it is added back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -145,3 +146,10 @@ def site_modules(model: nn.Module, site: str, override: Architecture | None = No
         raise OptionError(f"unknown site '{site}': choose one of {', '.join(SITES)}")
     model_type = getattr(model.config, "model_type", "?")
     return [_resolve(layer, path, f"{site} module of each layer", model_type) for layer in layers]
+
+
+def hidden_size_of(model: nn.Module) -> int:
+    """The width of the model's residual stream (its embeddings' size)."""
+    size = getattr(input_embeddings(model), "embedding_dim", None)
+    config: Any = model.config  # a transformers config (nn.Module's type does not declare it)
+    return int(size if size is not None else config.hidden_size)

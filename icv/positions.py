@@ -83,6 +83,11 @@ class PositionTracker:
         # Beam search may reorder rows: each row must extend some previous row.
         return bool((prefix[:, None, :] == previous[None, :, :]).all(-1).any(-1).all())
 
+    @property
+    def keep(self) -> torch.Tensor:
+        """The current call's ``(length,)`` bool mask: which of its positions are steered."""
+        return self._mask.view(-1)
+
     def mask_for(self, x: torch.Tensor) -> torch.Tensor:
         """The mask as a ``(1, length, 1)`` tensor on ``x``'s device and dtype."""
         key = (x.device, x.dtype)

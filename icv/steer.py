@@ -33,13 +33,14 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from . import inject, metadata as meta
+from .compiled import table_for
 from .errors import OptionError, StackedSteeringWarning, SteeringError
 from .gguf import pad_layers
 from .hooks import HookHandles, output_tensor, replace_output
 
 # rotate_towards: re-exported for callers that import it from here (the vLLM plugin, tests).
 from .inject import away_directions, rotate_towards  # noqa: F401
-from .layers import SITES, Architecture, decoder_layers, input_embeddings, site_modules
+from .layers import SITES, Architecture, decoder_layers, hidden_size_of, site_modules
 from .models import model_name_of
 from .options import checked_options
 from .positions import POSITIONS, PositionTracker
@@ -97,9 +98,22 @@ class Steering:
         self._thread = threading.get_ident()
         self._entered = False
         self._stack_check: RemovableHandle | None = None
+        table = table_for(model, mode, site)
+        already = _claim(model, self)
+        if table is not None:
+            try:
+                if average:
+                    raise SteeringError(
+                        "steer_averaged has no compiled form: steer with the sum of the vectors "
+                        "(steer(model, a + b)), or remove the model's compiled-steering preparation"
+                    )
+                self._handles.add(table.write(deltas, positions))
+            except BaseException:
+                self.remove()
+                raise
+            return
         modules = site_modules(model, site, architecture)
         tracker = PositionTracker(positions) if positions != "all" else None
-        already = _claim(model, self)
         try:
             if already:
                 self._stack_check = model.register_forward_pre_hook(self._warn_if_stacked_handle)
@@ -540,12 +554,6 @@ def _as_vectors(vector: object) -> list[InContextVector]:
             )
         return list(vector)
     raise OptionError("vector must be an icv.InContextVector or a non-empty list of them (one per row)")
-
-
-def hidden_size_of(model: nn.Module) -> int:
-    size = getattr(input_embeddings(model), "embedding_dim", None)
-    config: Any = model.config  # a transformers config (nn.Module's type does not declare it)
-    return int(size if size is not None else config.hidden_size)
 
 
 def check_vector_fits(

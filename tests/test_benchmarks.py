@@ -16,6 +16,7 @@ from tiny import DEMOS, ByteTokenizer, tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import compiled_speed  # noqa: E402
 import extraction_memory  # noqa: E402
 import extraction_speed  # noqa: E402
 import generation_speed  # noqa: E402
@@ -64,6 +65,24 @@ def test_generation_overhead_runs_every_mode_and_leaves_the_model_unsteered():
     assert all(r.median > 0 for r in result["ratios"].values()) and result["tokens_per_s"] > 0
     assert not icv.is_steered(model)
     assert "rotate@mlp" in generation_speed.table([{"model": "m", "batch": 2, "new_tokens": 2, **result}])
+
+
+def test_compiled_overhead_times_three_arms_without_tracing_again():
+    model, tokenizer = tiny_model("llama"), ByteTokenizer()
+    vector = icv.extract(model, tokenizer, DEMOS, progress=False)
+    inputs = generation_speed.prompt_batch(tokenizer, ["the food was cold", "so slow"], torch.device("cpu"))
+    torch._dynamo.reset()
+    result = compiled_speed.compiled_overhead(
+        model, tokenizer, inputs, vector, new_tokens=2, rounds=2, backend="eager"
+    )
+    assert set(result["ratios"]) == {"compiled + steered / compiled", "compiled / eager"}
+    assert all(r.median > 0 for r in result["ratios"].values())
+    before, after = result["frames"]
+    assert before > 0 and after == before  # each round steers with a new strength
+    assert not icv.is_steered(model)
+    assert "compiled + steered" in compiled_speed.table(
+        [{"model": "m", "batch": 2, "new_tokens": 2, **result}]
+    )
 
 
 def test_the_papers_extraction_baseline_computes_the_same_shifts():

@@ -42,9 +42,8 @@ class ModelShape:
     @classmethod
     def of(cls, model: nn.Module) -> ModelShape:
         """The shape of a transformers model (as :func:`icv.steer` sees it)."""
-        from ..layers import decoder_layers
+        from ..layers import decoder_layers, hidden_size_of
         from ..models import model_name_of
-        from ..steer import hidden_size_of
 
         return cls(
             model_type=str(getattr(model.config, "model_type", "")),

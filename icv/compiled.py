@@ -1,0 +1,370 @@
+"""Steering a compiled model: hooks installed once, each steering written into their buffers.
+
+:func:`icv.steer` puts new hooks on a model for every steering.  Under ``torch.compile``
+each new set of hooks costs a new trace: Dynamo guards on a module's hooks, and the
+tensors a hook holds become constants of the graph.  :func:`prepare_for_compile`
+installs, once and before compiling, hooks that read tensors registered as buffers on
+the hooked modules:
+
+* per layer, ``deltas`` ``(slots, hidden)`` (and ``away``, ``-delta/|delta|``, for the
+  rotation): slot 0 is zeros, the unsteered slot; a steering writes its rows into
+  slots ``1..r``;
+* ``index`` ``(rows,)``: each batch row's slot;
+* ``mask`` ``(positions,)``: 1 where the current call's positions are steered.
+
+:func:`icv.steer` on a prepared model writes into these buffers instead of adding
+hooks, and removing it writes zeros back, so strengths, vectors, per-row mixes and
+position modes are data: the graph traced once serves them all.  A forward pre-hook
+on the top-level model, which runs outside a compiled ``model.forward`` (the way
+transformers documents compiled generation), fills ``index`` and ``mask`` for each
+call; when a batch, a prompt or a per-row mix outgrows the buffers it makes larger
+ones (then, once, the graph is traced again).  The arithmetic is :mod:`icv.inject`'s,
+as in every engine, and a model with every row at slot 0 comes out bitwise unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import inject
+from .errors import OptionError, SteeringError
+from .hooks import HookHandles, output_tensor, replace_output
+from .layers import SITES, Architecture, hidden_size_of, site_modules
+from .metadata import MODES
+from .positions import PositionTracker
+from .rows import RowGroupCheck
+
+# First sizes of the buffers (doubled when outgrown): rows of a batch, positions of a
+# call, and slots (slot 0 unsteered, then one per per-row steering).
+_FIRST_ROWS = 16
+_FIRST_POSITIONS = 1024
+_FIRST_SLOTS = 9
+
+_lock = threading.Lock()
+# model -> its prepared injections, keyed by (mode, site)
+_prepared: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str], StaticSteering]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@dataclass
+class _Call:
+    """The current call's shape, for sites that flatten the batch (OPT's ``fc2``)."""
+
+    batch: int = 1
+
+
+@dataclass
+class _Written:
+    """The steering held by a table: its float32 deltas and what decides rows and positions."""
+
+    deltas: torch.Tensor  # (rows, layers, hidden)
+    tracker: PositionTracker | None  # None: every position
+    rows: RowGroupCheck | None  # None: one steering for every row
+
+
+class StaticSteering:
+    """Persistent steering buffers and the hooks that read them, for one ``(mode, site)``.
+
+    Made by :func:`prepare_for_compile`; :func:`icv.steer` writes into it.  A context
+    manager and a handle: :meth:`remove` takes the hooks and buffers off the model.
+
+    Args:
+        model: the model whose layers get the hooks and buffers.
+        mode: ``"rotate"`` or ``"add"``.
+        site: ``"block"``, ``"mlp"`` or ``"attn"``.
+        architecture: the layer paths, for a model type the library does not know.
+    """
+
+    def __init__(self, model: nn.Module, mode: str, site: str, architecture: Architecture | None) -> None:
+        self.model = model
+        self.mode = mode
+        self.site = site
+        self._modules = site_modules(model, site, architecture)
+        self._prefix = f"_icv_static_{mode}_{site}"
+        self._call = _Call()
+        self._written: _Written | None = None
+        self._sizes = {"rows": _FIRST_ROWS, "positions": _FIRST_POSITIONS, "slots": _FIRST_SLOTS}
+        self._handles = HookHandles()
+        try:
+            self._make_buffers()
+            hook = functools.partial(_static_hook, prefix=self._prefix, mode=mode, call=self._call)
+            for module in self._modules:
+                self._handles.add(module.register_forward_hook(hook))
+            self._handles.add(model.register_forward_pre_hook(self._observe, with_kwargs=True))
+        except BaseException:
+            self._drop_buffers()
+            self._handles.remove()
+            raise
+
+    # -- buffers ------------------------------------------------------------------------
+
+    def _make_buffers(self) -> None:
+        """Zeroed buffers at the current sizes, on each hooked module's device and dtype."""
+        hidden = hidden_size_of(self.model)
+        shared: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        for module in self._modules:
+            device, dtype = _placement(module, self.model)
+            if (device, dtype) not in shared:
+                index = torch.zeros(self._sizes["rows"], dtype=torch.long, device=device)
+                mask = torch.ones(self._sizes["positions"], dtype=dtype, device=device)
+                shared[device, dtype] = index, mask
+            index, mask = shared[device, dtype]
+            deltas = torch.zeros(self._sizes["slots"], hidden, dtype=dtype, device=device)
+            module.register_buffer(f"{self._prefix}_deltas", deltas, persistent=False)
+            if self.mode == "rotate":
+                module.register_buffer(f"{self._prefix}_away", torch.zeros_like(deltas), persistent=False)
+            module.register_buffer(f"{self._prefix}_index", index, persistent=False)
+            module.register_buffer(f"{self._prefix}_mask", mask, persistent=False)
+
+    def _drop_buffers(self) -> None:
+        for module in self._modules:
+            for part in ("deltas", "away", "index", "mask"):
+                module._buffers.pop(f"{self._prefix}_{part}", None)
+
+    def _buffer(self, module: nn.Module, part: str) -> torch.Tensor:
+        return module._buffers[f"{self._prefix}_{part}"]  # type: ignore[return-value]
+
+    def _grow(self, **needed: int) -> None:
+        """Larger buffers where ``needed`` exceeds a size, the current steering written again."""
+        grown = False
+        for name, count in needed.items():
+            while self._sizes[name] < count:
+                self._sizes[name] *= 2
+                grown = True
+        if grown:
+            self._make_buffers()
+            if self._written is not None:
+                self._fill(self._written)
+
+    # -- writing a steering ---------------------------------------------------------------
+
+    def write(self, deltas: torch.Tensor, positions: str) -> _Removal:
+        """Make ``deltas`` the steering applied; returns how to take it off (what :func:`icv.steer` keeps).
+
+        Args:
+            deltas: ``(rows, layers, hidden)`` float32: what each row's steering adds (or
+                turns towards) at each layer; one row steers every batch row alike.
+            positions: ``"all"``, ``"prompt"`` or ``"generated"``.
+        """
+        if not self.active:
+            raise SteeringError("this compiled-steering preparation was removed: prepare the model again")
+        if self._written is not None:
+            raise SteeringError(
+                f"this model's compiled steering ({self.mode}@{self.site}) already holds a live "
+                "steering; one at a time: remove it first, or combine vectors with arithmetic "
+                "(steer(model, a + b))"
+            )
+        if deltas.shape[1] != len(self._modules):
+            raise SteeringError(f"{deltas.shape[1]} layers of deltas for {len(self._modules)} hooked layers")
+        rows = deltas.shape[0]
+        written = _Written(
+            deltas=deltas,
+            tracker=None if positions == "all" else PositionTracker(positions),
+            rows=None if rows == 1 else RowGroupCheck(rows),
+        )
+        self._grow(slots=rows + 1)
+        self._written = written
+        self._fill(written)
+        return _Removal(self)
+
+    def _fill(self, written: _Written) -> None:
+        rows = written.deltas.shape[0]
+        for layer, module in enumerate(self._modules):
+            buffer = self._buffer(module, "deltas")
+            # Cast first, then the away direction: the same tensors icv.steer's hooks make.
+            delta = written.deltas[:, layer].to(buffer.device, buffer.dtype)
+            buffer[1 : rows + 1].copy_(delta)
+            if self.mode == "rotate":
+                self._buffer(module, "away")[1 : rows + 1].copy_(inject.away_directions(delta))
+        for index, mask in self._shared():
+            # One steering for every row: every row reads slot 1, whatever the batch.
+            index.fill_(1 if written.rows is None else 0)
+            mask.fill_(1)
+
+    def clear(self) -> None:
+        """Every row back to the unsteered slot and the slots zeroed (the steering's removal)."""
+        written, self._written = self._written, None
+        if written is None:
+            return
+        rows = written.deltas.shape[0]
+        for module in self._modules:
+            self._buffer(module, "deltas")[1 : rows + 1].zero_()
+            if self.mode == "rotate":
+                self._buffer(module, "away")[1 : rows + 1].zero_()
+        for index, mask in self._shared():
+            index.zero_()
+            mask.fill_(1)
+
+    def _shared(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each device's ``(index, mask)`` once."""
+        seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for module in self._modules:
+            index = self._buffer(module, "index")
+            seen.setdefault(id(index), (index, self._buffer(module, "mask")))
+        return list(seen.values())
+
+    # -- each call ------------------------------------------------------------------------
+
+    def _observe(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Before each call (outside the compiled forward): sizes, rows' slots, positions."""
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        tokens = ids if isinstance(ids, torch.Tensor) else kwargs.get("inputs_embeds")
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() < 2:
+            return
+        batch, length = int(tokens.shape[0]), int(tokens.shape[1])
+        self._call.batch = batch
+        self._grow(rows=batch, positions=length)
+        written = self._written
+        if written is None:
+            return
+        if written.rows is not None:
+            written.rows.observe(model, args, kwargs)  # refuses a miscounted batch
+            slots = 1 + torch.arange(batch) // (batch // written.rows.rows)
+            for index, _mask in self._shared():
+                index[:batch].copy_(slots)
+        if written.tracker is not None:
+            written.tracker.observe(model, args, kwargs)
+            keep = written.tracker.keep
+            for _index, mask in self._shared():
+                mask[:length].copy_(keep)
+
+    # -- the handle -----------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return len(self._handles) > 0
+
+    @property
+    def steered(self) -> bool:
+        """Whether a steering is written into the buffers now."""
+        return self._written is not None
+
+    def remove(self) -> None:
+        """Take the hooks and buffers off the model (safe to call twice)."""
+        self._written = None
+        self._handles.remove()
+        self._drop_buffers()
+        with _lock:
+            tables = _prepared.get(self.model, {})
+            if tables.get((self.mode, self.site)) is self:
+                del tables[self.mode, self.site]
+
+    def __enter__(self) -> StaticSteering:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "steered" if self.steered else "unsteered" if self.active else "removed"
+        return f"<StaticSteering {self.mode}@{self.site} ({state})>"
+
+
+class _Removal:
+    """What :class:`icv.Steering` holds for a steering written into a table: its removal."""
+
+    def __init__(self, table: StaticSteering) -> None:
+        self._table: StaticSteering | None = table
+
+    def remove(self) -> None:
+        table, self._table = self._table, None
+        if table is not None:
+            table.clear()
+
+
+def _static_hook(module: nn.Module, _args: Any, output: Any, *, prefix: str, mode: str, call: _Call) -> Any:
+    """The steering as tensor ops on buffers: what torch.compile traces into the graph."""
+    x = output if type(output) is torch.Tensor else output_tensor(output)
+    # A site that flattens the batch ((batch * length, hidden)) is viewed per row.
+    rows = x.view(call.batch, -1, x.shape[-1]) if x.dim() == 2 else x
+    index = getattr(module, f"{prefix}_index")[: rows.shape[0]]
+    d = getattr(module, f"{prefix}_deltas").index_select(0, index).unsqueeze(1)
+    mask = getattr(module, f"{prefix}_mask")[: rows.shape[1]].view(1, -1, 1)
+    if d.dtype != rows.dtype:  # autocast: the activation's dtype is not the weights'
+        d, mask = d.to(rows.dtype), mask.to(rows.dtype)
+    if mode == "add":
+        y = inject.add(rows, d, mask)
+    else:
+        away = getattr(module, f"{prefix}_away").index_select(0, index).unsqueeze(1).to(rows.dtype)
+        y = inject.rotate(rows, d, away, mask)
+    y = y.view(x.shape)
+    return y if type(output) is torch.Tensor else replace_output(output, y)
+
+
+def _placement(module: nn.Module, model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for tensor in (*module.parameters(), *model.parameters()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def prepare_for_compile(
+    model: nn.Module,
+    *,
+    mode: str = "rotate",
+    site: str | None = None,
+    architecture: Architecture | None = None,
+) -> StaticSteering:
+    """Make ``model`` steerable under ``torch.compile`` without a recompilation per steering.
+
+    Call it once before compiling (``model.forward = torch.compile(model.forward)``, with
+    ``cache_implementation="static"`` for generation, as transformers documents); then
+    ``icv.steer(model, vec, strength)`` with this mode and site writes the vector into
+    buffers the compiled graph reads, instead of adding hooks.  Prepare several
+    ``(mode, site)`` pairs by calling it once for each.
+
+    Args:
+        model: the transformers causal LM.
+        mode: ``"rotate"`` (the paper) or ``"add"``.
+        site: ``"block"``, ``"mlp"`` or ``"attn"``; ``None``: the mode's usual site
+            (``"mlp"`` for the rotation, ``"block"`` for addition).
+        architecture: the layer paths, for a model type the library does not know.
+
+    Returns:
+        The :class:`StaticSteering` (``.remove()`` takes it off the model).
+
+    Raises:
+        OptionError: an unknown mode or site.
+        SteeringError: the model is already prepared for this mode and site.
+    """
+    if mode not in MODES:
+        raise OptionError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
+    site = site or ("mlp" if mode == "rotate" else "block")
+    if site not in SITES:
+        raise OptionError(f"unknown site '{site}': choose one of {', '.join(SITES)}")
+    with _lock:
+        tables = _prepared.setdefault(model, {})
+        if (mode, site) in tables:
+            raise SteeringError(f"this model is already prepared for compiled steering with {mode}@{site}")
+        table = tables[mode, site] = StaticSteering(model, mode, site, architecture)
+    return table
+
+
+def table_for(model: nn.Module, mode: str, site: str) -> StaticSteering | None:
+    """The model's prepared table for ``(mode, site)``; ``None`` when the model has none at all.
+
+    Raises:
+        SteeringError: the model is prepared, but not for this mode and site (steering it
+            with new hooks would recompile the graph every time).
+    """
+    with _lock:
+        tables = dict(_prepared.get(model, {}))
+    if not tables:
+        return None
+    table = tables.get((mode, site))
+    if table is None:
+        ready = ", ".join(f"{m}@{s}" for m, s in tables)
+        raise SteeringError(
+            f"this model is prepared for compiled steering with {ready}, not {mode}@{site}: "
+            f"prepare that too (icv.prepare_for_compile(model, mode='{mode}', site='{site}')), "
+            "or steer with the prepared mode and site"
+        )
+    return table
