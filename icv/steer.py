@@ -60,7 +60,9 @@ class Steering:
 
     Made by :func:`steer` (and :func:`steer_averaged`), which check and prepare its
     arguments.  The hooks are live from construction until :meth:`remove` (idempotent)
-    or the end of the ``with`` block, which removes them whatever happened inside.
+    or the end of the ``with`` block, which removes them whatever happened inside.  On a
+    model prepared by :func:`icv.prepare_for_compile` for this mode and site it adds no
+    hooks: it writes into the preparation's buffers, and its removal writes zeros back.
 
     Args:
         model: the model the hooks go on.
@@ -99,14 +101,14 @@ class Steering:
         self._entered = False
         self._stack_check: RemovableHandle | None = None
         table = table_for(model, mode, site)
-        already = _claim(model, self)
         if table is not None:
+            if average:
+                raise SteeringError(
+                    "steer_averaged has no compiled form: steer with the sum of the vectors "
+                    "(steer(model, a + b)), or remove the model's compiled-steering preparation"
+                )
+            _claim(model, self)
             try:
-                if average:
-                    raise SteeringError(
-                        "steer_averaged has no compiled form: steer with the sum of the vectors "
-                        "(steer(model, a + b)), or remove the model's compiled-steering preparation"
-                    )
                 self._handles.add(table.write(deltas, positions))
             except BaseException:
                 self.remove()
@@ -114,6 +116,7 @@ class Steering:
             return
         modules = site_modules(model, site, architecture)
         tracker = PositionTracker(positions) if positions != "all" else None
+        already = _claim(model, self)
         try:
             if already:
                 self._stack_check = model.register_forward_pre_hook(self._warn_if_stacked_handle)

@@ -226,3 +226,26 @@ def test_bad_options_are_refused():
     with pytest.raises(icv.OptionError, match="site"):
         icv.prepare_for_compile(model, site="head")
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_unsteer_clears_the_table_and_the_preparation_is_a_context_manager(vec):
+    bare = tiny_model("llama")
+    with icv.prepare_for_compile(tiny_model("llama")) as table:
+        model = table.model
+        icv.steer(model, vec, 1.0, positions="generated")  # a handle left behind
+        assert table.steered and "steered" in repr(table)
+        assert icv.unsteer(model) == 1
+        assert not table.steered
+        assert torch.equal(generate(model), generate(bare))
+    assert not table.active and "removed" in repr(table)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_a_model_whose_layers_cannot_be_found_is_refused_and_left_clean(vec):
+    model = tiny_model("llama")
+    with pytest.raises(icv.ArchitectureError):
+        icv.prepare_for_compile(
+            model, architecture=icv.Architecture(layers="model.nowhere", mlp="mlp", attn="a")
+        )
+    assert compiled._prepared.get(model, {}) == {}
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
