@@ -24,10 +24,12 @@ RUN = ("README.md", "docs/getting-started.md", "docs/steering.md", "docs/results
 # page -> (indices of its Python blocks that are not run, why).
 NOT_RUN: dict[str, tuple[range, str]] = {
     "docs/steering.md": (
-        range(1, 7),
+        range(1, 8),
         "fragments: each line makes a steering handle it never removes, or names vectors "
         "(positive, formal) the page does not make; tests/test_layers_sites.py, test_positions.py "
-        "and test_per_row.py run the same calls",
+        "and test_per_row.py run the same calls; the compiled-model block compiles the embedded "
+        "model (a minute or more each time), and tests/test_compiled.py runs the same calls on a "
+        "tiny model, with inductor too",
     ),
     "docs/serving.md": (
         range(0, 2),
