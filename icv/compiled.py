@@ -1,8 +1,10 @@
 """Steering a compiled model: hooks installed once, each steering written into their buffers.
 
 :func:`icv.steer` puts new hooks on a model for every steering.  Under ``torch.compile``
-each new set of hooks costs a new trace: Dynamo guards on a module's hooks, and the
-tensors a hook holds become constants of the graph.  :func:`prepare_for_compile`
+(torch 2.13) Dynamo traces them into the graph: a new vector or strength of the same
+kind reuses it, but every other kind of steering (none, another ``positions``, one
+vector per row) traces and compiles a graph of its own, and each steering's tensors
+sit at new addresses, which CUDA graphs would capture again.  :func:`prepare_for_compile`
 installs, once and before compiling, hooks that read tensors registered as buffers on
 the hooked modules:
 
