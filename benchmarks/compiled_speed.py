@@ -21,18 +21,23 @@ steering traced the model again.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from generation_speed import NEW_TOKENS, ROUNDS, THREADS, prompt_batch, sentences_and_demos
-from harness import MODELS, alternate, describe, markdown_table, median_seconds, speed_ratio
+from generation_speed import (
+    NEW_TOKENS,
+    ROUNDS,
+    THREADS,
+    fixed_length,
+    on_batches,
+    print_load,
+    speed_arguments,
+)
+from harness import alternate, markdown_table, median_seconds, speed_ratio
 
 import icv
-from icv.extract import model_device, pad_token_id
 
 TARGET = 0.98
 
@@ -55,12 +60,7 @@ def compiled_overhead(
     backend: str = "inductor",
 ) -> dict[str, Any]:
     """Ratios of the three arms on one batch, and the compiled graphs before and after the rounds."""
-    options = dict(
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        pad_token_id=pad_token_id(tokenizer),
-    )
+    options = fixed_length(tokenizer, new_tokens)
     static = dict(options, cache_implementation="static")
     plain = copy.deepcopy(model)
     plain.forward = torch.compile(plain.forward, backend=backend, fullgraph=True)
@@ -96,20 +96,10 @@ def compiled_overhead(
 def measure(
     model_name: str, batches: Sequence[int], new_tokens: int = NEW_TOKENS, rounds: int = ROUNDS
 ) -> list[dict[str, Any]]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        model, tokenizer = MODELS[model_name]()
-        sentences, demos = sentences_and_demos(max(batches))
-        vector = icv.extract(model, tokenizer, demos, progress=False)
-        results = []
-        for batch in batches:
-            inputs = prompt_batch(tokenizer, sentences[:batch], model_device(model))
-            result = compiled_overhead(model, tokenizer, inputs, vector, new_tokens=new_tokens, rounds=rounds)
-            results.append({"model": describe(model), "batch": batch, "new_tokens": new_tokens, **result})
-        return results
-    finally:
-        torch.set_num_threads(before)
+    def run(model: Any, tokenizer: Any, inputs: dict[str, torch.Tensor], vector: Any) -> dict[str, Any]:
+        return compiled_overhead(model, tokenizer, inputs, vector, new_tokens=new_tokens, rounds=rounds)
+
+    return on_batches(model_name, batches, new_tokens, run)
 
 
 def table(results: Sequence[dict[str, Any]]) -> str:
@@ -144,14 +134,8 @@ def table(results: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=sorted(MODELS), default="embedded")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
-    args = parser.parse_args(argv)
-    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"load average (1/5/15 min) at start: {load}; {THREADS} torch threads")
+    args = speed_arguments(__doc__).parse_args(argv)
+    print_load(THREADS)
     print(table(measure(args.model, args.batches, args.new_tokens, args.rounds)))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -68,6 +68,16 @@ def prompt_batch(tokenizer: Any, sentences: Sequence[str], device: torch.device)
     return left_padded(tokenizer, [paraphrase_prompt(s) for s in sentences], device)
 
 
+def fixed_length(tokenizer: Any, new_tokens: int) -> dict[str, Any]:
+    """``generate`` options for greedy decoding of exactly ``new_tokens`` (no arm stops earlier)."""
+    return dict(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=pad_token_id(tokenizer),
+    )
+
+
 @torch.no_grad()
 def generation_overhead(
     model: torch.nn.Module,
@@ -81,12 +91,7 @@ def generation_overhead(
     modes: dict[str, dict[str, str]] = MODES,
 ) -> dict[str, Any]:
     """Speed ratios steered/unsteered per mode, and the unsteered tokens/s."""
-    options = dict(
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        pad_token_id=pad_token_id(tokenizer),
-    )
+    options = fixed_length(tokenizer, new_tokens)
 
     def unsteered() -> None:
         model.generate(**inputs, **options)
@@ -189,49 +194,46 @@ def measure(
 ) -> list[dict[str, Any]]:
     """One result per batch size on the named model (see ``harness.MODELS``), on ``threads``
     torch threads (``None``: as set), the thread count restored afterwards."""
+
+    def run(model: Any, tokenizer: Any, inputs: dict[str, torch.Tensor], vector: Any) -> dict[str, Any]:
+        return generation_overhead(
+            model, tokenizer, inputs, vector, new_tokens=new_tokens, rounds=rounds, warmup=warmup, modes=modes
+        )
+
+    return on_batches(model_name, batches, new_tokens, run, threads)
+
+
+BatchRun = Callable[[torch.nn.Module, Any, dict[str, torch.Tensor], icv.InContextVector], dict[str, Any]]
+
+
+def on_batches(
+    model_name: str, batches: Sequence[int], new_tokens: int, run: BatchRun, threads: int | None = THREADS
+) -> list[dict[str, Any]]:
+    """``run`` on the named model with a vector from its demos, once per batch size of Yelp
+    prompts, on ``threads`` torch threads (``None``: as set; restored afterwards)."""
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _measure(model_name, batches, new_tokens, rounds, warmup, modes)
+        model, tokenizer = MODELS[model_name]()
+        sentences, demos = sentences_and_demos(max(batches))
+        vector = icv.extract(model, tokenizer, demos, progress=False)
+        results = []
+        for batch in batches:
+            inputs = prompt_batch(tokenizer, sentences[:batch], model_device(model))
+            result = run(model, tokenizer, inputs, vector)
+            results.append(
+                {
+                    "model": describe(model),
+                    "batch": batch,
+                    "new_tokens": new_tokens,
+                    "threads": torch.get_num_threads(),
+                    **result,
+                }
+            )
+        return results
     finally:
         torch.set_num_threads(before)
-
-
-def _measure(
-    model_name: str,
-    batches: Sequence[int],
-    new_tokens: int,
-    rounds: int,
-    warmup: int,
-    modes: dict[str, dict[str, str]],
-) -> list[dict[str, Any]]:
-    model, tokenizer = MODELS[model_name]()
-    sentences, demos = sentences_and_demos(max(batches))
-    vector = icv.extract(model, tokenizer, demos, progress=False)
-    results = []
-    for batch in batches:
-        inputs = prompt_batch(tokenizer, sentences[:batch], model_device(model))
-        result = generation_overhead(
-            model,
-            tokenizer,
-            inputs,
-            vector,
-            new_tokens=new_tokens,
-            rounds=rounds,
-            warmup=warmup,
-            modes=modes,
-        )
-        results.append(
-            {
-                "model": describe(model),
-                "batch": batch,
-                "new_tokens": new_tokens,
-                "threads": torch.get_num_threads(),
-                **result,
-            }
-        )
-    return results
 
 
 def table(results: Sequence[dict[str, Any]]) -> str:
@@ -264,12 +266,24 @@ def table(results: Sequence[dict[str, Any]]) -> str:
     return markdown_table(header, rows)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def speed_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """A parser with the options every generation benchmark takes: model, batches, tokens, rounds."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="embedded")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    return parser
+
+
+def print_load(threads: int) -> None:
+    """The load average at the start: on a shared machine it says how far to trust the figures."""
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"load average (1/5/15 min) at start: {load}; {threads} torch threads")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = speed_arguments(__doc__)
     parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     parser.add_argument(
         "--modes", nargs="+", choices=sorted(MODES), default=sorted(MODES), help="the steerings to time"
@@ -280,8 +294,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="also time where the hook's time goes (microseconds per call)",
     )
     args = parser.parse_args(argv)
-    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"load average (1/5/15 min) at start: {load}; {args.threads} torch threads")
+    print_load(args.threads)
     modes = {name: MODES[name] for name in args.modes}
     print(
         table(

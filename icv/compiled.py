@@ -36,10 +36,10 @@ import torch
 from torch import nn
 
 from . import inject
-from .errors import OptionError, SteeringError
+from .errors import SteeringError
 from .hooks import HookHandles, output_tensor, replace_output
-from .layers import SITES, Architecture, hidden_size_of, site_modules
-from .metadata import MODES
+from .layers import Architecture, hidden_size_of, site_modules
+from .metadata import check_injection, default_site
 from .positions import PositionTracker
 from .rows import RowGroupCheck
 
@@ -290,8 +290,8 @@ def _static_hook(module: nn.Module, _args: Any, output: Any, *, prefix: str, mod
     index = getattr(module, f"{prefix}_index")[: rows.shape[0]]
     d = getattr(module, f"{prefix}_deltas").index_select(0, index).unsqueeze(1)
     mask = getattr(module, f"{prefix}_mask")[: rows.shape[1]].view(1, -1, 1)
-    if d.dtype != rows.dtype:  # autocast: the activation's dtype is not the weights'
-        d, mask = d.to(rows.dtype), mask.to(rows.dtype)
+    # .to() is free where the dtypes agree; under autocast the activation's is not the weights'.
+    d, mask = d.to(rows.dtype), mask.to(rows.dtype)
     if mode == "add":
         y = inject.add(rows, d, mask)
     else:
@@ -337,11 +337,8 @@ def prepare_for_compile(
         OptionError: an unknown mode or site.
         SteeringError: the model is already prepared for this mode and site.
     """
-    if mode not in MODES:
-        raise OptionError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
-    site = site or ("mlp" if mode == "rotate" else "block")
-    if site not in SITES:
-        raise OptionError(f"unknown site '{site}': choose one of {', '.join(SITES)}")
+    site = site or default_site(mode)
+    check_injection(mode, site)
     with _lock:
         tables = _prepared.setdefault(model, {})
         if (mode, site) in tables:

@@ -32,6 +32,21 @@ FORMAT_VERSION = 2
 
 MODES = ("rotate", "add")
 
+
+def default_site(mode: str) -> str:
+    """Where ``mode`` steers unless told: the rotation at the MLP output (the paper), addition
+    at the block output (llama.cpp, repeng)."""
+    return "mlp" if mode == "rotate" else "block"
+
+
+def check_injection(mode: str, site: str) -> None:
+    """Raise :class:`OptionError` unless ``mode`` and ``site`` are ones the library steers with."""
+    if mode not in MODES:
+        raise OptionError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
+    if site not in SITES:
+        raise OptionError(f"unknown site '{site}': choose one of {', '.join(SITES)}")
+
+
 # key -> (type, required).  float keys accept ints; None is allowed where noted.
 SCHEMA: dict[str, tuple[type, bool]] = {
     "icv_format_version": (int, True),

@@ -40,7 +40,7 @@ from .hooks import HookHandles, output_tensor, replace_output
 
 # rotate_towards: re-exported for callers that import it from here (the vLLM plugin, tests).
 from .inject import away_directions, rotate_towards  # noqa: F401
-from .layers import SITES, Architecture, decoder_layers, hidden_size_of, site_modules
+from .layers import Architecture, decoder_layers, hidden_size_of, site_modules
 from .models import model_name_of
 from .options import checked_options
 from .positions import POSITIONS, PositionTracker
@@ -483,11 +483,8 @@ def _settings(
     Imported control vectors shorter than the model (their files left out the last
     blocks) come back padded to its depth.
     """
-    if mode is not None and mode not in meta.MODES:
-        raise OptionError(f"unknown mode '{mode}': choose one of {', '.join(meta.MODES)}")
     mode, site = injection_of(vectors[0], mode, site)
-    if site not in SITES:
-        raise OptionError(f"unknown site '{site}': choose one of {', '.join(SITES)}")
+    meta.check_injection(mode, site)
     if positions not in POSITIONS:
         raise OptionError(f"unknown positions '{positions}': choose one of {', '.join(POSITIONS)}")
     if scale not in SCALES:
@@ -539,11 +536,7 @@ def injection_of(
     """
     m = vector.metadata
     mode = mode or m["injection_mode"]
-    return mode, site or (m["injection_site"] if mode == m["injection_mode"] else _default_site(mode))
-
-
-def _default_site(mode: str) -> str:
-    return "mlp" if mode == "rotate" else "block"
+    return mode, site or (m["injection_site"] if mode == m["injection_mode"] else meta.default_site(mode))
 
 
 def _as_vectors(vector: object) -> list[InContextVector]:
