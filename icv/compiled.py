@@ -146,6 +146,18 @@ class StaticSteering:
             if self._written is not None:
                 self._fill(self._written)
 
+    def reserve(self, *, rows: int = 0, positions: int = 0) -> None:
+        """Make the buffers hold ``rows`` batch rows, each its own steering, and ``positions`` positions now.
+
+        Buffers outgrown later are made anew, which a compiled graph traces again (once);
+        reserving the largest batch up front, as a server that knows it can, avoids that.
+
+        Args:
+            rows: the largest batch (slots are made for each of its rows to steer differently).
+            positions: the most positions one call steers.
+        """
+        self._grow(rows=rows, positions=positions, slots=rows + 1)
+
     # -- writing a steering ---------------------------------------------------------------
 
     def write(self, deltas: torch.Tensor, positions: str) -> _Removal:

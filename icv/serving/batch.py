@@ -95,7 +95,8 @@ class DecodeBatch:
         if len(tokens) != self.size:
             raise ValueError(f"{len(tokens)} tokens for {self.size} rows")
         self.mask = F.pad(self.mask, (0, 1), value=1)
-        ids = torch.tensor(list(tokens), dtype=torch.long, device=self.mask.device).unsqueeze(1)
+        # A (rows, 1) tensor of its own, not a view: a compiled forward guards on its inputs' bases.
+        ids = torch.tensor([[int(t)] for t in tokens], dtype=torch.long, device=self.mask.device)
         positions = self.mask.sum(dim=1, keepdim=True) - 1
         return self._forward(ids, positions)
 
@@ -121,8 +122,8 @@ class DecodeBatch:
         start = int(live[0]) if live.numel() else self.width
         self.mask = self.mask[:, start:]
         for layer in layers:
-            layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))[..., start:, :]
-            layer.values = layer.values.index_select(0, index.to(layer.values.device))[..., start:, :]
+            layer.keys = _rows_from(layer.keys, index, start)
+            layer.values = _rows_from(layer.values, index, start)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         kwargs = {
@@ -160,6 +161,17 @@ class DecodeBatch:
             if layer.keys.shape[-2] != self.width:
                 raise SteeringError("the KV cache and the attention mask disagree on the batch's width")
         return filled
+
+
+def _rows_from(tensor: torch.Tensor, rows: torch.Tensor, start: int) -> torch.Tensor:
+    """``tensor``'s ``rows``, from column ``start`` on, as a tensor of its own.
+
+    Not a view: every other step leaves the cache in fresh tensors (``torch.cat``), and a
+    compiled forward guards on whether its inputs are views, so a view here would
+    compile the decode step again.
+    """
+    picked = tensor.index_select(0, rows.to(tensor.device))
+    return picked if start == 0 else picked[..., start:, :].clone()
 
 
 class _FilledLayer(Protocol):

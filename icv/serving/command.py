@@ -94,6 +94,13 @@ def add_transformers_arguments(parser: argparse.ArgumentParser) -> None:
         help="vectors uploaded or extracted while the server runs, held at most; DELETE frees room (default: 32)",
     )
     group.add_argument(
+        "--compile",
+        action="store_true",
+        help="run decode steps compiled by torch.compile (inductor), steering included: faster decoding "
+        "once compiled, after minutes of compiling before the server listens (docs/serving.md); "
+        "vectors must then inject as a loaded vector or as rotate@mlp / add@block do",
+    )
+    group.add_argument(
         "--allowed-hosts",
         nargs="+",
         default=[],
@@ -119,6 +126,7 @@ def add_transformers_arguments(parser: argparse.ArgumentParser) -> None:
 def run_transformers(args: argparse.Namespace) -> int:
     from ..models import load_model
     from .access import AccessPolicy, split_names
+    from .compiled import Compilation
     from .engine import BatchingPolicy
     from .http import ServerLimits
     from .server import load_library, serve
@@ -146,8 +154,13 @@ def run_transformers(args: argparse.Namespace) -> int:
     address = f"http://{_url_host(args.host)}:{args.port}"
     for line in access.describe():
         _say(line)
-    _say(f"serving on {address}/v1 (Ctrl-C stops)")
-    _say(f"playground: {address}/ (open it in a browser)")
+    if args.compile:
+        _say("compiling the decode step (minutes on a CPU; the server listens once it is done) ...")
+
+    def announce() -> None:
+        _say(f"serving on {address}/v1 (Ctrl-C stops)")
+        _say(f"playground: {address}/ (open it in a browser)")
+
     serve(
         model,
         tokenizer,
@@ -163,6 +176,8 @@ def run_transformers(args: argparse.Namespace) -> int:
             max_extractions=args.max_extractions,
         ),
         access=access,
+        compilation=Compilation() if args.compile else None,
+        announce=announce,
     )
     return 0
 

@@ -34,6 +34,7 @@ request alone, whatever else shares the batch.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -52,6 +53,7 @@ from ..extract import max_context, model_device, pad_token_id
 from ..layers import input_embeddings
 from ..steer import Steering, check_vector_fits, is_steered
 from .batch import DecodeBatch
+from .compiled import Compilation, CompiledDecode
 from .prefill import ChunkedPrefill, attention_span
 from .sampling import SamplingParams, next_tokens, row_generator
 from .steering import RowSteering, steer_rows
@@ -253,6 +255,7 @@ class Engine:
         *,
         policy: BatchingPolicy | None = None,
         max_tokens: int = 1024,
+        compilation: Compilation | None = None,
         start: bool = True,
     ) -> None:
         if is_steered(model):
@@ -279,6 +282,10 @@ class Engine:
         self._lock = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="icv-engine", daemon=True)
+        # Last, as nothing can fail after it: the worker removes it when it ends.
+        self._compiled = (
+            CompiledDecode(model, compilation, self.policy.max_batch) if compilation is not None else None
+        )
         if start:
             self.start()
 
@@ -340,6 +347,7 @@ class Engine:
             never_started = self._thread.ident is None
         if never_started:
             self._fail_waiting()
+            self._remove_compiled()
         elif self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -353,6 +361,37 @@ class Engine:
         with self._lock:
             running = len(self._rows) + sum(len(group.rows) for group in self._prefills)
             return {"queued": len(self._queue), "running": running, "tasks": len(self._tasks)}
+
+    @property
+    def compiled(self) -> bool:
+        """Whether decode steps run compiled (the engine was given a :class:`Compilation`)."""
+        return self._compiled is not None
+
+    def warm_up(self, timeout: float | None = None) -> float:
+        """Decode a few rows of a throwaway prompt, so the compiled graphs exist before requests come.
+
+        Two rows decode together, then one alone: a compiled engine makes its graph
+        for several rows and its graph for one (each batch width after that reuses
+        them).  The prompt is long enough that no size of the batch equals its
+        width, which would make the graph assume they stay equal.  Returns the
+        seconds it took; an uncompiled engine has nothing to make, and returns 0.
+        """
+        if self._compiled is None:
+            return 0.0
+        if self._thread.ident is None:
+            raise ICVError("start the engine before warming it up")
+        began = time.perf_counter()
+        prompt = [self._eos_free_token()] * 12
+        listeners = [_Collect() for _ in range(2)]
+        for tokens, listener in zip((3, 6), listeners, strict=True):
+            params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+            self.submit(prompt, params, None, listener)
+        for listener in listeners:
+            listener.wait(timeout)
+        return time.perf_counter() - began
+
+    def _eos_free_token(self) -> int:
+        return next(t for t in range(self._vocab) if t not in self._eos and t != self._pad)
 
     def _check(self, ids: list[int], params: SamplingParams, steering: RowSteering | None) -> None:
         if not ids:
@@ -382,6 +421,8 @@ class Engine:
                 check_vector_fits(self.model, steering.vector)
             except ICVError as error:
                 raise RequestError(str(error), param="steering", code="vector_mismatch") from None
+        if self._compiled is not None:
+            self._compiled.check(steering)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -398,6 +439,11 @@ class Engine:
         finally:
             self._fail_everything(_closing())
             self._fail_waiting()
+            self._remove_compiled()
+
+    def _remove_compiled(self) -> None:
+        if self._compiled is not None:
+            self._compiled.remove()
 
     def _fail_waiting(self) -> None:
         with self._lock:
@@ -564,7 +610,8 @@ class Engine:
             return
         assert self._batch is not None
         self._hold_decode_steering()
-        logits = self._batch.step([job.token_ids[-1] for job in self._rows])
+        with self._compiled.running() if self._compiled is not None else contextlib.nullcontext():
+            logits = self._batch.step([job.token_ids[-1] for job in self._rows])
         self.stats.decode_steps += 1
         self.stats.decode_rows += len(self._rows)
         self.stats.peak_batch = max(self.stats.peak_batch, len(self._rows))
@@ -655,6 +702,26 @@ class Engine:
             if not job.done:
                 self.stats.failed += 1
                 job.fail(error)
+
+
+class _Collect:
+    """A sink that waits for its request's end (what :meth:`Engine.warm_up` sends)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._error: RequestError | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Failed):
+            self._error = event.error
+        if isinstance(event, Finished | Failed):
+            self._done.set()
+
+    def wait(self, timeout: float | None) -> None:
+        if not self._done.wait(timeout):
+            raise ICVError(f"the engine's warm-up did not finish within {timeout} s")
+        if self._error is not None:
+            raise ICVError(f"the engine's warm-up failed: {self._error}")
 
 
 def _non_finite(job: Job) -> RequestError:

@@ -186,6 +186,14 @@ class VectorLibrary:
         return sorted(self._vectors)
 
     @property
+    def injections(self) -> set[tuple[str, str]]:
+        """The ``(mode, site)`` pairs the loaded vectors inject with."""
+        return {
+            (loaded.vector.metadata["injection_mode"], loaded.vector.metadata["injection_site"])
+            for loaded in self._vectors.values()
+        }
+
+    @property
     def unfit(self) -> dict[str, str]:
         """Vectors that were found but belong to another model: name -> why."""
         return dict(self._unfit)

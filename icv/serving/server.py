@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
@@ -21,6 +21,7 @@ from ..errors import ICVError
 from .access import AccessPolicy
 from .address import DEFAULT_HOST, DEFAULT_PORT
 from .app import ServerLimits, create_app
+from .compiled import Compilation
 from .engine import BatchingPolicy, Engine
 from .library import ModelShape, VectorLibrary
 
@@ -37,6 +38,30 @@ def bound(access: AccessPolicy | None, host: str) -> AccessPolicy:
     writing routes are on (the command line sets it to ``--host``).
     """
     return access if access is not None else AccessPolicy(bound_host=host)
+
+
+def start_engine(
+    model: nn.Module,
+    tokenizer: Any,
+    library: VectorLibrary,
+    policy: BatchingPolicy | None,
+    max_tokens: int,
+    compilation: Compilation | None,
+) -> Engine:
+    """The server's engine, started; compiled (and warmed up) when ``compilation`` is given.
+
+    A compiled engine prepares the injections of ``compilation`` and of every vector in
+    ``library``, and makes its graphs before returning, so no request waits for them.
+    """
+    if compilation is not None:
+        compilation = compilation.with_injections(library.injections)
+    engine = Engine(model, tokenizer, policy=policy, max_tokens=max_tokens, compilation=compilation)
+    try:
+        engine.warm_up()
+    except BaseException:
+        engine.close()
+        raise
+    return engine
 
 
 def uvicorn_server(app: Any, host: str, port: int, log_level: str = "warning") -> Any:
@@ -81,10 +106,19 @@ def serve(
     model_id: str | None = None,
     log_level: str = "info",
     access: AccessPolicy | None = None,
+    compilation: Compilation | None = None,
+    announce: Callable[[], None] | None = None,
 ) -> None:
-    """Serve ``model`` over HTTP until interrupted (Ctrl-C), then stop the engine."""
-    engine = Engine(model, tokenizer, policy=policy, max_tokens=max_tokens)
+    """Serve ``model`` over HTTP until interrupted (Ctrl-C), then stop the engine.
+
+    With ``compilation``, decode steps run compiled (:mod:`icv.serving.compiled`); the
+    graphs are made before the server listens.  ``announce`` is called once the engine
+    is ready, just before the server binds its address.
+    """
+    engine = start_engine(model, tokenizer, library, policy, max_tokens, compilation)
     try:
+        if announce is not None:
+            announce()
         app = create_app(engine, library, model_id=model_id, limits=limits, access=bound(access, host))
         uvicorn_server(app, host, port, log_level).run()
     finally:
@@ -107,8 +141,9 @@ class BackgroundServer:
         limits: ServerLimits | None = None,
         model_id: str | None = None,
         access: AccessPolicy | None = None,
+        compilation: Compilation | None = None,
     ) -> None:
-        self.engine = Engine(model, tokenizer, policy=policy, max_tokens=max_tokens)
+        self.engine = start_engine(model, tokenizer, library, policy, max_tokens, compilation)
         self.app = create_app(
             self.engine, library, model_id=model_id, limits=limits, access=bound(access, host)
         )
