@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import DEMOS, ByteTokenizer, tiny_model
+from tiny import DEMOS, ByteTokenizer, char_tokenizer, tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -24,6 +24,7 @@ import harness  # noqa: E402
 import icv_vs_icl  # noqa: E402
 import load_time  # noqa: E402
 import run  # noqa: E402
+import serving_compiled  # noqa: E402
 import serving_load  # noqa: E402
 import serving_pause  # noqa: E402
 
@@ -83,6 +84,17 @@ def test_compiled_overhead_times_three_arms_without_tracing_again():
     assert "compiled + steered" in compiled_speed.table(
         [{"model": "m", "batch": 2, "new_tokens": 2, **result}]
     )
+
+
+def test_serving_compiled_times_four_arms_and_compiles_nothing_while_serving():
+    result = serving_compiled.measure(
+        lambda: (tiny_model("llama"), char_tokenizer()), requests=4, tokens=4, rounds=1, backend="eager"
+    )
+    assert set(result.times) == {"eager steered", "eager unsteered", "compiled steered", "compiled unsteered"}
+    assert all(t > 0 for times in result.times.values() for t in times)
+    assert result.graphs_after_rounds == result.graphs_after_warm_up
+    assert result.same_tokens == 4  # traced without code generation: the eager engine's tokens
+    assert "compiled / eager, steered" in serving_compiled.report(result)
 
 
 def test_the_papers_extraction_baseline_computes_the_same_shifts():

@@ -221,6 +221,7 @@ def test_closing_a_compiled_engine_leaves_the_model_as_it_was(tok):
     before = hook_count(model), {name for name, _ in model.named_buffers()}
     engine = Engine(model, tok, compilation=Compilation(backend="eager"))
     assert hook_count(model) > before[0] and engine.compiled
+    assert engine.compiled_injections == ["add@block", "rotate@mlp"]
     engine.warm_up(timeout=120)
     engine.close()
     assert (hook_count(model), {name for name, _ in model.named_buffers()}) == before
@@ -248,7 +249,7 @@ def test_compilation_settings_are_checked():
 def test_an_uncompiled_engine_has_nothing_to_warm_up(model, tok):
     engine = Engine(model, tok)
     try:
-        assert not engine.compiled and engine.warm_up() == 0.0
+        assert not engine.compiled and engine.compiled_injections == [] and engine.warm_up() == 0.0
     finally:
         engine.close()
 
@@ -308,6 +309,8 @@ def test_icv_serve_compile_serves_eager_tokens_and_refuses_what_it_did_not_prepa
                 pass
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
+        health = httpx.get(f"{url}/health", timeout=60).json()
+        assert health["compiled_injections"] == ["add@block", "rotate@block", "rotate@mlp"]
         for name, text in want.items():
             body = {
                 "prompt": "the room was",

@@ -60,7 +60,10 @@ class OpenAIRoutes:
     # -- reading endpoints --
 
     async def health(self, _request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.model_id, **self.engine.load()})
+        body = {"status": "ok", "model": self.model_id, **self.engine.load()}
+        # A compiled engine refuses vectors of other injections: say which it takes.
+        body["compiled_injections"] = self.engine.compiled_injections
+        return JSONResponse(body)
 
     async def models(self, _request: Request) -> Response:
         model = {"id": self.model_id, "object": "model", "created": self.started, "owned_by": "icv"}

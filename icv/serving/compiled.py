@@ -10,9 +10,9 @@ compiles nothing.  Only decode steps run compiled: prefills (a width per prompt
 chunk) and work on the model itself (extractions, which hook the layers) run the
 eager forward, so they neither trigger nor invalidate a compilation.
 
-Compiling costs minutes on a CPU (the embedded model: about 11 minutes on 2 cores,
-benchmarks/serving_compiled.py), so :meth:`Engine.warm_up` makes the graphs before
-the server takes requests; inductor's on-disk cache makes later starts faster.
+Compiling costs minutes on a CPU (the embedded model on 2 cores: 359 s, 168 s with
+inductor's on-disk cache warm; benchmarks/serving_compiled.py), so :meth:`Engine.warm_up`
+makes the graphs before the server takes requests.
 """
 
 from __future__ import annotations

@@ -367,6 +367,13 @@ class Engine:
         """Whether decode steps run compiled (the engine was given a :class:`Compilation`)."""
         return self._compiled is not None
 
+    @property
+    def compiled_injections(self) -> list[str]:
+        """The injections a compiled engine steers with (``"rotate@mlp"``, ...); empty when eager."""
+        if self._compiled is None:
+            return []
+        return [f"{mode}@{site}" for mode, site in sorted(self._compiled.injections)]
+
     def warm_up(self, timeout: float | None = None) -> float:
         """Decode a few rows of a throwaway prompt, so the compiled graphs exist before requests come.
 
