@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -71,12 +74,48 @@ def expected(model, tok, text, steering=None, positions="all", new=8, special=Tr
     return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
+# -- a server in a process of its own, as a user starts it ------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_healthy(process: subprocess.Popen, url: str, log: Path, seconds: float) -> None:
+    """Wait until ``url/health`` answers 200; fail with the server's log if it dies or takes too long."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/health", timeout=10).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"icv serve did not come up in {seconds} s:\n{log.read_text()}"
+        time.sleep(0.5)
+
+
+def interrupt(process: subprocess.Popen) -> None:
+    """Ctrl-C, as a user stops it; killed if it has not stopped in two minutes (never left running)."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
 __all__ = [
     "REVIEW_DEMOS",
     "BackgroundServer",
     "expected",
+    "free_port",
     "httpx",
+    "interrupt",
     "library_from",
     "save_vectors",
     "wait_idle",
+    "wait_until_healthy",
 ]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from serving_server import free_port, interrupt, wait_until_healthy
 from steering_reference import hook_count
+from test_serving_engine import CASES, GREEDY, NEW, alone, steering_of
 from tiny import DEMOS, char_tokenizer, tiny_model
 from torch._dynamo.testing import CompileCounter
 
@@ -30,9 +30,6 @@ from icv.serving.compiled import COMMON_INJECTIONS, Compilation
 from icv.serving.engine import BatchingPolicy, Engine, Failed, Finished
 from icv.serving.sampling import SamplingParams
 from icv.serving.steering import RowSteering
-
-NEW = 8
-GREEDY = SamplingParams(max_tokens=NEW, temperature=0.0, ignore_eos=True)  # random weights may emit EOS
 
 
 @pytest.fixture(scope="module")
@@ -56,23 +53,6 @@ def vectors(model, tok):
         "add": positive.with_metadata(injection_mode="add", injection_site="block") * 0.8,
         "attn": positive.with_metadata(injection_site="attn") * 1.5,
     }
-
-
-def alone(model, tok, prompt: str, steering: RowSteering | None, new: int = NEW) -> list[int]:
-    """What ``icv.steer`` + ``model.generate`` give for one prompt on the bare model (the reference)."""
-    ids = torch.tensor([tok(prompt)["input_ids"]])
-    kwargs = dict(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=new,
-        do_sample=False,
-        pad_token_id=0,
-        eos_token_id=None,
-    )
-    if steering is None:
-        return model.generate(**kwargs)[0, ids.shape[1] :].tolist()
-    with icv.steer(model, steering.vector, 1.0, positions=steering.positions):
-        return model.generate(**kwargs)[0, ids.shape[1] :].tolist()
 
 
 def send(engine: Engine, tok, prompt: str, steering: RowSteering | None, params=GREEDY) -> queue.Queue:
@@ -102,22 +82,6 @@ def counted(model, tok):
     finally:
         engine.close()
         torch._dynamo.reset()
-
-
-CASES = [
-    ("the room was", None),
-    ("i think the food", ("rotate", "all")),
-    ("service", ("rotate", "generated")),
-    ("the room was", ("rotate", "prompt")),
-    ("so slow and rude", ("other", "all")),
-    ("the room was", ("add", "all")),
-    ("hello there, friend", ("add", "generated")),
-    ("a", ("other", "generated")),
-]
-
-
-def steering_of(vectors, case) -> RowSteering | None:
-    return None if case is None else RowSteering(vectors[case[0]], case[1])
 
 
 def test_warm_up_makes_a_graph_for_one_row_and_one_for_several(counted):
@@ -261,12 +225,6 @@ def test_an_uncompiled_engine_has_nothing_to_warm_up(model, tok):
 STARTUP_SECONDS = 600
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_icv_serve_compile_serves_eager_tokens_and_refuses_what_it_did_not_prepare(tmp_path, vectors):
     """``icv serve --compile`` as a user runs it, compiled by inductor: steered text as eager gives it."""
     httpx = pytest.importorskip("httpx", reason="the serving tests need httpx (the 'test' extra)")
@@ -285,7 +243,7 @@ def test_icv_serve_compile_serves_eager_tokens_and_refuses_what_it_did_not_prepa
             ("positive_block", RowSteering(vectors["rotate"].with_metadata(injection_site="block"))),
         )
     }
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with log.open("w") as sink:
         process = subprocess.Popen(
@@ -299,16 +257,7 @@ def test_icv_serve_compile_serves_eager_tokens_and_refuses_what_it_did_not_prepa
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=10).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+        wait_until_healthy(process, url, log, STARTUP_SECONDS)
         health = httpx.get(f"{url}/health", timeout=60).json()
         assert health["compiled_injections"] == ["add@block", "rotate@block", "rotate@mlp"]
         for name, text in want.items():
@@ -336,12 +285,7 @@ def test_icv_serve_compile_serves_eager_tokens_and_refuses_what_it_did_not_prepa
         refused = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "injection_not_compiled"
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        interrupt(process)
     output = log.read_text()
     assert process.returncode == 0, output
     assert output.index("compiling the decode step") < output.index("serving on")

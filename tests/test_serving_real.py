@@ -9,17 +9,24 @@ Also ``icv serve`` itself, started as a user starts it.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
-from serving_server import REVIEW_DEMOS, BackgroundServer, httpx, library_from, save_vectors, wait_idle
+from serving_server import (
+    REVIEW_DEMOS,
+    BackgroundServer,
+    free_port,
+    httpx,
+    interrupt,
+    library_from,
+    save_vectors,
+    wait_idle,
+    wait_until_healthy,
+)
 
 import icv
 from icv.prompts import paraphrase_prompt
@@ -153,12 +160,6 @@ def test_chat_streaming_and_not_equal_generate_on_the_chat_template(real, vector
     assert whole.choices[0].message.content == want == "".join(pieces)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # A loaded 2-core CI machine (other jobs, the rest of the suite) can take minutes to import torch,
 # load the model and answer; the test waits that long rather than fail for it (it once did at 120 s).
 STARTUP_SECONDS = 600
@@ -171,7 +172,7 @@ def test_icv_serve_in_one_command(real, vectors, tmp_path):
     folder, v = vectors
     prompt = paraphrase_prompt(SENTENCES[0])
     want = generate_alone(model, tok, prompt, v["positive"], 0.07)
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"  # a file, not a pipe nobody reads while the server runs
     with log.open("w") as sink:
         process = subprocess.Popen(
@@ -184,7 +185,7 @@ def test_icv_serve_in_one_command(real, vectors, tmp_path):
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_until_healthy(process, url, log)
+        wait_until_healthy(process, url, log, STARTUP_SECONDS)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=ANSWER_SECONDS)
         response = client.completions.create(
             model=MODEL,
@@ -197,33 +198,8 @@ def test_icv_serve_in_one_command(real, vectors, tmp_path):
         page = httpx.get(f"{url}/", timeout=ANSWER_SECONDS)  # the playground, at the address it prints
         assert page.status_code == 200 and "icv playground" in page.text
     finally:
-        _interrupt(process)
+        interrupt(process)
     output = log.read_text()
     assert process.returncode == 0, output
     assert "vectors: negative, positive, positive_add" in output
     assert f"playground: http://127.0.0.1:{port}/ " in output
-
-
-def _wait_until_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/health", timeout=10).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, (
-            f"icv serve did not come up in {STARTUP_SECONDS} s:\n{log.read_text()}"
-        )
-        time.sleep(0.5)
-
-
-def _interrupt(process: subprocess.Popen) -> None:
-    """Ctrl-C, as a user stops it; killed if it has not stopped in two minutes (never left running)."""
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=30)
