@@ -121,6 +121,37 @@ def extracted(model, tok):
     return icv.extract(model, tok, DEMOS, name="positive", progress=False)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "falcon", "gemma2", "opt"])
+def test_other_families_compiled_give_alone_tokens(family, tok):
+    """Four rows, three steerings of two injections: alone's tokens; no graph after warm-up but in OPT.
+
+    OPT's ``fc2`` sees the batch flattened, so the hook views it by the call's batch size,
+    a number Dynamo specialises on: OPT compiles a graph per batch size (docs/serving.md).
+    """
+    model = tiny_model(family)
+    vector = icv.extract(model, tok, DEMOS, progress=False) * 1.5
+    added = vector.with_metadata(injection_mode="add", injection_site="block") * 0.5
+    requests = [
+        ("hello there", RowSteering(vector)),
+        ("the food was", None),
+        ("abc", RowSteering(added)),
+        ("xyz xyz", RowSteering(vector * 0.3)),
+    ]
+    want = [alone(model, tok, prompt, steering) for prompt, steering in requests]
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    engine = Engine(model, tok, compilation=Compilation(backend=counter))
+    try:
+        engine.warm_up(timeout=120)
+        made = counter.frame_count
+        sent = [send(engine, tok, prompt, steering) for prompt, steering in requests]
+        assert [tokens_of(events) for events in sent] == want
+        assert counter.frame_count == made or family == "opt"
+    finally:
+        engine.close()
+        torch._dynamo.reset()
+
+
 def test_a_batch_as_large_as_the_engine_allows_compiles_nothing_new(model, tok, vectors):
     """The steering buffers are sized for ``max_batch`` up front: 20 rows reuse the warm-up's graph."""
     counter = CompileCounter()
