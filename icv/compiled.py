@@ -57,10 +57,28 @@ _prepared: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str], StaticStee
 
 
 @dataclass
-class _Call:
-    """The current call's shape, for sites that flatten the batch (OPT's ``fc2``)."""
+class _Shared:
+    """One device's buffers that every hooked module on it reads: which slot and mask apply where.
 
-    batch: int = 1
+    Per row and position (``index``, ``mask``) for sites that see ``(batch, length, hidden)``;
+    per token (``token_index``, ``token_mask``, ``batch * length`` long) for sites that see the
+    batch flattened (OPT's ``fc2``), so no hook needs the batch size as a number, which a
+    compiled graph would specialise on.
+    """
+
+    index: torch.Tensor
+    mask: torch.Tensor
+    token_index: torch.Tensor
+    token_mask: torch.Tensor
+
+    PARTS = ("index", "mask", "token_index", "token_mask")
+
+    def reset(self, slot: int) -> None:
+        """Every row and token at ``slot``, every position steered."""
+        self.index.fill_(slot)
+        self.token_index.fill_(slot)
+        self.mask.fill_(1)
+        self.token_mask.fill_(1)
 
 
 @dataclass
@@ -91,13 +109,12 @@ class StaticSteering:
         self.site = site
         self._modules = site_modules(model, site, architecture)
         self._prefix = f"_icv_static_{mode}_{site}"
-        self._call = _Call()
         self._written: _Written | None = None
         self._sizes = {"rows": _FIRST_ROWS, "positions": _FIRST_POSITIONS, "slots": _FIRST_SLOTS}
         self._handles = HookHandles()
         try:
             self._make_buffers()
-            hook = functools.partial(_static_hook, prefix=self._prefix, mode=mode, call=self._call)
+            hook = functools.partial(_static_hook, prefix=self._prefix, mode=mode)
             for module in self._modules:
                 self._handles.add(module.register_forward_hook(hook))
             self._handles.add(model.register_forward_pre_hook(self._observe, with_kwargs=True))
@@ -111,24 +128,29 @@ class StaticSteering:
     def _make_buffers(self) -> None:
         """Zeroed buffers at the current sizes, on each hooked module's device and dtype."""
         hidden = hidden_size_of(self.model)
-        shared: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        rows, positions = self._sizes["rows"], self._sizes["positions"]
+        shared: dict[tuple[torch.device, torch.dtype], _Shared] = {}
         for module in self._modules:
             device, dtype = _placement(module, self.model)
             if (device, dtype) not in shared:
-                index = torch.zeros(self._sizes["rows"], dtype=torch.long, device=device)
-                mask = torch.ones(self._sizes["positions"], dtype=dtype, device=device)
-                shared[device, dtype] = index, mask
-            index, mask = shared[device, dtype]
+                shared[device, dtype] = _Shared(
+                    index=torch.zeros(rows, dtype=torch.long, device=device),
+                    mask=torch.ones(positions, dtype=dtype, device=device),
+                    token_index=torch.zeros(rows * positions, dtype=torch.long, device=device),
+                    token_mask=torch.ones(rows * positions, dtype=dtype, device=device),
+                )
             deltas = torch.zeros(self._sizes["slots"], hidden, dtype=dtype, device=device)
             module.register_buffer(f"{self._prefix}_deltas", deltas, persistent=False)
             if self.mode == "rotate":
                 module.register_buffer(f"{self._prefix}_away", torch.zeros_like(deltas), persistent=False)
-            module.register_buffer(f"{self._prefix}_index", index, persistent=False)
-            module.register_buffer(f"{self._prefix}_mask", mask, persistent=False)
+            for part in _Shared.PARTS:
+                module.register_buffer(
+                    f"{self._prefix}_{part}", getattr(shared[device, dtype], part), persistent=False
+                )
 
     def _drop_buffers(self) -> None:
         for module in self._modules:
-            for part in ("deltas", "away", "index", "mask"):
+            for part in ("deltas", "away", *_Shared.PARTS):
                 module._buffers.pop(f"{self._prefix}_{part}", None)
 
     def _buffer(self, module: nn.Module, part: str) -> torch.Tensor:
@@ -198,10 +220,9 @@ class StaticSteering:
             buffer[1 : rows + 1].copy_(delta)
             if self.mode == "rotate":
                 self._buffer(module, "away")[1 : rows + 1].copy_(inject.away_directions(delta))
-        for index, mask in self._shared():
+        for shared in self._shared():
             # One steering for every row: every row reads slot 1, whatever the batch.
-            index.fill_(1 if written.rows is None else 0)
-            mask.fill_(1)
+            shared.reset(1 if written.rows is None else 0)
 
     def clear(self) -> None:
         """Every row back to the unsteered slot and the slots zeroed (the steering's removal)."""
@@ -213,16 +234,16 @@ class StaticSteering:
             self._buffer(module, "deltas")[1 : rows + 1].zero_()
             if self.mode == "rotate":
                 self._buffer(module, "away")[1 : rows + 1].zero_()
-        for index, mask in self._shared():
-            index.zero_()
-            mask.fill_(1)
+        for shared in self._shared():
+            shared.reset(0)
 
-    def _shared(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each device's ``(index, mask)`` once."""
-        seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    def _shared(self) -> list[_Shared]:
+        """Each device's shared buffers once."""
+        seen: dict[int, _Shared] = {}
         for module in self._modules:
             index = self._buffer(module, "index")
-            seen.setdefault(id(index), (index, self._buffer(module, "mask")))
+            if id(index) not in seen:
+                seen[id(index)] = _Shared(*(self._buffer(module, part) for part in _Shared.PARTS))
         return list(seen.values())
 
     # -- each call ------------------------------------------------------------------------
@@ -234,7 +255,6 @@ class StaticSteering:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() < 2:
             return
         batch, length = int(tokens.shape[0]), int(tokens.shape[1])
-        self._call.batch = batch
         self._grow(rows=batch, positions=length)
         written = self._written
         if written is None:
@@ -242,13 +262,15 @@ class StaticSteering:
         if written.rows is not None:
             written.rows.observe(model, args, kwargs)  # refuses a miscounted batch
             slots = 1 + torch.arange(batch) // (batch // written.rows.rows)
-            for index, _mask in self._shared():
-                index[:batch].copy_(slots)
+            for shared in self._shared():
+                shared.index[:batch].copy_(slots)
+                shared.token_index[: batch * length].copy_(slots.repeat_interleave(length))
         if written.tracker is not None:
             written.tracker.observe(model, args, kwargs)
             keep = written.tracker.keep
-            for _index, mask in self._shared():
-                mask[:length].copy_(keep)
+            for shared in self._shared():
+                shared.mask[:length].copy_(keep)
+                shared.token_mask[: batch * length].copy_(keep.repeat(batch))
 
     # -- the handle -----------------------------------------------------------------------
 
@@ -294,22 +316,25 @@ class _Removal:
             table.clear()
 
 
-def _static_hook(module: nn.Module, _args: Any, output: Any, *, prefix: str, mode: str, call: _Call) -> Any:
+def _static_hook(module: nn.Module, _args: Any, output: Any, *, prefix: str, mode: str) -> Any:
     """The steering as tensor ops on buffers: what torch.compile traces into the graph."""
     x = output if type(output) is torch.Tensor else output_tensor(output)
-    # A site that flattens the batch ((batch * length, hidden)) is viewed per row.
-    rows = x.view(call.batch, -1, x.shape[-1]) if x.dim() == 2 else x
-    index = getattr(module, f"{prefix}_index")[: rows.shape[0]]
-    d = getattr(module, f"{prefix}_deltas").index_select(0, index).unsqueeze(1)
-    mask = getattr(module, f"{prefix}_mask")[: rows.shape[1]].view(1, -1, 1)
+    if x.dim() == 2:  # a site that flattens the batch ((batch * length, hidden)): per token
+        index = getattr(module, f"{prefix}_token_index")[: x.shape[0]]
+        mask = getattr(module, f"{prefix}_token_mask")[: x.shape[0]].unsqueeze(-1)
+        d = getattr(module, f"{prefix}_deltas").index_select(0, index)
+    else:  # (batch, length, hidden): per row, and per position
+        index = getattr(module, f"{prefix}_index")[: x.shape[0]]
+        mask = getattr(module, f"{prefix}_mask")[: x.shape[1]].view(1, -1, 1)
+        d = getattr(module, f"{prefix}_deltas").index_select(0, index).unsqueeze(1)
     # .to() is free where the dtypes agree; under autocast the activation's is not the weights'.
-    d, mask = d.to(rows.dtype), mask.to(rows.dtype)
+    d, mask = d.to(x.dtype), mask.to(x.dtype)
     if mode == "add":
-        y = inject.add(rows, d, mask)
+        y = inject.add(x, d, mask)
     else:
-        away = getattr(module, f"{prefix}_away").index_select(0, index).unsqueeze(1).to(rows.dtype)
-        y = inject.rotate(rows, d, away, mask)
-    y = y.view(x.shape)
+        away = getattr(module, f"{prefix}_away").index_select(0, index)
+        away = (away if x.dim() == 2 else away.unsqueeze(1)).to(x.dtype)
+        y = inject.rotate(x, d, away, mask)
     return y if type(output) is torch.Tensor else replace_output(output, y)
 
 
