@@ -12,7 +12,9 @@ the hooked modules:
   rotation): slot 0 is zeros, the unsteered slot; a steering writes its rows into
   slots ``1..r``;
 * ``index`` ``(rows,)``: each batch row's slot;
-* ``mask`` ``(positions,)``: 1 where the current call's positions are steered.
+* ``mask`` ``(positions,)``: 1 where the current call's positions are steered;
+* ``token_index`` and ``token_mask`` ``(rows * positions,)``: the same per token, for sites
+  that see the batch flattened (OPT's ``fc2``).
 
 :func:`icv.steer` on a prepared model writes into these buffers instead of adding
 hooks, and removing it writes zeros back, so strengths, vectors, per-row mixes and
