@@ -152,10 +152,19 @@ def test_other_families_compiled_give_alone_tokens(family, tok):
 
 
 def test_a_batch_as_large_as_the_engine_allows_compiles_nothing_new(model, tok, vectors):
-    """The steering buffers are sized for ``max_batch`` up front: 20 rows reuse the warm-up's graph."""
+    """The steering buffers are sized for ``max_batch`` up front: 20 rows reuse the warm-up's graph.
+
+    The idle engine gathers for up to 3 s, so the 20 requests start as one batch however slowly
+    a loaded machine submits them.
+    """
     counter = CompileCounter()
     torch._dynamo.reset()
-    engine = Engine(model, tok, policy=BatchingPolicy(max_batch=20), compilation=Compilation(backend=counter))
+    engine = Engine(
+        model,
+        tok,
+        policy=BatchingPolicy(max_batch=20, gather_ms=3000),
+        compilation=Compilation(backend=counter),
+    )
     try:
         engine.warm_up(timeout=120)
         made = counter.frame_count
