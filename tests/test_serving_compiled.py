@@ -104,7 +104,13 @@ def test_a_mixed_batch_with_joins_and_leaves_matches_alone_and_compiles_nothing_
         got = [tokens_of(events) for events in first + rest]
         # A short request leaves a batch whose other row goes on alone.
         prompt, case = CASES[4]
-        short = send(engine, tok, "quick", RowSteering(vectors["rotate"] * 0.5), SamplingParams(max_tokens=2))
+        short = send(
+            engine,
+            tok,
+            "quick",
+            RowSteering(vectors["rotate"] * 0.5),
+            SamplingParams(max_tokens=2, ignore_eos=True),
+        )
         longer = send(engine, tok, prompt, steering_of(vectors, case))
         tokens_of(short)
         assert tokens_of(longer) == want[4]
@@ -170,7 +176,8 @@ def test_a_batch_as_large_as_the_engine_allows_compiles_nothing_new(model, tok, 
         made = counter.frame_count
         steerings = [RowSteering(vectors["rotate"] * (row / 10)) for row in range(20)]
         sent = [
-            send(engine, tok, f"row {row}", steerings[row], SamplingParams(max_tokens=3)) for row in range(20)
+            send(engine, tok, f"row {row}", steerings[row], SamplingParams(max_tokens=3, ignore_eos=True))
+            for row in range(20)
         ]
         for events in sent:
             tokens_of(events)
