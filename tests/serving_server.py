@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -83,6 +85,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_icv_serve(arguments: list[str], log: Path) -> subprocess.Popen:
+    """``python -m icv serve ARGUMENTS`` from the repository, its output to ``log`` (a file, not a
+    pipe nobody reads while the server runs)."""
+    with log.open("w") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "icv", "serve", *arguments],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=Path(__file__).parent.parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
 def wait_until_healthy(process: subprocess.Popen, url: str, log: Path, seconds: float) -> None:
     """Wait until ``url/health`` answers 200; fail with the server's log if it dies or takes too long."""
     deadline = time.monotonic() + seconds
@@ -116,6 +132,7 @@ __all__ = [
     "interrupt",
     "library_from",
     "save_vectors",
+    "start_icv_serve",
     "wait_idle",
     "wait_until_healthy",
 ]

@@ -8,16 +8,14 @@ test starts ``icv serve --compile`` itself, compiled by inductor.
 
 from __future__ import annotations
 
-import os
 import queue
-import subprocess
-import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
-from serving_server import free_port, interrupt, wait_until_healthy
+from serving_server import free_port, interrupt, start_icv_serve, wait_until_healthy
 from steering_reference import hook_count
 from test_serving_engine import CASES, GREEDY, NEW, alone, steering_of
 from tiny import DEMOS, char_tokenizer, tiny_model
@@ -70,18 +68,26 @@ def tokens_of(events: queue.Queue, timeout: float = 120.0) -> list[int]:
             return list(event.token_ids)
 
 
-@pytest.fixture
-def counted(model, tok):
-    """A compiled engine on ``model``, warmed up, with the counter of the graphs it made."""
+@contextmanager
+def counted_engine(
+    model, tok, policy: BatchingPolicy | None = None
+) -> Iterator[tuple[Engine, CompileCounter]]:
+    """A compiled engine on ``model``, warmed up, with the counter of the graphs it made; closed after."""
     counter = CompileCounter()
-    torch._dynamo.reset()  # each test counts its own graphs
-    engine = Engine(model, tok, compilation=Compilation(backend=counter))
+    torch._dynamo.reset()  # each engine counts its own graphs
+    engine = Engine(model, tok, policy=policy, compilation=Compilation(backend=counter))
     try:
         engine.warm_up(timeout=120)
         yield engine, counter
     finally:
         engine.close()
         torch._dynamo.reset()
+
+
+@pytest.fixture
+def counted(model, tok):
+    with counted_engine(model, tok) as made:
+        yield made
 
 
 def test_warm_up_makes_a_graph_for_one_row_and_one_for_several(counted):
@@ -92,11 +98,7 @@ def test_warm_up_makes_a_graph_for_one_row_and_one_for_several(counted):
 def test_a_mixed_batch_with_joins_and_leaves_matches_alone_and_compiles_nothing_new(model, tok, vectors):
     """Eight steerings and none, rows joining a running batch and leaving it: alone's tokens, no graph."""
     want = [alone(model, tok, prompt, steering_of(vectors, case)) for prompt, case in CASES]
-    counter = CompileCounter()
-    torch._dynamo.reset()
-    engine = Engine(model, tok, compilation=Compilation(backend=counter))
-    try:
-        engine.warm_up(timeout=120)
+    with counted_engine(model, tok) as (engine, counter):
         made = counter.frame_count
         first = [send(engine, tok, prompt, steering_of(vectors, case)) for prompt, case in CASES[:3]]
         time.sleep(0.05)  # the others join rows already decoding
@@ -116,9 +118,6 @@ def test_a_mixed_batch_with_joins_and_leaves_matches_alone_and_compiles_nothing_
         assert tokens_of(longer) == want[4]
         assert got == want
         assert counter.frame_count == made, "a new steering, batch width or row count compiled a graph"
-    finally:
-        engine.close()
-        torch._dynamo.reset()
 
 
 @pytest.fixture(scope="module")
@@ -143,18 +142,11 @@ def test_other_families_compiled_give_alone_tokens(family, tok):
         ("xyz xyz", RowSteering(vector * 0.3)),
     ]
     want = [alone(model, tok, prompt, steering) for prompt, steering in requests]
-    counter = CompileCounter()
-    torch._dynamo.reset()
-    engine = Engine(model, tok, compilation=Compilation(backend=counter))
-    try:
-        engine.warm_up(timeout=120)
+    with counted_engine(model, tok) as (engine, counter):
         made = counter.frame_count
         sent = [send(engine, tok, prompt, steering) for prompt, steering in requests]
         assert [tokens_of(events) for events in sent] == want
         assert counter.frame_count == made
-    finally:
-        engine.close()
-        torch._dynamo.reset()
 
 
 def test_a_batch_as_large_as_the_engine_allows_compiles_nothing_new(model, tok, vectors):
@@ -163,16 +155,7 @@ def test_a_batch_as_large_as_the_engine_allows_compiles_nothing_new(model, tok, 
     The idle engine gathers for up to 3 s, so the 20 requests start as one batch however slowly
     a loaded machine submits them.
     """
-    counter = CompileCounter()
-    torch._dynamo.reset()
-    engine = Engine(
-        model,
-        tok,
-        policy=BatchingPolicy(max_batch=20, gather_ms=3000),
-        compilation=Compilation(backend=counter),
-    )
-    try:
-        engine.warm_up(timeout=120)
+    with counted_engine(model, tok, BatchingPolicy(max_batch=20, gather_ms=3000)) as (engine, counter):
         made = counter.frame_count
         steerings = [RowSteering(vectors["rotate"] * (row / 10)) for row in range(20)]
         sent = [
@@ -183,9 +166,6 @@ def test_a_batch_as_large_as_the_engine_allows_compiles_nothing_new(model, tok, 
             tokens_of(events)
         assert engine.stats.peak_batch == 20
         assert counter.frame_count == made
-    finally:
-        engine.close()
-        torch._dynamo.reset()
 
 
 def test_an_extraction_between_steps_runs_eager_and_leaves_the_graphs_alone(
@@ -292,16 +272,9 @@ def test_icv_serve_compile_serves_eager_tokens_and_refuses_what_it_did_not_prepa
     }
     port = free_port()
     log = tmp_path / "serve.log"
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "icv", "serve", "--model", str(folder), "--vectors", str(files)]
-            + ["--port", str(port), "--compile"],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=Path(__file__).parent.parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    process = start_icv_serve(
+        ["--model", str(folder), "--vectors", str(files), "--port", str(port), "--compile"], log
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_healthy(process, url, log, STARTUP_SECONDS)

@@ -8,11 +8,7 @@ Also ``icv serve`` itself, started as a user starts it.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +20,7 @@ from serving_server import (
     interrupt,
     library_from,
     save_vectors,
+    start_icv_serve,
     wait_idle,
     wait_until_healthy,
 )
@@ -173,16 +170,8 @@ def test_icv_serve_in_one_command(real, vectors, tmp_path):
     prompt = paraphrase_prompt(SENTENCES[0])
     want = generate_alone(model, tok, prompt, v["positive"], 0.07)
     port = free_port()
-    log = tmp_path / "serve.log"  # a file, not a pipe nobody reads while the server runs
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "icv", "serve", "--vectors", str(folder), "--port", str(port)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=Path(__file__).parent.parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    log = tmp_path / "serve.log"
+    process = start_icv_serve(["--vectors", str(folder), "--port", str(port)], log)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_healthy(process, url, log, STARTUP_SECONDS)
