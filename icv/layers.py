@@ -65,8 +65,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     "falcon": Architecture(layers="transformer.h", mlp="mlp", attn="self_attention"),
     # OPT has no MLP module: fc2 is the last linear of its feed-forward.
     "opt": Architecture(layers="model.decoder.layers", mlp="fc2", attn="self_attn"),
-    # Bloom's MLP adds the residual itself; its last linear is the MLP's own output.
-    "bloom": Architecture(layers="transformer.h", mlp="mlp.dense_4h_to_h", attn="self_attention"),
+    # Bloom's attention and MLP each add the residual themselves (transformers'
+    # BloomAttention/BloomMLP end in dropout_add(output, residual)): their last linears
+    # give their own outputs.
+    "bloom": Architecture(layers="transformer.h", mlp="mlp.dense_4h_to_h", attn="self_attention.dense"),
 }
 
 

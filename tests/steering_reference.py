@@ -9,22 +9,87 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# (path of the decoder layers, of the MLP, of the attention) for the families these tests use.
-_PATHS = {
-    "llama": ("model.layers", "mlp", "self_attn"),
-    "gpt2": ("transformer.h", "mlp", "attn"),
+# Where each site's output comes from, written from transformers' own modeling code
+# (transformers/models/<family>/modeling_<family>.py), NOT from icv/layers.py, so that the
+# tests catch a wrong entry there.  Per family: the class of its decoder layers, and per
+# site the attribute path inside one decoder layer and the class of the module found there,
+# the module whose output is added (as is, or through a norm, dropout or multiplier that
+# the layer applies) to the residual stream.
+#
+# * OPT has no MLP module: ``fc2`` (an ``nn.Linear``) is its feed-forward's last linear.
+# * Bloom's ``BloomAttention`` and ``BloomMLP`` each add the residual themselves
+#   (``dropout_add(output, residual, ...)``), so their outputs are the residual stream;
+#   the contributions are their last linears' outputs, ``self_attention.dense`` and
+#   ``mlp.dense_4h_to_h``.
+# * Falcon, GPT-J, Phi, Cohere (and GPT-NeoX, StableLM with parallel residuals) run
+#   attention and MLP side by side on the same input; both are still separate modules.
+# * Gemma2/Gemma3/Olmo2 pass each output through a post-norm before the residual add;
+#   Granite scales it by ``residual_multiplier``: the site is the module's own output.
+
+
+@dataclass(frozen=True)
+class Sites:
+    """One family's decoder-layer class and, per site, (attribute path in a layer, class there)."""
+
+    layer: str
+    mlp: tuple[str, str]
+    attn: tuple[str, str]
+
+
+def _llama_like(prefix: str, mlp: str = "MLP") -> Sites:
+    return Sites(f"{prefix}DecoderLayer", ("mlp", f"{prefix}{mlp}"), ("self_attn", f"{prefix}Attention"))
+
+
+SITES: dict[str, Sites] = {
+    "llama": _llama_like("Llama"),
+    "mistral": _llama_like("Mistral"),
+    "mixtral": _llama_like("Mixtral", "SparseMoeBlock"),
+    "qwen2": _llama_like("Qwen2"),
+    "qwen3": _llama_like("Qwen3"),
+    "qwen3_moe": _llama_like("Qwen3Moe", "SparseMoeBlock"),
+    "gemma": _llama_like("Gemma"),
+    "gemma2": _llama_like("Gemma2"),
+    "gemma3_text": _llama_like("Gemma3"),
+    "gemma3": _llama_like("Gemma3"),  # the multimodal wrapper: its language model's layers
+    "phi": _llama_like("Phi"),
+    "phi3": _llama_like("Phi3"),
+    "olmo": _llama_like("Olmo"),
+    "olmo2": _llama_like("Olmo2"),
+    "stablelm": _llama_like("StableLm"),
+    "starcoder2": _llama_like("Starcoder2"),
+    "granite": _llama_like("Granite"),
+    "cohere": _llama_like("Cohere"),
+    "smollm3": _llama_like("SmolLM3"),
+    "gpt2": Sites("GPT2Block", ("mlp", "GPT2MLP"), ("attn", "GPT2Attention")),
+    "gptj": Sites("GPTJBlock", ("mlp", "GPTJMLP"), ("attn", "GPTJAttention")),
+    "gpt_neox": Sites("GPTNeoXLayer", ("mlp", "GPTNeoXMLP"), ("attention", "GPTNeoXAttention")),
+    "falcon": Sites("FalconDecoderLayer", ("mlp", "FalconMLP"), ("self_attention", "FalconAttention")),
+    "opt": Sites("OPTDecoderLayer", ("fc2", "Linear"), ("self_attn", "OPTAttention")),
+    "bloom": Sites("BloomBlock", ("mlp.dense_4h_to_h", "Linear"), ("self_attention.dense", "Linear")),
 }
 
 
+def decoder_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's decoder layers, found by their class name, in module order."""
+    name = SITES[model.config.model_type].layer
+    return [m for m in model.modules() if type(m).__name__ == name]
+
+
 def site_module(model: nn.Module, layer: int, site: str) -> nn.Module:
-    layers_path, mlp, attn = _PATHS[model.config.model_type]
-    block = model.get_submodule(layers_path)[layer]
-    return {"block": block, "mlp": block.get_submodule(mlp), "attn": block.get_submodule(attn)}[site]
+    """The module of decoder layer ``layer`` whose output is ``site``'s activation."""
+    block = decoder_blocks(model)[layer]
+    if site == "block":
+        return block
+    path, class_name = getattr(SITES[model.config.model_type], site)
+    module = block.get_submodule(path)
+    assert type(module).__name__ == class_name, (path, type(module).__name__, class_name)
+    return module
 
 
 def rotate(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from steering_reference import add, hook_count, manual_steering, paper_icv_layer, rotate, site_module
-from tiny import DEMOS, LAYERS, ByteTokenizer, tiny_model
+from steering_reference import (
+    SITES,
+    add,
+    decoder_blocks,
+    hook_count,
+    manual_steering,
+    paper_icv_layer,
+    rotate,
+    site_module,
+)
+from tiny import DEMOS, FAMILIES, LAYERS, ByteTokenizer, tiny_model
 
 import icv
+from icv.layers import ARCHITECTURES, site_modules
 
 PROMPTS = ["the room was", "i think the food", "service"]
 ATOL = 2e-5  # float32 hooks vs the float64 reference, through a 3-layer model
@@ -133,17 +143,39 @@ def test_integer_tensor_selects_layers(model, vec):
 # -- sites x modes ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-@pytest.mark.parametrize("site", ["block", "mlp", "attn"])
-@pytest.mark.parametrize("mode", ["rotate", "add"])
-def test_each_site_and_mode_equals_the_reference_formula(family, site, mode):
+def test_every_family_of_the_table_has_a_tiny_model_and_an_independent_site_table():
+    assert set(ARCHITECTURES) == set(FAMILIES) == set(SITES)
+
+
+@pytest.mark.parametrize("family", sorted(SITES))
+def test_site_modules_are_the_modules_transformers_names(family):
+    """icv's module per site and layer is the one tests/steering_reference.py names from
+    transformers' modeling code: the same object, of the named class, at the named path."""
+    model = tiny_model(family)
+    blocks = decoder_blocks(model)
+    assert len(blocks) == LAYERS
+    for site in ("block", "mlp", "attn"):
+        found = site_modules(model, site)
+        expected = [site_module(model, layer, site) for layer in range(LAYERS)]
+        assert [type(m).__name__ for m in found] == [type(m).__name__ for m in expected], site
+        assert all(a is b for a, b in zip(found, expected, strict=True)), f"{family}: {site}"
+
+
+@pytest.mark.parametrize("family", sorted(SITES))
+def test_each_site_and_mode_equals_the_reference_formula(family):
     model = tiny_model(family)
     vec = icv.extract(model, ByteTokenizer(), DEMOS)
-    s = 0.7 if mode == "rotate" else 0.3
-    got = steered(model, vec, s, mode=mode, site=site)
-    assert not torch.allclose(got, logits(model), atol=1e-4), "steering changed nothing"
-    per_layer = vec.layer_scales[:, None] if mode == "add" else 1.0
-    close(got, reference(model, site, range(LAYERS), mode, s * per_layer * vec.directions))
+    plain = logits(model)
+    for site in ("block", "mlp", "attn"):
+        for mode in ("rotate", "add"):
+            s = 0.7 if mode == "rotate" else 0.3
+            got = steered(model, vec, s, mode=mode, site=site)
+            assert not torch.allclose(got, plain, atol=1e-4), f"{site}, {mode}: steering changed nothing"
+            per_layer = vec.layer_scales[:, None] if mode == "add" else 1.0
+            expected = reference(model, site, range(LAYERS), mode, s * per_layer * vec.directions)
+            torch.testing.assert_close(
+                got, expected, atol=ATOL, rtol=1e-4, msg=lambda m, at=f"{site}, {mode}": f"{at}: {m}"
+            )
 
 
 def test_unknown_site_or_mode_is_an_option_error(model, vec):

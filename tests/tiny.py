@@ -25,17 +25,42 @@ _LLAMA_LIKE = dict(_COMMON, num_key_value_heads=2)
 FAMILIES: dict[str, dict] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
+    "mixtral": dict(_LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2),
     "qwen2": _LLAMA_LIKE,
     "qwen3": dict(_LLAMA_LIKE, head_dim=8),
+    "qwen3_moe": dict(
+        _LLAMA_LIKE, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32
+    ),
     "gemma": dict(_LLAMA_LIKE, head_dim=8),
     "gemma2": dict(_LLAMA_LIKE, head_dim=8),
     "gemma3_text": dict(_LLAMA_LIKE, head_dim=8, sliding_window=16),
+    # The multimodal wrapper: a one-layer vision tower, a text model like gemma3_text's.
+    "gemma3": dict(
+        text_config=dict(
+            _LLAMA_LIKE, head_dim=8, sliding_window=16, bos_token_id=1, eos_token_id=2, pad_token_id=0
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        ),
+        mm_tokens_per_image=4,
+        image_token_id=VOCAB - 1,
+        boi_token_id=VOCAB - 3,
+        eoi_token_id=VOCAB - 2,
+    ),
     "phi": _COMMON,
     "phi3": dict(_LLAMA_LIKE, pad_token_id=0),
+    "olmo": _LLAMA_LIKE,
     "olmo2": _LLAMA_LIKE,
     "stablelm": _LLAMA_LIKE,
     "starcoder2": _LLAMA_LIKE,
     "granite": _LLAMA_LIKE,
+    "cohere": _LLAMA_LIKE,
+    "smollm3": _LLAMA_LIKE,
     "gpt2": dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=256),
     "gpt_neox": dict(_COMMON),
     "gptj": dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=256, rotary_dim=4),
