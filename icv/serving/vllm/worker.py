@@ -30,13 +30,12 @@ import logging
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from ...errors import SteeringError
-from ...layers import architecture_of, decoder_layers
 from .contract import PLUGIN_NAME, STATUS_METHOD, STEERING_ARG, load_library, vector_paths
 from .rows_guard import end_corrupted_requests
 from .seeded_rows import rewind_cpu_generators
+from .sites import site_modules, vllm_architecture
 from .step import StepRequest, StepSteering
 
 logger = logging.getLogger(__name__)
@@ -116,6 +115,7 @@ def attach(runner: Any, vllm_config: Any) -> StepSteering:
             f"{', '.join(missing)}: set VLLM_USE_V2_MODEL_RUNNER=0"
         )
     model = runner.get_model()
+    vllm_architecture(model)  # a family the plugin has no checked sites for is refused here
     library = load_library(vllm_config.model_config)
     parameter = next(model.parameters())
     steering = StepSteering(
@@ -204,17 +204,3 @@ def _step_request(state: Any) -> StepRequest:
     params = state.sampling_params
     extra = params.extra_args if params is not None else None
     return StepRequest(extra.get(STEERING_ARG) if extra else None, int(state.num_prompt_tokens))
-
-
-def site_modules(model: nn.Module, site: str) -> list[tuple[int, nn.Module]]:
-    """``(layer, module)`` at ``site`` for each decoder layer this worker runs (pipeline parallel: a part)."""
-    architecture = architecture_of(model)
-    path = {"mlp": architecture.mlp, "attn": architecture.attn}.get(site)
-    found = []
-    for index, layer in enumerate(decoder_layers(model)):
-        if type(layer).__name__ == "PPMissingLayer":  # another pipeline stage's layer
-            continue
-        found.append((index, layer if path is None else layer.get_submodule(path)))
-    if not found:
-        raise SteeringError(f"this vLLM worker runs no decoder layer to steer at '{site}'")
-    return found
