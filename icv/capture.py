@@ -100,6 +100,8 @@ class LastTokenRecorder:
     def _take(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self._rows is not None
         index = self._rows.to(hidden.device)
+        if hidden.dim() == 2:  # (rows * tokens, hidden): OPT's feed-forward runs on flattened tokens
+            hidden = hidden.view(index.shape[0], -1, hidden.shape[-1])
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
         return picked.float().cpu()
 

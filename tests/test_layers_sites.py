@@ -265,12 +265,14 @@ def test_the_default_is_the_papers_injection_exactly(model, vec):
 def _last_token_outputs(model, site, text):
     """(layers, hidden) outputs of ``site`` at the last token of ``text``, run alone."""
     seen = {}
+
+    def record(layer, out):
+        out = out if isinstance(out, torch.Tensor) else out[0]
+        # A copy: Falcon adds the attention output into its MLP's output in place, after the hook.
+        seen[layer] = (out[-1] if out.dim() == 2 else out[0, -1]).clone()  # OPT's fc2: (tokens, hidden)
+
     handles = [
-        site_module(model, l, site).register_forward_hook(
-            lambda _m, _a, out, l=l: seen.__setitem__(
-                l, (out if isinstance(out, torch.Tensor) else out[0])[0, -1]
-            )
-        )
+        site_module(model, l, site).register_forward_hook(lambda _m, _a, out, l=l: record(l, out))
         for l in range(LAYERS)
     ]
     try:
@@ -280,6 +282,26 @@ def _last_token_outputs(model, site, text):
         for h in handles:
             h.remove()
     return torch.stack([seen[l] for l in range(LAYERS)])
+
+
+@pytest.mark.parametrize("family", sorted(SITES))
+def test_extraction_at_each_site_reads_the_independently_named_module(family):
+    model = tiny_model(family)
+    for site in ("block", "mlp", "attn"):
+        vec = icv.extract(model, ByteTokenizer(), DEMOS, site=site, method="mean")
+        shifts = torch.stack(
+            [
+                _last_token_outputs(model, site, target) - _last_token_outputs(model, site, source)
+                for source, target in DEMOS
+            ]
+        ).mean(0)
+        torch.testing.assert_close(
+            vec.directions,
+            shifts / shifts.norm(dim=-1, keepdim=True),
+            atol=1e-5,
+            rtol=1e-4,
+            msg=lambda m, site=site: f"{site}: {m}",
+        )
 
 
 @pytest.mark.parametrize("site", ["block", "mlp", "attn"])

@@ -38,6 +38,7 @@ ENGINES = {
         [
             "tests/test_layers_sites.py::test_site_modules_are_the_modules_transformers_names[{}]",
             "tests/test_layers_sites.py::test_each_site_and_mode_equals_the_reference_formula[{}]",
+            "tests/test_layers_sites.py::test_extraction_at_each_site_reads_the_independently_named_module[{}]",
         ],
     ),
     "vllm": (
