@@ -147,6 +147,37 @@ def test_every_family_of_the_table_has_a_tiny_model_and_an_independent_site_tabl
     assert set(ARCHITECTURES) == set(FAMILIES) == set(SITES)
 
 
+def test_the_readme_families_table_gives_every_family_its_sites_and_checks_per_engine():
+    from pathlib import Path
+
+    from icv.serving.vllm.sites import VLLM_ARCHITECTURES
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    table = readme.split("<!-- --8<-- [start:families] -->")[1].split("<!-- --8<-- [end:families] -->")[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 3 and cells[0] in ARCHITECTURES:
+            rows[cells[0]] = cells[1:]
+    assert set(rows) == set(ARCHITECTURES)
+    tests = (root / "tests" / "test_layers_sites.py").read_text()
+    vllm_tests = (root / "tests" / "with_vllm" / "test_vllm_sites.py").read_text()
+    for family, (transformers, vllm) in rows.items():
+        arch = ARCHITECTURES[family]
+        assert transformers.startswith(f"`{arch.mlp}` / `{arch.attn}`; site modules checked: "), family
+        name = "test_site_modules_are_the_modules_transformers_names"
+        assert f"`{name}[{family}]`" in transformers and f"def {name}(" in tests
+        if family in VLLM_ARCHITECTURES:
+            arch = VLLM_ARCHITECTURES[family]
+            assert vllm.startswith(f"`{arch.mlp}` / `{arch.attn}`; site modules checked: "), family
+            name = "test_the_plugins_site_modules_are_the_modules_vllm_names"
+        else:
+            assert vllm.startswith("refused"), family
+            name = "test_a_family_the_plugin_does_not_map_is_refused_with_the_families_it_steers"
+        assert f"`{name}[{family}]`" in vllm and f"def {name}(" in vllm_tests
+
+
 @pytest.mark.parametrize("family", sorted(SITES))
 def test_site_modules_are_the_modules_transformers_names(family):
     """icv's module per site and layer is the one tests/steering_reference.py names from
