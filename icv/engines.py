@@ -38,16 +38,20 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import EngineError, OptionError
-from .prompts import cut_answer
-from .sweep import ANSWER_STOPS, Completions, check_strengths, generate_answers, steered_answers
-from .vector import InContextVector
+from .prompts import ANSWER_ENDS, cut_answer
+
+if TYPE_CHECKING:  # the module imports without torch: the command line reads its names
+    from torch import nn
+
+    from .sweep import Completions
+    from .vector import InContextVector
 
 ENGINES = ("transformers", "vllm", "server")
+# Each request stops where the paraphrase's answer ends (as icv.sweep's rows do).
+ANSWER_STOPS = ANSWER_ENDS
 DEFAULT_CONCURRENCY = 16
 # What the engines that build requests can express of icv.steer's options.
 _REQUEST_OPTIONS = ("mode", "site", "layers", "positions")
@@ -67,7 +71,7 @@ class Sweep:
 
 
 # What an engine gives back per sweep: strength (None: unsteered) -> the answers.
-Answers = dict[float | None, Completions]
+Answers = dict[float | None, "Completions"]
 
 
 class GenerationEngine(Protocol):
@@ -139,6 +143,8 @@ class TransformersEngine:
         progress: bool | None,
         steer_options: Mapping[str, Any],
     ) -> list[Answers]:
+        from .sweep import generate_answers, steered_answers
+
         results: list[Answers] = []
         for sweep in sweeps:
             if sweep.vector is None:
@@ -254,6 +260,8 @@ class _RowEngine:
         progress: bool | None,
         steer_options: Mapping[str, Any],
     ) -> list[Answers]:
+        from .sweep import Completions, check_strengths
+
         del batch_size  # the engine batches (vLLM's scheduler, the server's)
         options, positions = request_options(steer_options)
         for sweep in sweeps:
@@ -464,6 +472,10 @@ class ServerEngine(_RowEngine):
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise OptionError(f"the server's url must be http://HOST:PORT or https://..., got {url!r:.80}")
+        if api_key is not None and (not api_key or not all(33 <= ord(c) < 127 for c in api_key)):
+            raise OptionError(
+                "an API key is printable ASCII without spaces (what an HTTP header carries intact)"
+            )
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise OptionError(f"concurrency must be a positive whole number, got {concurrency!r}")
         self.base = url.rstrip("/").removesuffix("/v1")
