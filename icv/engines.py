@@ -102,6 +102,10 @@ def engine_for(
     if not isinstance(engine, str):
         if not callable(getattr(engine, "answer", None)):
             raise OptionError(f"engine must be one of {', '.join(ENGINES)} or an engine object")
+        if url is not None or api_key is not None:
+            raise OptionError(
+                "url and api_key go to ServerEngine(url, api_key=...) when an engine object is given"
+            )
         return engine
     if engine not in ENGINES:
         raise OptionError(f"unknown engine {engine!r:.40}: choose from {', '.join(ENGINES)}")
