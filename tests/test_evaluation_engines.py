@@ -8,6 +8,7 @@ gives in this process.  The vLLM engine's tests are in tests/with_vllm/.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 
 import pytest
@@ -232,3 +233,23 @@ def test_eval_command_runs_its_sweep_on_a_server(model_dir, vector, keyed, tmp_p
     ]:
         assert main([str(a) for a in [*base, *wrong]]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_the_vllm_engine_without_vllm_says_how_to_install_it(loaded, vector, model_dir, tmp_path, capsys):
+    model, tok = loaded
+    options = dict(
+        style=letters(), content=kept(), scorers=[], vector=vector, strengths=[0.2], methods=["icv"]
+    )
+    with pytest.raises(OptionError, match=r"pip install 'in-context-vectors\[vllm\]'"):
+        evaluate(model, tok, None, INPUTS, engine="vllm", **options)
+    built = engines.engine_for("vllm", model, tok)
+    assert isinstance(built, engines.VllmEngine) and built.model == str(model_dir)
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("slow service\n")
+    vector_file = tmp_path / "warm.safetensors"
+    vector.save(vector_file)
+    argv = ["eval", "--model", model_dir, "--vector", vector_file, "--inputs", inputs, "--style", "positive"]
+    argv += ["--methods", "icv", "--no-fluency", "--engine", "vllm", "--tensor-parallel-size", "2", "--quiet"]
+    assert main([str(a) for a in argv]) == 1
+    assert "needs vLLM in this environment" in capsys.readouterr().err
