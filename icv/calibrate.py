@@ -29,12 +29,13 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from .demos import Demo, as_demos, demos_sha256
+from .engines import GenerationEngine, Sweep, engine_for
 from .errors import OptionError
 from .layers import decoder_layers
 from .prompts import icl_prompt, paraphrase_prompt
 from .scorers import RepetitionScorer, Scorer, SimilarityScorer, score_all, success_rate
 from .steer import layer_weights
-from .sweep import Prompt, check_inputs, check_strengths, steered_answers
+from .sweep import Prompt, check_inputs, check_strengths
 from .vector import InContextVector
 
 # Where each mode injects when the vector was made for the other one (as icv.steer does).
@@ -123,6 +124,9 @@ def calibrate(
     mode: str | None = None,
     site: str | None = None,
     progress: bool | None = None,
+    engine: str | GenerationEngine = "transformers",
+    url: str | None = None,
+    api_key: str | None = None,
 ) -> Calibration:
     """Sweep strengths on ``inputs`` and return the vector with the best one recommended.
 
@@ -162,6 +166,11 @@ def calibrate(
             records it.
         site: where to inject; default the vector's; the result records it.
         progress: show a progress bar; ``None``: when there are more than 4 batches.
+        engine: where the answers are generated (:mod:`icv.engines`): ``"transformers"``,
+            ``"vllm"`` (every candidate's rows one vLLM batch), ``"server"`` (a running
+            ``icv serve`` at ``url``) or an engine object.
+        url: the server's address, with ``engine="server"``.
+        api_key: the server's API key, with ``engine="server"``.
 
     Returns:
         ``(vector, report)``: the vector with its recommended strength (and mode, site,
@@ -198,47 +207,41 @@ def calibrate(
         if not layer_sets:
             raise OptionError("layer_ranges must name at least one set of layers")
 
-    def measure(masked: InContextVector, values: list[float], layers: list[int] | None) -> list[SweepPoint]:
-        answers = steered_answers(
-            model,
-            tokenizer,
-            masked,
-            inputs,
-            values,
-            prompt=prompt,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            progress=progress,
-            **steer_options,
-        )
-        points = []
-        for s in values:
-            scores = score_all(scorers, answers[s].answers, inputs, references)
-            points.append(
-                SweepPoint(
-                    strength=s,
-                    layers=layers,
-                    style_success=success_rate(style, scores[style.name][0]),
-                    content=scores[content.name][1],
-                    repetition=scores[repetition.name][1],
-                    perplexity=scores[fluency.name][1] if fluency is not None else None,
-                    passes=False,
-                    examples=answers[s].answers[:3],
-                )
-            )
-        return points
-
-    # The unsteered baseline rides in the first sweep as strength 0 (rotation by nothing).
+    # Every layer set's sweep goes to the engine at once (one batch for vLLM); the unsteered
+    # baseline rides in the first sweep as strength 0 (rotation by nothing).
+    generator = engine_for(engine, model, tokenizer, url=url, api_key=api_key)
+    prompts = [prompt(x) for x in inputs]
+    planned = [
+        (layers, Sweep(prompts, _keep_layers(vector, layers), candidates if i else [0.0, *candidates]))
+        for i, layers in enumerate(layer_sets)
+    ]
+    answered = generator.answer(
+        [sweep for _, sweep in planned],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        steer_options=steer_options,
+    )
     points: list[SweepPoint] = []
     baseline: SweepPoint | None = None
-    for layers in layer_sets:
-        masked = _keep_layers(vector, layers)
-        values = candidates if baseline is not None else [0.0, *candidates]
-        measured = measure(masked, values, layers)
-        if baseline is None:
-            baseline, measured = measured[0], measured[1:]
-            baseline.layers = None
-        points.extend(measured)
+    for (layers, sweep), answers in zip(planned, answered, strict=True):
+        for s in sweep.strengths:
+            done = answers[s]
+            scores = score_all(scorers, done.answers, inputs, references)
+            point = SweepPoint(
+                strength=s,
+                layers=layers,
+                style_success=success_rate(style, scores[style.name][0]),
+                content=scores[content.name][1],
+                repetition=scores[repetition.name][1],
+                perplexity=scores[fluency.name][1] if fluency is not None else None,
+                passes=False,
+                examples=done.answers[:3],
+            )
+            if baseline is None:
+                baseline, point.layers = point, None
+            else:
+                points.append(point)
     assert baseline is not None
     floors = {
         "min_content": min_content,

@@ -81,6 +81,19 @@ class RequestError(ICVError, ValueError):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
+class EngineError(ICVError, RuntimeError):
+    """A generation engine failed: a server that cannot be reached or answered an error, vLLM that cannot start.
+
+    Args:
+        message: what went wrong and what to do.
+        status: the HTTP status a server answered with (``None`` when there was no answer).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
 # -- warnings: a user can filter them by class ----------------------------------------
 
 

