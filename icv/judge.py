@@ -294,8 +294,21 @@ class JudgeScorer(_CheckedScorer):
             self.stats.ratings += len(prompts)
             self.stats.cache_hits += len(prompts) - len(missing)
         if missing:
+            # After one request fails for good, those not yet sent are not sent (their error
+            # would only repeat it); those answered are cached, so a re-run resumes.
+            failed = threading.Event()
+
+            def ask(prompt: str) -> str:
+                if failed.is_set():
+                    return ""
+                try:
+                    return self._ask(prompt)
+                except BaseException:
+                    failed.set()
+                    raise
+
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(missing))) as pool:
-                for prompt, answer in zip(missing, pool.map(self._ask, missing), strict=True):
+                for prompt, answer in zip(missing, pool.map(ask, missing), strict=True):
                     answers[prompt] = answer
         return answers
 
