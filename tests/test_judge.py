@@ -101,7 +101,7 @@ class FakeJudge:
         self.answer = answer
         self.fail_first = fail_first
         self.status = status
-        self.hold_until = hold_until  # hold each request until this many are in flight (or 5 s)
+        self.hold_until = hold_until  # the first ones are held until this many are in flight (or 5 s)
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.in_flight = 0
@@ -122,7 +122,8 @@ class FakeJudge:
                     judge.in_flight += 1
                     judge.most_in_flight = max(judge.most_in_flight, judge.in_flight)
                     judge.lock.notify_all()
-                    judge.lock.wait_for(lambda: judge.in_flight >= judge.hold_until, timeout=5)
+                    if len(judge.requests) <= judge.hold_until:  # the first ones wait for each other
+                        judge.lock.wait_for(lambda: judge.in_flight >= judge.hold_until, timeout=5)
                 try:
                     if failing:
                         self._send(judge.status, b'{"error": "busy"}')
@@ -382,3 +383,50 @@ def test_a_slow_judge_times_out_and_is_retried(tmp_path):
     with FakeJudge(slow) as judge:
         with pytest.raises(ScorerError, match="did not answer after 2 tries"):
             scorer(judge, tmp_path, timeout=0.2, retries=1, concurrency=1).score(OUTPUTS[:1], SOURCES[:1])
+
+
+def test_icv_evaluate_and_calibrate_take_the_judge_as_their_style_scorer(tmp_path):
+    from tiny import DEMOS, char_tokenizer, tiny_model
+
+    from icv.scorers import FunctionScorer
+
+    model, tok = tiny_model("llama"), char_tokenizer()
+    vector = icv.extract(model, tok, DEMOS, name="tiny", progress=False)
+    inputs = ["the food was cold", "i hated it"]
+    content = FunctionScorer("length", lambda outputs, *_: [float(len(o)) for o in outputs])
+    with FakeJudge(by_kind(instruction="Rating: [[2]]")) as judge:
+        judged = scorer(judge, tmp_path)
+        evaluation = icv.evaluate(
+            model,
+            tok,
+            None,
+            inputs,
+            style=judged,
+            content=content,
+            scorers=[],
+            vector=vector,
+            strengths=[0.5],
+            methods=["zero-shot", "icv"],
+            max_new_tokens=4,
+        )
+        asked = len(judge.requests)
+        calibration = icv.calibrate(
+            model,
+            tok,
+            vector,
+            inputs,
+            style=judged,
+            content=content,
+            strengths=[0.5],
+            min_content=0.0,
+            max_repetition=1.0,
+            max_new_tokens=4,
+        )
+    # Every non-empty output was rated 2, 2, 2: style success 1; empty ones score 0.
+    for result in evaluation.results:
+        nonempty = [o for o in result.outputs if o.strip()]
+        assert result.style_success == pytest.approx(len(nonempty) / len(result.outputs))
+    # One request per distinct prompt: concept and fluency per distinct output, content per (output, source).
+    pairs = {(o, s) for r in evaluation.results for o, s in zip(r.outputs, inputs, strict=True) if o.strip()}
+    assert asked == 2 * len({o for o, _ in pairs}) + len(pairs)
+    assert calibration.vector.recommended_strength == 0.5
