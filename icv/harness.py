@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .arguments import layer_list
 from .errors import OptionError
 from .vector import InContextVector
@@ -70,6 +72,18 @@ def parse_layers(text: object) -> list[int] | dict[int, float] | None:
         ) from None
 
 
+def _dtype(name: object) -> torch.dtype:
+    """HFLM's ``dtype`` argument as a torch dtype (``auto`` and none: float32, icv's default)."""
+    if name is None or name == "auto":
+        return torch.float32
+    if isinstance(name, torch.dtype):
+        return name
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise OptionError(f"dtype={name!r:.40}: use float32, float16 or bfloat16")
+    return dtype
+
+
 def read_vector(source: str | Path) -> InContextVector:
     """A vector from a file, a GGUF control vector, a folder or a Hub id.
 
@@ -98,7 +112,8 @@ class ICVLM(HFLM):
             takes them.
         positions: ``all``, ``prompt`` or ``generated``.
         scale: ``activation`` or ``shift`` (with ``mode=add``).
-        **kwargs: HFLM's own arguments (``batch_size``, ``max_length`` ...).
+        **kwargs: HFLM's own arguments (``batch_size``, ``max_length`` ...); with a model by
+            name, ``device`` and ``dtype`` (default float32) say how icv loads it.
     """
 
     def __init__(
@@ -114,9 +129,14 @@ class ICVLM(HFLM):
         **kwargs: Any,
     ) -> None:
         if isinstance(pretrained, (str, Path)):
+            # icv loads it (names, .gguf files and the embedded models that HFLM does not know),
+            # with HFLM's device and dtype arguments.
             from .models import load_model
 
-            model, tokenizer = load_model(str(pretrained), progress=False)
+            device = kwargs.pop("device", None)
+            model, tokenizer = load_model(
+                str(pretrained), dtype=_dtype(kwargs.pop("dtype", None)), device=device, progress=False
+            )
             kwargs.setdefault("tokenizer", tokenizer)
             pretrained = model
         kwargs.setdefault("device", str(next(pretrained.parameters()).device))

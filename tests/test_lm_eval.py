@@ -220,3 +220,19 @@ def test_icv_export_format_lm_eval(tiny, tmp_path, capsys):
     assert "lm_eval --model steered" in capsys.readouterr().out
     assert sorted(torch.load(out, weights_only=False)) == ["layers.1", "layers.2"]
     assert main(["export", str(source), "--out", str(tmp_path / "v.gguf"), "--site", "mlp"]) == 2
+
+
+def test_a_model_by_folder_is_loaded_by_icv_with_hflms_device_and_dtype(tiny, tmp_path):
+    model, tok, vector = tiny
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    lm = ICVLM(
+        pretrained=str(folder), vector=vector, strength=0.5, device="cpu", dtype="float32", batch_size=1
+    )
+    got = [ll for ll, _ in lm.loglikelihood(requests(PAIRS), disable_tqdm=True)]
+    assert got == pytest.approx(reference_loglikelihood(model, tok, (vector, 0.5, {})), abs=1e-4)
+    half = ICVLM(pretrained=str(folder), vector=vector, strength=0.5, dtype="bfloat16", batch_size=1)
+    assert half.model.dtype == torch.bfloat16
+    with pytest.raises(OptionError, match="dtype"):
+        ICVLM(pretrained=str(folder), vector=vector, dtype="int8", batch_size=1)
