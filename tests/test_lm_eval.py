@@ -145,7 +145,10 @@ def test_the_local_task_runs_offline_through_simple_evaluate(tiny, monkeypatch):
     model, tok, vector = tiny
     lm = ICVLM(pretrained=model, tokenizer=tok, vector=vector, strength=0.5, batch_size=8)
     results = lm_eval.simple_evaluate(
-        model=lm, tasks=["icv_facts_mc"], task_manager=TaskManager(include_path=str(RECIPE)), limit=8
+        model=lm,
+        tasks=["icv_facts_mc"],
+        task_manager=TaskManager(include_path=str(RECIPE), include_defaults=False),
+        limit=8,
     )["results"]["icv_facts_mc"]
     assert results["sample_len"] == 8
     assert 0.0 <= results["acc,none"] <= 1.0
