@@ -430,3 +430,29 @@ def test_icv_evaluate_and_calibrate_take_the_judge_as_their_style_scorer(tmp_pat
     pairs = {(o, s) for r in evaluation.results for o, s in zip(r.outputs, inputs, strict=True) if o.strip()}
     assert asked == 2 * len({o for o, _ in pairs}) + len(pairs)
     assert calibration.vector.recommended_strength == 0.5
+
+
+def test_icv_eval_with_a_judge_writes_its_counts_in_the_report(tmp_path, capsys):
+    from tiny import DEMOS, char_tokenizer, tiny_model
+
+    from icv.cli import main
+
+    folder = tmp_path / "model"
+    tiny_model("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in DEMOS))
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("the food was cold\ni hated it\n")
+    out = tmp_path / "report"
+    argv = ["eval", "--model", folder, "--demos", demos, "--inputs", inputs, "--style", "formal English"]
+    options = ["--methods", "zero-shot", "--no-fluency", "--max-new-tokens", "4", "--out", out, "--quiet"]
+    with FakeJudge(by_kind()) as judge:
+        judged = ["--judge-url", judge.url, "--judge-model", "j", "--judge-cache", tmp_path / "cache"]
+        code = main([str(a) for a in [*argv, *options, *judged]])
+        shown = capsys.readouterr().out
+        assert code == 0
+    counts = json.loads((out / "eval.json").read_text())["settings"]["judge"]
+    assert counts["model"] == "j" and counts["url"] == judge.url
+    assert counts["requests"] == len(judge.requests) and counts["unparsable"] == 0
+    assert f"judge j: {counts['ratings']} ratings, 0 from the cache, {counts['requests']} requests" in shown
