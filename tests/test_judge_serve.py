@@ -1,5 +1,10 @@
 """The judge scorer against a real ``icv serve`` (the embedded SmolLM2) on loopback, end to end.
 
+The server is ``icv serve``'s app and engine under uvicorn on a thread of this process (as the
+serving tests run it), on the session's real model: loading a second copy in a process of its
+own took minutes on the loaded CI machine, and tests/test_serving_real.py already checks that the
+command starts the same server.
+
 A small forwarding proxy stands between them only to fail the first request with a 503 (so the
 retry is exercised) and to count what reaches the server.  SmolLM2-135M is no judge: whatever it
 answers, each rating must be the strict parse of its answer, or counted unparsable.
@@ -16,14 +21,15 @@ import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from serving_server import free_port, httpx, interrupt, start_icv_serve, wait_until_healthy
+from serving_server import BackgroundServer, httpx
 
 from icv.errors import ScorerError
 from icv.judge import RATINGS, JudgeScorer, parse_rating
+from icv.serving import ModelShape, VectorLibrary
+from icv.serving.access import AccessPolicy
 
 pytestmark = pytest.mark.real_model
 
-STARTUP_SECONDS = 600
 KEY = "judge-secret"
 
 
@@ -76,38 +82,36 @@ class FailFirstProxy:
         self.server.server_close()
 
 
-def test_the_judge_rates_through_icv_serve_with_a_retry_the_key_and_the_cache(tmp_path, monkeypatch):
-    port = free_port()
-    log = tmp_path / "serve.log"
-    process = start_icv_serve(["--port", str(port), "--api-key", KEY, "--served-model-name", "judge"], log)
-    proxy = None
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(process, url, log, STARTUP_SECONDS)
+def test_the_judge_rates_through_icv_serve_with_a_retry_the_key_and_the_cache(real, tmp_path, monkeypatch):
+    model, tok = real
+    library = VectorLibrary.load([], ModelShape.of(model))
+    server = BackgroundServer(model, tok, library, model_id="judge", access=AccessPolicy(api_key=KEY))
+    with server:
+        url = server.url
         proxy = FailFirstProxy(url)
         monkeypatch.setenv("ICV_TEST_JUDGE_KEY", KEY)
         options = dict(
             url=proxy.url,
             model="judge",
             api_key_env="ICV_TEST_JUDGE_KEY",
-            max_tokens=12,
-            timeout=300,
+            max_tokens=8,
+            timeout=600,
             concurrency=2,
             backoff=0.05,
             cache=tmp_path / "cache",
         )
-        outputs = ["Dear Sir, the meal was adequate.", "food ok lol"]
-        sources = ["the food was ok", "the food was ok"]
+        outputs = ["Dear Sir, the meal was adequate."]
+        sources = ["the food was ok"]
         judged = JudgeScorer("formal English", **options)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a 135M judge may well answer without a rating
             values = judged.score(outputs, sources)
             ratings = judged.rate(outputs, sources)  # from the cache
-        assert proxy.refused == 1 and proxy.forwarded == 6
-        assert judged.stats.requests == 7 and judged.stats.retries == 1
+        assert proxy.refused == 1 and proxy.forwarded == 3
+        assert judged.stats.requests == 4 and judged.stats.retries == 1
         # Each rating is the strict parse of the server's answer, as the cache holds it.
         answers = [json.loads(f.read_text())["answer"] for f in (tmp_path / "cache").rglob("*.json")]
-        assert len(answers) == 6 and all(isinstance(a, str) for a in answers)
+        assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
         parsed = sorted((parse_rating(a) is None, parse_rating(a) or 0) for a in answers)
         got = sorted((getattr(r, k) is None, getattr(r, k) or 0) for r in ratings for k in RATINGS)
         assert parsed == got
@@ -119,7 +123,7 @@ def test_the_judge_rates_through_icv_serve_with_a_retry_the_key_and_the_cache(tm
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             repeated = again.score(outputs, sources)
-        assert proxy.forwarded == 6 and again.stats.requests == 0
+        assert proxy.forwarded == 3 and again.stats.requests == 0
         assert [v if not math.isnan(v) else None for v in repeated] == [
             v if not math.isnan(v) else None for v in values
         ]
@@ -129,9 +133,6 @@ def test_the_judge_rates_through_icv_serve_with_a_retry_the_key_and_the_cache(tm
             JudgeScorer("formal English", **{**options, "cache": False, "concurrency": 1}).score(
                 outputs[:1], sources[:1]
             )
-        assert proxy.forwarded == 7
+        assert proxy.forwarded == 4
         assert httpx.get(f"{url}/health", timeout=30).status_code == 200
-    finally:
-        if proxy is not None:
-            proxy.close()
-        interrupt(process)
+        proxy.close()
