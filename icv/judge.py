@@ -54,6 +54,8 @@ DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # A judge's reply is a short JSON document; a larger one is not read past this.
 MAX_REPLY_BYTES = 1 << 20
+# Threads (requests in flight) one scorer may start, at most.
+MAX_CONCURRENCY = 256
 # Seconds a Retry-After header may make us wait, at most.
 MAX_RETRY_AFTER = 30.0
 # One rating line: `Rating: [[N]]`, whatever stands between the brackets (checked after).
@@ -214,7 +216,14 @@ class JudgeScorer(_CheckedScorer):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise OptionError(f"judge {what} must be a whole number >= {low}, got {value!r:.40}")
-        if not (math.isfinite(timeout) and timeout > 0) or not (math.isfinite(backoff) and backoff >= 0):
+        if concurrency > MAX_CONCURRENCY:
+            raise OptionError(
+                f"judge concurrency is {concurrency}: at most {MAX_CONCURRENCY} requests in flight"
+            )
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (timeout, backoff))
+        if not numbers or not (
+            math.isfinite(timeout) and timeout > 0 and math.isfinite(backoff) and backoff >= 0
+        ):
             raise OptionError("judge timeout must be > 0 and backoff >= 0 seconds")
         self.style = style.strip()
         self.url = url.rstrip("/")

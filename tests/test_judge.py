@@ -338,6 +338,8 @@ def test_a_null_content_is_an_unparsable_answer(tmp_path):
         ({"url": "http://x/v1", "model": "m", "concurrency": 0}, "concurrency"),
         ({"url": "http://x/v1", "model": "m", "retries": -1}, "retries"),
         ({"url": "http://x/v1", "model": "m", "timeout": 0}, "timeout"),
+        ({"url": "http://x/v1", "model": "m", "timeout": "5"}, "timeout"),
+        ({"url": "http://x/v1", "model": "m", "concurrency": 10_000}, "at most 256"),
         ({"url": "http://x/v1", "model": "m", "cache": 3}, "cache"),
     ],
 )
