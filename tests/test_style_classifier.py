@@ -118,3 +118,27 @@ def test_icv_eval_says_which_style_options_go_together(tmp_path, capsys, extra, 
     code = main(["eval", "--inputs", str(inputs), "--methods", "zero-shot", *extra])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_icv_eval_scores_the_style_with_the_classifier(classifier_folder, tmp_path, capsys):
+    import json
+
+    from tiny import DEMOS, tiny_model
+
+    folder = tmp_path / "model"
+    tiny_model("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in DEMOS))
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("the food was cold\ni hated it\n")
+    out = tmp_path / "report"
+    argv = ["eval", "--model", folder, "--demos", demos, "--inputs", inputs, "--methods", "zero-shot"]
+    options = ["--style-model", classifier_folder, "--style-label", "formal", "--no-fluency"]
+    code = main([str(a) for a in [*argv, *options, "--max-new-tokens", "4", "--out", out, "--quiet"]])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "eval.json").read_text())
+    (result,) = report["results"]
+    want = ClassifierScorer(classifier_folder, "formal").score(result["outputs"])
+    assert report["style"] == "formal"
+    assert result["style_success"] == pytest.approx(sum(want) / len(want))
