@@ -12,7 +12,7 @@ own command line, with this module imported first::
 
     python -m icv.harness --model icv \\
         --model_args pretrained=smollm2,vector=positive.safetensors,strength=0.07 \\
-        --tasks sentiment_mc --include_path recipes/lm-eval
+        --tasks sentiment_mc --include_path benchmarks/lm-eval
 
 Model arguments (besides HFLM's own, e.g. ``batch_size``): ``vector`` (a vector file, GGUF
 control vector, folder or Hub id), ``strength`` (default: the vector's recommended one),

@@ -3,7 +3,7 @@
 Tiny random models: what is checked is that lm-eval's requests are answered by the model as
 ``icv.steer`` steers it (every mode, site and per-layer profile), that nothing is left on the
 model, and that an exported file makes lm-eval's own ``steered`` model add what icv adds.
-One test runs the local task recipes/lm-eval/icv_facts_mc through lm_eval.simple_evaluate.
+One test runs the local task benchmarks/lm-eval/icv_facts_mc through lm_eval.simple_evaluate.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from icv.harness import ICVLM, parse_layers  # noqa: E402
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "lm-eval"
+RECIPE = Path(__file__).resolve().parent.parent / "benchmarks" / "lm-eval"
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ questions, 4 choices, beside this file) three times: unsteered (lm-eval's own ``
 then steered by recipes/sentiment's vector (the ``icv`` model) at its calibrated strength and at
 twice it.  Needs the extra ``in-context-vectors[lm-eval]``.
 
-    python recipes/lm-eval/run.py [--strength S]
+    python benchmarks/lm-eval/run.py [--strength S]
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+RECIPES = HERE.parent.parent / "recipes"
+sys.path.insert(0, str(RECIPES))
 
 from _common import load_demos  # noqa: E402
 from sentiment.run import STRENGTH  # noqa: E402
@@ -42,9 +43,7 @@ def main() -> None:
     from lm_eval.tasks import TaskManager
 
     model, tokenizer = icv.load_model(progress=False)
-    vector = icv.extract(
-        model, tokenizer, load_demos(HERE.parent / "sentiment"), name="positive", progress=False
-    )
+    vector = icv.extract(model, tokenizer, load_demos(RECIPES / "sentiment"), name="positive", progress=False)
     tasks = TaskManager(include_path=str(HERE), include_defaults=False)  # only this task: faster
     runs = [("unsteered", None), ("positive", args.strength), ("positive", 2 * args.strength)]
     print("| model | strength | acc | acc_norm | seconds |\n|---|---:|---:|---:|---:|")
