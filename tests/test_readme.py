@@ -49,6 +49,10 @@ NOT_RUN: dict[str, tuple[range, str]] = {
         range(0, 2),
         "need vLLM (.venv-vllm) and its server; tests/with_vllm run the same calls",
     ),
+    "docs/evaluation-tools.md": (
+        range(0, 1),
+        "a client of a judge server the reader runs; tests/test_judge.py and test_judge_serve.py run the same calls",
+    ),
 }
 
 
@@ -135,6 +139,11 @@ SHELL_NOT_RUN: dict[str, tuple[range, str]] = {
         "icv eval --engine server",
     ),
     "docs/vllm.md": (range(0, 100), "needs vLLM (.venv-vllm) and runs a foreground server"),
+    "docs/evaluation-tools.md": (
+        range(0, 100),
+        "the reader's own files, judge server and classifier; tests/test_judge*.py, test_style_classifier.py "
+        "and test_lm_eval.py run the same commands",
+    ),
 }
 
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from ..arguments import non_negative_int, positive_int, strength_list
+from ..arguments import non_negative_int, positive_int, probability, strength_list
 from ..engines import DEFAULT_CONCURRENCY, ENGINES
 from .common import Command, load_model_for, quiet, read_vector
 
@@ -32,9 +32,44 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--style",
-        required=True,
-        choices=EVAL_STYLES,
-        help="style success: VADER positive/negative, or not offensive (alt-profanity-check)",
+        metavar="STYLE",
+        help="style success: positive / negative (VADER), inoffensive (alt-profanity-check); with "
+        "--judge-url any style in words, e.g. 'formal English'",
+    )
+    judge = parser.add_argument_group("a judge model rates the style (any OpenAI-compatible chat endpoint)")
+    judge.add_argument(
+        "--judge-url", metavar="URL", help="the endpoint's base, e.g. http://127.0.0.1:8000/v1"
+    )
+    judge.add_argument("--judge-model", metavar="NAME", help="the judge model, as the endpoint names it")
+    judge.add_argument(
+        "--judge-key-env",
+        default="OPENAI_API_KEY",
+        metavar="VAR",
+        help="environment variable holding the judge's API key (default: OPENAI_API_KEY; unset: no key)",
+    )
+    judge.add_argument(
+        "--judge-concurrency",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="requests in flight (default 4)",
+    )
+    judge.add_argument(
+        "--judge-cache",
+        metavar="DIR",
+        help="where the judge's answers are cached (default ~/.cache/icv/judge); a re-run costs nothing",
+    )
+    judge.add_argument("--no-judge-cache", action="store_true", help="ask the judge again every time")
+    classifier = parser.add_argument_group("a text classifier rates the style")
+    classifier.add_argument(
+        "--style-model", metavar="NAME_OR_FOLDER", help="a Hugging Face text-classification model"
+    )
+    classifier.add_argument("--style-label", metavar="LABEL", help="its label for the style")
+    classifier.add_argument(
+        "--style-threshold",
+        type=probability,
+        metavar="P",
+        help="count an output when the label's probability is above P (default: when it is the top label)",
     )
     parser.add_argument(
         "--model",
@@ -165,10 +200,43 @@ def _engine(args: argparse.Namespace, model_name: str) -> Any:
     return "transformers"
 
 
-def _style_scorer(name: str) -> Any:
-    from ..scorers import OffensiveScorer, SentimentScorer
+def _style_scorer(args: argparse.Namespace) -> Any:
+    """The style scorer the options name: a classifier, a judge, or a built-in style."""
+    from ..scorers import ClassifierScorer, OffensiveScorer, SentimentScorer
 
-    return OffensiveScorer() if name == "inoffensive" else SentimentScorer(name)
+    judged = args.judge_url is not None or args.judge_model is not None
+    if args.style_model is not None or args.style_label is not None:
+        if judged:
+            args.parser.error(
+                "rate the style with a judge (--judge-url) or a classifier (--style-model), not both"
+            )
+        if args.style_model is None or args.style_label is None:
+            args.parser.error("--style-model and --style-label go together")
+        return ClassifierScorer(args.style_model, args.style_label, threshold=args.style_threshold)
+    if args.style_threshold is not None:
+        args.parser.error("--style-threshold is for --style-model")
+    if not args.style:
+        args.parser.error("--style is needed (or --style-model with --style-label)")
+    if judged:
+        if args.judge_url is None or args.judge_model is None:
+            args.parser.error("--judge-url and --judge-model go together")
+        from ..judge import JudgeScorer
+
+        cache: bool | str = False if args.no_judge_cache else (args.judge_cache or True)
+        return JudgeScorer(
+            args.style,
+            url=args.judge_url,
+            model=args.judge_model,
+            api_key_env=args.judge_key_env or None,
+            concurrency=args.judge_concurrency,
+            cache=cache,
+        )
+    if args.style not in EVAL_STYLES:
+        args.parser.error(
+            f"--style {args.style!r}: the built-in styles are {', '.join(EVAL_STYLES)}; for any other, "
+            "name a judge (--judge-url, --judge-model) or a classifier (--style-model, --style-label)"
+        )
+    return OffensiveScorer() if args.style == "inoffensive" else SentimentScorer(args.style)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
 
     methods = _eval_methods(args)
     _check_engine(args)
+    style = _style_scorer(args)
     demos = read_demos(args.demos) if args.demos else None
     if args.prompt_demos is not None and demos is not None and args.prompt_demos > len(demos):
         args.parser.error(f"--prompt-demos {args.prompt_demos}: '{args.demos}' holds only {len(demos)}")
@@ -195,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         tokenizer,
         demos,
         inputs,
-        style=_style_scorer(args.style),
+        style=style,
         scorers=scorers,
         references=references,
         vector=vector,
@@ -210,12 +279,21 @@ def run(args: argparse.Namespace) -> int:
         engine=engine,
         **steer_options,
     )
+    stats = getattr(style, "stats", None)
+    if stats is not None:  # the judge's counts, unparsable answers among them, go in the report
+        evaluation.settings["judge"] = {"url": args.judge_url, "model": args.judge_model, **stats.as_dict()}
     paths = evaluation.save(args.out)
     print(evaluation.markdown())
     if args.show:
         from ..display import side_by_side
 
         print("\n" + side_by_side(inputs, {r.label: r.outputs for r in evaluation.results}))
+    if stats is not None:
+        counts = stats.as_dict()
+        print(
+            f"\njudge {args.judge_model}: {counts['ratings']} ratings, {counts['cache_hits']} from the cache, "
+            f"{counts['requests']} requests ({counts['retries']} retries), {counts['unparsable']} unparsable"
+        )
     print(f"\nwrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
     return 0
 

@@ -1,4 +1,5 @@
-"""``icv export`` and ``icv import``: the two directions between vector files and llama.cpp's GGUF control vectors."""
+"""``icv export`` and ``icv import``: vector files to llama.cpp's GGUF control vectors and back, and
+to lm-evaluation-harness's steering files."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..arguments import finite_float, positive_int
+from ..arguments import finite_float, layer_list, positive_int
 from .common import PROG, Command, check_new_file, read_vector, say
 
 
@@ -14,9 +15,10 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("vector", metavar="VEC", help="the vector to export (a file, folder or Hub id)")
     parser.add_argument(
         "--format",
-        choices=("gguf",),
+        choices=("gguf", "lm-eval"),
         default="gguf",
-        help="gguf: llama.cpp control vector (the only format so far)",
+        help="gguf: llama.cpp control vector; lm-eval: the .pt steering file of lm-evaluation-harness's "
+        "`steered` model (additive vectors only)",
     )
     parser.add_argument(
         "--out", required=True, type=Path, metavar="FILE", help="the file to write, e.g. vec.gguf"
@@ -28,9 +30,23 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
         help="strength folded into the file (default: the vector's add@block recommendation, else the library's additive default)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    lm_eval = parser.add_argument_group("--format lm-eval")
+    lm_eval.add_argument(
+        "--mode", choices=("add",), help="export a rotating vector as addition (the file can only add)"
+    )
+    lm_eval.add_argument(
+        "--site", choices=("block", "mlp", "attn"), help="where to add (default: the vector's)"
+    )
+    lm_eval.add_argument(
+        "--layers", type=layer_list, metavar="LIST", help="only these layers (e.g. 10-20, -8--1)"
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.format == "lm-eval":
+        return _export_lm_eval(args)
+    if (args.mode, args.site, args.layers) != (None, None, None):
+        args.parser.error("--mode, --site and --layers are for --format lm-eval")
     vector = read_vector(args.vector)
     check_new_file(args.out, args.force)
     m = vector.metadata
@@ -48,6 +64,29 @@ def run_export(args: argparse.Namespace) -> int:
         f"folded in, model hint '{report.model_hint}'\n"
         f"use: llama-cli -m MODEL.gguf --control-vector {report.path}   "
         f"(--control-vector-scaled {report.path} S multiplies by S)",
+        sys.stdout,
+    )
+    return 0
+
+
+def _export_lm_eval(args: argparse.Namespace) -> int:
+    from ..lmeval_file import export_lm_eval
+
+    vector = read_vector(args.vector)
+    check_new_file(args.out, args.force)
+    report = export_lm_eval(
+        vector,
+        args.out,
+        strength=args.strength,
+        mode=args.mode,
+        site=args.site,
+        layers=args.layers,
+        overwrite=args.force,
+    )
+    say(
+        f"wrote {report.path}: {len(report.hookpoints)} hookpoints ({report.hookpoints[0]} .. "
+        f"{report.hookpoints[-1]}), steering_coefficient {report.strength:g}\n"
+        f"use: lm_eval --model steered --model_args pretrained=MODEL,steer_path={report.path} --tasks ...",
         sys.stdout,
     )
     return 0
@@ -87,5 +126,10 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
-EXPORT = Command("export", "write a vector as a llama.cpp GGUF control vector", configure_export, run_export)
+EXPORT = Command(
+    "export",
+    "write a vector as a llama.cpp GGUF control vector or an lm-eval steering file",
+    configure_export,
+    run_export,
+)
 IMPORT = Command("import", "read a GGUF control vector into a vector file", configure_import, run_import)
