@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -533,6 +534,14 @@ def _validate(metadata: Mapping[str, Any], *, source: str, error: type[ICVError]
     return clean
 
 
+def is_condition_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` looks like a condition file (its header's first bytes say so); nothing is validated."""
+    from .filekinds import _head
+
+    head = _head(storage._as_path(path))
+    return head is not None and b'"icv_kind":"condition"' in head.replace(b" ", b"")
+
+
 def as_rule(when: object) -> Rule:
     """``when`` checked as a :class:`Rule` (a condition or a combination), or :class:`OptionError`."""
     if isinstance(when, Rule):
@@ -542,3 +551,79 @@ def as_rule(when: object) -> Rule:
         f"when= takes an icv.Condition or a rule of them (a & ~b), not {kind}: make one with "
         "icv.extract_condition or icv.Condition.load"
     )
+
+
+# -- rules written as text (the server's steering_when, the command line) ------------------
+
+MAX_RULE_CHARS = 500
+
+
+def parse_rule(text: str, lookup: Callable[[str], Condition]) -> Rule:
+    """The rule ``text`` writes with condition names, ``&``, ``|``, ``~`` and parentheses.
+
+    ``~`` binds tightest, then ``&``, then ``|`` (``a | b & ~c`` is ``a | (b & ~c)``).
+    Names are letters, digits and ``_ - . :``.
+
+    Args:
+        text: the rule, e.g. ``"toxic & ~question"``.
+        lookup: the condition a name stands for (raising what the caller wants for an unknown name).
+
+    Returns:
+        The rule.
+
+    Raises:
+        OptionError: text that is not such a rule.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise OptionError("a rule must be a non-empty text of condition names, &, |, ~ and parentheses")
+    if len(text) > MAX_RULE_CHARS:
+        raise OptionError(f"a rule is at most {MAX_RULE_CHARS} characters long")
+    tokens = re.findall(r"[A-Za-z0-9_\-.:]+|[&|~()]|\S", text)
+    parser = _RuleParser(tokens, lookup)
+    rule = parser.either()
+    if parser.position != len(tokens):
+        raise OptionError(f"unexpected {tokens[parser.position]!r:.20} in the rule {text!r:.80}")
+    return rule
+
+
+class _RuleParser:
+    def __init__(self, tokens: list[str], lookup: Callable[[str], Condition]) -> None:
+        self.tokens, self.lookup, self.position, self.depth = tokens, lookup, 0, 0
+
+    def _peek(self) -> str | None:
+        return self.tokens[self.position] if self.position < len(self.tokens) else None
+
+    def either(self) -> Rule:
+        rule = self.both()
+        while self._peek() == "|":
+            self.position += 1
+            rule = rule | self.both()
+        return rule
+
+    def both(self) -> Rule:
+        rule = self.unary()
+        while self._peek() == "&":
+            self.position += 1
+            rule = rule & self.unary()
+        return rule
+
+    def unary(self) -> Rule:
+        token = self._peek()
+        if token is None:
+            raise OptionError("the rule ends where a condition name was expected")
+        self.position += 1
+        if token == "~":
+            return ~self.unary()
+        if token == "(":
+            self.depth += 1
+            if self.depth > 50:
+                raise OptionError("the rule nests parentheses too deeply")
+            rule = self.either()
+            if self._peek() != ")":
+                raise OptionError("a '(' in the rule is not closed")
+            self.position += 1
+            self.depth -= 1
+            return rule
+        if not re.fullmatch(r"[A-Za-z0-9_\-.:]+", token):
+            raise OptionError(f"unexpected {token!r:.20} in the rule where a condition name was expected")
+        return self.lookup(token)

@@ -93,7 +93,15 @@ class OpenAIRoutes:
     ) -> Response:
         self._check_model(parsed.model)
         spec = self.library.resolve(parsed.steering) if parsed.steering is not None else None
-        steering = RowSteering(self.library.compose(spec), spec.positions) if spec is not None else None
+        steering = (
+            RowSteering(
+                self.library.compose(spec),
+                spec.positions,
+                None if spec.when is None else self.library.rule(spec.when),
+            )
+            if spec is not None
+            else None
+        )
         params = [self._params(parsed, ids, chat) for ids in prompts]
         call = Call(self.engine)
         call.submit(prompts, params, steering)
@@ -162,6 +170,9 @@ async def whole_response(call: Call, envelope: protocol.Envelope, chat: bool, co
     results = [done[i] for i in range(count)]
     choice = protocol.chat_choice if chat else protocol.completion_choice
     choices = [choice(i, r.text, r.reason) for i, r in enumerate(results)]
+    for result, entry in zip(results, choices, strict=True):
+        if result.decision is not None:  # conditional steering: whether this prompt was steered
+            entry["steering_decision"] = result.decision
     usage = protocol.summed_usage([(r.prompt_tokens, r.completion_tokens) for r in results])
     return JSONResponse(envelope.wrap("chat.completion" if chat else "text_completion", choices, usage=usage))
 
