@@ -37,8 +37,9 @@ from .errors import FormatVersionError, ICVError, OptionError, VectorFileError
 FORMAT_VERSION = 1
 KIND = storage.CONDITION_KIND
 COMPARISONS = (">", "<")
-# How a prompt is read (the only way so far; recorded so that another can be added).
-POSITIONS = "prompt_mean"
+# How a prompt is read (icv.gate): the mean of its tokens' unit states (CAST's reading), or
+# its last token's unit state.
+POSITIONS = ("prompt_mean", "prompt_last")
 
 # key -> (type, required)
 _SCHEMA: dict[str, tuple[type, bool]] = {
@@ -211,7 +212,7 @@ class Condition(Rule):
         full.setdefault("icv_format_version", FORMAT_VERSION)
         full.setdefault("library_version", _library_version())
         full.setdefault("name", "condition")
-        full.setdefault("positions", POSITIONS)
+        full.setdefault("positions", POSITIONS[0])
         full["hidden_size"], full["num_layers"] = int(directions.shape[1]), int(directions.shape[0])
         self._metadata = _validate(full, source="condition", error=OptionError)
         chosen = directions[self._metadata["layer"]]
@@ -252,6 +253,11 @@ class Condition(Rule):
     @property
     def comparison(self) -> str:
         return self._metadata["comparison"]
+
+    @property
+    def positions(self) -> str:
+        """How a prompt is read: ``"prompt_mean"`` (its tokens' mean) or ``"prompt_last"`` (its last token)."""
+        return self._metadata["positions"]
 
     @property
     def num_layers(self) -> int:
@@ -502,9 +508,10 @@ def _validate(metadata: Mapping[str, Any], *, source: str, error: type[ICVError]
         )
     if clean["comparison"] not in COMPARISONS:
         raise error(f"{source}: comparison {clean['comparison']!r:.20} is not one of '>', '<'")
-    if clean["positions"] != POSITIONS:
+    if clean["positions"] not in POSITIONS:
         raise error(
-            f"{source}: positions {clean['positions']!r:.40} is not one this library reads ('{POSITIONS}')"
+            f"{source}: positions {clean['positions']!r:.40} is not one this library reads "
+            f"({', '.join(POSITIONS)})"
         )
     for key in ("num_matching", "num_other"):
         if clean[key] is not None and clean[key] < 0:

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from .capture import pad_batch, tokenize
-from .condition import Condition
+from .condition import POSITIONS, Condition
 from .errors import DemoError, OptionError
 from .extract import max_context, model_device, pad_token_id
-from .gate import read_prompt_means
+from .gate import read_prompt_states
 from .layers import Architecture, decoder_layers
 from .models import model_name_of
 from .options import checked_options
@@ -41,6 +41,7 @@ def extract_condition(
     held_out: float = 0.5,
     seed: int = 0,
     layers: Sequence[int] | None = None,
+    positions: str = "prompt_mean",
     batch_size: int = 16,
     architecture: Architecture | None = None,
 ) -> Condition:
@@ -59,6 +60,9 @@ def extract_condition(
             threshold and comparison are chosen (between 0 and 1, at least one text each).
         seed: how the sets are shuffled before the split.
         layers: the layers the search may choose from (default: all).
+        positions: how each prompt is read: ``"prompt_mean"`` (the mean of its tokens' unit
+            states, CAST's reading) or ``"prompt_last"`` (its last token's unit state, which
+            sees the whole prompt; better where prompts share a long fixed instruction).
         batch_size: texts per forward pass.
         architecture: where the decoder layers are, for a model type the library does not know.
 
@@ -75,12 +79,16 @@ def extract_condition(
         raise OptionError(f"held_out must be a share between 0 and 1, got {held_out!r:.40}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise OptionError(f"batch_size must be a positive integer, got {batch_size!r:.40}")
+    if positions not in POSITIONS:
+        raise OptionError(f"unknown positions {positions!r:.30}: choose one of {', '.join(POSITIONS)}")
     num_layers = len(decoder_layers(model, architecture))
     allowed = _layers(layers, num_layers)
     rng = random.Random(seed)
     splits = [_split(texts, held_out, rng) for texts in (matching, other)]
     texts = [t for fit, test in splits for t in (*fit, *test)]
-    means = _read(model, tokenizer, texts, num_layers, batch_size, architecture)  # (texts, layers, hidden)
+    means = _read(
+        model, tokenizer, texts, num_layers, batch_size, architecture, positions
+    )  # (texts, layers, hidden)
     counts = [(len(fit), len(test)) for fit, test in splits]
     parts, start = [], 0
     for fit_count, test_count in counts:
@@ -123,6 +131,7 @@ def extract_condition(
         "layer_f1": layer_f1,
         "num_matching": len(matching),
         "num_other": len(other),
+        "positions": positions,
     }
     return Condition(directions, metadata)
 
@@ -166,22 +175,23 @@ def _read(
     num_layers: int,
     batch_size: int,
     architecture: Architecture | None,
+    positions: str,
 ) -> torch.Tensor:
-    """``(texts, layers, hidden)`` mean unit states, read as the gate reads a prompt."""
+    """``(texts, layers, hidden)`` unit states, read as the gate reads a prompt."""
     ids = tokenize(tokenizer, texts, max_context(model, tokenizer))
     device, pad = model_device(model), pad_token_id(tokenizer)
     rows = []
     for start in range(0, len(ids), batch_size):
         batch = pad_batch(ids[start : start + batch_size], pad, "left", device)
-        means = read_prompt_means(
+        states = read_prompt_states(
             model,
             batch.input_ids,
             batch.attention_mask,
-            range(num_layers),
+            [(positions, layer) for layer in range(num_layers)],
             position_ids=batch.position_ids,
             architecture=architecture,
         )
-        rows.append(torch.stack([means[layer] for layer in range(num_layers)], dim=1))
+        rows.append(torch.stack([states[positions, layer] for layer in range(num_layers)], dim=1))
     return torch.cat(rows)
 
 

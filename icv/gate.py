@@ -56,6 +56,21 @@ def unit_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / keep.sum(dim=1).clamp_min(1).float()
 
 
+def unit_last(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(batch, hidden)`` float32: each row's state at its last real token (the rightmost 1 of ``mask``), at unit length."""
+    keep = mask.to(device=hidden.device).long()
+    last = keep.shape[1] - 1 - keep.flip(1).argmax(dim=1)
+    picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+    return picked / picked.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+# How a prompt is read at a layer (a condition's ``positions``).
+READINGS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "prompt_mean": unit_mean,
+    "prompt_last": unit_last,
+}
+
+
 def _accepts_position_ids(module: nn.Module) -> bool:
     import inspect
 
@@ -65,23 +80,40 @@ def _accepts_position_ids(module: nn.Module) -> bool:
         return False
 
 
-@torch.no_grad()
 def read_prompt_means(
     model: nn.Module,
     input_ids: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
     layers: Sequence[int],
+    **options: Any,
+) -> dict[int, torch.Tensor]:
+    """Per layer in ``layers``, ``(batch, hidden)`` float32 CPU: each row's mean unit state over its real tokens."""
+    states = read_prompt_states(
+        model, input_ids, attention_mask, [("prompt_mean", l) for l in layers], **options
+    )
+    return {layer: states["prompt_mean", layer] for layer in layers}
+
+
+@torch.no_grad()
+def read_prompt_states(
+    model: nn.Module,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    readings: Sequence[tuple[str, int]],
     *,
     inputs_embeds: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     architecture: Architecture | None = None,
-) -> dict[int, torch.Tensor]:
-    """Per layer in ``layers``, ``(batch, hidden)`` float32 CPU: each row's mean unit state over its real tokens.
+) -> dict[tuple[str, int], torch.Tensor]:
+    """Per ``(reading, layer)`` in ``readings``, ``(batch, hidden)`` float32 CPU: each row's prompt read so.
 
-    Runs the model's base (``model.base_model``: no LM head, no cache), stopping after the
-    deepest layer.  Left or right padding both work (padding is masked out of the mean
-    and, through ``position_ids``, out of the positions).
+    ``"prompt_mean"``: the mean of the unit-normalised states over the row's real tokens;
+    ``"prompt_last"``: the unit state at its last real token.  Runs the model's base
+    (``model.base_model``: no LM head, no cache), stopping after the deepest layer.  Left
+    or right padding both work (padding is masked out, and out of the positions through
+    ``position_ids``).
     """
+    layers = [layer for _, layer in readings]
     tokens = input_ids if input_ids is not None else inputs_embeds
     if tokens is None:
         raise SteeringError("the gate needs the prompt's input_ids (or inputs_embeds) to decide its rows")
@@ -91,11 +123,14 @@ def read_prompt_means(
     modules = decoder_layers(model, architecture)
     wanted = sorted(set(layers))
     deepest = wanted[-1]
-    states: dict[int, torch.Tensor] = {}
+    states: dict[tuple[str, int], torch.Tensor] = {}
+    kinds = {layer: sorted({kind for kind, l in readings if l == layer}) for layer in wanted}
 
     def reader(layer: int) -> Callable[[nn.Module, Any, Any], None]:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-            states[layer] = unit_mean(output_tensor(output), attention_mask).cpu()
+            hidden = output_tensor(output)
+            for kind in kinds[layer]:
+                states[kind, layer] = READINGS[kind](hidden, attention_mask).cpu()
             if layer == deepest:
                 raise _Stop
 
@@ -120,7 +155,7 @@ def read_prompt_means(
             base(**kwargs)
     finally:
         handles.remove()
-    if deepest not in states:
+    if not any(layer == deepest for _, layer in states):
         raise ArchitectureError(
             "the gate's reading pass did not reach the condition's layer: the architecture's "
             "paths do not match how this model runs"
@@ -128,11 +163,16 @@ def read_prompt_means(
     return states
 
 
+def readings_of(conditions: Sequence[Condition]) -> list[tuple[str, int]]:
+    """What ``conditions`` read: each one's ``(positions, layer)``, once."""
+    return sorted({(c.positions, c.layer) for c in conditions})
+
+
 def scores_of(
-    conditions: Sequence[Condition], means: dict[int, torch.Tensor]
+    conditions: Sequence[Condition], states: dict[tuple[str, int], torch.Tensor]
 ) -> dict[Condition, torch.Tensor]:
-    """Each condition's ``(batch,)`` scores: its layer's mean unit state on its unit direction."""
-    return {c: means[c.layer] @ c.direction for c in conditions}
+    """Each condition's ``(batch,)`` scores: its reading of the prompt on its unit direction."""
+    return {c: states[c.positions, c.layer] @ c.direction for c in conditions}
 
 
 def check_condition_fits(model: nn.Module, condition: Condition, num_layers: int | None = None) -> None:
@@ -242,18 +282,18 @@ class Gate:
         self._fired, self._cast = None, {}
         self.deciding = True
         try:
-            means = read_prompt_means(
+            states = read_prompt_states(
                 model,
                 ids if isinstance(ids, torch.Tensor) else None,
                 kwargs.get("attention_mask"),
-                [c.layer for c in self.conditions],
+                readings_of(self.conditions),
                 inputs_embeds=embeds if not isinstance(ids, torch.Tensor) else None,
                 position_ids=kwargs.get("position_ids"),
                 architecture=self.architecture,
             )
         finally:
             self.deciding = False
-        scores = scores_of(self.conditions, means)
+        scores = scores_of(self.conditions, states)
         self._fired = self._decide(scores, batch).float()
         self.decision = Decision(
             fired=[bool(f) for f in self._fired.tolist()],

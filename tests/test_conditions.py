@@ -97,6 +97,7 @@ def test_extraction_is_reproducible_and_layers_can_be_restricted(model, cond):
         (MATCHING, OTHER, {"held_out": float("nan")}, icv.OptionError),
         (MATCHING, OTHER, {"layers": [3]}, icv.OptionError),
         (MATCHING, OTHER, {"batch_size": 0}, icv.OptionError),
+        (MATCHING, OTHER, {"positions": "all"}, icv.OptionError),
         (MATCHING, OTHER, {"treshold": 0.1}, icv.UnknownOptionError),
     ],
 )
@@ -346,3 +347,28 @@ def test_compiled_gate_is_data_no_new_trace(cond, vec):
     with icv.steer(model, vec, 1.0):
         generate(model, **static)
     assert counter.frame_count == frames, "a gate must not trace the model again"
+
+
+def test_a_last_token_condition_gates_the_same_way(model, vec):
+    """positions="prompt_last": the prompt's last real token (left padding: the last column)."""
+    from icv.gate import read_prompt_states
+
+    last = icv.extract_condition(
+        model, ByteTokenizer(), MATCHING, OTHER, positions="prompt_last", name="last"
+    )
+    assert last.positions == "prompt_last"
+    plain = generate(model)
+    with icv.steer(model, vec, 1.0):
+        steered = generate(model)
+    with icv.steer(model, vec, 1.0, when=last) as steering:
+        gated = generate(model)
+    for row, fired in enumerate(steering.decision.fired):
+        assert torch.equal(gated[row], (steered if fired else plain)[row])
+    # Its score is the last real token's, whichever side the batch is padded on.
+    right = ByteTokenizer().batch(PROMPTS, side="right")
+    states = read_prompt_states(
+        model, right["input_ids"], right["attention_mask"], [("prompt_last", last.layer)]
+    )
+    scores = (states["prompt_last", last.layer] @ last.direction).tolist()
+    assert scores == pytest.approx(steering.decision.scores["last"], abs=1e-5)
+    icv.unsteer(model)

@@ -44,6 +44,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="share of each file the layer, threshold and comparison are chosen on (default: 0.5)",
     )
     parser.add_argument("--seed", type=int, default=0, help="how the texts are shuffled before the split")
+    parser.add_argument(
+        "--positions",
+        choices=("prompt_mean", "prompt_last"),
+        default="prompt_mean",
+        help="how a prompt is read: the mean of its tokens (default, CAST's) or its last token",
+    )
     parser.add_argument("--layers", type=layer_list, metavar="LIST", help="layers the search may choose from")
     parser.add_argument(
         "--batch-size", type=positive_int, default=16, metavar="N", help="texts per forward pass"
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         held_out=args.held_out,
         seed=args.seed,
         layers=args.layers,
+        positions=args.positions,
         batch_size=args.batch_size,
     )
     condition.save(args.out, overwrite=args.force)

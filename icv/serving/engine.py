@@ -50,7 +50,7 @@ from torch import nn
 
 from ..errors import ICVError, RequestError, SteeringError
 from ..extract import max_context, model_device, pad_token_id
-from ..gate import check_condition_fits, read_prompt_means, scores_of
+from ..gate import check_condition_fits, read_prompt_states, readings_of, scores_of
 from ..layers import input_embeddings
 from ..steer import Steering, check_vector_fits, is_steered
 from .batch import DecodeBatch
@@ -564,8 +564,8 @@ class Engine:
                 continue
             conditions = steering.when.conditions
             ids = torch.tensor([job.prompt_ids], device=model_device(self.model))
-            means = read_prompt_means(self.model, ids, None, [c.layer for c in conditions])
-            scores = scores_of(conditions, means)
+            states = read_prompt_states(self.model, ids, None, readings_of(conditions))
+            scores = scores_of(conditions, states)
             fired = bool(steering.when.evaluate(scores)[0])
             job.decision = {
                 "steered": fired,

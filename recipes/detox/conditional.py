@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=40, help="toxic and non-toxic test sentences each")
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--strength", type=float, default=0.04, help="the detox recipe's strength")
+    parser.add_argument("--positions", choices=("prompt_mean", "prompt_last"), default="prompt_mean")
     args = parser.parse_args()
 
     toxic, neutral, yelp = read_data(args.data)
@@ -71,6 +72,7 @@ def main() -> None:
         [icl_prompt([], t) for t in fit_toxic],
         [icl_prompt([], t) for t in fit_other],
         name="toxic",
+        positions=args.positions,
     )
     print(f"condition: {condition} confusion {condition.confusion} ({time.perf_counter() - start:.0f} s)")
     print("best F1 per layer:", " ".join(f"{f:.2f}" for f in condition.layer_f1 or []))
