@@ -40,6 +40,11 @@ NOT_RUN: dict[str, tuple[range, str]] = {
         range(0, 1),
         "reaches the Hub (no network here); tests/test_hub.py runs the same calls offline",
     ),
+    "docs/conditions.md": (
+        range(0, 3),
+        "extract a condition on the embedded model from texts the page does not hold; "
+        "tests/test_conditions.py and test_conditions_cli.py run the same calls on a tiny model",
+    ),
     "docs/vllm.md": (
         range(0, 2),
         "need vLLM (.venv-vllm) and its server; tests/with_vllm run the same calls",
