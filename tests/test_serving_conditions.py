@@ -148,3 +148,18 @@ def test_the_vllm_plugin_refuses_rules_it_cannot_apply(files):
         http_module.rewrite(json.dumps(body("aaaa a", "a")).encode(), None)
     with pytest.raises(RequestError, match="give the 'steering' too"):
         http_module.rewrite(json.dumps({"prompt": "x", "steering_when": "a"}).encode(), None)
+
+
+def test_a_stream_reports_the_decision_in_its_last_chunk(http, files, tok):
+    import json
+
+    _, loaded, cond = files
+    with http.stream("POST", "/v1/completions", json=body("zz zzzzzz", "a", stream=True)) as response:
+        lines = [
+            line[6:] for line in response.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"
+        ]
+    chunks = [json.loads(line) for line in lines]
+    text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+    assert text == reference(tok, "zz zzzzzz")
+    assert chunks[-1]["choices"][0]["steering_decision"]["steered"] is False
+    assert all("steering_decision" not in c["choices"][0] for c in chunks[:-1])
