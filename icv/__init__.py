@@ -20,6 +20,7 @@ __version__ = "0.2.0"
 _EXPORTS: dict[str, str] = {
     "Architecture": "layers",
     "ArchitectureError": "errors",
+    "Condition": "condition",
     "DefaultStrengthWarning": "strength",
     "Demo": "demos",
     "DemoError": "errors",
@@ -30,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "ModelLoadError": "errors",
     "ModelMismatchError": "errors",
     "ModelNameWarning": "errors",
+    "Rule": "condition",
     "OptionError": "errors",
     "PromptFormWarning": "errors",
     "ScorerError": "errors",
@@ -44,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "chat_reply_template": "prompts",
     "evaluate": "evaluate",
     "export_gguf": "gguf",
+    "extract_condition": "condition_search",
     "extract": "extract",
     "import_gguf": "gguf",
     "is_steered": "steer",

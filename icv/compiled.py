@@ -39,6 +39,7 @@ from torch import nn
 
 from . import inject
 from .errors import SteeringError
+from .gate import Gate
 from .hooks import HookHandles, output_tensor, replace_output
 from .layers import Architecture, hidden_size_of, site_modules
 from .metadata import check_injection, default_site
@@ -90,6 +91,7 @@ class _Written:
     deltas: torch.Tensor  # (rows, layers, hidden)
     tracker: PositionTracker | None  # None: every position
     rows: RowGroupCheck | None  # None: one steering for every row
+    gate: Gate | None = None  # None: every row steered
 
 
 class StaticSteering:
@@ -184,13 +186,15 @@ class StaticSteering:
 
     # -- writing a steering ---------------------------------------------------------------
 
-    def write(self, deltas: torch.Tensor, positions: str) -> _Removal:
+    def write(self, deltas: torch.Tensor, positions: str, gate: Gate | None = None) -> _Removal:
         """Make ``deltas`` the steering applied; returns how to take it off (what :func:`icv.steer` keeps).
 
         Args:
             deltas: ``(rows, layers, hidden)`` float32: what each row's steering adds (or
                 turns towards) at each layer; one row steers every batch row alike.
             positions: ``"all"``, ``"prompt"`` or ``"generated"``.
+            gate: conditional steering's gate: the rows it rejects read the unsteered slot 0
+                (data, like every other choice here); ``None``: every row steered.
         """
         if not self.active:
             raise SteeringError("this compiled-steering preparation was removed: prepare the model again")
@@ -207,6 +211,7 @@ class StaticSteering:
             deltas=deltas,
             tracker=None if positions == "all" else PositionTracker(positions),
             rows=None if rows == 1 else RowGroupCheck(rows),
+            gate=gate,
         )
         self._grow(slots=rows + 1)
         self._written = written
@@ -223,8 +228,9 @@ class StaticSteering:
             if self.mode == "rotate":
                 self._buffer(module, "away")[1 : rows + 1].copy_(inject.away_directions(delta))
         for shared in self._shared():
-            # One steering for every row: every row reads slot 1, whatever the batch.
-            shared.reset(1 if written.rows is None else 0)
+            # One steering for every row: every row reads slot 1, whatever the batch
+            # (with a gate, each call's rows are set by _observe).
+            shared.reset(1 if written.rows is None and written.gate is None else 0)
 
     def clear(self) -> None:
         """Every row back to the unsteered slot and the slots zeroed (the steering's removal)."""
@@ -261,9 +267,17 @@ class StaticSteering:
         written = self._written
         if written is None:
             return
-        if written.rows is not None:
-            written.rows.observe(model, args, kwargs)  # refuses a miscounted batch
-            slots = 1 + torch.arange(batch) // (batch // written.rows.rows)
+        if written.gate is not None:
+            # The reading pass runs the hooks eagerly: every row at the unsteered slot for it.
+            written.gate.observe(model, args, kwargs, quiet=self._all_unsteered)
+        if written.rows is not None or written.gate is not None:
+            if written.rows is not None:
+                written.rows.observe(model, args, kwargs)  # refuses a miscounted batch
+                slots = 1 + torch.arange(batch) // (batch // written.rows.rows)
+            else:
+                slots = torch.ones(batch, dtype=torch.long)
+            if written.gate is not None:
+                slots = slots * written.gate.fired.long()  # rejected rows: slot 0, unsteered
             for shared in self._shared():
                 shared.index[:batch].copy_(slots)
                 shared.token_index[: batch * length].copy_(slots.repeat_interleave(length))
@@ -273,6 +287,11 @@ class StaticSteering:
             for shared in self._shared():
                 shared.mask[:length].copy_(keep)
                 shared.token_mask[: batch * length].copy_(keep.repeat(batch))
+
+    def _all_unsteered(self) -> None:
+        for shared in self._shared():
+            shared.index.zero_()
+            shared.token_index.zero_()
 
     # -- the handle -----------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ def complete(
     top_p: float | None = None,
     stop_strings: Sequence[str] | None = None,
     streamer: Any = None,
+    decisions: list[Any] | None = None,
     **steer_options: Any,
 ) -> list[str]:
     """Completions (new text only) for ``prompts``: greedy by default, batched with left padding.
@@ -54,6 +55,8 @@ def complete(
     ``top_p`` when given.  ``stop_strings`` (e.g. ``['"']``) ends each row once it has
     produced one of them, which saves most of the decoding when answers are short.
     ``streamer`` (a transformers streamer) receives the tokens as they come (one prompt).
+    With ``when=`` in ``steer_options`` (conditional steering), ``decisions`` (a list)
+    receives each batch's :class:`icv.gate.Decision`.
     """
     if isinstance(prompts, str):
         raise OptionError("prompts must be a list of strings, not one string")
@@ -87,8 +90,10 @@ def complete(
         if vector is None:
             tokens = lm.generate(**inputs, **generate_kwargs)
         else:
-            with steer(model, vector, row_strength, **steer_options):
+            with steer(model, vector, row_strength, **steer_options) as steering:
                 tokens = lm.generate(**inputs, **generate_kwargs)
+            if decisions is not None and steering.decision is not None:
+                decisions.append(steering.decision)
         new = tokens[:, inputs["input_ids"].shape[1] :]
         outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return outputs

@@ -50,6 +50,7 @@ class PositionTracker:
             raise ValueError(positions)
         self._steer_prompt = positions == "prompt"
         self.prompt_length = 0
+        self.new_prompt = False
         self.batch = 1  # the current call's rows
         self._previous: torch.Tensor | None = None
         self._mask = torch.ones(1, 1, 1, dtype=torch.bool)
@@ -64,7 +65,9 @@ class PositionTracker:
         past = past_length(kwargs)
         # A call given a cache is a prefill exactly when the cache is empty; only a
         # cache-less call needs the heuristic that tells a next step from a new prompt.
-        if past == 0 and (_has_cache(kwargs) or not self._continues(ids)):
+        # new_prompt: this call is a generation's first (its prefill), what a gate decides at.
+        self.new_prompt = past == 0 and (_has_cache(kwargs) or not self._continues(ids))
+        if self.new_prompt:
             self.prompt_length = length
         self._previous = ids.detach() if isinstance(ids, torch.Tensor) else None
         absolute = torch.arange(past, past + length)

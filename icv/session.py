@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from .display import side_by_side
@@ -43,6 +43,9 @@ class Settings:
     # sentence to rewrite, after the first ``with_demos`` of ``demos``; None: the prompt as given.
     demos: list[Any] | None = None
     with_demos: int | None = None
+    # Conditional steering: condition files that must all match (when) and none (unless).
+    when: list[Any] = field(default_factory=list)
+    unless: list[Any] = field(default_factory=list)
 
     @property
     def sampling(self) -> bool:
@@ -70,6 +73,8 @@ class Trial:
         self._read_vectors = read_vectors
         self.settings = settings
         self.vector = self._fitting(read_vectors(settings.vectors))
+        self.rule = condition_rule(settings.when, settings.unless)
+        self.decision: Any = None  # with a rule: how the last prompt was decided
 
     def _fitting(self, vector: Any) -> Any:
         from .steer import check_vector_fits
@@ -153,6 +158,9 @@ class Trial:
             options["mode"] = settings.mode
         if settings.layers is not None:
             options["layers"] = settings.layers
+        decisions: list[Any] = []
+        if self.rule is not None:
+            options["when"] = self.rule
         if settings.seed is not None:
             import torch
 
@@ -172,8 +180,10 @@ class Trial:
             top_p=settings.top_p if settings.sampling else None,
             streamer=streamer,
             stop_strings=list(ANSWER_STOPS) if task else None,
+            decisions=decisions,
             **options,
         )
+        self.decision = decisions[0] if decisions else None
         if streamer is not None:
             return
         if task:
@@ -185,6 +195,25 @@ class Trial:
                 side_by_side(None, {row.label: [text] for row, text in zip(rows, outputs, strict=True)}),
                 file=out,
             )
+
+
+def condition_rule(when: Sequence[Any], unless: Sequence[Any]) -> Any:
+    """The rule of condition files: every ``when`` matches and no ``unless`` does; ``None`` without any."""
+    from .condition import Condition
+
+    rule: Any = None
+    for path, negate in [*((p, False) for p in when), *((p, True) for p in unless)]:
+        condition = Condition.load(path)
+        term = ~condition if negate else condition
+        rule = term if rule is None else rule & term
+    return rule
+
+
+def describe_decision(decision: Any) -> str:
+    """One line: whether the prompt was steered, and its score under each condition."""
+    scores = ", ".join(f"{name} {values[0]:.4f}" for name, values in decision.scores.items())
+    verdict = "steered" if decision.fired[0] else "not steered (the unsteered model's answer)"
+    return f"condition: {verdict}; score {scores}"
 
 
 def text_streamer(tokenizer: Any, out: TextIO) -> Any:

@@ -34,7 +34,9 @@ from torch.utils.hooks import RemovableHandle
 
 from . import inject, metadata as meta
 from .compiled import table_for
+from .condition import Rule
 from .errors import OptionError, StackedSteeringWarning, SteeringError
+from .gate import Decision, Gate
 from .gguf import pad_layers
 from .hooks import HookHandles, output_tensor, replace_output
 
@@ -76,6 +78,8 @@ class Steering:
         description: what ``repr`` shows: the vector's name (or how many vectors).
         average: several vectors on every row, their pushes averaged (see
             :func:`steer_averaged`); ``deltas`` then holds one row per vector.
+        gate: decides at each generation's prefill which rows are steered
+            (:mod:`icv.gate`); ``None``: every row.
     """
 
     def __init__(
@@ -90,8 +94,10 @@ class Steering:
         architecture: Architecture | None,
         description: str,
         average: bool = False,
+        gate: Gate | None = None,
     ) -> None:
         self.model = model
+        self.gate = gate
         self.mode = mode
         self.site = site
         self.positions = positions
@@ -109,7 +115,7 @@ class Steering:
                 )
             _claim(model, self)
             try:
-                self._handles.add(table.write(deltas, positions))
+                self._handles.add(table.write(deltas, positions, gate))
             except BaseException:
                 self.remove()
                 raise
@@ -121,6 +127,8 @@ class Steering:
             if already:
                 self._stack_check = model.register_forward_pre_hook(self._warn_if_stacked_handle)
                 self._handles.add(self._stack_check)
+            if gate is not None:
+                self._handles.add(model.register_forward_pre_hook(gate.observe, with_kwargs=True))
             if tracker is not None:
                 self._handles.add(model.register_forward_pre_hook(tracker.observe, with_kwargs=True))
             check = None
@@ -133,10 +141,12 @@ class Steering:
                 check = RowGroupCheck(deltas.shape[0])
                 self._handles.add(model.register_forward_pre_hook(check.observe, with_kwargs=True))
             calls = tracker if tracker is not None else None if check is None else check.calls
+            if calls is None and gate is not None:
+                calls = gate.calls
             for layer, module in enumerate(modules):
                 if float(layer_weights[layer]) == 0.0:
                     continue
-                hook = _steering_hook(deltas[:, layer], mode, average, tracker, calls)
+                hook = _steering_hook(deltas[:, layer], mode, average, tracker, calls, gate)
                 self._handles.add(module.register_forward_hook(hook))
         except BaseException:
             self.remove()
@@ -168,6 +178,14 @@ class Steering:
     @property
     def active(self) -> bool:
         return len(self._handles) > 0
+
+    @property
+    def decision(self) -> Decision | None:
+        """With ``when=``: which rows the latest generation steered, and their scores.
+
+        ``None`` for a steering without ``when=``, and before its first generation.
+        """
+        return None if self.gate is None else self.gate.decision
 
     def remove(self) -> None:
         """Take every hook of this steering off the model (safe to call twice)."""
@@ -296,22 +314,30 @@ def _steering_hook(
     average: bool,
     tracker: PositionTracker | None,
     calls: PositionTracker | None,
+    gate: Gate | None = None,
 ) -> Hook:
     """The forward hook that applies one layer's ``delta`` to its site's output.
 
     ``tracker`` gives the position mask (``None``: all positions); ``calls`` sees each
-    call's batch, where per-row deltas or a mask need it (``None``: neither does).
+    call's batch, where per-row deltas or a mask need it (``None``: neither does);
+    ``gate`` the per-row 0/1 of conditional steering (``None``: every row).
     """
     prepare, apply = _INJECTIONS[mode, average]
     variants = _Variants(delta, prepare)
 
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+        if gate is not None and gate.deciding:
+            return output  # the gate's reading pass sees the unsteered model
         x = output if type(output) is torch.Tensor else output_tensor(output)
         # Some sites flatten the batch (OPT's fc2: (batch * length, hidden)): per-row deltas
         # and position masks are laid out per (row, position), so view it that way.
         flat = calls is not None and x.dim() == 2
         rows = x.view(calls.batch, -1, x.shape[-1]) if flat else x  # type: ignore[union-attr]
-        y = apply(rows, *variants.get(rows), None if tracker is None else tracker.mask_for(rows))
+        mask = None if tracker is None else tracker.mask_for(rows)
+        if gate is not None:
+            # A rejected row's mask is 0: its push is exactly zero (bitwise unsteered).
+            mask = gate.mask_for(rows) if mask is None else mask * gate.mask_for(rows)
+        y = apply(rows, *variants.get(rows), mask)
         if flat:
             y = y.view(x.shape)
         return y if type(output) is torch.Tensor else replace_output(output, y)
@@ -342,6 +368,7 @@ def steer(
     scale: str = "activation",
     strict: bool = False,
     architecture: Architecture | None = None,
+    when: Rule | Sequence[Rule | None] | None = None,
 ) -> Steering:
     """Steer ``model`` with ``vector`` until the returned handle is removed.
 
@@ -376,14 +403,20 @@ def steer(
             type, hidden size and layer count must match either way).
         architecture: where the decoder layers, MLPs and attentions are, for a model type
             the library does not know (see :func:`icv.register_architecture`).
+        when: steer only the rows whose prompt matches: an :class:`icv.Condition` or a rule
+            of them (``a & ~b``), or one per prompt row (``None`` in the list: that row
+            always steered).  Each row is decided once per generation, at its prefill,
+            from the mean over its prompt tokens (see :mod:`icv.gate`), and steered or
+            left bitwise unsteered for the whole generation; ``handle.decision`` says how.
 
     Returns:
         The live :class:`Steering`: a context manager, and a handle with ``.remove()``.
 
     Raises:
-        ModelMismatchError: the vector was made on a model of another shape (or name, with
-            ``strict``).
-        OptionError: an option out of its range (an unknown mode, a layer past the model).
+        ModelMismatchError: the vector (or a condition) was made on a model of another
+            shape (or name, with ``strict``).
+        OptionError: an option out of its range (an unknown mode, a layer past the model,
+            a ``when`` that is not a condition or rule).
     """
     vectors = _as_vectors(vector)
     mode, site, vectors = _settings(model, vectors, mode, site, positions, scale, strict, architecture)
@@ -392,6 +425,8 @@ def steer(
     weights = layer_weights(_covered_layers(vectors) if layers is None else layers, num_layers)
     deltas = layer_deltas(vectors, strengths, weights, mode, scale)
     description = vectors[0].name if len(vectors) == 1 else f"{len(vectors)} vectors"
+    gate = None if when is None else Gate(model, when, num_layers, architecture)
+    gated = "" if gate is None else f" when={gate.describe()}"
     return Steering(
         model,
         deltas,
@@ -400,7 +435,8 @@ def steer(
         site=site,
         positions=positions,
         architecture=architecture,
-        description=f"'{description}' strength={_describe(strengths)}",
+        description=f"'{description}' strength={_describe(strengths)}{gated}",
+        gate=gate,
     )
 
 
@@ -549,6 +585,11 @@ def _as_vectors(vector: object) -> list[InContextVector]:
                 first, other.metadata, what=f"vectors '{vector[0].name}' and '{other.name}'"
             )
         return list(vector)
+    if isinstance(vector, Rule):
+        raise OptionError(
+            "a condition is not a steering vector: it decides which rows are steered; pass it as "
+            "when= (icv.steer(model, vector, strength, when=condition))"
+        )
     raise OptionError("vector must be an icv.InContextVector or a non-empty list of them (one per row)")
 
 

@@ -45,6 +45,9 @@ MAX_LAYERS = 1000
 MAX_HIDDEN = 65536
 MAX_TENSOR_BYTES = 2 * MAX_LAYERS * MAX_HIDDEN * 4 + MAX_LAYERS * 4
 
+# The header field that marks a file of another kind than a steering vector (icv.condition).
+CONDITION_KIND = "condition"
+
 
 class StoredVector(Protocol):
     """What a vector file holds; :class:`icv.InContextVector` has it.
@@ -270,6 +273,11 @@ def from_bytes(data: bytes, *, source: str = "vector file") -> VectorParts:
     raw_meta = header.pop("__metadata__", None)
     if not isinstance(raw_meta, dict):
         raise VectorFileError(f"{source}: no icv metadata in the header (not an icv vector file)")
+    if raw_meta.get("icv_kind") == CONDITION_KIND:
+        raise VectorFileError(
+            f"{source} is an icv condition (it decides which rows are steered), not a steering "
+            "vector: load it with icv.Condition.load and pass it as when= (command line: --when)"
+        )
     metadata = meta.decode(raw_meta, source=source)
     num_layers, hidden = metadata["num_layers"], metadata["hidden_size"]
     start = 8 + _header_length(data)
@@ -352,9 +360,18 @@ def _check_tensor_table(
             f"{source}: tensors do not match the metadata ({num_layers} layers): "
             f"missing {missing or 'none'}, unexpected {extra or 'none'}"
         )
+    shapes = {name: num_layers if name == "layer_scales" else hidden for name in expected}
+    check_tensor_spans(table, shapes, body, source)
+
+
+def check_tensor_spans(table: dict[str, Any], shapes: dict[str, int], body: int, source: str) -> None:
+    """Every tensor of ``table`` is F32 of length ``shapes[name]``, and their data tiles the body exactly.
+
+    Shared by every kind of icv file (vectors, conditions): the names were checked by the caller.
+    """
     spans = []
     for name, info in table.items():
-        shape = [num_layers] if name == "layer_scales" else [hidden]
+        shape = [shapes[name]]
         if isinstance(info, dict) and set(info) != {"dtype", "shape", "data_offsets"}:
             raise VectorFileError(
                 f"{source}: tensor '{name}' should have the fields dtype, shape and "

@@ -45,6 +45,11 @@ NOT_RUN: dict[str, tuple[range, str]] = {
         "needs vLLM (.venv-vllm) and a server; tests/test_evaluation_engines.py and "
         "tests/with_vllm/test_vllm_sweep.py run the same calls",
     ),
+    "docs/conditions.md": (
+        range(0, 3),
+        "extract a condition on the embedded model from texts the page does not hold; "
+        "tests/test_conditions.py and test_conditions_cli.py run the same calls on a tiny model",
+    ),
     "docs/vllm.md": (
         range(0, 2),
         "need vLLM (.venv-vllm) and its server; tests/with_vllm run the same calls",

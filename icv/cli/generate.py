@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..arguments import (
@@ -16,7 +17,7 @@ from ..arguments import (
     strength_list,
     weighted_path,
 )
-from .common import Command, load_model_for, read_vector, weighted_sum
+from .common import Command, load_model_for, quiet, read_vector, say, weighted_sum
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +75,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="rewrite PROMPT in the paraphrase task with the first K of --demos before it (ICL + ICV; "
         "0: the paraphrase prompt alone); the answer is cut at its closing quote",
     )
+    _add_condition_options(parser)
     parser.add_argument(
         "--strict",
         action="store_true",
@@ -114,6 +116,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_condition_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--when",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="COND",
+        help="steer only if the prompt matches this condition file (icv condition); repeat: all must match",
+    )
+    parser.add_argument(
+        "--unless",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="COND",
+        help="steer only if the prompt does not match this condition file; repeat: none may match",
+    )
+
+
 def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     if args.prompt is not None and args.prompt != "-":
         prompt = args.prompt
@@ -150,6 +171,8 @@ def _generate_settings(args: argparse.Namespace) -> Any:
         strict=args.strict,
         demos=demos,
         with_demos=args.with_demos,
+        when=list(args.when),
+        unless=list(args.unless),
     )
 
 
@@ -170,7 +193,7 @@ def _prompt_demos(args: argparse.Namespace) -> list[Any] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..session import Trial, interact
+    from ..session import Trial, describe_decision, interact
 
     if args.interactive and args.prompt is not None:
         args.parser.error("--interactive reads its prompts from standard input: drop PROMPT")
@@ -181,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
     trial = Trial(model, tokenizer, settings, weighted_sum)
     if prompt is not None:
         trial.run(prompt, sys.stdout)
+        if trial.decision is not None and not quiet(args):
+            say(describe_decision(trial.decision))
         return 0
     parsers: dict[str, Callable[[str], Any]] = {
         "vector": weighted_path,

@@ -93,7 +93,15 @@ class OpenAIRoutes:
     ) -> Response:
         self._check_model(parsed.model)
         spec = self.library.resolve(parsed.steering) if parsed.steering is not None else None
-        steering = RowSteering(self.library.compose(spec), spec.positions) if spec is not None else None
+        steering = (
+            RowSteering(
+                self.library.compose(spec),
+                spec.positions,
+                None if spec.when is None else self.library.rule(spec.when),
+            )
+            if spec is not None
+            else None
+        )
         params = [self._params(parsed, ids, chat) for ids in prompts]
         call = Call(self.engine)
         call.submit(prompts, params, steering)
@@ -161,7 +169,7 @@ async def whole_response(call: Call, envelope: protocol.Envelope, chat: bool, co
             done[index] = event
     results = [done[i] for i in range(count)]
     choice = protocol.chat_choice if chat else protocol.completion_choice
-    choices = [choice(i, r.text, r.reason) for i, r in enumerate(results)]
+    choices = [_decided(choice(i, r.text, r.reason), r) for i, r in enumerate(results)]
     usage = protocol.summed_usage([(r.prompt_tokens, r.completion_tokens) for r in results])
     return JSONResponse(envelope.wrap("chat.completion" if chat else "text_completion", choices, usage=usage))
 
@@ -175,7 +183,8 @@ async def completion_stream(
             yield sse(envelope.wrap("text_completion", [protocol.completion_choice(index, event.text, None)]))
         elif isinstance(event, Finished):
             counts.append((event.prompt_tokens, event.completion_tokens))
-            yield sse(envelope.wrap("text_completion", [protocol.completion_choice(index, "", event.reason)]))
+            choice = _decided(protocol.completion_choice(index, "", event.reason), event)
+            yield sse(envelope.wrap("text_completion", [choice]))
         else:
             yield sse(event.error.to_openai())
             break
@@ -194,7 +203,7 @@ async def chat_stream(call: Call, envelope: protocol.Envelope, include_usage: bo
             yield sse(envelope.wrap(kind, [protocol.chat_delta(index, {"content": event.text}, None)]))
         elif isinstance(event, Finished):
             counts.append((event.prompt_tokens, event.completion_tokens))
-            yield sse(envelope.wrap(kind, [protocol.chat_delta(index, {}, event.reason)]))
+            yield sse(envelope.wrap(kind, [_decided(protocol.chat_delta(index, {}, event.reason), event)]))
         else:
             yield sse(event.error.to_openai())
             break
@@ -202,6 +211,13 @@ async def chat_stream(call: Call, envelope: protocol.Envelope, include_usage: bo
         if include_usage:
             yield sse(envelope.wrap(kind, [], usage=protocol.summed_usage(counts)))
     yield "data: [DONE]\n\n"
+
+
+def _decided(choice: dict[str, Any], finished: Finished) -> dict[str, Any]:
+    """``choice`` with conditional steering's decision for its prompt (none without a rule)."""
+    if finished.decision is not None:
+        choice["steering_decision"] = finished.decision
+    return choice
 
 
 def sse(payload: dict[str, Any]) -> str:

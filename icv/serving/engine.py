@@ -50,6 +50,7 @@ from torch import nn
 
 from ..errors import ICVError, RequestError, SteeringError
 from ..extract import max_context, model_device, pad_token_id
+from ..gate import check_condition_fits, read_prompt_states, readings_of, scores_of
 from ..layers import input_embeddings
 from ..steer import Steering, check_vector_fits, is_steered
 from .batch import DecodeBatch
@@ -80,6 +81,8 @@ class Finished:
     text: str
     token_ids: tuple[int, ...]
     prompt_tokens: int
+    # Conditional steering: {"steered": bool, "scores": {condition: score}}; None without a rule.
+    decision: dict[str, Any] | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -171,6 +174,7 @@ class Job:
         self._cancelled = threading.Event()
         self.done = False
         self.failed = False
+        self.decision: dict[str, Any] | None = None  # set at the first prefill chunk when steering has a rule
 
     def cancel(self) -> None:
         """Drop this request at the next step boundary; it hears nothing more."""
@@ -196,7 +200,9 @@ class Job:
         if rest:
             self.send(TextDelta(rest))
         self.done = True
-        self.send(Finished(reason, self._text.text, tuple(self.token_ids), len(self.prompt_ids)))
+        self.send(
+            Finished(reason, self._text.text, tuple(self.token_ids), len(self.prompt_ids), self.decision)
+        )
 
     def fail(self, error: RequestError) -> None:
         self.done = True
@@ -428,6 +434,11 @@ class Engine:
                 check_vector_fits(self.model, steering.vector)
             except ICVError as error:
                 raise RequestError(str(error), param="steering", code="vector_mismatch") from None
+            for condition in [] if steering.when is None else steering.when.conditions:
+                try:
+                    check_condition_fits(self.model, condition)
+                except ICVError as error:
+                    raise RequestError(str(error), param="steering_when", code="vector_mismatch") from None
         if self._compiled is not None:
             self._compiled.check(steering)
 
@@ -525,6 +536,7 @@ class Engine:
             self.stats.cancelled += len(group.rows)
             return
         self._release_steering()  # the decode steering's rows are not this pass's rows
+        self._decide(group.rows)
         steerings = steer_rows(self.model, [job.steering for job in group.rows], "prompt")
         began = time.perf_counter()
         try:
@@ -542,6 +554,25 @@ class Engine:
         self._take_tokens(group.rows, logits)
         self._join(group)
         self._drop_done()
+
+    def _decide(self, jobs: list[Job]) -> None:
+        """Conditional steering: each new request's prompt read once, unsteered (no hook is on
+        the model here), before its first chunk; a request the rule rejects loses its steering."""
+        for job in jobs:
+            steering = job.steering
+            if steering is None or steering.when is None or job.decision is not None:
+                continue
+            conditions = steering.when.conditions
+            ids = torch.tensor([job.prompt_ids], device=model_device(self.model))
+            states = read_prompt_states(self.model, ids, None, readings_of(conditions))
+            scores = scores_of(conditions, states)
+            fired = bool(steering.when.evaluate(scores)[0])
+            job.decision = {
+                "steered": fired,
+                "scores": {c.name: float(s[0]) for c, s in scores.items()},
+            }
+            if not fired:
+                job.steering = None  # the whole request runs unsteered: the bare model's tokens
 
     def _join(self, group: ChunkedPrefill[Job]) -> None:
         """The group's rows join the decoding rows, but for those already ended.

@@ -22,10 +22,11 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ICVError, ModelMismatchError, RequestError, VectorFileError
+from ..condition import Condition, Rule, is_condition_file, parse_rule
+from ..errors import ICVError, ModelMismatchError, OptionError, RequestError, VectorFileError
 from ..metadata import check_same_model
 from ..vector import InContextVector
-from .request import SteeringSpec, SteeringTerm
+from .request import WHEN_FIELD, SteeringSpec, SteeringTerm
 
 VECTOR_SUFFIXES = (".safetensors", ".gguf")
 
@@ -130,10 +131,13 @@ class VectorLibrary:
         shape: ModelShape,
         vectors: Mapping[str, LoadedVector] | None = None,
         unfit: Mapping[str, str] | None = None,
+        conditions: Mapping[str, Condition] | None = None,
     ) -> None:
         self.shape = shape
         self._vectors = dict(vectors or {})
         self._unfit = dict(unfit or {})
+        # Conditions (icv.Condition files among the vector files): what steering_when names.
+        self._conditions = dict(conditions or {})
         self._compose = lru_cache(maxsize=256)(self._compose_uncached)
 
     @classmethod
@@ -141,9 +145,19 @@ class VectorLibrary:
         """Load every vector file under ``paths``; two files of the same stem are an error."""
         vectors: dict[str, LoadedVector] = {}
         unfit: dict[str, str] = {}
+        conditions: dict[str, Condition] = {}
         for name, file in vector_files(paths):
-            if name in vectors or name in unfit:
+            if name in vectors or name in unfit or name in conditions:
                 raise VectorFileError(f"two vector files are named '{name}' ('{file}' and an earlier one)")
+            if is_condition_file(file):
+                condition = Condition.load(file)
+                try:
+                    check_same_model(condition.metadata, shape.as_metadata(), what=f"condition '{name}'")
+                except ModelMismatchError as error:
+                    unfit[name] = str(error)
+                    continue
+                conditions[name] = condition
+                continue
             vector = read_vector_file(file, shape)
             try:
                 # The reason is shown to clients: the name, never the server's path.
@@ -153,7 +167,7 @@ class VectorLibrary:
                 continue
             digest = hashlib.sha256(file.read_bytes()).hexdigest()
             vectors[name] = LoadedVector(name, vector, str(file), digest)
-        return cls(shape, vectors, unfit)
+        return cls(shape, vectors, unfit, conditions)
 
     def add(self, name: str, vector: InContextVector, path: str = "") -> None:
         """Serve ``vector`` under ``name`` (replacing one of that name); it must fit the model.
@@ -213,6 +227,35 @@ class VectorLibrary:
             f"no vector named '{name}' is loaded (loaded: {known})", param=param, code="vector_not_found"
         )
 
+    @property
+    def condition_names(self) -> list[str]:
+        """The conditions served, by name."""
+        return sorted(self._conditions)
+
+    def condition(self, name: str) -> Condition:
+        """The condition ``name``, or a :class:`RequestError` (400) that says why there is none."""
+        if name in self._conditions:
+            return self._conditions[name]
+        if name in self._unfit:
+            raise RequestError(
+                f"condition '{name}' cannot decide for this model: {self._unfit[name]}",
+                param=WHEN_FIELD,
+                code="vector_mismatch",
+            )
+        known = ", ".join(self.condition_names) or "none"
+        raise RequestError(
+            f"no condition named '{name}' is loaded (loaded: {known})",
+            param=WHEN_FIELD,
+            code="condition_not_found",
+        )
+
+    def rule(self, text: str) -> Rule:
+        """The rule a request's ``steering_when`` writes, with the library's conditions (400 if it cannot be)."""
+        try:
+            return parse_rule(text, self.condition)
+        except OptionError as error:
+            raise RequestError(str(error), param=WHEN_FIELD, code="invalid_steering") from None
+
     def describe(self) -> list[dict[str, Any]]:
         """Every loaded vector's name, origin, metadata and strengths (``GET /v1/vectors``; no server path)."""
         return [
@@ -234,7 +277,9 @@ class VectorLibrary:
             loaded = self.get(term.vector, param=f"steering[{i}].vector")
             strength = default_strength(loaded.vector) if term.strength is None else term.strength
             terms.append(SteeringTerm(term.vector, strength))
-        return SteeringSpec(tuple(terms), spec.positions)
+        if spec.when is not None:
+            self.rule(spec.when)  # every name it uses is a served condition
+        return SteeringSpec(tuple(terms), spec.positions, spec.when)
 
     def compose(self, spec: SteeringSpec) -> InContextVector:
         """The one vector ``spec`` means, to be applied at strength 1: ``sum(v_i * s_i)``."""
@@ -273,6 +318,8 @@ class VectorLibrary:
         resolved = self.resolve(spec)
         parts = [f"{self._vectors[t.vector].sha256}*{t.strength!r}" for t in resolved.terms]
         payload = "+".join(parts) + f"@{resolved.positions}"
+        if resolved.when is not None:
+            payload += f"?{resolved.when}"
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 

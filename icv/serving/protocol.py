@@ -36,6 +36,7 @@ from .request import (
     DEFAULT_MAX_VECTORS,
     POSITIONS_FIELD,
     STEERING_FIELD,
+    WHEN_FIELD,
     SteeringSpec,
     parse_steering,
 )
@@ -366,6 +367,13 @@ FIELDS: tuple[Field, ...] = (
         f"one of {', '.join(POSITIONS)}",
         "where the steering acts, as `icv.steer(positions=...)`",
         default="all",
+        read=_read_by_parse_steering,
+    ),
+    Field(
+        WHEN_FIELD,
+        "a rule of condition names: `toxic`, `toxic & ~question`, `(a | b) & ~c`",
+        "steer only prompts the rule accepts (conditions served among the vectors, as "
+        "`icv.steer(when=...)`); each choice reports `steering_decision`",
         read=_read_by_parse_steering,
     ),
     _unsupported("n", 1, doc="one choice per prompt"),

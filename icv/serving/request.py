@@ -19,6 +19,9 @@ from ..positions import POSITIONS
 
 STEERING_FIELD = "steering"
 POSITIONS_FIELD = "steering_positions"
+# Conditional steering: a rule of condition names (icv.condition.parse_rule) deciding each prompt.
+WHEN_FIELD = "steering_when"
+MAX_WHEN_CHARS = 500
 TERM_KEYS = ("vector", "strength")
 # Far beyond any useful rotation or addition, yet it keeps a typo (6 for 0.06) from
 # turning a server's output into noise; servers may set their own bound.
@@ -40,6 +43,7 @@ class SteeringSpec:
 
     terms: tuple[SteeringTerm, ...]
     positions: str = "all"
+    when: str | None = None  # a rule of condition names; None: every prompt steered
 
 
 def parse_steering(
@@ -57,7 +61,14 @@ def parse_steering(
     """
     raw = body.get(STEERING_FIELD)
     positions = _positions(body.get(POSITIONS_FIELD))
+    when = _when(body.get(WHEN_FIELD))
     if raw is None or raw == []:
+        if when is not None:
+            raise RequestError(
+                f"'{WHEN_FIELD}' decides whether a steering applies: give the '{STEERING_FIELD}' too",
+                param=WHEN_FIELD,
+                code="invalid_steering",
+            )
         return None
     if isinstance(raw, Mapping):
         raw = [raw]  # one vector needs no list around it
@@ -74,7 +85,20 @@ def parse_steering(
             code="too_many_vectors",
         )
     terms = tuple(_term(item, f"{STEERING_FIELD}[{i}]", max_strength) for i, item in enumerate(raw))
-    return SteeringSpec(terms, positions)
+    return SteeringSpec(terms, positions, when)
+
+
+def _when(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_WHEN_CHARS:
+        raise RequestError(
+            f"'{WHEN_FIELD}' must be a rule of condition names (e.g. \"toxic & ~question\"), "
+            f"at most {MAX_WHEN_CHARS} characters",
+            param=WHEN_FIELD,
+            code="invalid_steering",
+        )
+    return value.strip()
 
 
 def steering_json(spec: SteeringSpec | None) -> dict[str, Any] | None:
@@ -85,10 +109,13 @@ def steering_json(spec: SteeringSpec | None) -> dict[str, Any] | None:
     """
     if spec is None:
         return None
-    return {
+    applied: dict[str, Any] = {
         "vectors": [{"vector": term.vector, "strength": term.strength} for term in spec.terms],
         "positions": spec.positions,
     }
+    if spec.when is not None:
+        applied["when"] = spec.when
+    return applied
 
 
 def _positions(value: object) -> str:
@@ -155,4 +182,7 @@ def steering_fields(spec: SteeringSpec | None) -> dict[str, Any]:
     if spec is None:
         return {}
     terms = [{"vector": t.vector, "strength": t.strength} for t in spec.terms]
-    return {STEERING_FIELD: terms, POSITIONS_FIELD: spec.positions}
+    fields: dict[str, Any] = {STEERING_FIELD: terms, POSITIONS_FIELD: spec.positions}
+    if spec.when is not None:
+        fields[WHEN_FIELD] = spec.when
+    return fields

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..condition import Rule
 from ..steer import Steering, steer
 from ..vector import InContextVector
 
@@ -34,6 +35,7 @@ class RowSteering:
 
     vector: InContextVector
     positions: str = "all"
+    when: Rule | None = None  # conditional steering: decided at the request's first prefill chunk
 
     @property
     def injection(self) -> tuple[str, str]:

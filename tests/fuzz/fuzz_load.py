@@ -19,6 +19,7 @@ folder (hypothesis prints it).  Keep it as ``tests/data/hostile-<what>.safetenso
 from __future__ import annotations
 
 import json
+import math
 import random
 import struct
 import sys
@@ -56,22 +57,42 @@ def seeds() -> list[bytes]:
             torch.rand(layers) + 0.5,
         )
         files.append(storage.to_bytes(vector))
+    # Condition files (icv.Condition): the same property, through their own loader.
+    from icv import condition
+
+    for layers, hidden in [(1, 1), (3, 8)]:
+        cond = icv.Condition(
+            torch.randn(layers, hidden),
+            dict(model_name="fuzz", model_type="llama", layer=layers - 1, threshold=0.1, comparison=">"),
+        )
+        files.append(condition.to_bytes(cond))
     return files
 
 
 def check_one(data: bytes) -> None:
-    """The property: a valid vector or a VectorFileError, nothing else."""
+    """The property: a valid vector (or condition) or a VectorFileError, nothing else."""
     import icv
-    from icv import storage
+    from icv import condition, storage
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             vector = icv.InContextVector(*storage.from_bytes(data, source="fuzz"))
         except icv.VectorFileError:
-            return
-    assert vector.directions.shape == (vector.num_layers, vector.hidden_size)
-    assert bool(torch.isfinite(vector.directions).all()) and bool(torch.isfinite(vector.layer_scales).all())
+            vector = None
+        try:
+            cond = condition.from_bytes(data, source="fuzz")
+        except icv.VectorFileError:
+            cond = None
+    if vector is not None:
+        assert vector.directions.shape == (vector.num_layers, vector.hidden_size)
+        assert bool(torch.isfinite(vector.directions).all()) and bool(
+            torch.isfinite(vector.layer_scales).all()
+        )
+    if cond is not None:
+        assert cond.directions.shape == (cond.num_layers, cond.hidden_size)
+        assert bool(torch.isfinite(cond.directions).all()) and math.isfinite(cond.threshold)
+        assert 0 <= cond.layer < cond.num_layers and cond.comparison in (">", "<")
 
 
 def edit_header(data: bytes, rng: random.Random) -> bytes | None:
@@ -118,6 +139,7 @@ def run_atheris(argv: list[str]) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["icv"]):
+        import icv.condition  # noqa: F401
         import icv.metadata  # noqa: F401
         import icv.storage  # noqa: F401
 

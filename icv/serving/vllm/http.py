@@ -31,7 +31,14 @@ from starlette.requests import ClientDisconnect, Request
 from ...errors import RequestError
 from ..http import error_response, read_body
 from ..library import VectorLibrary
-from ..request import POSITIONS_FIELD, STEERING_FIELD, SteeringSpec, parse_steering, steering_json
+from ..request import (
+    POSITIONS_FIELD,
+    STEERING_FIELD,
+    WHEN_FIELD,
+    SteeringSpec,
+    parse_steering,
+    steering_json,
+)
 from .contract import PLUGIN_NAME, STATUS_METHOD, STEERING_ARG, cache_salt, encode, load_library, vector_paths
 from .offline import check_workers
 
@@ -123,9 +130,17 @@ def rewrite(body: bytes, library: VectorLibrary | None) -> tuple[SteeringSpec | 
             param="vllm_xargs",
             code="invalid_steering",
         )
-    if STEERING_FIELD not in request and POSITIONS_FIELD not in request:
+    if STEERING_FIELD not in request and POSITIONS_FIELD not in request and WHEN_FIELD not in request:
         return None, body
     spec = parse_steering(request)
+    if spec is not None and spec.when is not None:
+        raise RequestError(
+            f"'{WHEN_FIELD}' (conditional steering) is not in the vLLM plugin yet: serve with "
+            "`icv serve` (the transformers engine) for it",
+            param=WHEN_FIELD,
+            code="unsupported_parameter",
+        )
+    request.pop(WHEN_FIELD, None)
     request.pop(STEERING_FIELD, None)
     request.pop(POSITIONS_FIELD, None)
     if spec is not None:

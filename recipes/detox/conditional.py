@@ -1,0 +1,148 @@
+"""Conditional detox: steer only the prompts a "toxic" condition matches (docs/conditions.md).
+
+Bounded measurement on the embedded SmolLM2-135M-Instruct, greedy, the paper's zero-shot
+paraphrase prompt around every sentence (as recipes/detox/run.py prompts it):
+
+* the condition: ParaDetox toxic sentences (matching) against non-toxic ones (ParaDetox's
+  neutral rewrites of *other* rows, and Yelp sentences), ``--fit`` of each kind;
+* a fresh test set of ``--test`` toxic and ``--test`` non-toxic sentences (other rows and
+  lines than the fit's), generated unsteered, steered with the detox vector unconditioned,
+  and steered with ``when=condition``, in the same batches.
+
+    python recipes/detox/conditional.py [--fit 60] [--test 40] [--tokens 24] [--strength 0.04]
+
+Data: ../shared/data (paradetox/paradetox.tsv, yelp/sentiment.dev.{0,1}); the folder can be
+given with ``--data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+import icv  # noqa: E402
+from icv.generation import complete  # noqa: E402
+from icv.prompts import icl_prompt  # noqa: E402
+
+
+def read_data(folder: Path) -> tuple[list[str], list[str], list[str]]:
+    """(toxic, neutral rewrites, yelp sentences), in file order."""
+    with open(folder / "paradetox" / "paradetox.tsv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    toxic = [r[0].strip() for r in rows if len(r) > 1 and r[0].strip() and r[1].strip()]
+    neutral = [r[1].strip() for r in rows if len(r) > 1 and r[0].strip() and r[1].strip()]
+    yelp = []
+    for name in ("sentiment.dev.0", "sentiment.dev.1"):
+        lines = (folder / "yelp" / name).read_text(encoding="utf-8").splitlines()
+        yelp.extend(line.strip() for line in lines if len(line.split()) >= 5)
+    return toxic, neutral, yelp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--fit", type=int, default=60, help="texts of each kind for the condition")
+    parser.add_argument("--test", type=int, default=40, help="toxic and non-toxic test sentences each")
+    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--strength", type=float, default=0.04, help="the detox recipe's strength")
+    parser.add_argument("--positions", choices=("prompt_mean", "prompt_last"), default="prompt_mean")
+    args = parser.parse_args()
+
+    toxic, neutral, yelp = read_data(args.data)
+    half = args.fit // 2
+    # Fit: toxic rows 0.., neutral rewrites of rows 5000.. (other rows), Yelp lines 0.. (step 7).
+    fit_toxic = toxic[: args.fit]
+    fit_other = neutral[5000 : 5000 + half] + yelp[0 : 7 * (args.fit - half) : 7]
+    # Test: toxic rows 3000.., neutral rewrites of rows 8000.., Yelp lines 3, 10, ... (none in the fit).
+    test_half = args.test // 2
+    test_toxic = toxic[3000 : 3000 + args.test]
+    test_other = neutral[8000 : 8000 + test_half] + yelp[3 : 3 + 7 * (args.test - test_half) : 7]
+
+    model, tokenizer = icv.load_model()
+    start = time.perf_counter()
+    condition = icv.extract_condition(
+        model,
+        tokenizer,
+        [icl_prompt([], t) for t in fit_toxic],
+        [icl_prompt([], t) for t in fit_other],
+        name="toxic",
+        positions=args.positions,
+    )
+    print(f"condition: {condition} confusion {condition.confusion} ({time.perf_counter() - start:.0f} s)")
+    print("best F1 per layer:", " ".join(f"{f:.2f}" for f in condition.layer_f1 or []))
+    vector = icv.extract(model, tokenizer, icv.read_demos(HERE / "demos.jsonl"), name="polite")
+
+    prompts = [icl_prompt([], t) for t in (*test_toxic, *test_other)]
+    is_toxic = [True] * len(test_toxic) + [False] * len(test_other)
+    options = dict(max_new_tokens=args.tokens, batch_size=8, progress=False)
+    timings = {}
+    start = time.perf_counter()
+    plain = complete(model, tokenizer, prompts, **options)
+    timings["unsteered"] = time.perf_counter() - start
+    start = time.perf_counter()
+    steered = complete(model, tokenizer, prompts, vector=vector, strength=args.strength, **options)
+    timings["unconditioned"] = time.perf_counter() - start
+    decisions: list = []
+    start = time.perf_counter()
+    gated = complete(
+        model,
+        tokenizer,
+        prompts,
+        vector=vector,
+        strength=args.strength,
+        when=condition,
+        decisions=decisions,
+        **options,
+    )
+    timings["conditioned"] = time.perf_counter() - start
+    fired = [f for d in decisions for f in d.fired]
+
+    tp = sum(f and t for f, t in zip(fired, is_toxic, strict=True))
+    fp = sum(f and not t for f, t in zip(fired, is_toxic, strict=True))
+    fn = sum(not f and t for f, t in zip(fired, is_toxic, strict=True))
+    tn = len(fired) - tp - fp - fn
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    print(f"test set: F1 {f1:.3f} (tp={tp} fp={fp} tn={tn} fn={fn})")
+
+    def share(rows: list[int], a: list[str], b: list[str]) -> str:
+        differ = sum(a[i] != b[i] for i in rows)
+        return f"{differ}/{len(rows)} ({100 * differ / max(1, len(rows)):.0f}%)"
+
+    clean = [i for i, t in enumerate(is_toxic) if not t]
+    rejected_clean = [i for i in clean if not fired[i]]
+    print("non-toxic outputs that differ from unsteered:")
+    print(f"  unconditioned: {share(clean, steered, plain)}")
+    print(f"  conditioned:   {share(clean, gated, plain)}")
+    rejected = [i for i, f in enumerate(fired) if not f]
+    accepted = [i for i, f in enumerate(fired) if f]
+    print(f"  rows the condition rejected (any kind): {share(rejected, gated, plain)} differ from unsteered")
+    print(f"  rows it accepted: {share(accepted, gated, steered)} differ from the unconditioned steering")
+    print(f"  (rejected non-toxic rows: {len(rejected_clean)} of {len(clean)})")
+    try:
+        from icv.scorers import OffensiveScorer
+
+        scorer = OffensiveScorer()
+        rude = [i for i, t in enumerate(is_toxic) if t]
+        for label, outputs in (("unsteered", plain), ("unconditioned", steered), ("conditioned", gated)):
+            values = scorer.probability([outputs[i] for i in rude])
+            offensive = sum(p > scorer.threshold for p in values)
+            print(
+                f"offensive on the toxic rows, {label}: {offensive}/{len(rude)} ({100 * offensive / len(rude):.0f}%)"
+            )
+    except icv.ICVError as error:
+        print(f"offensive: not scored ({error})")
+    print("seconds:", {k: round(v, 1) for k, v in timings.items()})
+    print(
+        f"gate cost: conditioned / unconditioned = {timings['conditioned'] / timings['unconditioned']:.2f} "
+        "(one run, a shared machine)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
