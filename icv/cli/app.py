@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ICVError
-from . import combine, evaluate, extract, generate, gguf, hub, inspect, serve
+from . import combine, evaluate, extract, generate, gguf, hub, inspect, serve, train
 from .common import PROG, Command, quiet, quiet_libraries, say
 
 COMMANDS: list[Command] = [
@@ -25,6 +25,7 @@ COMMANDS: list[Command] = [
     serve.COMMAND,
     hub.PUSH,
     hub.PULL,
+    train.COMMAND,
 ]
 
 
