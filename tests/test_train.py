@@ -142,6 +142,8 @@ def test_trained_file_round_trips_and_exports_to_gguf(tok, tmp_path):
     assert back.metadata["training"] == vec.metadata["training"]
     folder = vec.save_pretrained(tmp_path / "hub")
     assert icv.InContextVector.from_pretrained(folder).equal(vec)
+    card = (folder / "README.md").read_text()
+    assert f"| training | directions by teacher, {vec.metadata['training']['steps']} steps on 8 pairs" in card
     icv.export_gguf(vec, tmp_path / "trained.gguf")
     imported = icv.import_gguf(tmp_path / "trained.gguf", model=model)
     # GGUF stores the pushes at the recommended strength (llama.cpp has no layer 0 row for some
