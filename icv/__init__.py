@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "register_architecture": "layers",
     "steer": "steer",
     "steer_averaged": "steer",
+    "train": "train",
     "unsteer": "steer",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -96,6 +97,7 @@ if TYPE_CHECKING:  # what editors and type checkers see (`X as X`: a re-export, 
         unsteer as unsteer,
     )
     from .strength import DefaultStrengthWarning as DefaultStrengthWarning
+    from .train import train as train
     from .vector import InContextVector as InContextVector
 
 

@@ -322,6 +322,7 @@ def _facts(metadata: Mapping[str, Any]) -> str:
         ),
         ("injection", f"{metadata.get('injection_mode')}@{metadata.get('injection_site')}"),
         ("layers steered", "all" if layers is None else ", ".join(str(layer) for layer in layers)),
+        *_training_row(metadata.get("training")),
         (
             "file format, library",
             f"{metadata.get('icv_format_version', '')} ({VECTOR_FILE}), icv {metadata.get('library_version')}",
@@ -329,6 +330,25 @@ def _facts(metadata: Mapping[str, Any]) -> str:
     ]
     table = "\n".join(f"| {key} | {_cell(value)} |" for key, value in rows)
     return f"## The vector\n\n| | |\n|---|---|\n{table}\n"
+
+
+def _training_row(training: Any) -> list[tuple[str, str]]:
+    """What ``icv.train`` did, for a trained vector's card."""
+    if not isinstance(training, Mapping):
+        return []
+    before, after = training.get("held_out_loss_before"), training.get("held_out_loss_after")
+    held = (
+        f", held-out loss {before:.4g} -> {after:.4g}"
+        if isinstance(after, float) and isinstance(before, float)
+        else ""
+    )
+    return [
+        (
+            "training",
+            f"{training.get('level')} by {training.get('objective')}, {training.get('steps')} steps on "
+            f"{training.get('pairs')} pairs at strength {training.get('strength')}{held}",
+        )
+    ]
 
 
 def _cell(value: Any) -> str:

@@ -71,10 +71,12 @@ SCHEMA: dict[str, tuple[type, bool]] = {
     # How many demonstrations were in the prompt when the recommended strength was calibrated
     # (0: the zero-shot prompt the vector replaces them in); None: not calibrated by icv.calibrate.
     "calibrated_with_demos": (int, False),
+    # What icv.train did (objective, level, steps, pairs, held-out loss ...); None: not trained.
+    "training": (dict, False),
 }
 
 # None: no recommended strength; all layers; prompt form unknown.
-OPTIONAL_NONE = {"recommended_strength", "layers", "calibrated_with_demos"}
+OPTIONAL_NONE = {"recommended_strength", "layers", "calibrated_with_demos", "training"}
 
 # Keys added after format 1 began, with the value that describes files written before them:
 # no preset, no text cleaning, and (for PCA) the component's sign aligned with the mean.
@@ -153,6 +155,8 @@ def validate(
     clean.setdefault("pca_sign", "mean" if clean["method"] == "pca" else "")
     if clean["layers"] is not None:
         clean["layers"] = _layer_list(clean["layers"], clean["num_layers"], source, error)
+    if clean["training"] is not None:
+        _check_training(clean["training"], source, error)
     # "mixed": a combination of vectors read with different cleanings.
     _check_choice(clean, "text_cleaning", (*TEXT_CLEANINGS, "mixed"), source, error)
     _check_choice(clean, "pca_sign", ("", *PCA_SIGNS), source, error)
@@ -175,6 +179,14 @@ def _layer_list(layers: list[Any], num_layers: int, source: str, error: type[ICV
     if sorted(set(layers)) != layers:
         raise error(f"{source}: metadata 'layers' must be distinct and ascending, got {str(layers)[:60]}")
     return layers
+
+
+def _check_training(training: dict[str, Any], source: str, error: type[ICVError]) -> None:
+    """``training`` (what :func:`icv.train` did): names to plain values (text, numbers, none)."""
+    for key, value in training.items():
+        plain = value is None or isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        if not isinstance(key, str) or not plain or (isinstance(value, float) and not math.isfinite(value)):
+            raise error(f"{source}: metadata 'training' must map names to text or numbers, got {key!r:.40}")
 
 
 def _check_choice(

@@ -89,7 +89,23 @@ def to_bytes(vector: StoredVector) -> bytes:
     if vector.shifts is not None:
         tensors.update({f"shift.{l}": row.clone() for l, row in enumerate(vector.shifts)})
     metadata = {**vector.metadata, "icv_format_version": meta.FORMAT_VERSION}
-    return save_safetensors_bytes(tensors, metadata=meta.encode(metadata))
+    return _sorted_metadata(save_safetensors_bytes(tensors, metadata=meta.encode(metadata)))
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """``data`` with the header's metadata keys in sorted order, so that the same vector is the
+    same bytes (safetensors writes them in a hash map's order, which changes from run to run).
+
+    The header keeps its length (only the order changes; spaces pad it as safetensors does),
+    so the tensors' offsets stay valid; a header that would not fit is left as it was.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > size:
+        return data
+    return data[:8] + text.ljust(size, b" ") + data[8 + size :]
 
 
 def save_vector(vector: StoredVector, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:

@@ -506,6 +506,7 @@ def _combine(a: InContextVector, b: InContextVector, sign: float, name: str) -> 
         "text_cleaning": _agreed(ma["text_cleaning"], mb["text_cleaning"]) or "mixed",
         "pca_sign": "",
         "layers": _covered(ma["layers"], mb["layers"]),
+        "training": None,  # a sum is not what training fitted
     }
     return InContextVector(directions, merged, scales, shifts)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ICVError
-from . import combine, condition, evaluate, extract, generate, gguf, hub, inspect, serve
+from . import combine, condition, evaluate, extract, generate, gguf, hub, inspect, serve, train
 from .common import PROG, Command, quiet, quiet_libraries, say
 
 COMMANDS: list[Command] = [
@@ -26,6 +26,7 @@ COMMANDS: list[Command] = [
     hub.PUSH,
     hub.PULL,
     condition.COMMAND,
+    train.COMMAND,
 ]
 
 

@@ -68,6 +68,25 @@ def _layer_table(vector: InContextVector, columns: int) -> list[str]:
     return ["; ".join(notes), header, *rows]
 
 
+def _training_lines(training: dict | None) -> list[str]:
+    """What ``icv.train`` did, when it made the vector."""
+    if not training:
+        return []
+    before, after = training.get("held_out_loss_before"), training.get("held_out_loss_after")
+    held = (
+        f"held-out loss {before:.4g} -> {after:.4g} on {training.get('held_out_pairs')} pairs"
+        if isinstance(before, float) and isinstance(after, float)
+        else "no held-out pairs"
+    )
+    sha = str(training.get("pairs_sha256", ""))[:12]
+    return [
+        f"trained               {training.get('level')} by {training.get('objective')}, "
+        f"{training.get('steps')} steps (best {training.get('best_step')}) on {training.get('pairs')} pairs "
+        f"(sha256 {sha}) at strength {training.get('strength')}, seed {training.get('seed')}",
+        f"                      {held}; from '{training.get('start')}'",
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     vector = read_vector(args.vector)
     m = vector.metadata
@@ -92,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         f"read at / applied as  {m['extraction_site']} / {m['injection_mode']}@{m['injection_site']}",
         f"recommended strength  {_strength_line(vector)}",
         f"template              {m['prompt_template']!r}",
+        *_training_lines(m.get("training")),
         f"format                icv v{m['icv_format_version']}, written by icv {m['library_version']}",
         "",
         *_layer_table(vector, args.columns),

@@ -1,0 +1,102 @@
+"""``icv train`` and what ``icv inspect`` shows of a trained vector."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny import char_tokenizer, tiny_model
+
+import icv
+from icv.cli import main
+
+PAIRS = [(f"{word} was bad", "ok") for word in ("food", "room", "staff", "soup", "bed", "car", "view", "tea")]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama-train")
+    tiny_model("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    path = tmp_path / "ok.jsonl"
+    path.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in PAIRS))
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_writes_a_trained_vector_and_inspect_shows_it(model_dir, pairs_file, tmp_path, capsys):
+    start = tmp_path / "start.safetensors"
+    assert (
+        run(capsys, "extract", "--demos", pairs_file, "--out", start, "--model", model_dir, "--quiet")[0] == 0
+    )
+    out = tmp_path / "trained.safetensors"
+    code, text, err = run(
+        capsys,
+        "train",
+        "--demos",
+        pairs_file,
+        "--out",
+        out,
+        "--model",
+        model_dir,
+        "--init",
+        start,
+        "--level",
+        "directions",
+        "--steps",
+        "4",
+        "--strength",
+        "0.3",
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "held-out loss" in text and "4 steps" in text
+    vec = icv.InContextVector.load(out)
+    record = vec.metadata["training"]
+    assert (record["level"], record["steps"], record["pairs"], record["strength"]) == (
+        "directions",
+        4,
+        8,
+        0.3,
+    )
+    assert vec.recommended_strength == 0.3 and vec.name == "ok"
+    code, shown, _ = run(capsys, "inspect", out)
+    assert code == 0
+    assert "trained               directions by teacher, 4 steps" in shown
+    assert f"on 8 pairs (sha256 {record['pairs_sha256'][:12]})" in shown
+    assert "held-out loss" in shown and "from 'ok'" in shown
+    code, plain, _ = run(capsys, "inspect", start)
+    assert code == 0 and "\ntrained " not in plain
+    # An existing --out is refused before any work, as extract does.
+    code, _, err = run(capsys, "train", "--demos", pairs_file, "--out", out, "--model", model_dir, "--quiet")
+    assert code == 1 and "--force" in err
+
+
+def test_train_errors_are_one_line(model_dir, pairs_file, tmp_path, capsys):
+    out = tmp_path / "x.safetensors"
+    code, _, err = run(
+        capsys,
+        "train",
+        "--demos",
+        pairs_file,
+        "--out",
+        out,
+        "--model",
+        model_dir,
+        "--held-out",
+        "1",
+        "--quiet",
+    )
+    assert code == 1 and "held_out must be a share below 1" in err and "Traceback" not in err
+    assert run(capsys, "train", "--demos", pairs_file, "--out", out, "--level", "weights")[0] == 2
+    assert not out.exists()

@@ -1,0 +1,249 @@
+"""icv.train: trained vectors lower their objective, stay in the file format, leave the model as it was."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import pytest
+import torch
+from tiny import ByteTokenizer, tiny_model
+
+import icv
+from icv import inject
+from icv.errors import DemoError, ModelMismatchError, OptionError, SteeringError
+from icv.extract import model_device
+from icv.supervision import encode_pairs, mean_loss
+from icv.trainable import TrainableRows, add, rotate
+
+train_module = importlib.import_module("icv.train")
+
+# Every target is the same answer: a vector can learn it, and held-out sources test whether it did.
+PAIRS = [(f"{word} was bad", "ok") for word in ("food", "room", "staff", "soup", "bed", "car", "view", "tea")]
+FAST = dict(steps=12, eval_every=3, patience=4, learning_rate=0.2, progress=False)
+
+
+@pytest.fixture
+def tok():
+    return ByteTokenizer()
+
+
+def _held_out_loss(model, tok, vector, pairs, strength=None):
+    examples = encode_pairs(tok, [icv.Demo(s, t) for s, t in pairs], 256)
+    with icv.steer(model, vector, strength):
+        return mean_loss(model, examples, 0, model_device(model), 8)
+
+
+def _snapshot(model):
+    return {name: p.detach().clone() for name, p in model.state_dict().items()}
+
+
+def _no_hooks(model):
+    return all(
+        not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules()
+    )
+
+
+@pytest.mark.parametrize("level", ["coefficients", "directions"])
+def test_trained_vector_lowers_the_held_out_loss(tok, level):
+    model = tiny_model("llama")
+    vec = icv.train(model, tok, PAIRS, level=level, **FAST)
+    record = vec.metadata["training"]
+    assert record["level"] == level and record["objective"] == "teacher"
+    assert record["pairs"] == 8 and record["held_out_pairs"] == 2
+    assert record["held_out_loss_after"] < record["held_out_loss_before"]
+    # Measured independently, through icv.steer, on pairs training never saw.
+    unseen = [("the bread was stale", "ok"), ("music too loud", "ok")]
+    start = icv.extract(model, tok, [PAIRS[i] for i in range(8)], progress=False)
+    assert _held_out_loss(model, tok, vec, unseen) < _held_out_loss(
+        model, tok, start, unseen, record["strength"]
+    )
+
+
+def test_steer_applies_what_training_measured(tok):
+    """The held-out loss recorded is the loss under icv.steer(model, vec) with no strength: the
+    recommended strength is the trained one, and no DefaultStrengthWarning is raised."""
+    model = tiny_model("llama")
+    vec = icv.train(model, tok, PAIRS, level="directions", **FAST)
+    assert vec.recommended_strength == vec.metadata["training"]["strength"]
+    held = [p for p in PAIRS if p not in _fit_pairs(vec)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = _held_out_loss(model, tok, vec, held)
+    assert loss == pytest.approx(vec.metadata["training"]["held_out_loss_after"], rel=1e-6)
+
+
+def _fit_pairs(vec):
+    fit, _ = train_module._split(len(PAIRS), 0.25, vec.metadata["training"]["seed"])
+    return [PAIRS[i] for i in fit]
+
+
+@pytest.mark.parametrize("mode", ["rotate", "add"])
+def test_differentiable_injections_match_icv_inject(mode):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    d = torch.randn(16) * 0.3
+    if mode == "rotate":
+        expected = inject.rotate(x.clone(), d, inject.away_directions(d))
+        got = rotate(x, d)
+    else:
+        expected, got = inject.add(x, d), add(x, d)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    zero = torch.zeros(16)
+    torch.testing.assert_close(rotate(x, zero), x)
+
+
+def test_coefficients_change_nothing_but_the_row_sizes(tok):
+    model = tiny_model("llama")
+    start = icv.extract(model, tok, PAIRS, progress=False, recommended_strength=0.3)
+    vec = icv.train(model, tok, PAIRS, init=start, level="coefficients", **FAST)
+    factors = vec.directions.norm(dim=-1) / start.directions.norm(dim=-1)
+    assert not torch.allclose(factors, torch.ones_like(factors))  # it did train
+    torch.testing.assert_close(vec.directions, start.directions * factors[:, None], rtol=1e-5, atol=1e-6)
+    assert torch.equal(vec.layer_scales, start.layer_scales)
+    torch.testing.assert_close(vec.shifts, start.shifts * factors[:, None], rtol=1e-5, atol=1e-5)
+    changed = {k for k, v in vec.metadata.items() if start.metadata.get(k) != v}
+    assert changed == {"method", "training", "calibrated_with_demos"}
+    assert vec.recommended_strength == 0.3
+
+
+def test_directions_level_keeps_uncovered_layers_zero(tok):
+    model = tiny_model("llama")
+    start = icv.extract(model, tok, PAIRS, progress=False).only_layers([1])
+    vec = icv.train(model, tok, PAIRS, init=start, level="directions", **FAST)
+    assert vec.layers == [1]
+    assert torch.equal(vec.directions[[0, 2]], torch.zeros(2, vec.hidden_size))
+    assert not torch.equal(vec.directions[1], start.directions[1])
+    assert vec.shifts is None  # a fitted direction has no shift at its own size
+
+
+def test_same_seed_same_file_bytes(tok, tmp_path):
+    files = []
+    for run in range(2):
+        vec = icv.train(tiny_model("llama"), tok, PAIRS, level="directions", seed=3, **FAST)
+        path = tmp_path / f"run{run}.safetensors"
+        vec.save(path)
+        files.append(path.read_bytes())
+    assert files[0] == files[1]
+    other = icv.train(tiny_model("llama"), tok, PAIRS, level="directions", seed=4, **FAST)
+    assert other.metadata["training"]["seed"] == 4
+    assert not torch.equal(
+        other.directions, icv.InContextVector.load(tmp_path / "run0.safetensors").directions
+    )
+
+
+def test_trained_file_round_trips_and_exports_to_gguf(tok, tmp_path):
+    model = tiny_model("llama")
+    vec = icv.train(model, tok, PAIRS, level="directions", injection_mode="add", **FAST)
+    path = tmp_path / "trained.safetensors"
+    vec.save(path)
+    back = icv.InContextVector.load(path)
+    assert back.equal(vec)
+    assert back.metadata["training"] == vec.metadata["training"]
+    folder = vec.save_pretrained(tmp_path / "hub")
+    assert icv.InContextVector.from_pretrained(folder).equal(vec)
+    card = (folder / "README.md").read_text()
+    assert f"| training | directions by teacher, {vec.metadata['training']['steps']} steps on 8 pairs" in card
+    icv.export_gguf(vec, tmp_path / "trained.gguf")
+    imported = icv.import_gguf(tmp_path / "trained.gguf", model=model)
+    # GGUF stores the pushes at the recommended strength (llama.cpp has no layer 0 row for some
+    # exporters; compare the layers both carry).
+    pushes = vec.directions * vec.layer_scales[:, None] * vec.recommended_strength
+    got = imported.directions * imported.layer_scales[:, None] * imported.recommended_strength
+    covered = got.norm(dim=-1) > 0
+    torch.testing.assert_close(got[covered], pushes[covered], rtol=1e-5, atol=1e-6)
+    # Arithmetic: a sum is not "trained", so its record is dropped.
+    assert (vec + vec).metadata["training"] is None
+
+
+def test_model_is_bitwise_unchanged_after_training(tok):
+    model = tiny_model("llama")
+    model.lm_head.weight.requires_grad_(False)  # a mix, restored as it was
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = _snapshot(model)
+    model.train()
+    icv.train(model, tok, PAIRS, level="directions", **FAST)
+    assert model.training  # mode restored
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    after = _snapshot(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert _no_hooks(model) and not icv.is_steered(model)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_model_is_left_clean_when_training_is_interrupted(tok, monkeypatch, error):
+    model = tiny_model("llama")
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = _snapshot(model)
+    calls = []
+    real_loss = train_module.target_loss
+
+    def failing(model, batch):
+        calls.append(1)
+        if len(calls) == 2:  # inside the loop, with the hooks on and gradients flowing
+            raise error("stop")
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(train_module, "target_loss", failing)
+    with pytest.raises(error):
+        icv.train(model, tok, PAIRS, level="coefficients", **FAST)
+    assert _no_hooks(model)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    after = _snapshot(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.training
+
+
+def test_bad_input_raises_icv_errors(tok):
+    model = tiny_model("llama")
+    with pytest.raises(DemoError, match="no demonstrations"):
+        icv.train(model, tok, [], progress=False)
+    with pytest.raises(DemoError, match="pair 1: prompt and target are"):
+        icv.train(model, tok, [("a", "b"), ("x" * 300, "y")], progress=False)
+    with pytest.raises(DemoError, match="max_tokens"):
+        icv.train(model, tok, PAIRS, max_tokens=10, progress=False)
+    other = tiny_model("gpt2")
+    foreign = icv.extract(other, tok, PAIRS, progress=False)
+    with pytest.raises(ModelMismatchError):
+        icv.train(model, tok, PAIRS, init=foreign, progress=False)
+    with pytest.raises(OptionError, match="unknown level"):
+        icv.train(model, tok, PAIRS, level="weights")
+    with pytest.raises(OptionError, match="unknown objective"):
+        icv.train(model, tok, PAIRS, objective="rl")
+    for bad in (dict(steps=0), dict(learning_rate=-1.0), dict(held_out=1.0), dict(seed=1.5)):
+        with pytest.raises(OptionError):
+            icv.train(model, tok, PAIRS, **bad)
+    with pytest.raises(icv.UnknownOptionError):
+        icv.train(model, tok, PAIRS, epochs=3)
+    start = icv.extract(model, tok, PAIRS, progress=False)
+    with icv.steer(model, start, 0.1), pytest.raises(SteeringError, match="steered"):
+        icv.train(model, tok, PAIRS, progress=False)
+    assert _no_hooks(model)
+
+
+def test_one_pair_trains_without_early_stopping(tok):
+    model = tiny_model("llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vec = icv.train(model, tok, PAIRS[:1], level="coefficients", steps=3, progress=False)
+    record = vec.metadata["training"]
+    assert record["held_out_pairs"] == 0 and record["held_out_loss_after"] is None
+    assert record["steps"] == 3 and record["train_loss_after"] < record["train_loss_before"]
+
+
+def test_progress_bar_shows_and_is_silenced(tok, capsys):
+    model = tiny_model("llama")
+    icv.train(model, tok, PAIRS, steps=2, progress=True)
+    assert "icv: training" in capsys.readouterr().err
+    icv.train(model, tok, PAIRS, steps=2, progress=False)
+    assert "icv: training" not in capsys.readouterr().err
+
+
+def test_trainable_rows_penalty_is_zero_at_the_start():
+    base = torch.randn(3, 8)
+    for level in ("coefficients", "directions"):
+        rows = TrainableRows(base, level, torch.tensor([True, False, True]))
+        assert float(rows.penalty().detach()) == 0.0
+        assert torch.equal(rows.rows(), base)

@@ -1,0 +1,18 @@
+"""A smoke test of benchmarks/train_speed.py: it runs on a tiny model and gives positive numbers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tiny import DEMOS, ByteTokenizer, tiny_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import train_speed  # noqa: E402
+
+
+def test_train_speed_measures_positive_times():
+    figures = train_speed.measure(tiny_model("llama"), ByteTokenizer(), list(DEMOS) * 2, "coefficients", 2)
+    assert figures["forward"] > 0 and figures["step"] > 0 and figures["train"] > 0
+    assert 1 <= figures["steps"] <= 2
