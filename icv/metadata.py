@@ -183,6 +183,8 @@ def _layer_list(layers: list[Any], num_layers: int, source: str, error: type[ICV
 
 def _check_training(training: dict[str, Any], source: str, error: type[ICVError]) -> None:
     """``training`` (what :func:`icv.train` did): names to plain values (text, numbers, none)."""
+    if not training:
+        raise error(f"{source}: metadata 'training' is empty (a trained vector records what was done)")
     for key, value in training.items():
         plain = value is None or isinstance(value, (str, int, float)) and not isinstance(value, bool)
         if not isinstance(key, str) or not plain or (isinstance(value, float) and not math.isfinite(value)):

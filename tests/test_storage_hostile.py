@@ -189,7 +189,7 @@ def test_garbage_metadata_values(good, key):
                 assert (
                     SCHEMA[key][0] is str
                     or key == "recommended_strength"
-                    or (key in ("layers", "calibrated_with_demos") and value == "null")
+                    or (key in ("layers", "calibrated_with_demos", "training") and value == "null")
                     or (key in ("num_demos", "calibrated_with_demos") and value.isdigit())
                 )
             elif isinstance(verdict, icv.FormatVersionError):

@@ -247,3 +247,11 @@ def test_trainable_rows_penalty_is_zero_at_the_start():
         rows = TrainableRows(base, level, torch.tensor([True, False, True]))
         assert float(rows.penalty().detach()) == 0.0
         assert torch.equal(rows.rows(), base)
+
+
+def test_training_record_must_be_plain_values(tok):
+    vec = icv.extract(tiny_model("llama"), tok, PAIRS, progress=False)
+    for bad in ({}, {"steps": [1, 2]}, {"loss": float("nan")}, {"ok": True}):
+        with pytest.raises(OptionError, match="training"):
+            vec.with_metadata(training=bad)
+    assert vec.with_metadata(training={"steps": 3, "level": "directions"}).metadata["training"]["steps"] == 3
