@@ -147,12 +147,12 @@ class TransformersEngine:
         progress: bool | None,
         steer_options: Mapping[str, Any],
     ) -> list[Answers]:
-        from .sweep import generate_answers, steered_answers
+        from . import sweep as batched  # looked up per call: torch loads only when this engine runs
 
         results: list[Answers] = []
         for sweep in sweeps:
             if sweep.vector is None:
-                done = generate_answers(
+                done = batched.generate_answers(
                     self.model,
                     self.tokenizer,
                     sweep.prompts,
@@ -162,7 +162,7 @@ class TransformersEngine:
                 )
                 results.append({None: done})
                 continue
-            steered = steered_answers(
+            steered = batched.steered_answers(
                 self.model,
                 self.tokenizer,
                 sweep.vector,

@@ -14,7 +14,7 @@ from icv.scorers import FunctionScorer
 from icv.sweep import Completions
 
 calibration = importlib.import_module("icv.calibrate")  # icv.calibrate is the function
-engines = importlib.import_module("icv.engines")
+sweeps = importlib.import_module("icv.sweep")
 DEMOS = [("bad day", "good day"), ("i hate it", "i love it")]
 INPUTS = ["the food was cold", "slow service"]
 
@@ -38,7 +38,7 @@ def strength_as_text(monkeypatch):
         calls.append(list(strengths))
         return {s: Completions([f"{s}"] * len(inputs), [f"{s}"] * len(inputs), 0.0) for s in strengths}
 
-    monkeypatch.setattr(engines, "steered_answers", fake)  # where the transformers engine finds it
+    monkeypatch.setattr(sweeps, "steered_answers", fake)  # where the transformers engine finds it
     return calls
 
 

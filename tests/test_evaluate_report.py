@@ -22,7 +22,7 @@ from icv.sweep import Completions
 
 # The module (``icv.evaluate`` is also the package's name for the function).
 harness = importlib.import_module("icv.evaluate")
-engines = importlib.import_module("icv.engines")
+sweeps = importlib.import_module("icv.sweep")
 
 DEMOS = [("bad day", "good day"), ("i hate it", "i love it")]
 INPUTS = ["the food was cold", "slow service", "meh"]
@@ -86,8 +86,8 @@ def fixed_answers(monkeypatch):
         arm = "icv" if _arm_of(prompt(inputs[0])) == "zero-shot" else "icl+icv"
         return {s: _completions(ANSWERS[(arm, s)]) for s in strengths}
 
-    monkeypatch.setattr(engines, "generate_answers", generate)  # the transformers engine's
-    monkeypatch.setattr(engines, "steered_answers", steered)
+    monkeypatch.setattr(sweeps, "generate_answers", generate)  # the transformers engine's
+    monkeypatch.setattr(sweeps, "steered_answers", steered)
 
 
 def _scorers():

@@ -17,7 +17,7 @@ from icv.prompts import cut_answer
 from icv.storage import load_vector
 
 calibration = importlib.import_module("icv.calibrate")  # icv.calibrate is the function
-engines = importlib.import_module("icv.engines")
+sweeps = importlib.import_module("icv.sweep")
 # The ICL prompt written out by hand (not by icv.prompts), so a change of the hybrid's prompt shows.
 HEAD = "Please paraphrase the following sentence.\n"
 SHOTS = [
@@ -135,13 +135,13 @@ def test_bad_hybrid_options(llama, tok):
 
 def test_calibration_with_demos_sweeps_the_icl_prompt_and_records_the_form(llama, tok, monkeypatch):
     seen = []
-    real = engines.steered_answers
+    real = sweeps.steered_answers
 
     def spy(model, tokenizer, vector, inputs, strengths, *, prompt, **options):
         seen.append([prompt(x) for x in inputs])
         return real(model, tokenizer, vector, inputs, strengths, prompt=prompt, **options)
 
-    monkeypatch.setattr(engines, "steered_answers", spy)
+    monkeypatch.setattr(sweeps, "steered_answers", spy)
     vector = icv.extract(llama, tok, DEMOS)
     options = {
         "style": vowels(),
