@@ -12,7 +12,8 @@ same 8; the vector extracted from the 64 pairs, its coefficients and its directi
 trained on the 64.  Every arm is swept at the same multiples of its recommended strength
 (the extracted vectors recommend ``--strength``).  Greedy, rotate@mlp (the default), VADER
 positive share (compound > 0.05) and MiniLM similarity to the source.  Training time per
-arm is printed and stored (the machine is shared: compare within one run only).
+arm is printed and stored (the machine is shared: compare within one run only); every
+arm's vector is saved beside the report (``<out>.<arm>.safetensors``) for later sweeps.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown arm {arm}")
         seconds[arm] = time.perf_counter() - started
         vectors[arm] = vec
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        vec.save(f"{args.out}.{arm}.safetensors", overwrite=True)  # for later sweeps
         print(f"{arm}: {seconds[arm]:.1f} s, training={vec.metadata.get('training')}", flush=True)
 
     rows = []
