@@ -6,11 +6,11 @@ the directions fitted on 64 Yelp pairs (``reference.0`` rows 400-463).  Per case
 * ``forward``: one unsteered ``model(...)`` pass (no gradients) over a training batch: the unit
   every step is measured in, so the ratio ``step / forward`` holds across machines and loads;
 * ``step``: the seconds per optimizer step (forward with the vector's hooks, backward to the
-  vector, Adam), from a ``steps``-step run with no held-out part;
-* ``train``: the whole ``icv.train`` call with its defaults except ``steps`` (extraction of no
-  start: the start is given; held-out evaluation and early stopping included).
+  vector, Adam), from a 5-step run with no held-out part;
+* ``train``: the whole ``icv.train`` call with its defaults (``--steps`` sets another count; no
+  extraction: the start is given; held-out evaluation and early stopping included).
 
-    python benchmarks/train_speed.py --steps 10
+    python benchmarks/train_speed.py
 """
 
 from __future__ import annotations
@@ -49,20 +49,27 @@ def cases(tiny: bool) -> dict[str, tuple[list[tuple[str, str]], str]]:
     }
 
 
+STEP_RUN = 5  # steps timed for the per-step cost (no held-out part, so no evaluation in them)
+
+
+def _seconds(call: Any) -> float:
+    began = time.perf_counter()
+    call()
+    return time.perf_counter() - began
+
+
 def measure(
-    model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], level: str, steps: int
+    model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], level: str, steps: int | None
 ) -> dict[str, float]:
     """Seconds: one plain forward over a batch of 8, one training step, one whole icv.train."""
     start = icv.extract(model, tokenizer, pairs, progress=False)
     examples = encode_pairs(tokenizer, as_demos(pairs), 1 << 20)[:8]
     batch = batch_of(examples, pad_token_id(tokenizer), model_device(model))
     with torch.no_grad():
-        began = time.perf_counter()
-        target_loss(model, batch)
-        forward = time.perf_counter() - began
+        forward = min(_seconds(lambda: target_loss(model, batch)) for _ in range(3))  # the first is cold
     began = time.perf_counter()
-    icv.train(model, tokenizer, pairs, init=start, level=level, steps=steps, held_out=0, progress=False)
-    step = (time.perf_counter() - began) / steps
+    icv.train(model, tokenizer, pairs, init=start, level=level, steps=STEP_RUN, held_out=0, progress=False)
+    step = (time.perf_counter() - began) / STEP_RUN
     began = time.perf_counter()
     trained = icv.train(model, tokenizer, pairs, init=start, level=level, steps=steps, progress=False)
     whole = time.perf_counter() - began
@@ -76,7 +83,7 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default: icv.train's own)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model (a smoke run)")
     args = parser.parse_args(argv)
     model, tokenizer = tiny_llama() if args.tiny else embedded_model()
