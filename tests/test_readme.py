@@ -137,6 +137,10 @@ SHELL_NOT_RUN: dict[str, tuple[range, str]] = {
         range(0, 100),
         "the reader's own positive.jsonl; the README runs the same two commands",
     ),
+    "docs/conditions.md": (
+        range(0, 100),
+        "the reader's own text files and vectors; tests/test_conditions_cli.py runs the same commands",
+    ),
     "docs/hub.md": (range(0, 100), "reaches the Hub (no network here); tests/test_hub.py runs them offline"),
     "docs/evaluation-engines.md": (
         range(0, 100),

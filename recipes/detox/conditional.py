@@ -52,6 +52,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--strength", type=float, default=0.04, help="the detox recipe's strength")
     parser.add_argument("--positions", choices=("prompt_mean", "prompt_last"), default="prompt_mean")
+    parser.add_argument(
+        "--condition-only",
+        action="store_true",
+        help="only the condition's F1 on the test set (no generation)",
+    )
     args = parser.parse_args()
 
     toxic, neutral, yelp = read_data(args.data)
@@ -80,6 +85,10 @@ def main() -> None:
 
     prompts = [icl_prompt([], t) for t in (*test_toxic, *test_other)]
     is_toxic = [True] * len(test_toxic) + [False] * len(test_other)
+    if args.condition_only:
+        fired = _decide(model, tokenizer, condition, prompts)
+        print_f1(fired, is_toxic)
+        return
     options = dict(max_new_tokens=args.tokens, batch_size=8, progress=False)
     timings = {}
     start = time.perf_counter()
@@ -102,13 +111,7 @@ def main() -> None:
     )
     timings["conditioned"] = time.perf_counter() - start
     fired = [f for d in decisions for f in d.fired]
-
-    tp = sum(f and t for f, t in zip(fired, is_toxic, strict=True))
-    fp = sum(f and not t for f, t in zip(fired, is_toxic, strict=True))
-    fn = sum(not f and t for f, t in zip(fired, is_toxic, strict=True))
-    tn = len(fired) - tp - fp - fn
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    print(f"test set: F1 {f1:.3f} (tp={tp} fp={fp} tn={tn} fn={fn})")
+    print_f1(fired, is_toxic)
 
     def share(rows: list[int], a: list[str], b: list[str]) -> str:
         differ = sum(a[i] != b[i] for i in rows)
@@ -142,6 +145,32 @@ def main() -> None:
         f"gate cost: conditioned / unconditioned = {timings['conditioned'] / timings['unconditioned']:.2f} "
         "(one run, a shared machine)"
     )
+
+
+def print_f1(fired: list[bool], is_toxic: list[bool]) -> None:
+    tp = sum(f and t for f, t in zip(fired, is_toxic, strict=True))
+    fp = sum(f and not t for f, t in zip(fired, is_toxic, strict=True))
+    fn = sum(not f and t for f, t in zip(fired, is_toxic, strict=True))
+    tn = len(fired) - tp - fp - fn
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    print(f"test set: F1 {f1:.3f} (tp={tp} fp={fp} tn={tn} fn={fn})")
+
+
+def _decide(model: object, tokenizer: object, condition: icv.Condition, prompts: list[str]) -> list[bool]:
+    """How the gate decides each prompt, in left-padded batches of 8 (as generation batches them)."""
+    import torch
+
+    from icv.gate import read_prompt_states, readings_of, scores_of
+    from icv.generation import left_padded
+
+    fired: list[bool] = []
+    for start in range(0, len(prompts), 8):
+        batch = left_padded(tokenizer, prompts[start : start + 8], torch.device("cpu"))
+        states = read_prompt_states(
+            model, batch["input_ids"], batch["attention_mask"], readings_of([condition])
+        )
+        fired += condition.evaluate(scores_of([condition], states)).tolist()
+    return fired
 
 
 if __name__ == "__main__":
