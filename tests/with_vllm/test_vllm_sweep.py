@@ -61,13 +61,14 @@ def test_an_evaluation_sweep_on_vllm_gives_the_transformers_engines_answers(real
         scorers=[],
         vector=vector,
         strengths=[0.05, 0.1],
-        methods=["zero-shot", "icl", "icv", "icl+icv"],
+        # ICL alone adds nothing the hybrid does not (demos in the prompt) and doubles the run
+        methods=["zero-shot", "icv", "icl+icv"],
         hybrid_strengths=[0.03],
         max_new_tokens=16,
         progress=False,
     )
-    local = icv.evaluate(model, tok, DEMOS, INPUTS, **options)
-    fast = icv.evaluate(model, tok, DEMOS, INPUTS, engine=engine(model), **options)
+    local = icv.evaluate(model, tok, DEMOS, INPUTS[:2], **options)
+    fast = icv.evaluate(model, tok, DEMOS, INPUTS[:2], engine=engine(model), **options)
     got = {(r.method, r.strength): r.outputs for r in fast.results}
     expected = {(r.method, r.strength): r.outputs for r in local.results}
     assert got == expected
