@@ -66,6 +66,8 @@ def test_unsteered_and_unreadable_bodies_reach_vllm_unchanged(library):
         ({"steering": [{"vector": "positive"}] * 9}, "too_many_vectors"),
         ({"steering_positions": "middle"}, "invalid_steering"),
         ({"vllm_xargs": {STEERING_ARG: "{}"}}, "invalid_steering"),
+        # conditional steering is the transformers engine's only: refused, never silently ungated
+        ({"steering": [{"vector": "positive"}], "steering_when": "toxic"}, "unsupported_parameter"),
     ],
 )
 def test_bad_steering_is_refused_with_the_field_at_fault(library, fields, code):
