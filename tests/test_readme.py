@@ -50,6 +50,11 @@ NOT_RUN: dict[str, tuple[range, str]] = {
         "extract a condition on the embedded model from texts the page does not hold; "
         "tests/test_conditions.py and test_conditions_cli.py run the same calls on a tiny model",
     ),
+    "docs/training.md": (
+        range(0, 1),
+        "a sketch over the reader's own pairs (`demos`) whose training takes a minute or more on the "
+        "embedded model; tests/test_train.py and test_cli_train.py run the same calls on a tiny model",
+    ),
     "docs/vllm.md": (
         range(0, 2),
         "need vLLM (.venv-vllm) and its server; tests/with_vllm run the same calls",
