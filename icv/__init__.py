@@ -64,6 +64,8 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:  # what editors and type checkers see (`X as X`: a re-export, not an unused import)
     from .calibrate import calibrate as calibrate
     from .compiled import StaticSteering as StaticSteering, prepare_for_compile as prepare_for_compile
+    from .condition import Condition as Condition, Rule as Rule
+    from .condition_search import extract_condition as extract_condition
     from .demos import Demo as Demo, read_demos as read_demos
     from .errors import (
         ArchitectureError as ArchitectureError,
