@@ -294,16 +294,19 @@ def test_the_default_is_the_papers_injection_exactly(model, vec):
 
 
 def _last_token_outputs(model, site, text):
-    """(layers, hidden) outputs of ``site`` at the last token of ``text``, run alone."""
+    """(layers, hidden) outputs of ``site`` at the last token of ``text``, run alone; with a
+    tuple of sites, {site: those outputs}, from one forward."""
+    sites = (site,) if isinstance(site, str) else site
     seen = {}
 
-    def record(layer, out):
+    def record(key, out):
         out = out if isinstance(out, torch.Tensor) else out[0]
         # A copy: Falcon adds the attention output into its MLP's output in place, after the hook.
-        seen[layer] = (out[-1] if out.dim() == 2 else out[0, -1]).clone()  # OPT's fc2: (tokens, hidden)
+        seen[key] = (out[-1] if out.dim() == 2 else out[0, -1]).clone()  # OPT's fc2: (tokens, hidden)
 
     handles = [
-        site_module(model, l, site).register_forward_hook(lambda _m, _a, out, l=l: record(l, out))
+        site_module(model, l, s).register_forward_hook(lambda _m, _a, out, key=(s, l): record(key, out))
+        for s in sites
         for l in range(LAYERS)
     ]
     try:
@@ -312,19 +315,21 @@ def _last_token_outputs(model, site, text):
     finally:
         for h in handles:
             h.remove()
-    return torch.stack([seen[l] for l in range(LAYERS)])
+    found = {s: torch.stack([seen[s, l] for l in range(LAYERS)]) for s in sites}
+    return found[site] if isinstance(site, str) else found
 
 
 @pytest.mark.parametrize("family", sorted(SITES))
 def test_extraction_at_each_site_reads_the_independently_named_module(family):
     model = tiny_model(family)
+    demos = DEMOS[:2]  # one forward per text reads all three sites
+    outputs = {
+        text: _last_token_outputs(model, ("block", "mlp", "attn"), text) for pair in demos for text in pair
+    }
     for site in ("block", "mlp", "attn"):
-        vec = icv.extract(model, ByteTokenizer(), DEMOS, site=site, method="mean")
+        vec = icv.extract(model, ByteTokenizer(), demos, site=site, method="mean")
         shifts = torch.stack(
-            [
-                _last_token_outputs(model, site, target) - _last_token_outputs(model, site, source)
-                for source, target in DEMOS
-            ]
+            [outputs[target][site] - outputs[source][site] for source, target in demos]
         ).mean(0)
         torch.testing.assert_close(
             vec.directions,
