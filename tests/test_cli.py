@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import DEMOS, char_tokenizer, tiny_model
+from tiny import DEMOS, save_tiny_llama
 
 import icv
 from icv import cli
@@ -29,8 +29,7 @@ from icv.strength import default_strength
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama-model")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
+    save_tiny_llama(folder)
     return folder
 
 

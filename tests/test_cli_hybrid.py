@@ -7,7 +7,7 @@ import json
 import sys
 
 import pytest
-from tiny import DEMOS, char_tokenizer, tiny_model
+from tiny import DEMOS, save_tiny_llama
 
 import icv
 from icv.cli import main
@@ -27,8 +27,7 @@ def by_hand(text: str, shots: int) -> str:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama-hybrid")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
+    save_tiny_llama(folder)
     return folder
 
 

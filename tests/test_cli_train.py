@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny import char_tokenizer, tiny_model
+from tiny import save_tiny_llama
 
 import icv
 from icv.cli import main
@@ -16,8 +16,7 @@ PAIRS = [(f"{word} was bad", "ok") for word in ("food", "room", "staff", "soup",
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama-train")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
+    save_tiny_llama(folder)
     return folder
 
 

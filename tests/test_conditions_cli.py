@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny import DEMOS, char_tokenizer, tiny_model
+from tiny import DEMOS, save_tiny_llama
 
 import icv
 from icv.cli import main
@@ -19,8 +19,7 @@ OTHER = ["zzz yy", "zz zzz", "z z z", "zzzzzz y", "yy zz", "zzz", "zy zz", "zzzz
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("conditions-cli")
     model = folder / "model"
-    tiny_model("llama").save_pretrained(model)
-    char_tokenizer().save_pretrained(model)
+    save_tiny_llama(model)
     (folder / "a.txt").write_text("\n".join(MATCHING) + "\n\n")
     (folder / "z.txt").write_text("\n".join(OTHER))
     demos = folder / "warm.jsonl"

@@ -13,7 +13,7 @@ import json
 
 import pytest
 from serving_server import BackgroundServer, free_port, httpx
-from tiny import DEMOS, char_tokenizer, tiny_model
+from tiny import DEMOS, save_tiny_llama
 
 import icv
 from icv.cli import main
@@ -33,8 +33,7 @@ KEY = "sweep-key-123"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama-engines")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
+    save_tiny_llama(folder)
     return folder
 
 

@@ -435,13 +435,12 @@ def test_icv_evaluate_and_calibrate_take_the_judge_as_their_style_scorer(tmp_pat
 
 
 def test_icv_eval_with_a_judge_writes_its_counts_in_the_report(tmp_path, capsys):
-    from tiny import DEMOS, char_tokenizer, tiny_model
+    from tiny import DEMOS, save_tiny_llama
 
     from icv.cli import main
 
     folder = tmp_path / "model"
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
+    save_tiny_llama(folder)
     demos = tmp_path / "demos.jsonl"
     demos.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in DEMOS))
     inputs = tmp_path / "inputs.txt"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tiny import char_tokenizer
+from tiny import char_tokenizer, save_tiny_llama
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from icv.cli import main
@@ -123,11 +123,10 @@ def test_icv_eval_says_which_style_options_go_together(tmp_path, capsys, extra, 
 def test_icv_eval_scores_the_style_with_the_classifier(classifier_folder, tmp_path, capsys):
     import json
 
-    from tiny import DEMOS, tiny_model
+    from tiny import DEMOS
 
     folder = tmp_path / "model"
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
+    save_tiny_llama(folder)
     demos = tmp_path / "demos.jsonl"
     demos.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in DEMOS))
     inputs = tmp_path / "inputs.txt"

@@ -155,6 +155,13 @@ def char_tokenizer():
     return tokenizer
 
 
+def save_tiny_llama(folder):
+    """A tiny llama and :func:`char_tokenizer` saved as a model folder (what ``icv.load_model`` and the CLI read)."""
+    tiny_model("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
 DEMOS = [
     ("the food was cold", "the food was warm"),
     ("service was slow and rude", "service was quick and kind"),
