@@ -89,3 +89,22 @@ def test_icv_serve_engine_vllm_becomes_vllms_server_with_the_plugin(tmp_path, mo
     assert argv[-4:] == ["--max-model-len", "2048", "-tp", "2"] and argv[argv.index("--port") + 1] == "8123"
     assert env[VECTORS_ENV] == str(tmp_path.resolve()) and PLUGIN_NAME in env["VLLM_PLUGINS"].split(",")
     assert env["VLLM_COMPUTE_NANS_IN_LOGITS"] == "1"  # so that a row with NaN logits ends alone
+
+
+def test_the_launcher_turns_chunked_prefill_off_when_conditions_are_served(tmp_path, monkeypatch):
+    from tiny import DEMOS, ByteTokenizer, tiny_model
+
+    import icv
+
+    monkeypatch.setattr(launch, "_check_vllm", lambda: None)
+    model = tiny_model("llama")
+    icv.extract(model, ByteTokenizer(), DEMOS, name="v").save(tmp_path / "v.safetensors")
+    assert not launch.has_conditions([tmp_path])
+    assert "--no-enable-chunked-prefill" not in launch.command(None, [tmp_path])[0]
+    matching, other = [s for s, _ in DEMOS], [t for _, t in DEMOS]
+    icv.extract_condition(model, ByteTokenizer(), matching, other, name="c").save(tmp_path / "c.safetensors")
+    assert launch.has_conditions([tmp_path]) and launch.has_conditions([tmp_path / "c.safetensors"])
+    assert "--no-enable-chunked-prefill" in launch.command(None, [tmp_path])[0]
+    # the user's own choice wins (gated requests then get a 400 that says why)
+    argv, _ = launch.command(None, [tmp_path], extra=["--enable-chunked-prefill"])
+    assert "--no-enable-chunked-prefill" not in argv and argv[-1] == "--enable-chunked-prefill"

@@ -12,7 +12,7 @@ from tiny import DEMOS, ByteTokenizer, tiny_model
 import icv
 from icv.errors import RequestError
 from icv.serving import ModelShape, VectorLibrary
-from icv.serving.vllm.contract import STEERING_ARG, decode
+from icv.serving.vllm.contract import GATE_ARG, STEERING_ARG, decode
 from icv.serving.vllm.http import SteeringMiddleware, rewrite
 
 
@@ -22,6 +22,10 @@ def library(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vectors")
     icv.extract(model, ByteTokenizer(), DEMOS, name="pos").save(folder / "positive.safetensors")
     icv.extract(tiny_model("qwen2"), ByteTokenizer(), DEMOS, name="other").save(folder / "qwen.safetensors")
+    matching, other = [s for s, _ in DEMOS], [t for _, t in DEMOS]
+    icv.extract_condition(model, ByteTokenizer(), matching, other, name="toxic").save(
+        folder / "toxic.safetensors"
+    )
     return VectorLibrary.load([folder], ModelShape.of(model))
 
 
@@ -66,14 +70,85 @@ def test_unsteered_and_unreadable_bodies_reach_vllm_unchanged(library):
         ({"steering": [{"vector": "positive"}] * 9}, "too_many_vectors"),
         ({"steering_positions": "middle"}, "invalid_steering"),
         ({"vllm_xargs": {STEERING_ARG: "{}"}}, "invalid_steering"),
-        # conditional steering is the transformers engine's only: refused, never silently ungated
-        ({"steering": [{"vector": "positive"}], "steering_when": "toxic"}, "unsupported_parameter"),
+        ({"steering": [{"vector": "positive"}], "steering_when": "nope"}, "condition_not_found"),
+        ({"steering": [{"vector": "positive"}], "steering_when": "toxic &"}, "invalid_steering"),
+        ({"steering_when": "toxic"}, "invalid_steering"),  # a rule without a steering
+        ({"steering": [{"vector": "positive"}], "steering_when": "toxic", "n": 2}, "unsupported_parameter"),
     ],
 )
 def test_bad_steering_is_refused_with_the_field_at_fault(library, fields, code):
     with pytest.raises(RequestError) as caught:
         rewrite(body(**fields), library)
     assert caught.value.code == code and caught.value.status == 400
+
+
+def test_a_rule_gets_an_id_and_a_cache_salt_of_its_own(library):
+    fields = {"steering": [{"vector": "positive", "strength": 0.05}], "steering_when": "toxic & ~toxic"}
+    spec, out = rewrite(body(**fields), library)
+    request = json.loads(out)
+    assert "steering_when" not in request and spec.when == "toxic & ~toxic"
+    assert decode(request["vllm_xargs"][STEERING_ARG]) == spec  # the workers read the rule from it
+    gate_id = request["vllm_xargs"][GATE_ARG]
+    assert gate_id in request["cache_salt"]
+    again = json.loads(rewrite(body(**fields), library)[1])
+    assert again["vllm_xargs"][GATE_ARG] != gate_id and again["cache_salt"] != request["cache_salt"]
+    assert GATE_ARG not in json.loads(rewrite(body(steering=fields["steering"]), library)[1])["vllm_xargs"]
+
+
+def test_an_engine_that_cannot_gate_refuses_a_rule_and_says_why(library):
+    fields = {"steering": [{"vector": "positive"}], "steering_when": "toxic"}
+    with pytest.raises(RequestError, match="chunked prefill") as caught:
+        rewrite(body(**fields), library, "it may split a prompt (chunked prefill)")
+    assert (caught.value.code, caught.value.param) == ("unsupported_parameter", "steering_when")
+    rewrite(body(steering=fields["steering"]), library, "it may split a prompt")  # ungated: served
+
+
+class FakeEngine:
+    """vLLM's engine client as the middleware uses it: the workers' decisions by front-end id."""
+
+    def __init__(self, decisions):
+        self.decisions, self.calls = decisions, 0
+
+    async def collective_rpc(self, method, args=()):
+        self.calls += 1
+        (ids,) = args
+        return [{i: self.decisions for i in ids}, {}]  # rank 0 answers
+
+
+def test_each_choice_reports_its_prompts_decision(library):
+    decisions = {
+        "cmpl-abc-0-1a2b3c4d": {"steered": True, "scores": {"toxic": 0.4}},
+        "cmpl-abc-1-5e6f7a8b": {"steered": False, "scores": {"toxic": -0.2}},
+    }
+    engine = FakeEngine(decisions)
+    server = SimpleNamespace(state=SimpleNamespace(icv_library=library, icv_engine=engine, icv_gating=""))
+    fields = {"steering": [{"vector": "positive"}], "steering_when": "toxic"}
+    choices = [{"index": 0, "finish_reason": "length"}, {"index": 1, "finish_reason": "stop"}]
+    _, start, out = run(
+        server, "/v1/completions", body(**fields), [json.dumps({"choices": choices}).encode()]
+    )
+    answer = json.loads(out)
+    assert [c["steering_decision"]["steered"] for c in answer["choices"]] == [True, False]
+    assert answer["steering"]["when"] == "toxic" and engine.calls == 1
+    assert dict(start["headers"])[b"content-length"] == str(len(out)).encode()
+    # a stream: only the chunk that finishes a choice carries its decision
+    events = [
+        b'data: {"choices": [{"index": 1, "text": "a", "finish_reason": null}]}\n\ndata: {"choi',
+        b'ces": [{"index": 1, "text": "", "finish_reason": "stop"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    _, _, out = run(
+        server, "/v1/completions", body(**fields), events, content_type=b"text/event-stream; charset=utf-8"
+    )
+    datas = [json.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
+    assert "steering_decision" not in datas[0]["choices"][0]
+    assert datas[1]["choices"][0]["steering_decision"] == decisions["cmpl-abc-1-5e6f7a8b"]
+    # a chat request has one prompt: its one decision
+    engine.decisions = {"chatcmpl-xyz-1a2b3c4d": {"steered": True, "scores": {"toxic": 0.4}}}
+    _, _, out = run(
+        server, "/v1/chat/completions", body(**fields), [json.dumps({"choices": choices[:1]}).encode()]
+    )
+    assert json.loads(out)["choices"][0]["steering_decision"]["steered"] is True
 
 
 def test_a_server_without_vectors_refuses_steering():

@@ -10,6 +10,21 @@ DEMOS = [
     ("I hated every minute of it.", "I loved every minute of it."),
 ]
 MAX_MODEL_LEN = 512
+# Conditional steering: the condition 'rude' (in the vector folder) matches the first
+# sentence's paraphrase prompt and not the second's, its threshold halfway between them.
+RUDE_MATCHING = [
+    "you are a useless idiot and everyone hates you .",
+    "shut up , nobody asked for your stupid opinion .",
+    "this place is garbage and the owner is a moron .",
+    "get lost , you pathetic loser .",
+]
+RUDE_OTHER = [
+    "thank you so much for your kind help today .",
+    "the garden looks lovely in the spring .",
+    "we enjoyed a quiet dinner with friends .",
+    "the staff were friendly and helpful .",
+]
+GATED_SENTENCES = ["what a stupid waste of time , you idiots .", "the room was clean and quiet ."]
 
 
 def spec(*terms: tuple[str, float | None], positions: str = "all") -> SteeringSpec:

@@ -27,6 +27,10 @@ VECTORS_ENV = "ICV_VLLM_VECTORS"
 STEERING_ARG = "icv_steering"
 PLUGIN_NAME = "icv"  # the entry points' name, as VLLM_PLUGINS lists it
 STATUS_METHOD = "icv_steering_status"  # a worker method (collective_rpc): what it steers with
+# Conditional steering: the front end's id for a gated request (an extra argument), and the
+# worker method (collective_rpc) that gives back the decisions made for such ids.
+GATE_ARG = "icv_gate"
+DECISIONS_METHOD = "icv_steering_decisions"
 _MAX_SALT = 128  # vLLM's limit on cache_salt
 
 

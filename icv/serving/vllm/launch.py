@@ -9,7 +9,11 @@ models are served from their converted safetensors folder under their hub name, 
 vectors made for them fit.  Without a GPU the model
 runs in float32 (bfloat16 is slow on CPUs without AVX-512 and drifts from
 transformers' output) and vLLM's CPU KV cache gets 1 GiB unless
-``VLLM_CPU_KVCACHE_SPACE`` says otherwise.
+``VLLM_CPU_KVCACHE_SPACE`` says otherwise.  When the vectors include condition files
+(conditional steering, ``steering_when``) the server runs with
+``--no-enable-chunked-prefill``: a condition reads a prompt whole, in the step that runs
+it (:mod:`.gating`), so the scheduler must not split prompts over steps; an explicit
+``--enable-chunked-prefill`` in the extra arguments wins (and gated requests get a 400).
 """
 
 from __future__ import annotations
@@ -64,11 +68,24 @@ def command(
         str(port),
     ]
     env = plugin_environment(vectors, os.environ)
+    if has_conditions(vectors) and not any("chunked-prefill" in arg for arg in extra):
+        argv.append("--no-enable-chunked-prefill")
     if not _has_gpu():
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
         if "--dtype" not in extra:
             argv += ["--dtype", "float32"]
     return argv + list(extra), env
+
+
+def has_conditions(paths: Sequence[str | os.PathLike[str]]) -> bool:
+    """Whether ``paths`` (vector files and folders) include a condition file."""
+    from ...condition import is_condition_file
+    from ..library import vector_files
+
+    try:
+        return any(is_condition_file(file) for _, file in vector_files(paths))
+    except ICVError:
+        return False  # the server's own loading says what is wrong with the paths
 
 
 def _check_vllm() -> None:

@@ -11,22 +11,36 @@
                                         "steering_positions": "generated"})
     outputs = llm.generate(["The food was cold."], params)
 
-A request's ``extra_args`` take the same ``steering`` and ``steering_positions`` fields
-as the HTTP API; a request without a ``steering`` field gets the ``steering`` given
-to :class:`SteeredLLM` (none by default), and ``"steering": []`` opts out of it.
+A request's ``extra_args`` take the same ``steering``, ``steering_positions`` and
+``steering_when`` fields as the HTTP API; a request without a ``steering`` field gets the
+``steering`` given to :class:`SteeredLLM` (none by default), and ``"steering": []`` opts
+out of it.  With ``steering_when`` (conditional steering: the engine must not split
+prompts, ``enable_chunked_prefill=False``), each ``RequestOutput`` carries the decision
+as ``output.steering_decision`` (``{"steered": bool, "scores": {...}}``; ``None`` for an
+ungated request).
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ...errors import OptionError, SteeringError
 from ...models import model_source
-from ..request import POSITIONS_FIELD, STEERING_FIELD, SteeringSpec, parse_steering
-from .contract import STATUS_METHOD, STEERING_ARG, cache_salt, encode, load_library, plugin_environment
+from ..request import POSITIONS_FIELD, STEERING_FIELD, WHEN_FIELD, SteeringSpec, parse_steering
+from .contract import (
+    DECISIONS_METHOD,
+    GATE_ARG,
+    STATUS_METHOD,
+    STEERING_ARG,
+    cache_salt,
+    encode,
+    load_library,
+    plugin_environment,
+)
 
 
 class SteeredLLM:
@@ -59,7 +73,10 @@ class SteeredLLM:
         llm_kwargs.setdefault("served_model_name", name)
         self.llm = LLM(model=source, **llm_kwargs)
         self.library = load_library(self.llm.llm_engine.vllm_config.model_config)
-        check_workers(self.llm.collective_rpc(STATUS_METHOD), self.library.names)
+        statuses = self.llm.collective_rpc(STATUS_METHOD)
+        check_workers(statuses, self.library.names)
+        # Why the workers cannot decide a steering_when rule ("" when they can).
+        self.gating = next((str(s.get("gating", "")) for s in statuses if s.get("gating")), "")
         # What requests without a 'steering' field get (None: nothing); settable.
         self.steering: SteeringSpec | None = self._resolve(
             {STEERING_FIELD: steering, POSITIONS_FIELD: steering_positions}
@@ -81,21 +98,46 @@ class SteeredLLM:
         if len(params_list) != len(prompt_list):
             raise OptionError(f"{len(params_list)} sampling params for {len(prompt_list)} prompts")
         steered = [self.prepare(p, s) for p, s in zip(prompt_list, params_list, strict=True)]
-        return self.llm.generate([p for p, _ in steered], [s for _, s in steered], **kwargs)
+        outputs = self.llm.generate([p for p, _ in steered], [s for _, s in steered], **kwargs)
+        gated = [(s.extra_args or {}).get(GATE_ARG) for _, s in steered]
+        found: dict[str, Any] = {}
+        if any(gated):
+            answers = self.llm.collective_rpc(DECISIONS_METHOD, args=([g for g in gated if g],))
+            found = answers[0] if answers else {}
+        for output, gate_id in zip(outputs, gated, strict=True):
+            decisions = list(found.get(gate_id, {}).values()) if gate_id else []
+            output.steering_decision = decisions[0] if decisions else None
+        return outputs
 
     def prepare(self, prompt: Any, params: Any) -> tuple[dict[str, Any], Any]:
         """``(prompt, params)`` as the engine takes them: steering resolved into the extra argument."""
         extra = dict(params.extra_args or {})
         spec = self._resolve(extra) if STEERING_FIELD in extra else self._resolve_spec(self.steering)
-        for field in (STEERING_FIELD, POSITIONS_FIELD, STEERING_ARG):
+        for field in (STEERING_FIELD, POSITIONS_FIELD, WHEN_FIELD, STEERING_ARG, GATE_ARG):
             extra.pop(field, None)
         prompt = _as_prompt(prompt)
         if spec is not None:
             extra[STEERING_ARG] = encode(spec)
-            prompt["cache_salt"] = cache_salt(self.library.fingerprint(spec), prompt.get("cache_salt"))
+            fingerprint = self.library.fingerprint(spec)
+            if spec.when is not None:
+                self._check_gated(params)
+                # An id to fetch the decision by, and a cache salt of its own (decided at the prefill).
+                extra[GATE_ARG] = uuid.uuid4().hex
+                fingerprint = f"{fingerprint}-{extra[GATE_ARG]}"
+            prompt["cache_salt"] = cache_salt(fingerprint, prompt.get("cache_salt"))
         params = params.clone()
         params.extra_args = extra or None
         return prompt, params
+
+    def _check_gated(self, params: Any) -> None:
+        if self.gating:
+            raise SteeringError(
+                f"'{WHEN_FIELD}' (conditional steering) cannot run on this engine: {self.gating}"
+            )
+        if int(getattr(params, "n", 1) or 1) != 1:
+            raise OptionError(
+                f"'{WHEN_FIELD}' takes one output per prompt (n=1): give the prompt again for more"
+            )
 
     def _resolve(self, fields: Mapping[str, Any]) -> SteeringSpec | None:
         return self._resolve_spec(parse_steering(fields))

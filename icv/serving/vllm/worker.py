@@ -32,7 +32,17 @@ from typing import Any
 import numpy as np
 
 from ...errors import SteeringError
-from .contract import PLUGIN_NAME, STATUS_METHOD, STEERING_ARG, load_library, vector_paths
+from .contract import (
+    DECISIONS_METHOD,
+    GATE_ARG,
+    PLUGIN_NAME,
+    STATUS_METHOD,
+    STEERING_ARG,
+    decode,
+    load_library,
+    vector_paths,
+)
+from .gating import GatedRow, RequestGate, gating_refusal
 from .rows_guard import end_corrupted_requests
 from .seeded_rows import rewind_cpu_generators
 from .sites import site_modules, vllm_architecture
@@ -71,24 +81,36 @@ def register() -> None:
     load_model._icv_steering = True  # type: ignore[attr-defined]
     Worker.load_model = load_model
     setattr(Worker, STATUS_METHOD, status)
+    setattr(Worker, DECISIONS_METHOD, decisions)
 
 
 def status(worker: Any) -> dict[str, Any] | None:
     """What a worker steers with (front ends check it through ``collective_rpc``); None: nothing.
 
     ``compiled``: the steering runs inside a compiled graph; ``graphs``: how many graphs
-    torch.compile has made in this worker so far (a new steering must not add one).
+    torch.compile has made in this worker so far (a new steering must not add one);
+    ``gating``: "" when the worker decides conditional steering, else why it cannot.
     """
     steering = getattr(worker.model_runner, "_icv_steering", None)
     if steering is None:
         return None
     from torch._dynamo.utils import counters
 
+    gate = getattr(worker.model_runner, "_icv_gate", None)
     return {
         "vectors": steering.library.names,
+        "conditions": steering.library.condition_names,
         "compiled": steering.static,
         "graphs": int(counters["stats"]["unique_graphs"]),
+        "gating": getattr(worker.model_runner, "_icv_gating_refusal", "not set up"),
+        "reading_passes": 0 if gate is None else gate.reading_passes,
     }
+
+
+def decisions(worker: Any, report_ids: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Conditional steering's decisions for the front end's ids: id -> vLLM request id -> decision."""
+    gate = getattr(worker.model_runner, "_icv_gate", None)
+    return {} if gate is None else gate.reports([str(i) for i in report_ids])
 
 
 def _check_plugins_allowed() -> None:
@@ -128,12 +150,16 @@ def attach(runner: Any, vllm_config: Any) -> StepSteering:
         static=static,
     )
     _key_compile_cache(vllm_config, steering)
+    refusal = gating_refusal(vllm_config, library)
+    gate = RequestGate(library, site_modules(model, "block")) if not refusal else None
     forward = runner._model_forward
 
     @functools.wraps(forward)
     def steered_forward(*args: Any, **kwargs: Any) -> Any:
         positions: Any = kwargs.get("positions", args[1] if len(args) > 1 else None)
-        arm(steering, runner, int(positions.shape[-1]))
+        if gate is not None:
+            decide_step(gate, runner, lambda: forward(*args, **kwargs))
+        arm(steering, runner, int(positions.shape[-1]), gate)
         try:
             return forward(*args, **kwargs)
         finally:
@@ -141,6 +167,8 @@ def attach(runner: Any, vllm_config: Any) -> StepSteering:
 
     runner._model_forward = steered_forward
     runner._icv_steering = steering
+    runner._icv_gate = gate
+    runner._icv_gating_refusal = refusal
     logger.info(
         "icv: steering with %d vector(s) (%s), %s%s",
         len(library.names),
@@ -189,18 +217,62 @@ def _key_compile_cache(vllm_config: Any, steering: StepSteering) -> None:
     }
 
 
-def arm(steering: StepSteering, runner: Any, num_tokens: int) -> None:
+def decide_step(gate: RequestGate, runner: Any, read_forward: Any) -> None:
+    """Decide the gated requests whose prompt this step runs (one unsteered reading pass, if any)."""
+    batch = runner.input_batch
+    count = batch.num_reqs
+    rows = []
+    for row, req_id in enumerate(batch.req_ids[:count]):
+        if gate.steered(req_id) is not None:
+            continue
+        state = runner.requests[req_id]
+        params = state.sampling_params
+        extra = params.extra_args if params is not None else None
+        raw = extra.get(STEERING_ARG) if extra else None
+        rule = gate.rule_of(raw) if raw is not None else None
+        if rule is not None:
+            report = extra.get(GATE_ARG) if extra else None
+            rows.append(
+                GatedRow(
+                    req_id, None if report is None else str(report), rule, row, int(state.num_prompt_tokens)
+                )
+            )
+    if rows:
+        computed = np.asarray(batch.num_computed_tokens_cpu[:count])
+        gate.decide(rows, runner.query_start_loc.np[: count + 1], computed, read_forward)
+    gate.forget(runner.requests)
+
+
+def arm(steering: StepSteering, runner: Any, num_tokens: int, gate: RequestGate | None = None) -> None:
     """Fill ``steering``'s buffers for the step ``runner`` is about to run (its batch as the runner built it)."""
     batch = runner.input_batch
     count = batch.num_reqs
-    requests = [_step_request(runner.requests[req_id]) for req_id in batch.req_ids[:count]]
+    requests = [_step_request(runner.requests[req_id], req_id, gate) for req_id in batch.req_ids[:count]]
     if all(r.steering is None for r in requests):
         return  # the index already points every token at slot 0 (cleared after each step)
     computed = np.asarray(batch.num_computed_tokens_cpu[:count])
     steering.arm(requests, runner.query_start_loc.np[: count + 1], computed, num_tokens)
 
 
-def _step_request(state: Any) -> StepRequest:
+def _step_request(state: Any, req_id: str, gate: RequestGate | None) -> StepRequest:
     params = state.sampling_params
     extra = params.extra_args if params is not None else None
-    return StepRequest(extra.get(STEERING_ARG) if extra else None, int(state.num_prompt_tokens))
+    raw = extra.get(STEERING_ARG) if extra else None
+    if raw is not None and _rejected(raw, req_id, gate):
+        raw = None  # a gated request its rule rejected (or not decided): the bare model's tokens
+    return StepRequest(raw, int(state.num_prompt_tokens))
+
+
+@functools.lru_cache(maxsize=1024)
+def _has_rule(raw: str) -> bool:
+    spec = decode(raw)
+    return spec is not None and spec.when is not None
+
+
+def _rejected(raw: str, req_id: str, gate: RequestGate | None) -> bool:
+    if gate is None:
+        # No gate in this worker (the front ends refuse a rule then): a rule never steers here.
+        return _has_rule(raw)
+    if gate.rule_of(raw) is None:
+        return False
+    return gate.steered(req_id) is not True
