@@ -24,10 +24,11 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed here: `make test-vllm` runs these tests in .venv-vllm"
 )
 
-from vllm_cases import MAX_MODEL_LEN, fields, spec  # noqa: E402
+from vllm_cases import GATED_SENTENCES, MAX_MODEL_LEN, fields, spec  # noqa: E402
 
 import icv  # noqa: E402
-from icv.serving.vllm.contract import STATUS_METHOD  # noqa: E402
+from icv.serving import SteeringSpec  # noqa: E402
+from icv.serving.vllm.contract import DECISIONS_METHOD, GATE_ARG, STATUS_METHOD  # noqa: E402
 
 pytestmark = pytest.mark.real_model
 
@@ -65,6 +66,7 @@ def parallel_llm(request, vector_folder):
             seed=0,
             gpu_memory_utilization=0.15,
             distributed_executor_backend="mp",
+            enable_chunked_prefill=False,  # what conditional steering needs
             **layout,
         )
         try:
@@ -95,3 +97,33 @@ def test_every_rank_steers_and_the_tokens_equal_icv_steer(parallel_llm, real, re
         if g != e
     ]
     assert not wrong, f"{kind}: {len(wrong)} of {len(batch)} differ from icv.steer, e.g. {wrong[0]}"
+
+
+def test_every_rank_decides_a_rule_alike_and_the_tokens_equal_icv_steer(parallel_llm, real, reference):
+    """Conditional steering: each rank reads and decides; all must agree, and pass icv.steer's tokens."""
+    from vllm import SamplingParams
+
+    kind, ranks, llm = parallel_llm
+    _, tok = real
+    statuses = llm.llm.collective_rpc(STATUS_METHOD)
+    if kind.startswith("pipeline"):
+        assert all("pipeline" in status["gating"] for status in statuses), statuses
+        return
+    gated = SteeringSpec(spec(("positive", 0.08)).terms, "all", "rude")
+    prompts = [icv.prompts.paraphrase_prompt(s) for s in GATED_SENTENCES]  # [0] matches, [1] not
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0, extra_args=fields(gated))
+    outputs = llm.generate(prompts, [params] * len(prompts), use_tqdm=False)
+    assert [o.steering_decision["steered"] for o in outputs] == [True, False]
+    expected = [
+        reference(spec(("positive", 0.08)), tok(prompts[0]).input_ids, MAX_TOKENS),
+        reference(None, tok(prompts[1]).input_ids, MAX_TOKENS),
+    ]
+    assert [list(o.outputs[0].token_ids) for o in outputs] == expected
+    # every rank's own record of the decisions: the same on all (prepared by hand for the ids)
+    prepared = [llm.prepare(p, params) for p in prompts]
+    llm.llm.generate([p for p, _ in prepared], [q for _, q in prepared], use_tqdm=False)
+    ids = [q.extra_args[GATE_ARG] for _, q in prepared]
+    answers = llm.llm.collective_rpc(DECISIONS_METHOD, args=(ids,))
+    assert len(answers) == ranks and all(answer == answers[0] for answer in answers), answers
+    steered = [next(iter(answers[0][i].values()))["steered"] for i in ids]
+    assert steered == [True, False]

@@ -23,7 +23,7 @@ pytest.importorskip(
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from vllm_cases import MAX_MODEL_LEN, fields, spec  # noqa: E402
+from vllm_cases import GATED_SENTENCES, MAX_MODEL_LEN, fields, spec  # noqa: E402
 
 import icv  # noqa: E402
 from icv.models import DEFAULT_MODEL  # noqa: E402
@@ -174,6 +174,11 @@ BAD = {
     "too many vectors": body(steering=[{"vector": "positive"}] * 9),
     "vectors that cannot combine": body(steering=[{"vector": "positive"}, {"vector": "cheerful"}]),
     "negative max_tokens": body(max_tokens=-1, steering=[{"vector": "positive"}]),
+    "unknown condition": body(steering=[{"vector": "positive"}], steering_when="nope"),
+    "condition of another model": body(steering=[{"vector": "positive"}], steering_when="tinycond"),
+    "malformed rule": body(steering=[{"vector": "positive"}], steering_when="rude & (positive"),
+    "rule without steering": body(steering_when="rude"),
+    "rule with several choices": body(steering=[{"vector": "positive"}], steering_when="rude", n=2),
     "malformed JSON": b'{"model": "x", "prompt": ',
     "oversized body": body(prompt="x" * (5 * 1024 * 1024)),
 }
@@ -245,3 +250,60 @@ def test_a_bounded_load_of_mixed_steering_comes_back_complete_and_correct(client
         f"p50 {latencies[len(latencies) // 2]:.2f} s, p95 {latencies[int(len(latencies) * 0.95)]:.2f} s",
         file=sys.stderr,
     )
+
+
+def test_a_rule_steers_only_the_prompts_it_matches_and_each_choice_says_so(server, real, library):
+    """Conditional steering through the compiled server: icv.steer(when=...)'s tokens and decision."""
+    import torch
+
+    model, tok = real
+    steering = [{"vector": "positive", "strength": 0.08}]
+    prompts = [icv.prompts.paraphrase_prompt(s) for s in GATED_SENTENCES]  # [0] matches 'rude'
+    answer = httpx.post(
+        f"{server}/v1/completions",
+        json={
+            "model": DEFAULT_MODEL,
+            "prompt": prompts,
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+            "steering": steering,
+            "steering_when": "rude",
+        },
+        timeout=120,
+    ).json()
+    rule = library.rule("rude")
+    vector = library.compose(spec(("positive", 0.08)))
+    for prompt, choice in zip(prompts, sorted(answer["choices"], key=lambda c: c["index"]), strict=True):
+        ids = torch.tensor([tok(prompt).input_ids])
+        with icv.steer(model, vector, 1.0, when=rule) as gate:
+            out = model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=0)
+        assert choice["text"] == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        decision = choice["steering_decision"]
+        assert decision["steered"] is gate.decision.fired[0]
+        assert decision["scores"]["rude"] == pytest.approx(gate.decision.scores["rude"][0], abs=1e-3)
+    assert [
+        c["steering_decision"]["steered"] for c in sorted(answer["choices"], key=lambda c: c["index"])
+    ] == [
+        True,
+        False,
+    ]
+    assert answer["steering"]["when"] == "rude"
+    # streamed: the finishing chunk carries the decision
+    events = []
+    with httpx.stream(
+        "POST",
+        f"{server}/v1/completions",
+        json={
+            "model": DEFAULT_MODEL,
+            "prompt": prompts[1],
+            "max_tokens": 4,
+            "temperature": 0,
+            "stream": True,
+            "steering": steering,
+            "steering_when": "rude",
+        },
+        timeout=120,
+    ) as stream:
+        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")]
+    finishing = [c for e in events for c in e["choices"] if c.get("finish_reason")]
+    assert finishing and finishing[-1]["steering_decision"]["steered"] is False

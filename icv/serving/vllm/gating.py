@@ -23,7 +23,8 @@ conditions are loaded), and each gated request gets a cache salt of its own.  Sh
 prompt still arrive split, the request is left unsteered and its decision says why.
 
 Every rank of a tensor-parallel engine runs the same reading pass (its collectives
-need every rank) on the same all-reduced states, so every rank decides alike.
+need every rank) on the same all-reduced states, and takes rank 0's decisions (one small
+broadcast per reading pass), so the ranks never steer a request apart.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class RequestGate:
         conditions = list({id(c): c for r in whole for c in r.rule.conditions}.values())
         readings = readings_of(conditions)
         states = self._read(readings, read_forward)
+        results = []
         for r in whole:
             start = int(query_start_loc[r.row])
             mine = {}
@@ -147,10 +149,11 @@ class RequestGate:
                 hidden = states[layer][start : start + r.prompt_length].unsqueeze(0)
                 mask = torch.ones(1, r.prompt_length, dtype=torch.long, device=hidden.device)
                 mine[kind, layer] = READINGS[kind](hidden, mask).cpu()
-            used = r.rule.conditions
-            scores = scores_of(used, mine)
+            scores = scores_of(r.rule.conditions, mine)
             fired = bool(r.rule.evaluate(scores)[0])
-            self._record(r, fired, {c.name: float(s[0]) for c, s in scores.items()})
+            results.append((fired, {c.name: float(s[0]) for c, s in scores.items()}))
+        for r, (fired, named) in zip(whole, _agreed(results), strict=True):
+            self._record(r, fired, named)
 
     def _read(
         self, readings: Sequence[tuple[str, int]], read_forward: Callable[[], Any]
@@ -212,6 +215,25 @@ class RequestGate:
     def reports(self, report_ids: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
         """The decisions made so far for the front end's ``report_ids``: id -> request id -> decision."""
         return {i: dict(self._reports[i]) for i in report_ids if i in self._reports}
+
+
+def _agreed(results: list[tuple[bool, dict[str, float]]]) -> list[tuple[bool, dict[str, float]]]:
+    """Rank 0's decisions on every rank of a tensor-parallel group (one small broadcast).
+
+    The ranks read the same all-reduced states, but a score on the threshold's edge must
+    not be decided apart by a last-bit difference: ranks that steered differently would
+    feed different states into the next all-reduce.
+    """
+    try:
+        from vllm.distributed import get_tp_group
+
+        group = get_tp_group()
+    except (ImportError, AssertionError):  # not inside vLLM, or no parallel group
+        return results
+    if group.world_size == 1:
+        return results
+    agreed: list[tuple[bool, dict[str, float]]] = group.broadcast_object(results, src=0)
+    return agreed
 
 
 @contextlib.contextmanager
