@@ -45,7 +45,9 @@ def main() -> None:
     sentences, demos = sentences_and_demos(args.requests)
     prompts = [paraphrase_prompt(s) for s in sentences[: args.requests]]
     with tempfile.TemporaryDirectory() as folder:
-        icv.extract(model, tok, demos, name="positive", progress=False).save(Path(folder) / "positive.safetensors")
+        icv.extract(model, tok, demos, name="positive", progress=False).save(
+            Path(folder) / "positive.safetensors"
+        )
         half = len(prompts) // 2
         condition = icv.extract_condition(model, tok, prompts[:half], prompts[half:], name="first_half")
         condition.save(Path(folder) / "first_half.safetensors")
