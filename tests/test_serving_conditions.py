@@ -144,8 +144,15 @@ def test_the_vllm_plugin_refuses_rules_it_cannot_apply(files):
     http_module = pytest.importorskip("icv.serving.vllm.http")
     import json
 
-    with pytest.raises(RequestError, match="not in the vLLM plugin"):
+    folder, _, _ = files
+    library = library_from(folder, tiny_model("llama"))
+    with pytest.raises(RequestError, match="no steering vectors"):
         http_module.rewrite(json.dumps(body("aaaa a", "a")).encode(), None)
+    # an engine that may split prompts over steps cannot gate (tests/test_vllm_http.py: one that can)
+    with pytest.raises(RequestError, match="cannot be served by this engine: chunked"):
+        http_module.rewrite(json.dumps(body("aaaa a", "a")).encode(), library, "chunked prefill")
+    with pytest.raises(RequestError, match="vector_mismatch|cannot decide for this model"):
+        http_module.rewrite(json.dumps(body("aaaa a", "qwen_cond")).encode(), library, "")
     with pytest.raises(RequestError, match="give the 'steering' too"):
         http_module.rewrite(json.dumps({"prompt": "x", "steering_when": "a"}).encode(), None)
 
