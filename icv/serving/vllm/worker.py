@@ -21,6 +21,11 @@ key through ``additional_config``, so a graph compiled without the plugin, or fo
 other vectors, is never loaded for this one.  Steering refuses to start rather than
 serve unsteered output as steered: under inductor freezing (which folds the tables
 into constants), and on a model runner that does not expose the batch as above.
+
+Conditional steering (``steering_when``): when the library holds conditions and the
+engine never splits a prompt over steps, a :class:`~.gating.RequestGate` decides each
+gated request in the step that runs its prompt, from one unsteered reading pass run
+before the real forward (:mod:`.gating`); a rejected request is armed as unsteered.
 """
 
 from __future__ import annotations
