@@ -234,6 +234,34 @@ def test_eval_command_runs_its_sweep_on_a_server(model_dir, vector, keyed, tmp_p
         assert message in capsys.readouterr().err
 
 
+def test_calibrate_command_runs_its_sweep_on_a_server(
+    model_dir, vector, keyed, tmp_path, capsys, monkeypatch
+):
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("\n".join(INPUTS) + "\n")
+    vector_file = tmp_path / "warm.safetensors"
+    vector.save(vector_file)
+    base = ["calibrate", vector_file, "--model", model_dir, "--inputs", inputs, "--style", "positive"]
+    base += ["--strengths", "0.2,0.6", "--no-fluency", "--max-new-tokens", "6", "--min-content", "0.1"]
+    reports = {}
+    monkeypatch.setenv("ICV_API_KEY", KEY)
+    for engine in ([], ["--engine", "server", "--url", keyed.url]):
+        out = tmp_path / ("server" if engine else "local")
+        code = main(
+            [str(a) for a in [*base, *engine, "--out", f"{out}.safetensors", "--report", f"{out}.json"]]
+        )
+        assert code == 0, capsys.readouterr().err
+        reports[bool(engine)] = json.loads((tmp_path / f"{out.name}.json").read_text())
+    assert reports[True].pop("engine") == "server" and reports[False].pop("engine") == "transformers"
+    assert reports[True] == reports[False]  # the same answers, so the same scores and the same choice
+    local = icv.InContextVector.load(tmp_path / "local.safetensors")
+    remote = icv.InContextVector.load(tmp_path / "server.safetensors")
+    assert remote.metadata["recommended_strength"] == local.metadata["recommended_strength"]
+    monkeypatch.delenv("ICV_API_KEY")
+    code = main([str(a) for a in [*base, "--engine", "server", "--url", keyed.url, "--quiet"]])
+    assert code == 1 and "401" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_the_vllm_engine_without_vllm_says_how_to_install_it(loaded, vector, model_dir, tmp_path, capsys):
     model, tok = loaded

@@ -457,3 +457,34 @@ def test_icv_eval_with_a_judge_writes_its_counts_in_the_report(tmp_path, capsys)
     assert counts["model"] == "j" and counts["url"] == judge.url
     assert counts["requests"] == len(judge.requests) and counts["unparsable"] == 0
     assert f"judge j: {counts['ratings']} ratings, 0 from the cache, {counts['requests']} requests" in shown
+
+
+def test_icv_calibrate_with_a_judge_writes_its_counts_in_the_report(tmp_path, capsys):
+    from tiny import DEMOS, save_tiny_llama
+
+    from icv.cli import main
+
+    folder = tmp_path / "model"
+    save_tiny_llama(folder)
+    model, tok = icv.load_model(folder)
+    vector = tmp_path / "warm.safetensors"
+    icv.extract(model, tok, DEMOS, progress=False).save(vector)
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("the food was cold\ni hated it\n")
+    report = tmp_path / "calibration.json"
+    argv = ["calibrate", vector, "--model", folder, "--inputs", inputs, "--style", "formal English"]
+    options = ["--strengths", "0.3", "--no-fluency", "--max-new-tokens", "4", "--report", report, "--quiet"]
+    with FakeJudge(by_kind()) as judge:
+        judged = ["--judge-url", judge.url, "--judge-model", "j", "--judge-cache", tmp_path / "cache"]
+        code = main([str(a) for a in [*argv, *options, *judged]])
+        shown = capsys.readouterr().out
+        assert code == 0
+    got = json.loads(report.read_text())
+    counts = got["judge"]
+    assert counts["model"] == "j" and counts["url"] == judge.url
+    assert counts["requests"] == len(judge.requests) > 0 and counts["unparsable"] == 0
+    assert got["style"] == "judge" and [p["strength"] for p in got["points"]] == [0.3]
+    assert (
+        f"judge j: {counts['ratings']} ratings, {counts['cache_hits']} from the cache, {counts['requests']} "
+        f"requests ({counts['retries']} retries), 0 unparsable" in shown
+    )

@@ -141,3 +141,48 @@ def test_icv_eval_scores_the_style_with_the_classifier(classifier_folder, tmp_pa
     want = ClassifierScorer(classifier_folder, "formal").score(result["outputs"])
     assert report["style"] == "formal"
     assert result["style_success"] == pytest.approx(sum(want) / len(want))
+
+
+def test_icv_calibrate_scores_the_style_with_the_classifier(classifier_folder, tmp_path, capsys):
+    import json
+
+    from tiny import DEMOS
+
+    import icv
+
+    folder = tmp_path / "model"
+    save_tiny_llama(folder)
+    model, tok = icv.load_model(folder)
+    vector = tmp_path / "warm.safetensors"
+    icv.extract(model, tok, DEMOS, progress=False).save(vector)
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("the food was cold\ni hated it\n")
+    report = tmp_path / "calibration.json"
+    argv = ["calibrate", vector, "--model", folder, "--inputs", inputs, "--strengths", "0.3"]
+    options = [
+        "--style-model",
+        classifier_folder,
+        "--style-label",
+        "formal",
+        "--no-fluency",
+        "--min-content",
+        "0",
+    ]
+    code = main([str(a) for a in [*argv, *options, "--max-new-tokens", "4", "--report", report, "--quiet"]])
+    assert code == 0, capsys.readouterr().err
+    got = json.loads(report.read_text())
+    _, want = icv.calibrate(
+        model,
+        tok,
+        icv.InContextVector.load(vector),
+        ["the food was cold", "i hated it"],
+        style=ClassifierScorer(classifier_folder, "formal"),
+        strengths=[0.3],
+        min_content=0.0,
+        max_perplexity_ratio=None,
+        max_new_tokens=4,
+        progress=False,
+    )
+    assert got["style"] == "formal"
+    assert [p["style_success"] for p in got["points"]] == [p.style_success for p in want.points]
+    assert got["baseline"]["style_success"] == want.baseline.style_success

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ICVError
-from . import combine, condition, evaluate, extract, generate, gguf, hub, inspect, serve, train
+from . import calibrate, combine, condition, evaluate, extract, generate, gguf, hub, inspect, serve, train
 from .common import PROG, Command, quiet, quiet_libraries, say
 
 COMMANDS: list[Command] = [
@@ -22,6 +22,7 @@ COMMANDS: list[Command] = [
     gguf.EXPORT,
     gguf.IMPORT,
     evaluate.COMMAND,
+    calibrate.COMMAND,
     serve.COMMAND,
     hub.PUSH,
     hub.PULL,
