@@ -3,9 +3,10 @@
 Extraction reads a vector in one pass; training then fits it to what the pairs ask for:
 the targets given the zero-shot prompt (teacher forcing, the prompt :func:`icv.evaluate`
 steers), with an L2 term that holds it near where it started, on a training part of the
-pairs, stopped early on a held-out part.  The model is only read: its parameters get no
-gradient, their ``requires_grad`` and the model's train/eval mode are restored, and the
-hooks come off whatever happens (an error, Ctrl-C).
+pairs, stopped early on a held-out part; or (``objective="distillation"``, :mod:`icv.distill`)
+the unsteered model's own in-context distribution on those targets.  The model is only
+read: its parameters get no gradient, their ``requires_grad`` and the model's train/eval
+mode are restored, and the hooks come off whatever happens (an error, Ctrl-C).
 
 The result is an ordinary :class:`icv.InContextVector` (directions, layer scales, shifts)
 that recommends the strength it was trained at, so ``icv.steer(model, trained)`` applies
