@@ -3,9 +3,10 @@
 Extraction reads a vector in one pass; training then fits it to what the pairs ask for:
 the targets given the zero-shot prompt (teacher forcing, the prompt :func:`icv.evaluate`
 steers), with an L2 term that holds it near where it started, on a training part of the
-pairs, stopped early on a held-out part.  The model is only read: its parameters get no
-gradient, their ``requires_grad`` and the model's train/eval mode are restored, and the
-hooks come off whatever happens (an error, Ctrl-C).
+pairs, stopped early on a held-out part; or (``objective="distillation"``, :mod:`icv.distill`)
+the unsteered model's own in-context distribution on those targets.  The model is only
+read: its parameters get no gradient, their ``requires_grad`` and the model's train/eval
+mode are restored, and the hooks come off whatever happens (an error, Ctrl-C).
 
 The result is an ordinary :class:`icv.InContextVector` (directions, layer scales, shifts)
 that recommends the strength it was trained at, so ``icv.steer(model, trained)`` applies
@@ -19,7 +20,7 @@ import math
 import numbers
 import random
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -27,6 +28,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .demos import as_demos, demos_sha256
+from .distill import (
+    TEACHER_DEMOS,
+    TOP_K,
+    SoftExample,
+    distillation_loss,
+    mean_distillation_loss,
+    soft_targets,
+    teacher_examples,
+)
 from .errors import OptionError, SteeringError
 from .extract import extract, max_context, model_device, pad_token_id
 from .layers import Architecture, decoder_layers, site_modules
@@ -34,11 +44,11 @@ from .options import checked_options
 from .prompts import paraphrase_prompt
 from .steer import check_vector_fits, is_steered, steer
 from .strength import planned_strength
-from .supervision import Example, batch_of, encode_pairs, mean_loss, target_loss
+from .supervision import batch_of, encode_pairs, mean_loss, target_loss
 from .trainable import LEVELS, TrainableRows, TrainingHooks
 from .vector import InContextVector
 
-OBJECTIVES = ("teacher",)
+OBJECTIVES = ("teacher", "distillation")
 # Per level: (steps, learning rate, L2 weight).  Factors near 1 move by tenths; offsets are
 # in units of a unit direction row, so they take smaller steps and a firmer hold.
 LEVEL_DEFAULTS: dict[str, tuple[int, float, float]] = {
@@ -85,8 +95,11 @@ def train(
             directions: few parameters, safe with 8 pairs) or ``"directions"`` (a free
             offset per layer's direction: for 32 pairs or more).
         objective: ``"teacher"``: the cross-entropy of each target given the zero-shot
-            paraphrase prompt (teacher forcing), plus ``regularization`` times the mean
-            squared change from the start.
+            paraphrase prompt (teacher forcing); ``"distillation"``: KL from the unsteered
+            model's own in-context distribution on each target (up to 8 training pairs,
+            never the pair itself, as demonstrations in the ICL arm's prompt) to the steered
+            model's given the zero-shot prompt.  Either plus ``regularization`` times the
+            mean squared change from the start.
         strength: the strength training injects at, recorded as the result's recommended
             strength; ``None``: ``init``'s recommended strength for its mode and site, else
             the library's default for the model's depth.
@@ -116,7 +129,7 @@ def train(
 
     Raises:
         DemoError: no pairs, a pair that is not two non-empty texts, or one longer than the
-            model takes.
+            model takes; for distillation, fewer than two training pairs.
         ModelMismatchError: ``init`` was made for another model.
         OptionError: an unknown level or objective, or an option out of its range.
         SteeringError: the model is steered while training starts.
@@ -174,11 +187,25 @@ def train(
     scale = (init.layer_scales if mode == "add" else torch.ones(num_layers)).to(device)
     pad = pad_token_id(tokenizer)
     fit_examples = [examples[i] for i in fit]
-    held_examples = [examples[i] for i in held]
 
     def deltas() -> torch.Tensor:
         # What steer applies at strength s: layer_deltas (weights 1 on the covered layers).
         return s * rows.rows() * scale[:, None]
+
+    teachers = None
+    if objective == "distillation":
+        teachers = teacher_examples(tokenizer, pairs, examples, fit, int(seed), limit)
+    soft: list[SoftExample] = []
+
+    def batch_loss(chosen: Sequence[int]) -> torch.Tensor:
+        if objective == "distillation":
+            return distillation_loss(model, [soft[fit[i]] for i in chosen], pad, device)
+        return target_loss(model, batch_of([fit_examples[i] for i in chosen], pad, device))
+
+    def measure(indices: Sequence[int]) -> float:
+        if objective == "distillation":
+            return mean_distillation_loss(model, [soft[i] for i in indices], pad, device, batch_size)
+        return mean_loss(model, [examples[i] for i in indices], pad, device, batch_size)
 
     saved = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
@@ -187,14 +214,18 @@ def train(
         for p, _ in saved:
             p.requires_grad_(False)
         model.eval()
+        if teachers is not None:
+            # The teacher is the unsteered model: no hooks are on it yet (and is_steered said none were).
+            soft = soft_targets(model, examples, teachers, pad, device, batch_size)
         hooks = TrainingHooks(site_modules(model, site, architecture), covered, mode)
         result = _fit(
-            model,
             hooks,
             rows,
             deltas,
-            fit_examples,
-            held_examples,
+            batch_loss,
+            measure,
+            fit,
+            held,
             steps=steps,
             lr=lr,
             reg=reg,
@@ -202,8 +233,6 @@ def train(
             patience=patience,
             batch_size=batch_size,
             rng=random.Random(int(seed)),
-            pad=pad,
-            device=device,
             progress=steps > 20 if progress is None else bool(progress),
         )
     finally:
@@ -235,6 +264,8 @@ def train(
         "held_out_loss_before": None,
         "held_out_loss_after": None,
     }
+    if objective == "distillation":
+        training.update(teacher_demos=TEACHER_DEMOS, teacher_top_k=TOP_K)
     vector = InContextVector(
         trained_rows,
         {
@@ -248,10 +279,12 @@ def train(
         init.layer_scales,
         shifts,
     )
-    if held_examples:
+    if held:
         # Measured through icv.steer itself: the figures are what steering with the file gives.
-        before = _steered_loss(model, init, s, held_examples, pad, device, batch_size)
-        after = _steered_loss(model, vector, None, held_examples, pad, device, batch_size)
+        with steer(model, init, s):
+            before = measure(held)
+        with steer(model, vector):
+            after = measure(held)
         vector = vector.with_metadata(
             training={**training, "held_out_loss_before": before, "held_out_loss_after": after}
         )
@@ -259,12 +292,13 @@ def train(
 
 
 def _fit(
-    model: nn.Module,
     hooks: TrainingHooks,
     rows: TrainableRows,
     deltas: Any,
-    fit: Sequence[Example],
-    held: Sequence[Example],
+    batch_loss: Callable[[Sequence[int]], torch.Tensor],
+    measure: Callable[[Sequence[int]], float],
+    fit: Sequence[int],
+    held: Sequence[int],
     *,
     steps: int,
     lr: float,
@@ -273,17 +307,19 @@ def _fit(
     patience: int,
     batch_size: int,
     rng: random.Random,
-    pad: int,
-    device: torch.device,
     progress: bool,
 ) -> dict[str, Any]:
-    """The optimisation loop; leaves ``rows`` at the state of the best held-out loss."""
+    """The optimisation loop; leaves ``rows`` at the state of the best held-out loss.
+
+    ``batch_loss`` takes positions in ``fit``; ``measure`` takes pair indices (``fit``'s or
+    ``held``'s own values) and gives the objective's mean without gradients.
+    """
     optimizer = torch.optim.Adam(rows.parameters(), lr=lr)
 
-    def evaluate(examples: Sequence[Example]) -> float:
+    def evaluate(indices: Sequence[int]) -> float:
         with torch.no_grad():
             hooks.deltas = deltas()
-        return mean_loss(model, examples, pad, device, batch_size)
+        return measure(indices)
 
     train_before = evaluate(fit)
     best = evaluate(held) if held else math.inf
@@ -301,7 +337,7 @@ def _fit(
                 chosen, order = order[:batch_size], order[batch_size:]
                 optimizer.zero_grad(set_to_none=True)
                 hooks.deltas = deltas()
-                loss = target_loss(model, batch_of([fit[i] for i in chosen], pad, device))
+                loss = batch_loss(chosen)
                 total = loss + reg * rows.penalty() if reg else loss
                 total.backward()
                 optimizer.step()
@@ -332,19 +368,6 @@ def _fit(
         "train_before": train_before,
         "train_after": evaluate(fit),
     }
-
-
-def _steered_loss(
-    model: nn.Module,
-    vector: InContextVector,
-    strength: float | None,
-    examples: Sequence[Example],
-    pad: int,
-    device: torch.device,
-    batch_size: int,
-) -> float:
-    with steer(model, vector, strength):
-        return mean_loss(model, examples, pad, device, batch_size)
 
 
 def _split(count: int, share: float, seed: int) -> tuple[list[int], list[int]]:

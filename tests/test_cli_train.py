@@ -99,3 +99,16 @@ def test_train_errors_are_one_line(model_dir, pairs_file, tmp_path, capsys):
     assert code == 1 and "held_out must be a share below 1" in err and "Traceback" not in err
     assert run(capsys, "train", "--demos", pairs_file, "--out", out, "--level", "weights")[0] == 2
     assert not out.exists()
+
+
+def test_train_objective_distillation_is_recorded_and_shown(model_dir, pairs_file, tmp_path, capsys):
+    out = tmp_path / "distilled.safetensors"
+    argv = ["train", "--demos", pairs_file, "--out", out, "--model", model_dir, "--steps", "2", "--quiet"]
+    code, text, err = run(capsys, *argv, "--objective", "distillation")
+    assert code == 0, err
+    assert icv.InContextVector.load(out).metadata["training"]["objective"] == "distillation"
+    code, shown, _ = run(capsys, "inspect", out)
+    assert code == 0 and "coefficients by distillation, 2 steps" in shown
+    other = tmp_path / "other.safetensors"
+    assert run(capsys, *argv[:4], other, "--objective", "rl")[0] == 2
+    assert not other.exists()

@@ -10,10 +10,11 @@ import torch
 from tiny import ByteTokenizer, tiny_model
 
 import icv
-from icv import inject
+from icv import distill, inject
 from icv.errors import DemoError, ModelMismatchError, OptionError, SteeringError
 from icv.extract import model_device
-from icv.supervision import encode_pairs, mean_loss
+from icv.prompts import icl_prompt
+from icv.supervision import Example, encode_pairs, mean_loss
 from icv.trainable import TrainableRows, add, rotate
 
 train_module = importlib.import_module("icv.train")
@@ -255,3 +256,121 @@ def test_training_record_must_be_plain_values(tok):
         with pytest.raises(OptionError, match="training"):
             vec.with_metadata(training=bad)
     assert vec.with_metadata(training={"steps": 3, "level": "directions"}).metadata["training"]["steps"] == 3
+
+
+# -- distillation: the unsteered model's own in-context distribution as the target ------------
+
+DISTILL = dict(FAST, objective="distillation")
+
+
+@pytest.mark.parametrize("level", ["coefficients", "directions"])
+def test_distillation_lowers_its_objective_on_held_out_pairs(tok, level):
+    model = tiny_model("llama")
+    vec = icv.train(model, tok, PAIRS, level=level, **DISTILL)
+    record = vec.metadata["training"]
+    assert record["objective"] == "distillation" and record["level"] == level
+    assert (record["teacher_demos"], record["teacher_top_k"]) == (distill.TEACHER_DEMOS, distill.TOP_K)
+    assert record["held_out_loss_after"] < record["held_out_loss_before"]
+    assert record["train_loss_after"] < record["train_loss_before"]
+    # Measured again outside training, through icv.steer, on the held-out pairs' own teachers.
+    _, held = train_module._split(len(PAIRS), 0.25, 0)
+    soft = _soft_targets(model, tok, held)
+    with icv.steer(model, vec):
+        after = distill.mean_distillation_loss(model, soft, 0, model_device(model), 8)
+    assert after == pytest.approx(record["held_out_loss_after"], rel=1e-5)
+
+
+def _soft_targets(model, tok, indices):
+    pairs = [icv.Demo(s, t) for s, t in PAIRS]
+    students = encode_pairs(tok, pairs, 256)
+    fit, _ = train_module._split(len(PAIRS), 0.25, 0)
+    teachers = distill.teacher_examples(tok, pairs, students, fit, 0, 256)
+    soft = distill.soft_targets(model, students, teachers, 0, model_device(model), 8)
+    return [soft[i] for i in indices]
+
+
+def test_distillation_teacher_is_the_unsteered_model_with_training_pairs_in_the_prompt(tok, monkeypatch):
+    model = tiny_model("llama")
+    seen = []
+    real = train_module.soft_targets
+
+    def spy(model, students, teachers, *args):
+        seen.append((teachers, real(model, students, teachers, *args)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(train_module, "soft_targets", spy)
+    # A start at a strength that changes the model's output a lot: if the teacher were steered,
+    # its targets would differ from the plain model's.
+    start = icv.extract(model, tok, PAIRS, progress=False, recommended_strength=0.9)
+    icv.train(model, tok, PAIRS, init=start, level="directions", **DISTILL)
+    ((teachers, soft),) = seen
+    fit, held = train_module._split(len(PAIRS), 0.25, 0)
+    for query, (teacher, target) in enumerate(zip(teachers, soft, strict=True)):
+        # The in-context prompt of icv's ICL arm, with training pairs other than the query.
+        chosen = distill.teacher_demos(distill.TEACHER_DEMOS, query, fit, 0)
+        assert query not in chosen and not set(chosen) & set(held) and chosen
+        demos = [icv.Demo(*PAIRS[i]) for i in chosen]
+        # The context (256 bytes) takes only some of them: the first m, m >= 1.
+        prompt = list(teacher.ids[: teacher.start])
+        assert any(
+            prompt == tok(icl_prompt(demos[:m], PAIRS[query][0]))["input_ids"]
+            for m in range(1, len(demos) + 1)
+        )
+        # Same target tokens as the student's zero-shot example.
+        assert teacher.ids[teacher.start :] == target.example.ids[target.example.start :]
+        # The plain model's logits on that prompt, computed here without any hook.
+        with torch.no_grad():
+            logits = model(torch.tensor([teacher.ids])).logits[0, teacher.start - 1 : -1].float()
+        top = torch.log_softmax(logits, -1).topk(distill.TOP_K)
+        torch.testing.assert_close(target.logp, top.values, rtol=1e-5, atol=1e-5)
+    assert _no_hooks(model) and not icv.is_steered(model)
+
+
+def test_distillation_needs_two_training_pairs(tok):
+    model = tiny_model("llama")
+    with pytest.raises(DemoError, match="at least two training pairs"):
+        icv.train(model, tok, PAIRS[:2], objective="distillation", progress=False)
+    with pytest.raises(OptionError, match="unknown objective 'teacher_forcing'"):
+        icv.train(model, tok, PAIRS, objective="teacher_forcing", progress=False)
+    assert _no_hooks(model)
+
+
+def test_distillation_coarsened_kl_is_zero_at_the_teacher_and_positive_elsewhere():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 40)
+    logp = torch.log_softmax(logits, -1)
+    top = logp.topk(5)
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, values):
+            super().__init__()
+            self.values = values
+
+        def forward(self, input_ids, attention_mask=None):
+            class Out:
+                pass
+
+            out = Out()
+            out.logits = self.values.expand(input_ids.shape[0], -1, -1)
+            return out
+
+    example = distill.SoftExample(Example((1, 2, 3, 4), 1), top.indices, top.values)
+    padded = torch.cat([logits, torch.zeros(1, 40)])[None]  # position t predicts token t + 1
+    same = distill.distillation_loss(Fixed(padded), [example], 0, torch.device("cpu"))
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    other = distill.distillation_loss(Fixed(padded.flip(-1)), [example], 0, torch.device("cpu"))
+    assert float(other) > 0.1
+
+
+def test_model_is_bitwise_unchanged_after_distillation(tok):
+    model = tiny_model("llama")
+    model.lm_head.weight.requires_grad_(False)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = _snapshot(model)
+    icv.train(model, tok, PAIRS, level="coefficients", **DISTILL)
+    assert not model.training
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    after = _snapshot(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert _no_hooks(model) and not icv.is_steered(model)

@@ -14,6 +14,11 @@ trained on the 64.  Every arm is swept at the same multiples of its recommended 
 positive share (compound > 0.05) and MiniLM similarity to the source.  Training time per
 arm is printed and stored (the machine is shared: compare within one run only); every
 arm's vector is saved beside the report (``<out>.<arm>.safetensors``) for later sweeps.
+
+``--objective teacher,distillation`` trains every trained arm once per objective (the
+distilled ones are named ``<arm>-distillation``); ``--skip-eval icv64`` trains or extracts an
+arm (as another's start) without sweeping it.  Each arm is swept right after it is made and
+the report is rewritten after every arm, so a run cut short keeps what it finished.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: icv.train's)")
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--train-batch", type=int, default=8, help="pairs per training step")
+    parser.add_argument("--objective", default="teacher", help="icv.train objectives, comma-separated")
+    parser.add_argument("--skip-eval", default="", help="arms made but not swept, comma-separated")
     parser.add_argument("--out", type=Path, required=True, help="path prefix for .json and .md")
     args = parser.parse_args(argv)
 
@@ -74,31 +81,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     vectors: dict[str, icv.InContextVector] = {}
     seconds: dict[str, float] = {}
-    arms = args.arms.split(",")
-    for arm in arms:
+    objectives = args.objective.split(",")
+    skip = set(filter(None, args.skip_eval.split(",")))
+    plan: list[tuple[str, str, str]] = []  # (label, arm, objective)
+    for arm in args.arms.split(","):
+        if arm.startswith("icv"):
+            plan.append((arm, arm, ""))
+        else:
+            plan += [(arm if o == "teacher" else f"{arm}-{o}", arm, o) for o in objectives]
+    rows: list[dict] = []
+    for label, arm, objective in plan:
         started = time.perf_counter()
+        trained = dict(options, objective=objective)
         if arm == "icv8":
             vec = icv.extract(model, tokenizer, demos8, recommended_strength=args.strength)
         elif arm == "icv64":
             vec = icv.extract(model, tokenizer, pairs64, recommended_strength=args.strength)
         elif arm == "coef8":
-            vec = icv.train(model, tokenizer, demos8, init=vectors["icv8"], level="coefficients", **options)
+            vec = icv.train(model, tokenizer, demos8, init=vectors["icv8"], level="coefficients", **trained)
         elif arm in ("coef64", "dir64"):
             level = "coefficients" if arm == "coef64" else "directions"
-            vec = icv.train(model, tokenizer, pairs64, init=vectors["icv64"], level=level, **options)
+            vec = icv.train(model, tokenizer, pairs64, init=vectors["icv64"], level=level, **trained)
         elif arm == "dir64h":  # the hand-written direction, fitted on the 64 pairs
-            vec = icv.train(model, tokenizer, pairs64, init=vectors["icv8"], level="directions", **options)
+            vec = icv.train(model, tokenizer, pairs64, init=vectors["icv8"], level="directions", **trained)
         else:
             raise SystemExit(f"unknown arm {arm}")
-        seconds[arm] = time.perf_counter() - started
-        vectors[arm] = vec
+        seconds[label] = time.perf_counter() - started
+        vectors[label] = vec
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        vec.save(f"{args.out}.{arm}.safetensors", overwrite=True)  # for later sweeps
-        print(f"{arm}: {seconds[arm]:.1f} s, training={vec.metadata.get('training')}", flush=True)
-
-    rows = []
-    for arm in arms:
-        vec = vectors[arm]
+        vec.save(f"{args.out}.{label}.safetensors", overwrite=True)  # for later sweeps
+        print(f"{label}: {seconds[label]:.1f} s, training={vec.metadata.get('training')}", flush=True)
+        if label in skip:
+            continue
         base = vec.recommended_strength
         assert base is not None
         strengths = [round(base * f, 6) for f in factors]
@@ -117,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             content = similarity.summary(similarity.score(completions.answers, sources), completions.answers)
             rows.append(
                 {
-                    "arm": arm,
+                    "arm": label,
                     "strength": s,
                     "factor": s / base,
                     "positive": positive,
@@ -125,16 +139,26 @@ def main(argv: list[str] | None = None) -> int:
                     "outputs": completions.answers,
                 }
             )
-            print(f"{arm} @ {s:g}: positive {positive:.3f} similarity {content:.3f}", flush=True)
+            print(f"{label} @ {s:g}: positive {positive:.3f} similarity {content:.3f}", flush=True)
         print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
+        write_report(args, seconds, vectors, [p[0] for p in plan if p[0] in vectors], rows)
+    return 0
 
+
+def write_report(
+    args: argparse.Namespace,
+    seconds: dict[str, float],
+    vectors: dict[str, icv.InContextVector],
+    labels: list[str],
+    rows: list[dict],
+) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "settings": {
             k: (list(v)[:1] + list(v)[-1:] if isinstance(v, range) else str(v)) for k, v in vars(args).items()
         },
         "training_seconds": seconds,
-        "training": {arm: vectors[arm].metadata.get("training") for arm in arms},
+        "training": {label: vectors[label].metadata.get("training") for label in labels},
         "results": rows,
     }
     Path(f"{args.out}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
@@ -143,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| {r['arm']} | {r['strength']:g} | {r['positive']:.3f} | {r['similarity']:.3f} |" for r in rows
     ]
     Path(f"{args.out}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
-    return 0
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "directions: every layer's direction (for 32 pairs or more)",
     )
     parser.add_argument(
+        "--objective",
+        choices=("teacher", "distillation"),
+        default="teacher",
+        help="teacher: the pairs' targets given the zero-shot prompt (default); distillation: the "
+        "model's own in-context distribution on those targets (its ICL output, the other pairs as demos)",
+    )
+    parser.add_argument(
         "--strength",
         type=finite_float,
         metavar="S",
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         demos,
         init=init,
         level=args.level,
+        objective=args.objective,
         strength=args.strength,
         steps=args.steps,
         learning_rate=args.lr,
