@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpointing import gradient_checkpointing as checkpointing
 from .demos import as_demos, demos_sha256
 from .errors import OptionError, SteeringError
 from .extract import extract, max_context, model_device, pad_token_id
@@ -72,6 +73,7 @@ def train(
     name: str | None = None,
     progress: bool | None = None,
     architecture: Architecture | None = None,
+    gradient_checkpointing: bool = False,
 ) -> InContextVector:
     """Fit an in-context vector to ``demos`` by gradient steps; the model is left as it was.
 
@@ -108,6 +110,10 @@ def train(
         name: the result's name (default: the start's).
         progress: show a progress bar; ``None``: when there are more than 20 steps.
         architecture: the layer paths for a model type the library does not know.
+        gradient_checkpointing: recompute each decoder layer's activations in the backward
+            pass (the model's own Hugging Face checkpointing, on for the training steps
+            only, its flags restored after): memory bounded by one layer's activations
+            for a large model, at about one more forward pass per step; the same result.
 
     Returns:
         The trained vector, recommending the strength it was trained at, with
@@ -118,7 +124,8 @@ def train(
         DemoError: no pairs, a pair that is not two non-empty texts, or one longer than the
             model takes.
         ModelMismatchError: ``init`` was made for another model.
-        OptionError: an unknown level or objective, or an option out of its range.
+        OptionError: an unknown level or objective, an option out of its range, or
+            ``gradient_checkpointing`` for a model whose layers cannot checkpoint.
         SteeringError: the model is steered while training starts.
     """
     pairs = as_demos(demos)
@@ -188,24 +195,25 @@ def train(
             p.requires_grad_(False)
         model.eval()
         hooks = TrainingHooks(site_modules(model, site, architecture), covered, mode)
-        result = _fit(
-            model,
-            hooks,
-            rows,
-            deltas,
-            fit_examples,
-            held_examples,
-            steps=steps,
-            lr=lr,
-            reg=reg,
-            eval_every=eval_every,
-            patience=patience,
-            batch_size=batch_size,
-            rng=random.Random(int(seed)),
-            pad=pad,
-            device=device,
-            progress=steps > 20 if progress is None else bool(progress),
-        )
+        with checkpointing(model, bool(gradient_checkpointing)):
+            result = _fit(
+                model,
+                hooks,
+                rows,
+                deltas,
+                fit_examples,
+                held_examples,
+                steps=steps,
+                lr=lr,
+                reg=reg,
+                eval_every=eval_every,
+                patience=patience,
+                batch_size=batch_size,
+                rng=random.Random(int(seed)),
+                pad=pad,
+                device=device,
+                progress=steps > 20 if progress is None else bool(progress),
+            )
     finally:
         if hooks is not None:
             hooks.remove()

@@ -1,0 +1,91 @@
+"""icv.train(gradient_checkpointing=True): the model's own checkpointing, for the run only, the same result."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from tiny import ByteTokenizer, tiny_model
+from torch import nn
+
+import icv
+from icv.checkpointing import checkpointed_layers, gradient_checkpointing
+from icv.errors import OptionError
+
+train_module = importlib.import_module("icv.train")
+
+PAIRS = [(f"{word} was bad", "ok") for word in ("food", "room", "staff", "soup", "bed", "car", "view", "tea")]
+FAST = dict(level="directions", steps=4, eval_every=2, learning_rate=0.2, progress=False)
+
+
+def _flags(model):
+    """Every checkpointable layer's own attributes: what must be as it was after training."""
+    return [
+        (m.training, {k: v for k, v in vars(m).items() if "checkpointing" in k})
+        for m in checkpointed_layers(model)
+    ]
+
+
+def _layer_calls(model):
+    """Counts the first decoder layer's MLP forward passes (a recompute in the backward counts too)."""
+    calls = []
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+def test_checkpointing_recomputes_and_gives_the_same_vector():
+    tok = ByteTokenizer()
+    results, counts = {}, {}
+    for enabled in (False, True):
+        model = tiny_model("llama")
+        flags = _flags(model)
+        calls, handle = _layer_calls(model)
+        results[enabled] = icv.train(model, tok, PAIRS, gradient_checkpointing=enabled, **FAST)
+        handle.remove()
+        counts[enabled] = len(calls)
+        assert _flags(model) == flags and not model.training
+        assert not model.is_activation_checkpointing
+    # One more forward of each layer per training step: the recompute in the backward pass.
+    assert counts[True] == counts[False] + FAST["steps"]
+    torch.testing.assert_close(results[True].directions, results[False].directions, rtol=1e-6, atol=1e-7)
+    assert results[True].metadata["training"] == results[False].metadata["training"]
+
+
+def test_a_models_own_checkpointing_setting_is_kept():
+    tok = ByteTokenizer()
+    model = tiny_model("llama")
+    with pytest.warns(FutureWarning):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    flags = _flags(model)
+    icv.train(model, tok, PAIRS, gradient_checkpointing=True, **FAST)
+    assert _flags(model) == flags and model.is_activation_checkpointing and model.training
+
+
+def test_flags_are_restored_when_training_fails(monkeypatch):
+    tok = ByteTokenizer()
+    model = tiny_model("llama")
+    flags = _flags(model)
+    calls = []
+    real_loss = train_module.target_loss
+
+    def failing(model, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            assert all(m.gradient_checkpointing and m.training for m in checkpointed_layers(model))
+            raise KeyboardInterrupt
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(train_module, "target_loss", failing)
+    with pytest.raises(KeyboardInterrupt):
+        icv.train(model, tok, PAIRS, gradient_checkpointing=True, **FAST)
+    assert _flags(model) == flags and not model.is_activation_checkpointing
+
+
+def test_a_model_that_cannot_checkpoint_is_an_option_error():
+    with pytest.raises(OptionError, match="gradient checkpointing"):
+        with gradient_checkpointing(nn.Linear(2, 2)):
+            pass
+    with gradient_checkpointing(nn.Linear(2, 2), enabled=False):
+        pass
