@@ -158,7 +158,7 @@ def test_eval_command_offers_the_trained_arm(model_dir, tmp_path, capsys):
         (["--methods", "trained"], "needs --trained FILE"),
         (["--trained", trained_file, "--train", "--demos", demos], "choose one"),
         (["--methods", "zero-shot", "--train"], "--train trains on --demos"),
-        (["--trained", trained_file, "--train-steps", "3"], "are for --train"),
+        (["--methods", "zero-shot", "--trained", trained_file, "--train-steps", "3"], "are for --train"),
         (["--methods", "zero-shot", "--trained-strengths", "0.1"], "--trained-strengths is for"),
     ]:
         assert main([str(a) for a in [*base, *wrong, "--out", tmp_path / "x"]]) == 2

@@ -24,15 +24,27 @@ def generate(model):
 
 
 @pytest.mark.parametrize(
-    "level, mode, site", [("coefficients", "rotate", "mlp"), ("directions", "add", "block")]
+    "level, mode, site, strength",
+    [("coefficients", "rotate", "mlp", 1.0), ("directions", "add", "block", 0.3)],
 )
-def test_a_trained_vector_steers_the_compiled_path_like_icv_steer(level, mode, site):
+def test_a_trained_vector_steers_the_compiled_path_like_icv_steer(level, mode, site, strength):
     tok = ByteTokenizer()
     bare = tiny_model("llama")
     start = icv.extract(bare, tok, DEMOS, injection_mode=mode, injection_site=site, progress=False)
+    # Trained at a strength that moves the tiny model (test_compiled.py's), recommended by the file.
     trained = icv.train(
-        bare, tok, DEMOS * 2, init=start, level=level, steps=3, learning_rate=0.3, progress=False
+        bare,
+        tok,
+        DEMOS * 2,
+        init=start,
+        level=level,
+        strength=strength,
+        steps=2,
+        held_out=0,  # every step runs: the file differs from its start
+        learning_rate=0.05,
+        progress=False,
     )
+    assert trained.recommended_strength == strength
     assert trained.metadata["training"]["level"] == level
     assert not torch.equal(trained.directions, start.directions)
     with icv.steer(bare, trained):
