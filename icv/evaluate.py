@@ -8,6 +8,9 @@ On the same inputs and the same demonstrations it runs
   at every strength of a sweep (one batched pass, one strength per row),
 * ``icl+icv`` (on request): the ICL prompt, steered by the same vector over a sweep
   of its own (the demonstrations both in the prompt and as the vector),
+* ``trained`` (on request): the paraphrase prompt, steered by a vector fitted by
+  :func:`icv.train` (given, or trained here on the demonstrations) at its recommended
+  strength or over a sweep of its own,
 
 scores every answer (style success, content preservation, fluency, and any
 scorer the caller adds) and reports per method the scores, the mean prompt
@@ -44,9 +47,10 @@ from .scorers import (
     success_rate,
 )
 from .sweep import check_inputs, check_strengths
+from .train import train
 from .vector import InContextVector
 
-METHODS = ("zero-shot", "icl", "icv", "icl+icv")
+METHODS = ("zero-shot", "icl", "icv", "icl+icv", "trained")
 # The hybrid costs ICL's long prompt at every strength of its sweep: asked for, not by default.
 DEFAULT_METHODS = ("zero-shot", "icl", "icv")
 STEERED = ("icv", "icl+icv")
@@ -125,8 +129,10 @@ class Evaluation:
             # the file does not say which, so neither does the table.
             if r.strength is not None and r.strength == recommended and r.method == recommended_for:
                 strength += " (recommended)"
+            if r.method == "trained" and r.strength == self.settings.get("trained_recommended_strength"):
+                strength += " (recommended)"
             cells = [
-                r.method,
+                _trained_label(self.settings) if r.method == "trained" else r.method,
                 strength,
                 _fmt(r.style_success),
                 _fmt(r.content),
@@ -150,6 +156,7 @@ class Evaluation:
         lines = {
             "icv": ("tab:blue", "ICV (strength sweep)"),
             "icl+icv": ("tab:red", "ICL + ICV (demos in prompt, strength sweep)"),
+            "trained": ("tab:purple", "trained vector (icv.train)"),
         }
         for method, (color, label) in lines.items():
             sweep = sorted((r for r in self.results if r.method == method), key=lambda r: r.strength or 0.0)
@@ -202,6 +209,14 @@ class Evaluation:
         return paths
 
 
+def _trained_label(settings: dict[str, Any]) -> str:
+    """``trained (coefficients by teacher, 40 steps)``: the arm, with what training did."""
+    record = settings.get("training")
+    if not isinstance(record, dict):
+        return "trained"
+    return f"trained ({record.get('level')} by {record.get('objective')}, {record.get('steps')} steps)"
+
+
 def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
 
@@ -226,6 +241,9 @@ def evaluate(
     hybrid_strengths: Sequence[float] | None = None,
     prompt_demos: int | None = None,
     extract_options: dict[str, Any] | None = None,
+    trained: InContextVector | None = None,
+    trained_strengths: Sequence[float] | None = None,
+    train_options: dict[str, Any] | None = None,
     max_new_tokens: int = 40,
     batch_size: int = 16,
     progress: bool | None = None,
@@ -254,13 +272,23 @@ def evaluate(
         vector: the ICV to steer with; extracted from ``demos`` (with ``extract_options``)
             when not given.
         strengths: the ICV sweep; default 0.03/0.05/0.07/0.09.
-        methods: any of ``zero-shot``, ``icl``, ``icv``, ``icl+icv``; default the first
-            three (the hybrid pays ICL's prompt at every strength of its sweep).
+        methods: any of ``zero-shot``, ``icl``, ``icv``, ``icl+icv``, ``trained``; default
+            the first three (the hybrid pays ICL's prompt at every strength of its sweep;
+            ``trained`` needs ``trained`` or a training run on ``demos``).
         hybrid_strengths: the ``icl+icv`` sweep; default the ICV sweep's values.
         prompt_demos: how many of the demonstrations (the first ones) ``icl+icv`` writes
             into its prompt; default all of them, as ``icl`` does.  The vector is the same.
         extract_options: keyword arguments for :func:`icv.extract` when the vector is
             extracted here.
+        trained: the ``trained`` arm's vector (a file :func:`icv.train` or ``icv train``
+            wrote); ``None`` with ``trained`` in ``methods``: trained here by
+            :func:`icv.train` on ``demos``, starting from the ``icv`` arm's vector (``vector``,
+            or the one extracted here), so the two arms differ only by the training; with
+            neither, from the vector :func:`icv.train` extracts from its training part.
+        trained_strengths: the ``trained`` sweep; default the trained vector's recommended
+            strength alone (the strength it was trained at).
+        train_options: keyword arguments for :func:`icv.train` when the vector is trained
+            here (``level``, ``steps``, ``seed``, ...).
         max_new_tokens: tokens generated per output.
         batch_size: prompts per generation batch.
         progress: show progress bars; ``None``: when there are more than 4 batches.
@@ -274,12 +302,14 @@ def evaluate(
         **steer_options: ``mode``, ``site``, ``layers``, ``positions`` for :func:`icv.steer`.
 
     Returns:
-        Every method's outputs and scores, with the settings; ``.markdown()`` and
-        ``.save(folder)`` write the report.
+        Every method's outputs and scores, with the settings (for the ``trained`` arm:
+        ``settings["training"]``, what training did, and ``settings["trained_vector"]``, the
+        vector's metadata); ``.markdown()`` and ``.save(folder)`` write the report.
 
     Raises:
         OptionError: an unknown method or engine, demonstrations missing where a method needs
-            them, or references of another length than the inputs.
+            them, a ``trained`` vector without the ``trained`` method, or references of
+            another length than the inputs.
         EngineError: the vLLM engine or the server failed (the server's message is kept).
     """
     inputs = check_inputs(inputs)
@@ -292,6 +322,7 @@ def evaluate(
         raise OptionError(
             "demos are needed for the 'icl' and 'icl+icv' methods, and for 'icv' unless a vector is given"
         )
+    _check_trained_arm(methods, demos, trained, trained_strengths, train_options)
     pairs = as_demos(demos) if demos is not None else []
     in_prompt = _prompt_demos(prompt_demos, len(pairs)) if "icl+icv" in methods else len(pairs)
     if not isinstance(style, Scorer):
@@ -356,6 +387,27 @@ def evaluate(
             sweep = sorted(check_strengths(sweep))
             settings[key] = sweep
             planned.append((method, Sweep([prompt(x) for x in inputs], vector, sweep)))
+    if "trained" in methods:
+        if trained is None:
+            started = time.perf_counter()
+            trained = _train_here(model, tokenizer, pairs, vector, train_options or {})
+            settings["train_seconds"] = time.perf_counter() - started
+        sweep = sorted(
+            check_strengths(
+                list(trained_strengths)
+                if trained_strengths is not None
+                else [trained.recommended_strength]
+                if trained.recommended_strength is not None
+                else list(DEFAULT_STRENGTHS)
+            )
+        )
+        settings.update(
+            trained_strengths=sweep,
+            trained_recommended_strength=trained.recommended_strength,
+            training=trained.metadata.get("training"),
+            trained_vector=trained.metadata,
+        )
+        planned.append(("trained", Sweep([paraphrase_prompt(x) for x in inputs], trained, sweep)))
     answered = generator.answer(
         [sweep for _, sweep in planned],
         max_new_tokens=max_new_tokens,
@@ -386,6 +438,39 @@ def evaluate(
             )
         )
     return Evaluation(results, style.name, content.name, settings)
+
+
+def _check_trained_arm(
+    methods: Sequence[str],
+    demos: Iterable[object] | None,
+    trained: InContextVector | None,
+    trained_strengths: Sequence[float] | None,
+    train_options: dict[str, Any] | None,
+) -> None:
+    """The ``trained`` arm's options agree with ``methods`` (said before anything runs)."""
+    if "trained" not in methods:
+        if trained is not None or trained_strengths is not None or train_options is not None:
+            raise OptionError(
+                "trained, trained_strengths and train_options set the 'trained' method: add it to methods"
+            )
+        return
+    if trained is not None and not isinstance(trained, InContextVector):
+        raise OptionError(f"trained must be an icv.InContextVector, got {type(trained).__name__}")
+    if trained is not None and train_options is not None:
+        raise OptionError("give a trained vector or train_options to train one here, not both")
+    if trained is None and demos is None:
+        raise OptionError("the 'trained' method needs a trained vector (trained=) or demos to train on")
+
+
+def _train_here(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[Any],
+    vector: InContextVector | None,
+    options: dict[str, Any],
+) -> InContextVector:
+    """:func:`icv.train` on the demonstrations, from the given vector unless ``options`` name a start."""
+    return train(model, tokenizer, pairs, **{"init": vector, "progress": False, **options})
 
 
 def recommended_arm(vector: InContextVector) -> str:

@@ -10,6 +10,7 @@ produce after the prompt (no token merges across the boundary).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,13 +77,33 @@ def batch_of(examples: Sequence[Example], pad_id: int, device: torch.device) -> 
 
 def target_loss(model: nn.Module, batch: TokenBatch) -> torch.Tensor:
     """Mean cross-entropy of the target tokens given everything before them (teacher forcing)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    # Position t predicts token t + 1.
-    predicted = logits[:, :-1].float()
-    wanted = batch.labels[:, 1:]
+    # Only the positions that predict a target token need logits: with right padding they are
+    # the batch's last ``keep`` positions.  The output layer (a quarter of a small model's
+    # forward pass, vocabulary-wide) and its softmax then run on those alone.
+    keep = logits_to_keep(model, batch.labels)
+    options = {"logits_to_keep": keep} if keep else {}
+    # No key/value cache: nothing is generated, and checkpointed layers refuse one.
+    logits = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **options
+    ).logits
+    # Position t predicts token t + 1: the logits of positions width - keep .. width - 2.
+    width = batch.labels.shape[1]
+    predicted = logits[:, -(keep or width) : -1].float()
+    wanted = batch.labels[:, width - (keep or width) + 1 :]
     return F.cross_entropy(
         predicted.reshape(-1, predicted.shape[-1]), wanted.reshape(-1), ignore_index=IGNORE
     )
+
+
+def logits_to_keep(model: nn.Module, labels: torch.Tensor) -> int:
+    """How many last positions must have logits for ``labels`` (0: all, or the model cannot say)."""
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return 0
+    targeted = (labels != IGNORE).any(dim=0).nonzero()
+    if not len(targeted):
+        return 0
+    # The first target token is predicted by the position before it.
+    return labels.shape[1] - int(targeted[0]) + 1
 
 
 def mean_loss(

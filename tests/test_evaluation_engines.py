@@ -137,6 +137,21 @@ def test_another_vector_is_uploaded_for_the_sweep_and_deleted_after(loaded, vect
     assert served_names(served) == ["warm"]  # the uploaded copy (added at the block) is gone
 
 
+def test_a_trained_vector_is_uploaded_and_answered_like_icv_steer(loaded, vector, served):
+    """icv.train's file is an ordinary vector: the trained arm through `icv serve` (transformers
+    engine) gives the tokens of the transformers engine, which are icv.steer's (test_evaluate_trained)."""
+    model, tok = loaded
+    trained = icv.train(model, tok, DEMOS, init=vector, steps=2, learning_rate=0.2, progress=False)
+    options = dict(style=letters(), content=kept(), scorers=[], trained=trained, trained_strengths=[0.3, 0.6])
+    options.update(methods=["zero-shot", "trained"], max_new_tokens=8, progress=False)
+    local = evaluate(model, tok, None, INPUTS, **options)
+    remote = evaluate(model, tok, None, INPUTS, engine="server", url=served.url, **options)
+    assert outputs(remote) == outputs(local)
+    assert local.result("trained", 0.6).outputs != local.result("zero-shot").outputs
+    assert remote.settings["training"] == trained.metadata["training"]
+    assert served_names(served) == ["warm"]  # uploaded for the sweep, deleted after
+
+
 def test_calibration_through_a_server_picks_what_the_transformers_engine_picks(loaded, vector, served):
     model, tok = loaded
     options = dict(style=letters(), content=kept(), strengths=[0.2, 0.5], min_content=0.0, max_new_tokens=8)

@@ -51,9 +51,10 @@ NOT_RUN: dict[str, tuple[range, str]] = {
         "tests/test_conditions.py and test_conditions_cli.py run the same calls on a tiny model",
     ),
     "docs/training.md": (
-        range(0, 1),
-        "a sketch over the reader's own pairs (`demos`) whose training takes a minute or more on the "
-        "embedded model; tests/test_train.py and test_cli_train.py run the same calls on a tiny model",
+        range(0, 2),
+        "sketches over the reader's own pairs (`demos`, `inputs`, `style`) whose training takes a minute "
+        "or more on the embedded model; tests/test_train.py, test_cli_train.py and "
+        "test_evaluate_trained.py run the same calls on a tiny model",
     ),
     "docs/vllm.md": (
         range(0, 2),

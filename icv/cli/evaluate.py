@@ -16,7 +16,7 @@ from .scoring import (
     style_scorer,
 )
 
-EVAL_METHODS = ("zero-shot", "icl", "icv", "icl+icv")
+EVAL_METHODS = ("zero-shot", "icl", "icv", "icl+icv", "trained")
 # icl+icv pays ICL's prompt at every strength of its sweep: asked for, not by default.
 DEFAULT_METHODS = ("zero-shot", "icl", "icv")
 
@@ -71,6 +71,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="icl+icv writes only the first K demos into its prompt (default: all); the vector keeps all",
     )
+    trained = parser.add_argument_group("the trained arm: a vector fitted by icv train (docs/training.md)")
+    trained.add_argument(
+        "--trained",
+        metavar="VEC",
+        help="a vector file written by `icv train`: adds the 'trained' arm, at its recommended strength",
+    )
+    trained.add_argument(
+        "--train",
+        action="store_true",
+        help="train the 'trained' arm's vector here on --demos (from the icv arm's vector) and add the arm",
+    )
+    trained.add_argument(
+        "--train-level",
+        choices=("coefficients", "directions"),
+        help="with --train: what is fitted (default: coefficients)",
+    )
+    trained.add_argument("--train-steps", type=positive_int, metavar="N", help="with --train: the most steps")
+    trained.add_argument(
+        "--trained-strengths",
+        type=strength_list,
+        metavar="LIST",
+        help="comma-separated strengths for the trained arm (default: its recommended strength alone)",
+    )
     parser.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N inputs")
     parser.add_argument("--extract-method", default="pca", choices=("pca", "mean"))
     parser.add_argument("--mode", choices=("rotate", "add"), help="injection mode (default: the vector's)")
@@ -102,6 +125,23 @@ def _eval_methods(args: argparse.Namespace) -> list[str]:
         )
     if "icl+icv" not in methods and (args.hybrid_strengths is not None or args.prompt_demos is not None):
         args.parser.error("--hybrid-strengths and --prompt-demos set the icl+icv method: add it to --methods")
+    return _trained_arm(args, methods)
+
+
+def _trained_arm(args: argparse.Namespace, methods: list[str]) -> list[str]:
+    """``--trained`` / ``--train`` add the trained arm; its other options need one of them."""
+    if args.trained is not None and args.train:
+        args.parser.error("--trained FILE evaluates a trained vector, --train trains one here: choose one")
+    if args.train and args.demos is None:
+        args.parser.error("--train trains on --demos: give the demonstrations")
+    if not args.train and (args.train_level is not None or args.train_steps is not None):
+        args.parser.error("--train-level and --train-steps are for --train")
+    if args.trained is not None or args.train:
+        return methods if "trained" in methods else [*methods, "trained"]
+    if "trained" in methods:
+        args.parser.error("the trained method needs --trained FILE (a vector `icv train` wrote) or --train")
+    if args.trained_strengths is not None:
+        args.parser.error("--trained-strengths is for the trained arm: give --trained FILE or --train")
     return methods
 
 
@@ -119,7 +159,14 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error(f"--prompt-demos {args.prompt_demos}: '{args.demos}' holds only {len(demos)}")
     inputs, references = read_inputs(args.inputs, args.limit)
     vector = read_vector(args.vector) if args.vector else None
-    model_name = args.model or (vector.metadata["model_name"] if vector is not None else None) or None
+    trained = read_vector(args.trained) if args.trained else None
+    train_options = (
+        {k: v for k, v in (("level", args.train_level), ("steps", args.train_steps)) if v is not None}
+        if args.train
+        else None
+    )
+    known = vector if vector is not None else trained
+    model_name = args.model or (known.metadata["model_name"] if known is not None else None) or None
     model, tokenizer = load_model_for(args, model_name)
     engine = build_engine(args, model_name_of(model))
     fluency = [] if args.no_fluency else [PerplexityScorer(model_name=fluency_model_for(model))]
@@ -139,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
         hybrid_strengths=args.hybrid_strengths,
         prompt_demos=args.prompt_demos,
         extract_options={"method": args.extract_method},
+        trained=trained,
+        trained_strengths=args.trained_strengths,
+        train_options=train_options,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         progress=False if quiet(args) else None,
@@ -162,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
 COMMAND = Command(
     "eval",
-    "compare zero-shot, ICL, ICV (and ICL + ICV) on test inputs",
+    "compare zero-shot, ICL, ICV (and ICL + ICV, a trained vector) on test inputs",
     configure,
     run,
 )

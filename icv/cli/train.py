@@ -75,6 +75,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="rotate",
         help="without --init: how the extracted start is applied (default: rotate)",
     )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each layer's activations in the backward pass (less memory for a large model)",
+    )
     parser.add_argument("--name", help="the vector's name (default: the start's)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         injection_mode=args.mode,
         name=args.name or (None if init is not None else Path(args.demos).stem),
         progress=not quiet(args),
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     vector.save(args.out, overwrite=args.force)
     record = vector.metadata["training"]

@@ -55,6 +55,9 @@ def engine(model) -> VllmEngine:
 def test_an_evaluation_sweep_on_vllm_gives_the_transformers_engines_answers(real):
     model, tok = real
     vector = icv.extract(model, tok, DEMOS, name="positive", progress=False)
+    # A vector from icv.train is an ordinary file: its arm rides the same batch (two steps: the
+    # point is the file, not the fit).
+    trained = icv.train(model, tok, DEMOS, init=vector, steps=2, held_out=0, progress=False)
     options = dict(
         style=cheerful(),
         content=kept(),
@@ -62,8 +65,10 @@ def test_an_evaluation_sweep_on_vllm_gives_the_transformers_engines_answers(real
         vector=vector,
         strengths=[0.05, 0.1],
         # ICL alone adds nothing the hybrid does not (demos in the prompt) and doubles the run
-        methods=["zero-shot", "icv", "icl+icv"],
+        methods=["zero-shot", "icv", "icl+icv", "trained"],
         hybrid_strengths=[0.03],
+        trained=trained,
+        trained_strengths=[0.1],
         max_new_tokens=16,
         progress=False,
     )
@@ -74,6 +79,10 @@ def test_an_evaluation_sweep_on_vllm_gives_the_transformers_engines_answers(real
     assert got == expected
     assert fast.settings["engine"] == "vllm"
     assert local.result("icv", 0.1).outputs != local.result("zero-shot").outputs, "the sweep should steer"
+    assert local.result("trained").outputs != local.result("zero-shot").outputs, (
+        "the trained arm should steer"
+    )
+    assert fast.settings["training"] == trained.metadata["training"]
     assert [r.style_success for r in fast.results] == [r.style_success for r in local.results]
 
 
