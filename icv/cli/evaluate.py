@@ -8,7 +8,7 @@ from typing import Any
 
 from ..arguments import non_negative_int, positive_int, probability, strength_list
 from ..engines import DEFAULT_CONCURRENCY, ENGINES
-from .common import Command, load_model_for, quiet, read_vector
+from .common import Command, add_condition_options, load_model_for, quiet, read_vector
 
 EVAL_STYLES = ("inoffensive", "negative", "positive")
 EVAL_METHODS = ("zero-shot", "icl", "icv", "icl+icv")
@@ -108,6 +108,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="icl+icv writes only the first K demos into its prompt (default: all); the vector keeps all",
     )
     parser.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N inputs")
+    add_condition_options(parser)
     parser.add_argument("--extract-method", default="pca", choices=("pca", "mean"))
     parser.add_argument("--mode", choices=("rotate", "add"), help="injection mode (default: the vector's)")
     parser.add_argument("--site", choices=("block", "mlp", "attn"), help="injection site")
@@ -185,6 +186,19 @@ def _check_engine(args: argparse.Namespace) -> None:
         args.parser.error("--engine server needs --url (the server's address, e.g. http://host:8000)")
 
 
+def _condition_rule(args: argparse.Namespace, methods: list[str]) -> Any:
+    """The rule --when and --unless make (read before the model loads), or None without them."""
+    from ..session import condition_rule
+
+    if not args.when and not args.unless:
+        return None
+    if not any(m in methods for m in ("icv", "icl+icv")):
+        args.parser.error("--when and --unless gate the steered methods: add icv or icl+icv to --methods")
+    if args.engine != "transformers":
+        args.parser.error("--when and --unless run on --engine transformers")
+    return condition_rule(args.when, args.unless)
+
+
 def _engine(args: argparse.Namespace, model_name: str) -> Any:
     """The engine --engine names, with its options."""
     from ..engines import ServerEngine, VllmEngine
@@ -252,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt_demos is not None and demos is not None and args.prompt_demos > len(demos):
         args.parser.error(f"--prompt-demos {args.prompt_demos}: '{args.demos}' holds only {len(demos)}")
     inputs, references = read_inputs(args.inputs, args.limit)
+    rule = _condition_rule(args, methods)
     vector = read_vector(args.vector) if args.vector else None
     model_name = args.model or (vector.metadata["model_name"] if vector is not None else None) or None
     model, tokenizer = load_model_for(args, model_name)
@@ -277,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=False if quiet(args) else None,
         engine=engine,
+        when=rule,
         **steer_options,
     )
     stats = getattr(style, "stats", None)
