@@ -26,6 +26,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -384,6 +385,114 @@ class Condition(Rule):
         file = storage._as_path(path)
         return from_bytes(storage._read_bounded(file), source=str(file))
 
+    def save_pretrained(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        repo_id: str | None = None,
+        description: str | None = None,
+        license: str = "apache-2.0",
+        overwrite: bool = False,
+    ) -> Path:
+        """Write a folder with ``condition.safetensors`` and a model card, as a Hub repository holds it.
+
+        Args:
+            folder: the folder (made if missing).
+            repo_id: the Hub id the card tells readers to load from.
+            description: what the condition matches, for the card.
+            license: the license on the Hub.
+            overwrite: replace the files of an earlier save.
+
+        Returns:
+            The folder.
+        """
+        from .condition_hub import save_pretrained
+
+        return save_pretrained(
+            self, folder, repo_id=repo_id, description=description, license=license, overwrite=overwrite
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_folder: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+    ) -> Condition:
+        """Load a condition from a Hub id (``owner/name``), a folder :meth:`save_pretrained` wrote, or a file.
+
+        A vector's folder or repository is refused with a message that names it.
+
+        Args:
+            name_or_folder: a Hub id, a folder, or a condition file.
+            revision: a branch, tag or commit of the Hub repository.
+            cache_dir: the Hub cache to use instead of the default.
+            token: a Hub token (default: the logged-in one).
+            local_files_only: never use the network.
+            force_download: fetch again even if the cache holds the file.
+
+        Returns:
+            The condition, checked as :meth:`load` checks every file.
+        """
+        from .hub import resolve
+
+        return cls.load(
+            resolve(
+                name_or_folder,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                local_files_only=local_files_only,
+                force_download=force_download,
+                kind="condition",
+            )
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+        description: str | None = None,
+        license: str = "apache-2.0",
+    ) -> str:
+        """Upload the condition's folder (:meth:`save_pretrained`) to the Hub repository ``repo_id``.
+
+        Args:
+            repo_id: ``owner/name`` (made if missing).
+            private: make a new repository private.
+            token: a Hub token with write access.
+            revision: the branch to commit to.
+            commit_message: the commit's message.
+            create_pr: open a pull request instead of committing.
+            description: what the condition matches, for the card.
+            license: the license on the Hub.
+
+        Returns:
+            The URL of the commit (or pull request).
+        """
+        from .condition_hub import push_to_hub
+
+        return push_to_hub(
+            self,
+            repo_id,
+            private=private,
+            token=token,
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            description=description,
+            license=license,
+        )
+
 
 # -- the file format -------------------------------------------------------------------
 
@@ -549,6 +658,25 @@ def is_condition_file(path: str | os.PathLike[str]) -> bool:
     return head is not None and b'"icv_kind":"condition"' in head.replace(b" ", b"")
 
 
+def read_condition(name: str | os.PathLike[str]) -> Condition:
+    """The condition the command line names: a condition file, a ``save_pretrained`` folder or a Hub id.
+
+    Args:
+        name: the file's or folder's path, or ``owner/name``.
+
+    Returns:
+        The condition.
+
+    Raises:
+        VectorFileError: nothing of that name, or not a valid condition.
+    """
+    from .hub import is_hub_id
+
+    if not os.path.exists(name) and not is_hub_id(os.fspath(name)):
+        raise VectorFileError(f"no condition file '{os.fspath(name)[:200]}'")
+    return Condition.from_pretrained(name)
+
+
 def as_rule(when: object) -> Rule:
     """``when`` checked as a :class:`Rule` (a condition or a combination), or :class:`OptionError`."""
     if isinstance(when, Rule):
@@ -569,7 +697,7 @@ def parse_rule(text: str, lookup: Callable[[str], Condition]) -> Rule:
     """The rule ``text`` writes with condition names, ``&``, ``|``, ``~`` and parentheses.
 
     ``~`` binds tightest, then ``&``, then ``|`` (``a | b & ~c`` is ``a | (b & ~c)``).
-    Names are letters, digits and ``_ - . :``.
+    Names are letters, digits and ``_ - . : /`` (the command line's names are file paths).
 
     Args:
         text: the rule, e.g. ``"toxic & ~question"``.
@@ -585,7 +713,7 @@ def parse_rule(text: str, lookup: Callable[[str], Condition]) -> Rule:
         raise OptionError("a rule must be a non-empty text of condition names, &, |, ~ and parentheses")
     if len(text) > MAX_RULE_CHARS:
         raise OptionError(f"a rule is at most {MAX_RULE_CHARS} characters long")
-    tokens = re.findall(r"[A-Za-z0-9_\-.:]+|[&|~()]|\S", text)
+    tokens = re.findall(r"[A-Za-z0-9_\-.:/]+|[&|~()]|\S", text)
     parser = _RuleParser(tokens, lookup)
     rule = parser.either()
     if parser.position != len(tokens):
@@ -631,6 +759,6 @@ class _RuleParser:
             self.position += 1
             self.depth -= 1
             return rule
-        if not re.fullmatch(r"[A-Za-z0-9_\-.:]+", token):
+        if not re.fullmatch(r"[A-Za-z0-9_\-.:/]+", token):
             raise OptionError(f"unexpected {token!r:.20} in the rule where a condition name was expected")
         return self.lookup(token)

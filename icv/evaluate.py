@@ -32,6 +32,7 @@ from typing import Any
 
 from torch import nn
 
+from .condition import Rule, as_rule
 from .demos import as_demos
 from .engines import GenerationEngine, Sweep, engine_for
 from .errors import OptionError
@@ -70,10 +71,17 @@ class MethodResult:
     seconds: float
     empty: float
     outputs: list[str] = field(default_factory=list)
+    # With ``when=`` (a steered arm): per input, whether the condition let the steering act.
+    fired: list[bool] | None = None
 
     @property
     def label(self) -> str:
         return self.method if self.strength is None else f"{self.method} @ {self.strength:g}"
+
+    @property
+    def steered_rows(self) -> int | None:
+        """How many inputs the steering acted on (``None`` without ``when=``, or for an unsteered arm)."""
+        return None if self.fired is None else sum(self.fired)
 
 
 @dataclass
@@ -108,6 +116,8 @@ class Evaluation:
     def markdown(self) -> str:
         """The report as a markdown table (the vector's recommended strength, if any, is marked)."""
         names = list(self.results[0].scores) if self.results else []
+        # With when=: how many inputs each steered arm's gate let through.
+        gated = any(r.fired is not None for r in self.results)
         extra = [n for n in names if n not in (self.style, self.content)]
         header = [
             "method",
@@ -116,6 +126,7 @@ class Evaluation:
             f"content ({self.content})",
             *extra,
             "empty",
+            *(["steered rows"] if gated else []),
             "prompt tokens",
             "seconds",
         ]
@@ -138,6 +149,7 @@ class Evaluation:
                 _fmt(r.content),
                 *(_fmt(r.scores[n]) for n in extra),
                 _fmt(r.empty),
+                *([_steered(r)] if gated else []),
                 f"{r.prompt_tokens:.1f}",
                 f"{r.seconds:.1f}",
             ]
@@ -217,6 +229,10 @@ def _trained_label(settings: dict[str, Any]) -> str:
     return f"trained ({record.get('level')} by {record.get('objective')}, {record.get('steps')} steps)"
 
 
+def _steered(result: MethodResult) -> str:
+    return "" if result.fired is None else f"{sum(result.fired)}/{len(result.fired)}"
+
+
 def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
 
@@ -250,6 +266,7 @@ def evaluate(
     engine: str | GenerationEngine = "transformers",
     url: str | None = None,
     api_key: str | None = None,
+    when: Rule | None = None,
     **steer_options: Any,
 ) -> Evaluation:
     """Compare zero-shot, ICL and ICV (and, asked for, ICL + ICV) on ``inputs`` with the same ``demos``.
@@ -299,6 +316,11 @@ def evaluate(
             ``icv.engines.VllmEngine(model, tensor_parallel_size=2)``.
         url: the server's address, with ``engine="server"``.
         api_key: the server's API key, with ``engine="server"``.
+        when: conditional steering (docs/conditions.md): an :class:`icv.Condition` or a rule
+            of them (``a & ~b``) gating the steered arms; each input is decided from its
+            arm's prompt, rows it rejects are the unsteered model's, and each result's
+            ``fired`` (and the report's "steered rows") says which inputs were steered.
+            The transformers engine only.
         **steer_options: ``mode``, ``site``, ``layers``, ``positions`` for :func:`icv.steer`.
 
     Returns:
@@ -308,8 +330,9 @@ def evaluate(
 
     Raises:
         OptionError: an unknown method or engine, demonstrations missing where a method needs
-            them, a ``trained`` vector without the ``trained`` method, or references of
-            another length than the inputs.
+            them, a ``trained`` vector without the ``trained`` method, references of another
+            length than the inputs, a ``when`` that is not a condition or rule, or ``when``
+            with an engine other than transformers.
         EngineError: the vLLM engine or the server failed (the server's message is kept).
     """
     inputs = check_inputs(inputs)
@@ -347,6 +370,15 @@ def evaluate(
     }
     generator = engine_for(engine, model, tokenizer, url=url, api_key=api_key)
     settings["engine"] = generator.name
+    if when is not None:
+        when = as_rule(when)
+        if generator.name != "transformers":
+            raise OptionError(
+                f"when= (conditional steering) runs on engine='transformers', not {generator.name!r}: "
+                "icv serve takes steering_when in its requests"
+            )
+        settings["when"] = when.describe()
+        steer_options = {**steer_options, "when": when}
     # Every method's prompts (and strengths), answered by the engine together: one batch for vLLM.
     planned: list[tuple[str, Sweep]] = []
     if "zero-shot" in methods:
@@ -435,6 +467,7 @@ def evaluate(
                 seconds=done.seconds,
                 empty=sum(1 for a in done.answers if not a.strip()) / len(done.answers),
                 outputs=done.answers,
+                fired=done.fired,
             )
         )
     return Evaluation(results, style.name, content.name, settings)

@@ -31,7 +31,11 @@ if TYPE_CHECKING:
     from .vector import InContextVector
 
 VECTOR_FILE = "vector.safetensors"
+# A condition's folder (icv.Condition.save_pretrained) holds this instead of VECTOR_FILE.
+CONDITION_FILE = "condition.safetensors"
 CARD_FILE = "README.md"
+# What a folder or Hub repository holds: kind -> (its file, what to call it).
+KINDS = {"vector": (VECTOR_FILE, "a steering vector"), "condition": (CONDITION_FILE, "a condition")}
 TAGS = ("in-context-vectors", "steering-vector", "activation-steering", "icv")
 DEFAULT_LICENSE = "apache-2.0"
 # owner/name, as the Hub spells repository ids (letters, digits, '-', '_', '.'; no '--' or '..').
@@ -172,6 +176,7 @@ def resolve(
     token: str | bool | None = None,
     local_files_only: bool = False,
     force_download: bool = False,
+    kind: str = "vector",
 ) -> Path:
     """The vector file of a folder, a vector file itself, or a Hub id's file in the Hub's cache.
 
@@ -186,30 +191,43 @@ def resolve(
         token: a Hub token (default: the logged-in one, if any).
         local_files_only: never use the network; the cache must hold the file.
         force_download: fetch again even if the cache holds the file.
+        kind: ``"vector"`` (``vector.safetensors``) or ``"condition"`` (``condition.safetensors``,
+            what :meth:`icv.Condition.save_pretrained` writes); a folder of the other kind is
+            refused with a message that names it.
 
     Returns:
-        The path of the vector file.
+        The path of the vector (or condition) file.
 
     Raises:
         VectorFileError: a folder without a vector file, a name that is neither a path nor a Hub
             id, or a Hub id that cannot be fetched (no such repository, revision or file;
             offline with nothing cached; the network failing).
     """
+    if kind not in KINDS:
+        raise OptionError(f"kind must be one of {', '.join(KINDS)}, got {kind!r:.40}")
+    filename, what = KINDS[kind]
     path = Path(name_or_folder)
     if path.is_dir():
         if revision is not None:
             raise OptionError(f"revision={revision!r} applies to Hub ids, not to the folder '{path}'")
-        if not (path / VECTOR_FILE).is_file():
-            raise VectorFileError(
-                f"'{path}' has no {VECTOR_FILE}: is it a folder that save_pretrained wrote?"
-            )
-        return path / VECTOR_FILE
+        if not (path / filename).is_file():
+            other = next((w for k, (f, w) in KINDS.items() if k != kind and (path / f).is_file()), None)
+            if other is not None:
+                raise VectorFileError(f"'{path}' holds {other}, not {what}: {_kind_hint(kind)}")
+            raise VectorFileError(f"'{path}' has no {filename}: is it a folder that save_pretrained wrote?")
+        return path / filename
     if path.exists():  # a file, or a pipe or device the loader refuses with its own words
         return path
     text = os.fspath(name_or_folder)
     if not is_hub_id(text):
         raise VectorFileError(f"no file or folder '{text[:200]}', and it is not a Hub id (owner/name)")
-    return _download(text, revision, cache_dir, token, local_files_only, force_download)
+    return _download(text, revision, cache_dir, token, local_files_only, force_download, filename)
+
+
+def _kind_hint(wanted: str) -> str:
+    if wanted == "vector":
+        return "load it with icv.Condition.from_pretrained and pass it as when= (--when)"
+    return "load it with icv.InContextVector.from_pretrained and steer with it"
 
 
 def push_to_hub(
@@ -425,6 +443,7 @@ def _download(
     token: str | bool | None,
     local_files_only: bool,
     force_download: bool,
+    filename: str = VECTOR_FILE,
 ) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -440,7 +459,7 @@ def _download(
         return Path(
             hf_hub_download(
                 repo_id,
-                VECTOR_FILE,
+                filename,
                 revision=revision,
                 cache_dir=None if cache_dir is None else Path(cache_dir),
                 token=token,
@@ -463,8 +482,10 @@ def _download(
     except RevisionNotFoundError:
         raise VectorFileError(f"the Hub repository '{repo_id}' has no revision {revision!r}") from None
     except EntryNotFoundError:
+        what = "an icv vector" if filename == VECTOR_FILE else "an icv condition"
         raise VectorFileError(
-            f"the Hub repository '{repo_id}' has no {VECTOR_FILE}: is it an icv vector?"
+            f"the Hub repository '{repo_id}' has no {filename}: is it {what}? (a vector's repository "
+            f"holds {VECTOR_FILE}, a condition's {CONDITION_FILE})"
         ) from None
     except HFValidationError as error:
         raise VectorFileError(f"'{repo_id}' is not a valid Hub id: {_first_line(error)}") from None

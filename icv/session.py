@@ -10,6 +10,7 @@ with ``/`` commands.
 from __future__ import annotations
 
 import argparse
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -198,15 +199,37 @@ class Trial:
 
 
 def condition_rule(when: Sequence[Any], unless: Sequence[Any]) -> Any:
-    """The rule of condition files: every ``when`` matches and no ``unless`` does; ``None`` without any."""
-    from .condition import Condition
+    """The rule the command line's conditions make: every ``when`` matches and no ``unless`` does.
 
+    Each entry is a condition (a file, a ``save_pretrained`` folder or a Hub id) or a rule
+    of them written with ``&``, ``|``, ``~`` and parentheses (``"toxic.safetensors &
+    ~question.safetensors"``); ``None`` without any.
+    """
     rule: Any = None
-    for path, negate in [*((p, False) for p in when), *((p, True) for p in unless)]:
-        condition = Condition.load(path)
-        term = ~condition if negate else condition
+    for text, negate in [*((p, False) for p in when), *((p, True) for p in unless)]:
+        term = read_rule(str(text))
+        term = ~term if negate else term
         rule = term if rule is None else rule & term
     return rule
+
+
+def read_rule(text: str) -> Any:
+    """A condition named by ``text`` (a path or Hub id), or the rule ``text`` writes with such names.
+
+    Each name in a rule is read once, however often the rule names it (``a & ~a`` reads one file).
+    """
+    from .condition import parse_rule, read_condition
+
+    if os.path.exists(text) or not any(c in text for c in "&|~() "):
+        return read_condition(text)
+    read: dict[str, Any] = {}
+
+    def lookup(name: str) -> Any:
+        if name not in read:
+            read[name] = read_condition(name)
+        return read[name]
+
+    return parse_rule(text, lookup)
 
 
 def describe_decision(decision: Any) -> str:

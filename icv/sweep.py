@@ -44,6 +44,8 @@ class Completions:
     answers: list[str]
     raw: list[str]
     seconds: float
+    # With conditional steering (when=): per row, whether the gate steered it.
+    fired: list[bool] | None = None
 
 
 def check_strengths(strengths: Sequence[float]) -> list[float]:
@@ -113,10 +115,13 @@ def steered_answers(
     answers: dict[float, list[str]] = {s: [] for s in strengths}
     raw_by: dict[float, list[str]] = {s: [] for s in strengths}
     seconds = {s: 0.0 for s in strengths}
+    gated = steer_options.get("when") is not None
+    fired_by: dict[float, list[bool]] = {s: [] for s in strengths}
     chunks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     show = _show(progress, len(rows), batch_size)
     for chunk in tqdm(chunks, desc="icv: steered sweep", disable=not show, unit="batch"):
         started = time.perf_counter()
+        decisions: list[Any] = []
         raw = complete(
             model,
             tokenizer,
@@ -127,14 +132,20 @@ def steered_answers(
             batch_size=len(chunk),
             progress=False,
             stop_strings=_stops(tokenizer, stop_strings),
+            decisions=decisions,
             **steer_options,
         )
         share = (time.perf_counter() - started) / len(chunk)
-        for (s, _), text in zip(chunk, raw, strict=True):
+        # One decision per batch (complete runs the chunk as one batch), one flag per row.
+        fired = [f for decision in decisions for f in decision.fired] if gated else [True] * len(chunk)
+        for (s, _), text, steered in zip(chunk, raw, fired, strict=True):
             raw_by[s].append(text)
             answers[s].append(cut_answer(text))
             seconds[s] += share
-    return {s: Completions(answers[s], raw_by[s], seconds[s]) for s in strengths}
+            fired_by[s].append(steered)
+    return {
+        s: Completions(answers[s], raw_by[s], seconds[s], fired_by[s] if gated else None) for s in strengths
+    }
 
 
 def _show(progress: bool | None, rows: int, batch_size: int) -> bool:

@@ -347,3 +347,65 @@ def test_icv_pull_refuses_what_is_not_a_hub_id_and_an_existing_out(vec, tmp_path
     assert (tmp_path / "taken.safetensors").read_bytes() == b"mine"
     assert main([*args, "--force"]) == 0
     assert same_bits(icv.InContextVector.load(tmp_path / "taken.safetensors"), vec)
+
+
+# -- conditions ------------------------------------------------------------------------------
+
+
+def hand_made_condition():
+    directions = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+    return icv.Condition(
+        directions,
+        dict(
+            name="toxic", model_name="tiny-llama", model_type="llama", layer=1, threshold=0.25, comparison=">"
+        ),
+    )
+
+
+def test_a_condition_folder_round_trips_and_each_kind_refuses_the_others_folder(vec, tmp_path):
+    cond = hand_made_condition()
+    folder = cond.save_pretrained(tmp_path / "c", repo_id="someone/toxic", description="Rude prompts.")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "condition.safetensors"]
+    back = icv.Condition.from_pretrained(folder)
+    assert torch.equal(back.directions, cond.directions) and back.metadata == cond.metadata
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name:") and "conditional-steering" in card
+    assert "Rude prompts." in card and 'icv.Condition.from_pretrained("someone/toxic")' in card
+    assert "layer 1, score > 0.25" in card and "(hand-made)" in card
+    with pytest.raises(icv.VectorFileError, match="holds a condition, not a steering vector"):
+        icv.InContextVector.from_pretrained(folder)
+    vec.save_pretrained(tmp_path / "v")
+    with pytest.raises(icv.VectorFileError, match="holds a steering vector, not a condition"):
+        icv.Condition.from_pretrained(tmp_path / "v")
+    with pytest.raises(icv.VectorExistsError):
+        cond.save_pretrained(folder)
+    cond.with_threshold(0.5).save_pretrained(folder, overwrite=True)
+    assert icv.Condition.from_pretrained(folder).threshold == 0.5
+
+
+def test_a_condition_is_read_from_the_hubs_cache_offline(vec, tmp_path, offline):
+    cond = hand_made_condition()
+    cache = tmp_path / "hub"
+    folder = cond.save_pretrained(tmp_path / "c", repo_id="someone/toxic")
+    lay_out_snapshot(cache, "someone/toxic", {p.name: p.read_bytes() for p in folder.iterdir()}, "e" * 40)
+    assert torch.equal(
+        icv.Condition.from_pretrained("someone/toxic", cache_dir=cache).directions, cond.directions
+    )
+    with pytest.raises(icv.VectorFileError, match="not in the Hub cache"):
+        icv.InContextVector.from_pretrained("someone/toxic", cache_dir=cache)  # no vector.safetensors there
+    published(vec, tmp_path)
+    with pytest.raises(icv.VectorFileError):
+        icv.Condition.from_pretrained("someone/positive", cache_dir=tmp_path / "hub")
+
+
+def test_a_condition_pushes_its_folder(tmp_path, monkeypatch):
+    fake = RecordingHub(monkeypatch)
+    cond = hand_made_condition()
+    url = cond.push_to_hub("someone/toxic", description="Rude prompts.")
+    assert url.endswith("d" * 40)
+    assert sorted(fake.uploaded) == ["README.md", "condition.safetensors"]
+    assert fake.calls[1][1]["commit_message"] == "Upload icv condition toxic"
+    (tmp_path / "sent.safetensors").write_bytes(fake.uploaded["condition.safetensors"])
+    assert torch.equal(icv.Condition.load(tmp_path / "sent.safetensors").directions, cond.directions)
+    with pytest.raises(icv.OptionError, match="owner/name"):
+        cond.push_to_hub("not a repo")

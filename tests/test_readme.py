@@ -46,9 +46,10 @@ NOT_RUN: dict[str, tuple[range, str]] = {
         "tests/with_vllm/test_vllm_sweep.py run the same calls",
     ),
     "docs/conditions.md": (
-        range(0, 3),
+        range(0, 4),
         "extract a condition on the embedded model from texts the page does not hold; "
-        "tests/test_conditions.py and test_conditions_cli.py run the same calls on a tiny model",
+        "tests/test_conditions.py, test_conditions_cli.py and test_conditions_eval.py run the "
+        "same calls on a tiny model",
     ),
     "docs/training.md": (
         range(0, 2),

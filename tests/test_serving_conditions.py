@@ -170,3 +170,20 @@ def test_a_stream_reports_the_decision_in_its_last_chunk(http, files, tok):
     assert text == reference(tok, "zz zzzzzz")
     assert chunks[-1]["choices"][0]["steering_decision"]["steered"] is False
     assert all("steering_decision" not in c["choices"][0] for c in chunks[:-1])
+
+
+def test_the_vector_listing_names_the_conditions_apart_from_the_vectors(http, files):
+    _, loaded, cond = files
+    listing = http.get("/v1/vectors").json()
+    assert {v["name"] for v in listing["data"]} == set(loaded)  # no condition among the vectors
+    (served,) = listing["conditions"]
+    assert served["name"] == "a" and served["kind"] == "condition"
+    assert (served["layer"], served["threshold"], served["comparison"], served["positions"]) == (
+        cond.layer,
+        cond.threshold,
+        cond.comparison,
+        cond.positions,
+    )
+    assert served["f1"] == cond.f1 and served["metadata"]["name"] == "letters"
+    assert "/" not in served["metadata"]["model_name"]  # no path of the server's disk
+    assert any(u["name"] == "qwen_cond" for u in listing["unfit"])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 from importlib import resources
 
 import pytest
@@ -75,3 +78,34 @@ def test_the_settings_give_the_librarys_prompt_format_and_the_servers_limits(htt
 def test_unknown_paths_get_the_error_shape(http):
     response = http.get("/playground.py")
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+def _script_function(name: str) -> str:
+    script = (resources.files("icv.serving") / "static" / "playground.js").read_text()
+    found = re.search(rf"^function {name}\(.*?^}}\n", script, flags=re.S | re.M)
+    assert found, f"playground.js has no function {name}"
+    return found.group(0)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's script")
+def test_a_column_shows_whether_the_condition_fired_from_the_response():
+    """The page's own decisionNote on what the server's steering_decision holds, run by node."""
+    program = _script_function("decisionNote") + (
+        "console.log(JSON.stringify(["
+        "decisionNote({steered: true, scores: {toxic: 0.12345}}),"
+        "decisionNote({steered: false, scores: {toxic: -0.5, question: 0.25}}),"
+        "decisionNote(null)]));"
+    )
+    shown = json.loads(
+        subprocess.run(["node", "-e", program], capture_output=True, text=True, check=True).stdout
+    )
+    assert shown == [
+        "condition fired: steered (score toxic 0.123)",
+        "condition did not fire: unsteered (score toxic -0.500, question 0.250)",
+        "",
+    ]
+    script = (resources.files("icv.serving") / "static" / "playground.js").read_text()
+    # The rule goes with the steered columns' requests; the decision is read from each choice.
+    assert "body.steering_when = when" in script and "choice.steering_decision" in script
+    page = (resources.files("icv.serving") / "static" / "index.html").read_text()
+    assert 'id="when"' in page and 'list="conditions"' in page and '<p class="decision" hidden>' in page

@@ -67,6 +67,26 @@ def read_vector(path: str | Path) -> InContextVector:
     return InContextVector.load(file)
 
 
+def add_condition_options(parser: argparse.ArgumentParser) -> None:
+    """``--when`` and ``--unless`` (conditional steering), as icv generate and icv eval take them."""
+    parser.add_argument(
+        "--when",
+        action="append",
+        default=[],
+        metavar="COND_OR_RULE",
+        help="steer only if the prompt matches this condition file (icv condition), or a rule of "
+        "condition files with &, |, ~ and parentheses ('a.safetensors & ~b.safetensors'); "
+        "repeat: all must match",
+    )
+    parser.add_argument(
+        "--unless",
+        action="append",
+        default=[],
+        metavar="COND_OR_RULE",
+        help="steer only if the prompt does not match this condition file or rule; repeat: none may match",
+    )
+
+
 def quiet(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "quiet", False))
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..arguments import non_negative_int, positive_int, strength_list
-from .common import Command, load_model_for, quiet, read_vector
+from .common import Command, add_condition_options, load_model_for, quiet, read_vector
 from .scoring import (
     add_engine_arguments,
     add_style_arguments,
@@ -95,6 +96,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="comma-separated strengths for the trained arm (default: its recommended strength alone)",
     )
     parser.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N inputs")
+    add_condition_options(parser)
     parser.add_argument("--extract-method", default="pca", choices=("pca", "mean"))
     parser.add_argument("--mode", choices=("rotate", "add"), help="injection mode (default: the vector's)")
     parser.add_argument("--site", choices=("block", "mlp", "attn"), help="injection site")
@@ -145,6 +147,19 @@ def _trained_arm(args: argparse.Namespace, methods: list[str]) -> list[str]:
     return methods
 
 
+def _condition_rule(args: argparse.Namespace, methods: list[str]) -> Any:
+    """The rule --when and --unless make (read before the model loads), or None without them."""
+    from ..session import condition_rule
+
+    if not args.when and not args.unless:
+        return None
+    if not any(m in methods for m in ("icv", "icl+icv")):
+        args.parser.error("--when and --unless gate the steered methods: add icv or icl+icv to --methods")
+    if args.engine != "transformers":
+        args.parser.error("--when and --unless run on --engine transformers")
+    return condition_rule(args.when, args.unless)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..demos import read_demos
     from ..evaluate import evaluate, read_inputs
@@ -158,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt_demos is not None and demos is not None and args.prompt_demos > len(demos):
         args.parser.error(f"--prompt-demos {args.prompt_demos}: '{args.demos}' holds only {len(demos)}")
     inputs, references = read_inputs(args.inputs, args.limit)
+    rule = _condition_rule(args, methods)
     vector = read_vector(args.vector) if args.vector else None
     trained = read_vector(args.trained) if args.trained else None
     train_options = (
@@ -193,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=False if quiet(args) else None,
         engine=engine,
+        when=rule,
         **steer_options,
     )
     judged = judge_settings(style, args)

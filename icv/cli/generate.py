@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ..arguments import (
@@ -17,7 +16,7 @@ from ..arguments import (
     strength_list,
     weighted_path,
 )
-from .common import Command, load_model_for, quiet, read_vector, say, weighted_sum
+from .common import Command, add_condition_options, load_model_for, quiet, read_vector, say, weighted_sum
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +74,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="rewrite PROMPT in the paraphrase task with the first K of --demos before it (ICL + ICV; "
         "0: the paraphrase prompt alone); the answer is cut at its closing quote",
     )
-    _add_condition_options(parser)
+    add_condition_options(parser)
     parser.add_argument(
         "--strict",
         action="store_true",
@@ -113,25 +112,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="load the model once, then read prompts (and /commands that change the vector, strength ...) "
         "line by line; /help lists the commands",
-    )
-
-
-def _add_condition_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--when",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="COND",
-        help="steer only if the prompt matches this condition file (icv condition); repeat: all must match",
-    )
-    parser.add_argument(
-        "--unless",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="COND",
-        help="steer only if the prompt does not match this condition file; repeat: none may match",
     )
 
 

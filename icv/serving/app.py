@@ -71,7 +71,11 @@ class OpenAIRoutes:
 
     async def vectors(self, _request: Request) -> Response:
         unfit = [{"name": name, "reason": reason} for name, reason in sorted(self.library.unfit.items())]
-        return JSONResponse({"object": "list", "data": self.library.describe(), "unfit": unfit})
+        # Conditions (steering_when's names) beside the vectors: a list of their own, so that a
+        # client reading "data" for vectors never takes a condition for one.
+        conditions = self.library.describe_conditions()
+        body = {"object": "list", "data": self.library.describe(), "conditions": conditions, "unfit": unfit}
+        return JSONResponse(body)
 
     # -- generating endpoints --
 

@@ -270,6 +270,22 @@ class VectorLibrary:
             for loaded in (self._vectors[name] for name in self.names)
         ]
 
+    def describe_conditions(self) -> list[dict[str, Any]]:
+        """Every served condition: its name, how it decides, what the grid search found (``GET /v1/vectors``)."""
+        return [
+            {
+                "name": name,
+                "kind": "condition",
+                "layer": condition.layer,
+                "threshold": condition.threshold,
+                "comparison": condition.comparison,
+                "positions": condition.positions,
+                "f1": condition.f1,
+                "metadata": public_metadata(condition.metadata),
+            }
+            for name, condition in sorted(self._conditions.items())
+        ]
+
     def resolve(self, spec: SteeringSpec) -> SteeringSpec:
         """``spec`` with every vector checked and every strength made explicit."""
         terms = []

@@ -188,6 +188,14 @@ async function loadVectors(extra = []) {
   const rows = [...listed.data, ...missing].map((v) => vectorRow(v, choices.get(v.name)));
   $("vectors").replaceChildren(...rows);
   $("no-vectors").hidden = rows.length > 0;
+  const conditions = listed.conditions || [];
+  $("conditions").replaceChildren(...conditions.map((c) => {
+    const option = document.createElement("option");
+    option.value = c.name;
+    option.label = `layer ${c.layer}, score ${c.comparison} ${round(c.threshold)}`;
+    return option;
+  }));
+  $("when-field").hidden = conditions.length === 0 && !$("when").value;
 }
 
 async function uploadVector(file) {
@@ -244,6 +252,8 @@ function requestFor(steering) {
   if (steering) {
     body.steering = steering;
     body.steering_positions = $("positions").value;
+    const when = $("when").value.trim();
+    if (when) body.steering_when = when;
   }
   return { path: chat ? "/v1/chat/completions" : "/v1/completions", body };
 }
@@ -303,6 +313,7 @@ async function stream(view, planned, signal) {
       if (chunk.error) throw new Error(chunk.error.message);
       for (const choice of chunk.choices) {
         text.textContent += choice.delta ? (choice.delta.content || "") : choice.text;
+        if (choice.steering_decision) showDecision(view, choice.steering_decision);
         if (choice.finish_reason) {
           const why = choice.finish_reason === "length" ? "max tokens reached" : "finished";
           settle(view, "done", why);
@@ -310,6 +321,22 @@ async function stream(view, planned, signal) {
       }
     }
   }
+}
+
+// With steering_when: whether the condition fired for the prompt (the response's steering_decision).
+function decisionNote(decision) {
+  if (!decision) return "";
+  const scores = Object.entries(decision.scores || {})
+    .map(([name, score]) => `${name} ${Number(score).toFixed(3)}`).join(", ");
+  const verdict = decision.steered ? "condition fired: steered" : "condition did not fire: unsteered";
+  return scores ? `${verdict} (score ${scores})` : verdict;
+}
+
+function showDecision(view, decision) {
+  const shown = view.querySelector(".decision");
+  shown.textContent = decisionNote(decision);
+  shown.hidden = !decision;
+  view.dataset.decision = decision.steered ? "fired" : "rejected";
 }
 
 async function runColumn(view, planned, signal) {
@@ -376,6 +403,7 @@ function remember(columns) {
     max_tokens: Number($("max-tokens").value),
     temperature: Number($("temperature").value),
     positions: $("positions").value,
+    when: $("when").value,
   };
   history.replaceState(null, "", `#${encodeURIComponent(JSON.stringify(view))}`);
   return columns;
@@ -393,7 +421,7 @@ function restore() {
   const radio = document.querySelector(`input[name=format][value="${CSS.escape(String(view.format))}"]`);
   if (radio) radio.checked = true;
   const fields = { prompt: "prompt", scales: "scales", max_tokens: "max-tokens", temperature: "temperature",
-    positions: "positions" };
+    positions: "positions", when: "when" };
   for (const [key, id] of Object.entries(fields)) if (view[key] !== undefined) $(id).value = view[key];
   const vectors = Array.isArray(view.vectors) ? view.vectors : [];
   return vectors.filter((v) => Array.isArray(v) && typeof v[0] === "string")
