@@ -16,6 +16,7 @@ import json
 import pytest
 from tiny import ByteTokenizer, tiny_model
 
+import icv
 from icv.prompts import icl_prompt, paraphrase_prompt
 from icv.scorers import FunctionScorer
 from icv.sweep import Completions
@@ -36,6 +37,7 @@ ANSWERS: dict[tuple[str, float | None], list[str]] = {
     ("icv", 0.3): ["good good good good", "good", "good"],
     ("icl+icv", 0.2): ["the good food", "slow good service", ""],
     ("icl+icv", 0.4): ["good", "", ""],
+    ("trained", 0.5): ["good food here", "good service", "meh"],
 }
 
 # Worked out by hand from ANSWERS with the three scorers below:
@@ -48,7 +50,9 @@ EXPECTED: dict[tuple[str, float | None], dict[str, float]] = {
     ("icv", 0.3): dict(style=3 / 3, content=0.0, words=6 / 3, empty=0 / 3),
     ("icl+icv", 0.2): dict(style=2 / 3, content=(2 / 4 + 2 / 2 + 0 / 1) / 3, words=6 / 3, empty=1 / 3),
     ("icl+icv", 0.4): dict(style=1 / 3, content=0.0, words=1 / 3, empty=2 / 3),
+    ("trained", 0.5): dict(style=2 / 3, content=(1 / 4 + 1 / 2 + 1 / 1) / 3, words=6 / 3, empty=0 / 3),
 }
+TRAINED_NAME = "trained-here"  # the trained arm's vector, told from the icv arm's by its name
 
 
 def _prompt_tokens(prompt) -> float:
@@ -61,6 +65,7 @@ PROMPTS = {
     "icl": lambda x: icl_prompt(harness.as_demos(DEMOS), x),
     "icv": paraphrase_prompt,
     "icl+icv": lambda x: icl_prompt(harness.as_demos(DEMOS)[:IN_PROMPT], x),
+    "trained": paraphrase_prompt,
 }
 
 
@@ -83,6 +88,9 @@ def fixed_answers(monkeypatch):
         return _completions(ANSWERS[(arm, None)])
 
     def steered(model, tokenizer, vector, inputs, strengths, *, prompt, **_):
+        if vector.metadata.get("name") == TRAINED_NAME:
+            assert [prompt(x) for x in inputs] == [paraphrase_prompt(x) for x in INPUTS]
+            return {s: _completions(ANSWERS[("trained", s)]) for s in strengths}
         arm = "icv" if _arm_of(prompt(inputs[0])) == "zero-shot" else "icl+icv"
         return {s: _completions(ANSWERS[(arm, s)]) for s in strengths}
 
@@ -107,8 +115,10 @@ def _scorers():
 @pytest.fixture
 def report(fixed_answers):
     style, content, words = _scorers()
+    model = tiny_model("llama")
+    trained = icv.extract(model, ByteTokenizer(), DEMOS, name=TRAINED_NAME)
     return harness.evaluate(
-        tiny_model("llama"),
+        model,
         ByteTokenizer(),
         DEMOS,
         INPUTS,
@@ -119,6 +129,8 @@ def report(fixed_answers):
         strengths=[0.1, 0.3],
         hybrid_strengths=[0.2, 0.4],
         prompt_demos=IN_PROMPT,
+        trained=trained,
+        trained_strengths=[0.5],
         max_new_tokens=4,
     )
 
@@ -205,7 +217,7 @@ def test_json_markdown_and_plot_carry_the_same_numbers(report, tmp_path, monkeyp
     table = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     expected_table = [
         [
-            arm,
+            harness._trained_label(report.settings) if arm == "trained" else arm,
             "" if strength is None else f"{strength:g}",
             f"{want['style']:.3g}",
             f"{want['content']:.3g}",
@@ -229,6 +241,7 @@ def test_json_markdown_and_plot_carry_the_same_numbers(report, tmp_path, monkeyp
         "ICL (demos in prompt)": points("icl"),
         "ICV (strength sweep)": points("icv"),
         "ICL + ICV (demos in prompt, strength sweep)": points("icl+icv"),
+        "trained vector (icv.train)": points("trained"),
     }
     assert sorted(plotted) == sorted(expected_points)
     for label, xy in expected_points.items():
