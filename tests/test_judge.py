@@ -125,18 +125,20 @@ class FakeJudge:
                     if len(judge.requests) <= judge.hold_until:  # the first ones wait for each other
                         judge.lock.wait_for(lambda: judge.in_flight >= judge.hold_until, timeout=5)
                 try:
-                    if failing:
-                        self._send(judge.status, b'{"error": "busy"}')
-                        return
-                    reply = judge.answer(body["messages"][0]["content"])
-                    if isinstance(reply, bytes):
-                        self._send(200, reply)
-                        return
-                    choice = {"index": 0, "message": {"role": "assistant", "content": reply}}
-                    self._send(200, json.dumps({"choices": [choice]}).encode())
+                    status, payload = (judge.status, b'{"error": "busy"}') if failing else self._reply(body)
                 finally:
+                    # Out of flight before the answer leaves: once the client has it, it may send
+                    # the next request, which must not find this one still counted.
                     with judge.lock:
                         judge.in_flight -= 1
+                self._send(status, payload)
+
+            def _reply(self, body):
+                reply = judge.answer(body["messages"][0]["content"])
+                if isinstance(reply, bytes):
+                    return 200, reply
+                choice = {"index": 0, "message": {"role": "assistant", "content": reply}}
+                return 200, json.dumps({"choices": [choice]}).encode()
 
             def _send(self, status, payload):
                 self.send_response(status)
