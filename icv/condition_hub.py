@@ -9,12 +9,10 @@ never imports :mod:`icv.condition` at import time (the condition's methods call 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
 from .distribution import DISTRIBUTION
 from .errors import OptionError, VectorExistsError, VectorFileError
 from .hub import (
@@ -22,10 +20,10 @@ from .hub import (
     CONDITION_FILE,
     DEFAULT_LICENSE,
     _cell,
-    _first_line,
     _front_matter,
     _text,
     is_hub_id,
+    upload_folder,
 )
 from .storage import write_file
 
@@ -197,27 +195,15 @@ def push_to_hub(
         OptionError: ``repo_id`` is not ``owner/name``, or a bad card field.
         VectorFileError: the Hub refused or could not be reached.
     """
-    if not isinstance(repo_id, str) or not is_hub_id(repo_id):
-        raise OptionError(f"repo_id must be a Hub id 'owner/name', got {repo_id!r:.100}")
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
     message = commit_message or f"Upload icv condition {condition.name}"
-    api = HfApi(token=token, library_name=DISTRIBUTION, library_version=__version__)
-    with tempfile.TemporaryDirectory(prefix="icv-push-") as staging:
-        save_pretrained(condition, staging, repo_id=repo_id, description=description, license=license)
-        try:
-            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-            commit = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=staging,
-                repo_type="model",
-                revision=revision,
-                commit_message=message,
-                create_pr=create_pr,
-            )
-        except (HfHubHTTPError, OSError) as error:
-            raise VectorFileError(
-                f"cannot push to the Hub repository '{repo_id}': {_first_line(error)}"
-            ) from None
-    return str(getattr(commit, "pr_url", None) or getattr(commit, "commit_url", None) or commit)
+    return upload_folder(
+        repo_id,
+        lambda staging: save_pretrained(
+            condition, staging, repo_id=repo_id, description=description, license=license
+        ),
+        private=private,
+        token=token,
+        revision=revision,
+        commit_message=message,
+        create_pr=create_pr,
+    )

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -264,17 +264,59 @@ def push_to_hub(
         OptionError: ``repo_id`` is not ``owner/name``, or a bad card field.
         VectorFileError: the Hub refused or could not be reached (the message says which).
     """
+    message = commit_message or f"Upload in-context vector {vector.metadata.get('name') or ''}".strip()
+    return upload_folder(
+        repo_id,
+        lambda staging: save_pretrained(
+            vector, staging, repo_id=repo_id, description=description, evaluation=evaluation, license=license
+        ),
+        private=private,
+        token=token,
+        revision=revision,
+        commit_message=message,
+        create_pr=create_pr,
+    )
+
+
+def upload_folder(
+    repo_id: str,
+    write: Callable[[str], Any],
+    *,
+    private: bool | None,
+    token: str | None,
+    revision: str | None,
+    commit_message: str,
+    create_pr: bool,
+) -> str:
+    """Write a folder with ``write(staging_dir)`` and upload it as one commit to the model repository ``repo_id``.
+
+    Every kind of icv file (vector, condition) pushes through here, so the Hub's failures read the
+    same for all of them.
+
+    Args:
+        repo_id: ``owner/name`` (made if missing).
+        write: writes the folder's files into the staging directory it is given.
+        private: make a new repository private.
+        token: a Hub token with write access (default: the logged-in one).
+        revision: the branch to commit to (default: the default branch).
+        commit_message: the commit's message.
+        create_pr: open a pull request instead of committing to the branch.
+
+    Returns:
+        The URL of the commit (or of the pull request).
+
+    Raises:
+        OptionError: ``repo_id`` is not ``owner/name``.
+        VectorFileError: the Hub refused or could not be reached (the message says which).
+    """
     if not isinstance(repo_id, str) or not is_hub_id(repo_id):
         raise OptionError(f"repo_id must be a Hub id 'owner/name', got {repo_id!r:.100}")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    message = commit_message or f"Upload in-context vector {vector.metadata.get('name') or ''}".strip()
     api = HfApi(token=token, library_name=DISTRIBUTION, library_version=__version__)
     with tempfile.TemporaryDirectory(prefix="icv-push-") as staging:
-        save_pretrained(
-            vector, staging, repo_id=repo_id, description=description, evaluation=evaluation, license=license
-        )
+        write(staging)
         try:
             api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
             commit = api.upload_folder(
@@ -282,7 +324,7 @@ def push_to_hub(
                 folder_path=staging,
                 repo_type="model",
                 revision=revision,
-                commit_message=message,
+                commit_message=commit_message,
                 create_pr=create_pr,
             )
         except (HfHubHTTPError, OSError) as error:
