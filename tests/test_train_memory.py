@@ -22,6 +22,22 @@ PAIRS = [(f"{word} was bad", "ok") for word in ("food", "room", "staff", "soup",
 FAST = dict(level="directions", steps=4, eval_every=2, learning_rate=0.2, progress=False)
 
 
+def _checkpointing_on(model) -> bool:
+    """The model's own checkpointing switch, under its name in the installed transformers."""
+    # transformers 5.2x renamed it (is_gradient_checkpointing warns there); the lowest supported
+    # version has only the old name.
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return model.is_activation_checkpointing
+    return model.is_gradient_checkpointing
+
+
+def _enable_checkpointing(model) -> None:
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _flags(model):
     """Every checkpointable layer's own attributes: what must be as it was after training."""
     return [
@@ -48,7 +64,7 @@ def test_checkpointing_recomputes_and_gives_the_same_vector():
         handle.remove()
         counts[enabled] = len(calls)
         assert _flags(model) == flags and not model.training
-        assert not model.is_activation_checkpointing
+        assert not _checkpointing_on(model)
     # One more forward of each layer per training step: the recompute in the backward pass.
     assert counts[True] == counts[False] + FAST["steps"]
     torch.testing.assert_close(results[True].directions, results[False].directions, rtol=1e-6, atol=1e-7)
@@ -58,12 +74,11 @@ def test_checkpointing_recomputes_and_gives_the_same_vector():
 def test_a_models_own_checkpointing_setting_is_kept():
     tok = ByteTokenizer()
     model = tiny_model("llama")
-    with pytest.warns(FutureWarning):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    _enable_checkpointing(model)
     model.train()
     flags = _flags(model)
     icv.train(model, tok, PAIRS, gradient_checkpointing=True, **FAST)
-    assert _flags(model) == flags and model.is_activation_checkpointing and model.training
+    assert _flags(model) == flags and _checkpointing_on(model) and model.training
 
 
 def test_flags_are_restored_when_training_fails(monkeypatch):
@@ -83,7 +98,7 @@ def test_flags_are_restored_when_training_fails(monkeypatch):
     monkeypatch.setattr(train_module, "target_loss", failing)
     with pytest.raises(KeyboardInterrupt):
         icv.train(model, tok, PAIRS, gradient_checkpointing=True, **FAST)
-    assert _flags(model) == flags and not model.is_activation_checkpointing
+    assert _flags(model) == flags and not _checkpointing_on(model)
 
 
 def test_a_model_that_cannot_checkpoint_is_an_option_error():
