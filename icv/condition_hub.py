@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .distribution import DISTRIBUTION
-from .errors import OptionError, VectorExistsError, VectorFileError
+from .errors import OptionError
 from .hub import (
-    CARD_FILE,
     CONDITION_FILE,
     DEFAULT_LICENSE,
     _cell,
     _front_matter,
     _text,
     is_hub_id,
+    prepare_folder,
     upload_folder,
 )
 from .storage import write_file
@@ -142,16 +142,7 @@ def save_pretrained(
         OptionError: a bad ``license`` or ``description``.
     """
     card = condition_card(condition.metadata, repo_id=repo_id, description=description, license=license)
-    target = Path(folder)
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except (OSError, ValueError) as error:
-        raise VectorFileError(f"cannot make the folder {str(target)[:200]!r}: {error}") from None
-    file, card_path = target / CONDITION_FILE, target / CARD_FILE
-    if not overwrite:
-        for path in (file, card_path):
-            if path.exists():
-                raise VectorExistsError(f"'{path}' exists; pass overwrite=True to replace it")
+    file, card_path = prepare_folder(folder, CONDITION_FILE, overwrite, "overwrite=True")
     existed = file.exists()
     condition.save(file, overwrite=overwrite)
     try:
@@ -160,7 +151,7 @@ def save_pretrained(
         if not existed:  # nothing half-done: a condition without its card goes
             file.unlink(missing_ok=True)
         raise
-    return target
+    return card_path.parent
 
 
 def push_to_hub(

@@ -115,6 +115,32 @@ def model_card(
     return "\n".join(parts)
 
 
+def prepare_folder(folder: str | os.PathLike[str], file: str, overwrite: bool, how: str) -> tuple[Path, Path]:
+    """``(folder/file, folder/README.md)``, the folder made; existing files refused unless ``overwrite``.
+
+    Args:
+        folder: the folder to write into (made if missing).
+        file: the icv file's name in it.
+        overwrite: replace files that exist.
+        how: how the caller replaces them, for the refusal's message.
+
+    Raises:
+        VectorFileError: the folder cannot be made.
+        VectorExistsError: a file exists and ``overwrite`` is false.
+    """
+    target = Path(folder)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as error:
+        raise VectorFileError(f"cannot make the folder {str(target)[:200]!r}: {error}") from None
+    paths = target / file, target / CARD_FILE
+    if not overwrite:
+        for path in paths:
+            if path.exists():
+                raise VectorExistsError(f"'{path}' exists; pass {how} to replace it")
+    return paths
+
+
 def save_pretrained(
     vector: InContextVector,
     folder: str | os.PathLike[str],
@@ -147,16 +173,7 @@ def save_pretrained(
     card = model_card(
         vector.metadata, repo_id=repo_id, description=description, evaluation=evaluation, license=license
     )
-    target = Path(folder)
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except (OSError, ValueError) as error:
-        raise VectorFileError(f"cannot make the folder {str(target)[:200]!r}: {error}") from None
-    vector_path, card_path = target / VECTOR_FILE, target / CARD_FILE
-    if not overwrite:
-        for path in (vector_path, card_path):
-            if path.exists():
-                raise VectorExistsError(f"'{path}' exists; pass overwrite=True (or --force) to replace it")
+    vector_path, card_path = prepare_folder(folder, VECTOR_FILE, overwrite, "overwrite=True (or --force)")
     existed = vector_path.exists()
     save_vector(vector, vector_path, overwrite=overwrite)
     try:
@@ -165,7 +182,7 @@ def save_pretrained(
         if not existed:  # leave nothing half-done: a vector without its card goes
             vector_path.unlink(missing_ok=True)
         raise
-    return target
+    return card_path.parent
 
 
 def resolve(
