@@ -9,7 +9,7 @@ paraphrase prompt around every sentence (as recipes/detox/run.py prompts it):
   lines than the fit's), generated unsteered, steered with the detox vector unconditioned,
   and steered with ``when=condition``, in the same batches.
 
-    python recipes/detox/conditional.py [--fit 60] [--test 40] [--tokens 24] [--strength 0.04]
+    python recipes/detox/conditional.py [--model gemma3-270m] [--fit 60] [--test 40] [--tokens 24] [--strength 0.04]
 
 Data: ../shared/data (paradetox/paradetox.tsv, yelp/sentiment.dev.{0,1}); the folder can be
 given with ``--data``.
@@ -47,6 +47,7 @@ def read_data(folder: Path) -> tuple[list[str], list[str], list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--model", default=None, help="icv.load_model name (default: the embedded SmolLM2)")
     parser.add_argument("--fit", type=int, default=60, help="texts of each kind for the condition")
     parser.add_argument("--test", type=int, default=40, help="toxic and non-toxic test sentences each")
     parser.add_argument("--tokens", type=int, default=24)
@@ -69,7 +70,7 @@ def main() -> None:
     test_toxic = toxic[3000 : 3000 + args.test]
     test_other = neutral[8000 : 8000 + test_half] + yelp[3 : 3 + 7 * (args.test - test_half) : 7]
 
-    model, tokenizer = icv.load_model()
+    model, tokenizer = icv.load_model(args.model)
     start = time.perf_counter()
     condition = icv.extract_condition(
         model,
