@@ -50,6 +50,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="prompt_mean",
         help="how a prompt is read: the mean of its tokens (default, CAST's) or its last token",
     )
+    parser.add_argument(
+        "--estimator",
+        choices=("mean", "probe"),
+        default="mean",
+        help="how each layer's direction is found: the sets' mean difference (default, CAST's) "
+        "or an L2-regularised logistic-regression probe",
+    )
+    parser.add_argument(
+        "--l2",
+        type=float,
+        default=1e-2,
+        metavar="STRENGTH",
+        help="the probe's L2 regularisation (with --estimator probe; default: 0.01)",
+    )
     parser.add_argument("--layers", type=layer_list, metavar="LIST", help="layers the search may choose from")
     parser.add_argument(
         "--batch-size", type=positive_int, default=16, metavar="N", help="texts per forward pass"
@@ -90,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         layers=args.layers,
         positions=args.positions,
+        estimator=args.estimator,
+        l2=args.l2,
         batch_size=args.batch_size,
     )
     condition.save(args.out, overwrite=args.force)
