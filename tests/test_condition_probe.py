@@ -102,6 +102,26 @@ def test_extraction_with_the_probe_separates_and_records_it(model, probe):
     )
 
 
+def test_several_strengths_are_chosen_on_the_held_out_part(model, probe):
+    """Each strength is searched like a layer; the best held-out (F1, margin) is kept and recorded."""
+    many = icv.extract_condition(
+        model, ByteTokenizer(), MATCHING, OTHER, name="a", estimator="probe", l2=[10.0, 0.1, 1.0]
+    )
+    assert many.metadata["l2"] in (10.0, 0.1, 1.0) and many.f1 == 1.0
+    alone = {
+        value: icv.extract_condition(
+            model, ByteTokenizer(), MATCHING, OTHER, name="a", estimator="probe", l2=value
+        )
+        for value in (10.0, 0.1, 1.0)
+    }
+    chosen = alone[many.metadata["l2"]]
+    assert torch.equal(many.directions, chosen.directions) and many.threshold == chosen.threshold
+    assert all(c.f1 <= many.f1 for c in alone.values())
+    # The default tries 0.001, 0.01 and 0.1.
+    default = icv.extract_condition(model, ByteTokenizer(), MATCHING, OTHER, estimator="probe")
+    assert default.metadata["l2"] in (0.001, 0.01, 0.1)
+
+
 def test_same_seed_same_file_and_the_file_round_trips(model, probe, tmp_path):
     again = icv.extract_condition(
         model, ByteTokenizer(), MATCHING, OTHER, name="a", estimator="probe", l2=0.1
@@ -147,6 +167,9 @@ def test_the_gate_reads_a_probe_condition_as_any_other(model, probe):
         {"estimator": "probe", "l2": float("inf")},
         {"estimator": "probe", "l2": True},
         {"estimator": "probe", "l2": "0.1"},
+        {"estimator": "probe", "l2": []},
+        {"estimator": "probe", "l2": [0.1, 0.0]},
+        {"estimator": "probe", "l2": [0.1] * 17},
     ],
 )
 def test_bad_estimator_options_are_refused(model, options):

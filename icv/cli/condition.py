@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..arguments import layer_list, positive_int
+from ..arguments import layer_list, positive_int, strength_list
 from .common import Command, check_new_file, load_model_for, say
 
 # A text file of prompts larger than this is not what a condition is read from.
@@ -59,10 +59,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--l2",
-        type=float,
-        default=1e-2,
-        metavar="STRENGTH",
-        help="the probe's L2 regularisation (with --estimator probe; default: 0.01)",
+        type=strength_list,
+        metavar="LIST",
+        help="the probe's L2 regularisation, or several (comma-separated; the held-out part "
+        "chooses, as it chooses the layer); with --estimator probe (default: 0.001,0.01,0.1)",
     )
     parser.add_argument("--layers", type=layer_list, metavar="LIST", help="layers the search may choose from")
     parser.add_argument(
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         layers=args.layers,
         positions=args.positions,
         estimator=args.estimator,
-        l2=args.l2,
+        **({} if args.l2 is None else {"l2": args.l2}),
         batch_size=args.batch_size,
     )
     condition.save(args.out, overwrite=args.force)

@@ -10,7 +10,7 @@ paraphrase prompt around every sentence (as recipes/detox/run.py prompts it):
   and steered with ``when=condition``, in the same batches.
 
     python recipes/detox/conditional.py [--fit 60] [--test 40] [--tokens 24] [--strength 0.04]
-        [--positions prompt_mean|prompt_last] [--estimator mean|probe] [--l2 0.01]
+        [--positions prompt_mean|prompt_last] [--estimator mean|probe] [--l2 0.001,0.01,0.1]
         [--rows blocks|spread] [--condition-only]
 
 Data: ../shared/data (paradetox/paradetox.tsv, yelp/sentiment.dev.{0,1}); the folder can be
@@ -61,7 +61,12 @@ def main() -> None:
         default="mean",
         help="the condition's direction: the mean difference (CAST's) or a logistic probe",
     )
-    parser.add_argument("--l2", type=float, default=1e-2, help="the probe's L2 regularisation")
+    parser.add_argument(
+        "--l2",
+        type=lambda text: [float(v) for v in text.split(",")],
+        default=[1e-3, 1e-2, 1e-1],
+        help="the probe's L2 regularisation, or several comma-separated (the held-out part chooses)",
+    )
     parser.add_argument(
         "--condition-only",
         action="store_true",
