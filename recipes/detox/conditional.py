@@ -117,6 +117,8 @@ def main() -> None:
         l2=args.l2,
     )
     print(f"condition: {condition} confusion {condition.confusion} ({time.perf_counter() - start:.0f} s)")
+    if condition.estimator == "probe":
+        print(f"probe, l2 {condition.metadata['l2']:g} (chosen on the held-out half)")
     print("best F1 per layer:", " ".join(f"{f:.2f}" for f in condition.layer_f1 or []))
     vector = icv.extract(model, tokenizer, icv.read_demos(HERE / "demos.jsonl"), name="polite")
 
