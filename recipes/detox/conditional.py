@@ -11,7 +11,7 @@ paraphrase prompt around every sentence (as recipes/detox/run.py prompts it):
 
     python recipes/detox/conditional.py [--fit 60] [--test 40] [--tokens 24] [--strength 0.04]
         [--positions prompt_mean|prompt_last] [--estimator mean|probe] [--l2 0.001,0.01,0.1]
-        [--rows blocks|spread] [--condition-only]
+        [--rows blocks|spread] [--rows-seed 2026] [--condition-only]
 
 Data: ../shared/data (paradetox/paradetox.tsv, yelp/sentiment.dev.{0,1}); the folder can be
 given with ``--data``.
@@ -79,6 +79,7 @@ def main() -> None:
         help="which ParaDetox rows: fixed blocks (fit 0.., test 3000..; the file's rows ~2500-7000 "
         "come from another source, without final punctuation) or rows drawn across the whole file",
     )
+    parser.add_argument("--rows-seed", type=int, default=2026, help="the shuffle of --rows spread")
     args = parser.parse_args()
 
     toxic, neutral, yelp = read_data(args.data)
@@ -94,7 +95,7 @@ def main() -> None:
         # Rows drawn across the whole file (a fixed shuffle): every source of ParaDetox's in both
         # the fit and the test; each row gives one sentence, toxic or rewrite, never both.
         order = list(range(len(toxic)))
-        random.Random(2026).shuffle(order)
+        random.Random(args.rows_seed).shuffle(order)
         picked = iter(order)
         fit_toxic = [toxic[next(picked)] for _ in range(args.fit)]
         fit_neutral = [neutral[next(picked)] for _ in range(half)]
