@@ -41,6 +41,10 @@ COMPARISONS = (">", "<")
 # How a prompt is read (icv.gate): the mean of its tokens' unit states (CAST's reading), or
 # its last token's unit state.
 POSITIONS = ("prompt_mean", "prompt_last")
+# How the directions were estimated (icv.condition_search): the difference of the two sets'
+# mean readings (CAST's), or a logistic-regression probe on them.  The gate reads either the
+# same way: a direction and a threshold.
+ESTIMATORS = ("mean", "probe")
 
 # key -> (type, required)
 _SCHEMA: dict[str, tuple[type, bool]] = {
@@ -62,6 +66,9 @@ _SCHEMA: dict[str, tuple[type, bool]] = {
     "layer_f1": (list, False),
     "num_matching": (int, False),
     "num_other": (int, False),
+    # How the directions were estimated (absent in files written before the probe: "mean").
+    "estimator": (str, False),
+    "l2": (float, False),
 }
 _CONFUSION = ("tp", "fp", "tn", "fn")
 
@@ -188,9 +195,11 @@ class Condition(Rule):
         directions: ``(num_layers, hidden_size)`` float tensor, one direction per decoder
             layer (stored float32 on the CPU; only :attr:`layer`'s is used, at unit length).
         metadata: ``layer``, ``threshold``, ``comparison`` (``">"`` or ``"<"``), the model's
-            ``model_name`` and ``model_type``, and optionally ``name`` and what the grid
+            ``model_name`` and ``model_type``, and optionally ``name``, what the grid
             search found (``f1``, ``confusion``, ``layer_f1``, ``num_matching``,
-            ``num_other``); ``hidden_size`` and ``num_layers`` follow from ``directions``.
+            ``num_other``) and how the directions were estimated (``estimator``,
+            ``"mean"`` or ``"probe"``, and the probe's ``l2``); ``hidden_size`` and
+            ``num_layers`` follow from ``directions``.
 
     Raises:
         OptionError: a tensor of the wrong shape or not finite, a layer out of range, a
@@ -259,6 +268,11 @@ class Condition(Rule):
     def positions(self) -> str:
         """How a prompt is read: ``"prompt_mean"`` (its tokens' mean) or ``"prompt_last"`` (its last token)."""
         return self._metadata["positions"]
+
+    @property
+    def estimator(self) -> str:
+        """How the directions were estimated: ``"mean"`` (the sets' mean difference) or ``"probe"``."""
+        return self._metadata["estimator"] or ESTIMATORS[0]
 
     @property
     def num_layers(self) -> int:
@@ -622,6 +636,13 @@ def _validate(metadata: Mapping[str, Any], *, source: str, error: type[ICVError]
             f"{source}: positions {clean['positions']!r:.40} is not one this library reads "
             f"({', '.join(POSITIONS)})"
         )
+    if clean["estimator"] is not None and clean["estimator"] not in ESTIMATORS:
+        raise error(
+            f"{source}: estimator {clean['estimator']!r:.40} is not one this library knows "
+            f"({', '.join(ESTIMATORS)})"
+        )
+    if clean["l2"] is not None and clean["l2"] <= 0:
+        raise error(f"{source}: metadata 'l2' must be positive, got {clean['l2']}")
     for key in ("num_matching", "num_other"):
         if clean[key] is not None and clean[key] < 0:
             raise error(f"{source}: metadata '{key}' is negative")

@@ -3,8 +3,9 @@
 Every text is read as a generation's prompt would be (:mod:`icv.gate`): tokenized with
 the tokenizer's special tokens, and at every decoder layer the mean of the
 unit-normalised states over its tokens.  Each set is shuffled (``seed``) and split: the
-first part gives each layer's direction, ``unit(mean(matching) - mean(other))``; on the
-held-out part every layer, threshold (the midpoints between neighbouring held-out
+first part gives each layer's direction, ``unit(mean(matching) - mean(other))`` (or, with
+``estimator="probe"``, the weights of an L2-regularised logistic regression fitted on that
+part's readings); on the held-out part every layer, threshold (the midpoints between neighbouring held-out
 scores) and comparison (``>``, ``<``) is tried, and the best F1 (matching = positive)
 wins, ties going to the widest margin.  The F1 and the confusion counts reported are
 those of the held-out part the choice was made on (CAST's grid search does the same;
@@ -13,6 +14,7 @@ judge a condition on fresh texts before trusting it in front of traffic).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -21,13 +23,22 @@ import torch
 from torch import nn
 
 from .capture import pad_batch, tokenize
-from .condition import POSITIONS, Condition
+from .condition import ESTIMATORS, POSITIONS, Condition
 from .errors import DemoError, OptionError
 from .extract import max_context, model_device, pad_token_id
 from .gate import read_prompt_states
 from .layers import Architecture, decoder_layers
 from .models import model_name_of
 from .options import checked_options
+
+# The probe's L-BFGS iterations (it converges in far fewer on readings of a few hundred texts).
+_PROBE_STEPS = 500
+# Beyond this the probe's weights underflow towards zero: nothing is learnt.
+_MAX_L2 = 1e6
+_MAX_L2_VALUES = 16
+# The probe's default strengths, each tried (held-out F1 chooses): on the detox condition
+# 1e-3 carried best to fresh sentences and the held-out part chose it (docs/results.md).
+DEFAULT_L2 = (1e-3, 1e-2, 1e-1)
 
 
 @checked_options
@@ -42,6 +53,8 @@ def extract_condition(
     seed: int = 0,
     layers: Sequence[int] | None = None,
     positions: str = "prompt_mean",
+    estimator: str = "mean",
+    l2: float | Sequence[float] = DEFAULT_L2,
     batch_size: int = 16,
     architecture: Architecture | None = None,
 ) -> Condition:
@@ -63,6 +76,15 @@ def extract_condition(
         positions: how each prompt is read: ``"prompt_mean"`` (the mean of its tokens' unit
             states, CAST's reading) or ``"prompt_last"`` (its last token's unit state, which
             sees the whole prompt; better where prompts share a long fixed instruction).
+        estimator: how each layer's direction is found from the fit part: ``"mean"`` (the
+            difference of the two sets' mean readings, CAST's) or ``"probe"`` (the weights
+            of an L2-regularised logistic regression on the readings, a linear probe;
+            :func:`probe_directions`).  Either way the layer, threshold and comparison are
+            then chosen on the held-out part, and the gate reads the condition the same way.
+        l2: the probe's regularisation strength (positive; only with ``estimator="probe"``),
+            or a list of strengths: each is fitted and searched like the layers, and the one
+            whose best held-out (F1, margin) is highest is kept (recorded as ``l2``; on a tie
+            the strongest).  Default: 0.001, 0.01 and 0.1.
         batch_size: texts per forward pass.
         architecture: where the decoder layers are, for a model type the library does not know.
 
@@ -72,7 +94,8 @@ def extract_condition(
 
     Raises:
         DemoError: a set with fewer than 2 texts, or a text that is not a non-empty string.
-        OptionError: ``held_out`` outside (0, 1), a bad layer or batch size.
+        OptionError: ``held_out`` outside (0, 1), a bad layer or batch size, an unknown
+            ``positions`` or ``estimator``, an ``l2`` that is not a positive number.
     """
     matching, other = _texts(matching, "matching"), _texts(other, "other")
     if isinstance(held_out, bool) or not isinstance(held_out, (int, float)) or not 0.0 < held_out < 1.0:
@@ -81,6 +104,9 @@ def extract_condition(
         raise OptionError(f"batch_size must be a positive integer, got {batch_size!r:.40}")
     if positions not in POSITIONS:
         raise OptionError(f"unknown positions {positions!r:.30}: choose one of {', '.join(POSITIONS)}")
+    if estimator not in ESTIMATORS:
+        raise OptionError(f"unknown estimator {estimator!r:.30}: choose one of {', '.join(ESTIMATORS)}")
+    strengths = _strengths(l2)
     num_layers = len(decoder_layers(model, architecture))
     allowed = _layers(layers, num_layers)
     rng = random.Random(seed)
@@ -97,25 +123,27 @@ def extract_condition(
         )
         start += fit_count + test_count
     (fit_match, test_match), (fit_other, test_other) = parts
-    shift = fit_match.mean(0) - fit_other.mean(0)  # (layers, hidden)
-    norms = shift.norm(dim=-1, keepdim=True)
-    directions = torch.where(norms > 0, shift / norms.clamp_min(1e-12), torch.zeros_like(shift))
     test = torch.cat([test_match, test_other])  # (held-out texts, layers, hidden)
     truth = torch.cat(
         [torch.ones(len(test_match), dtype=torch.bool), torch.zeros(len(test_other), dtype=torch.bool)]
     )
-    scores = torch.einsum("nlh,lh->nl", test, directions)
-    best: tuple[float, float, int, float, str] | None = None
-    layer_f1 = [0.0] * num_layers
-    for layer in allowed:
-        if float(norms[layer]) == 0.0:
-            continue
-        f1, margin, threshold, comparison = _best_split(scores[:, layer], truth)
-        layer_f1[layer] = f1
-        if best is None or (f1, margin) > (best[0], best[1]):
-            best = (f1, margin, layer, threshold, comparison)
-    if best is None:
+    # Each candidate's directions are searched on the held-out part; the best (F1, margin) wins.
+    candidates: list[tuple[float | None, torch.Tensor]]
+    if estimator == "probe":
+        candidates = [(value, probe_directions(fit_match, fit_other, l2=value)) for value in strengths]
+    else:
+        candidates = [(None, fit_match.mean(0) - fit_other.mean(0))]  # (layers, hidden)
+    found: tuple[tuple[float, float, int, float, str], list[float], float | None, torch.Tensor] | None = None
+    for strength, shift in candidates:
+        searched = _search(shift, test, truth, allowed, num_layers)
+        if searched is not None and (found is None or searched[0][:2] > found[0][:2]):
+            found = (*searched, strength, shift)
+    if found is None:
         raise OptionError("the matching and other texts read the same at every allowed layer: no condition")
+    best, layer_f1, chosen_l2, shift = found
+    norms = shift.norm(dim=-1, keepdim=True)
+    directions = torch.where(norms > 0, shift / norms.clamp_min(1e-12), torch.zeros_like(shift))
+    scores = torch.einsum("nlh,lh->nl", test, directions)
     f1, _margin, layer, threshold, comparison = best
     predicted = scores[:, layer] > threshold if comparison == ">" else scores[:, layer] < threshold
     confusion = _confusion(predicted, truth)
@@ -132,8 +160,98 @@ def extract_condition(
         "num_matching": len(matching),
         "num_other": len(other),
         "positions": positions,
+        "estimator": estimator,
+        "l2": chosen_l2,
     }
     return Condition(directions, metadata)
+
+
+def _search(
+    shift: torch.Tensor, test: torch.Tensor, truth: torch.Tensor, allowed: list[int], num_layers: int
+) -> tuple[tuple[float, float, int, float, str], list[float]] | None:
+    """CAST's grid on the held-out readings: the best (F1, margin, layer, threshold, comparison)
+    of ``shift``'s directions, and each layer's best F1; ``None`` when every allowed layer's is zero."""
+    norms = shift.norm(dim=-1, keepdim=True)
+    directions = torch.where(norms > 0, shift / norms.clamp_min(1e-12), torch.zeros_like(shift))
+    scores = torch.einsum("nlh,lh->nl", test, directions)
+    best: tuple[float, float, int, float, str] | None = None
+    layer_f1 = [0.0] * num_layers
+    for layer in allowed:
+        if float(norms[layer]) == 0.0:
+            continue
+        f1, margin, threshold, comparison = _best_split(scores[:, layer], truth)
+        layer_f1[layer] = f1
+        if best is None or (f1, margin) > (best[0], best[1]):
+            best = (f1, margin, layer, threshold, comparison)
+    return None if best is None else (best, layer_f1)
+
+
+def _strengths(l2: object) -> list[float]:
+    """``l2`` as a list of strengths to try, or :class:`OptionError`."""
+    given = list(l2) if isinstance(l2, Sequence) and not isinstance(l2, str) else [l2]
+    values = [v for v in given if not isinstance(v, bool) and isinstance(v, (int, float))]
+    if (
+        not 1 <= len(given) <= _MAX_L2_VALUES
+        or len(values) != len(given)
+        or not all(math.isfinite(v) and 0.0 < v <= _MAX_L2 for v in values)
+    ):
+        raise OptionError(
+            f"l2 must be a positive number up to {_MAX_L2:g}, or a list of 1 to {_MAX_L2_VALUES} such "
+            f"numbers, got {l2!r:.60}"
+        )
+    # Strongest first: on a tie the more regularised probe is kept.
+    return sorted({float(v) for v in values}, reverse=True)
+
+
+def probe_directions(matching: torch.Tensor, other: torch.Tensor, *, l2: float = 1e-2) -> torch.Tensor:
+    """``(layers, hidden)``: per layer, the weights of an L2-regularised logistic regression.
+
+    The linear probe of probing work: at each layer, ``sigmoid(w . x + b)`` fitted to tell
+    ``matching`` (1) from ``other`` (0), each class weighted to half the loss (unequal sets
+    do not tilt it), with ``l2 / 2 * |w|^2`` added.  The features are centred and scaled
+    per layer so that their rows' mean squared norm is 1: the same ``l2`` means the same
+    thing at every layer and on every model.  The scaling is one number per layer, so ``w``
+    points the same way in the readings' own space.  Full-batch L-BFGS in float64 from
+    zero weights: the objective is strictly convex, so the answer is unique and the same
+    inputs give the same weights.
+
+    Args:
+        matching: ``(n1, layers, hidden)`` readings of the matching texts.
+        other: ``(n0, layers, hidden)`` readings of the other texts.
+        l2: the regularisation strength (positive).
+
+    Returns:
+        The weights, float32 (a layer whose readings are all equal gets zeros).
+    """
+    x = torch.cat([matching, other]).double().transpose(0, 1)  # (layers, n, hidden)
+    positive = torch.cat([torch.ones(len(matching)), torch.zeros(len(other))]).double()
+    weight = torch.where(positive > 0, 0.5 / len(matching), 0.5 / len(other))
+    sign = 2 * positive - 1
+    centred = x - x.mean(dim=1, keepdim=True)
+    scale = centred.pow(2).sum(-1).mean(-1).sqrt()  # (layers,)
+    z = torch.where(scale[:, None, None] > 0, centred / scale.clamp_min(1e-300)[:, None, None], 0.0)
+    w = torch.zeros(x.shape[0], x.shape[2], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(x.shape[0], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=_PROBE_STEPS,
+        history_size=20,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-15,
+        line_search_fn="strong_wolfe",
+    )
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = torch.einsum("lnh,lh->ln", z, w) + b[:, None]
+        value = (weight * nn.functional.softplus(-sign * logits)).sum() + l2 / 2 * w.pow(2).sum()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        optimizer.step(loss)
+    return w.detach().float()
 
 
 def _texts(texts: object, what: str) -> list[str]:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..arguments import layer_list, positive_int
+from ..arguments import layer_list, positive_int, strength_list
 from .common import Command, check_new_file, load_model_for, say
 
 # A text file of prompts larger than this is not what a condition is read from.
@@ -50,6 +50,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="prompt_mean",
         help="how a prompt is read: the mean of its tokens (default, CAST's) or its last token",
     )
+    parser.add_argument(
+        "--estimator",
+        choices=("mean", "probe"),
+        default="mean",
+        help="how each layer's direction is found: the sets' mean difference (default, CAST's) "
+        "or an L2-regularised logistic-regression probe",
+    )
+    parser.add_argument(
+        "--l2",
+        type=strength_list,
+        metavar="LIST",
+        help="the probe's L2 regularisation, or several (comma-separated; the held-out part "
+        "chooses, as it chooses the layer); with --estimator probe (default: 0.001,0.01,0.1)",
+    )
     parser.add_argument("--layers", type=layer_list, metavar="LIST", help="layers the search may choose from")
     parser.add_argument(
         "--batch-size", type=positive_int, default=16, metavar="N", help="texts per forward pass"
@@ -90,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         layers=args.layers,
         positions=args.positions,
+        estimator=args.estimator,
+        **({} if args.l2 is None else {"l2": args.l2}),
         batch_size=args.batch_size,
     )
     condition.save(args.out, overwrite=args.force)

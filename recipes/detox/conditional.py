@@ -10,6 +10,8 @@ paraphrase prompt around every sentence (as recipes/detox/run.py prompts it):
   and steered with ``when=condition``, in the same batches.
 
     python recipes/detox/conditional.py [--model gemma3-270m] [--fit 60] [--test 40] [--tokens 24] [--strength 0.04]
+        [--positions prompt_mean|prompt_last] [--estimator mean|probe] [--l2 0.001,0.01,0.1]
+        [--rows blocks|spread] [--rows-seed 2026] [--condition-only]
 
 Data: ../shared/data (paradetox/paradetox.tsv, yelp/sentiment.dev.{0,1}); the folder can be
 given with ``--data``.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import random
 import sys
 import time
 from pathlib import Path
@@ -54,21 +57,54 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=0.04, help="the detox recipe's strength")
     parser.add_argument("--positions", choices=("prompt_mean", "prompt_last"), default="prompt_mean")
     parser.add_argument(
+        "--estimator",
+        choices=("mean", "probe"),
+        default="mean",
+        help="the condition's direction: the mean difference (CAST's) or a logistic probe",
+    )
+    parser.add_argument(
+        "--l2",
+        type=lambda text: [float(v) for v in text.split(",")],
+        default=[1e-3, 1e-2, 1e-1],
+        help="the probe's L2 regularisation, or several comma-separated (the held-out part chooses)",
+    )
+    parser.add_argument(
         "--condition-only",
         action="store_true",
         help="only the condition's F1 on the test set (no generation)",
     )
+    parser.add_argument(
+        "--rows",
+        choices=("blocks", "spread"),
+        default="blocks",
+        help="which ParaDetox rows: fixed blocks (fit 0.., test 3000..; the file's rows ~2500-7000 "
+        "come from another source, without final punctuation) or rows drawn across the whole file",
+    )
+    parser.add_argument("--rows-seed", type=int, default=2026, help="the shuffle of --rows spread")
     args = parser.parse_args()
 
     toxic, neutral, yelp = read_data(args.data)
-    half = args.fit // 2
-    # Fit: toxic rows 0.., neutral rewrites of rows 5000.. (other rows), Yelp lines 0.. (step 7).
-    fit_toxic = toxic[: args.fit]
-    fit_other = neutral[5000 : 5000 + half] + yelp[0 : 7 * (args.fit - half) : 7]
-    # Test: toxic rows 3000.., neutral rewrites of rows 8000.., Yelp lines 3, 10, ... (none in the fit).
-    test_half = args.test // 2
-    test_toxic = toxic[3000 : 3000 + args.test]
-    test_other = neutral[8000 : 8000 + test_half] + yelp[3 : 3 + 7 * (args.test - test_half) : 7]
+    half, test_half = args.fit // 2, args.test // 2
+    if args.rows == "blocks":
+        # Fit: toxic rows 0.., neutral rewrites of rows 5000.. (other rows); test: toxic rows
+        # 3000.., neutral rewrites of rows 8000.. (none in the fit).
+        fit_toxic = toxic[: args.fit]
+        fit_neutral = neutral[5000 : 5000 + half]
+        test_toxic = toxic[3000 : 3000 + args.test]
+        test_neutral = neutral[8000 : 8000 + test_half]
+    else:
+        # Rows drawn across the whole file (a fixed shuffle): every source of ParaDetox's in both
+        # the fit and the test; each row gives one sentence, toxic or rewrite, never both.
+        order = list(range(len(toxic)))
+        random.Random(args.rows_seed).shuffle(order)
+        picked = iter(order)
+        fit_toxic = [toxic[next(picked)] for _ in range(args.fit)]
+        fit_neutral = [neutral[next(picked)] for _ in range(half)]
+        test_toxic = [toxic[next(picked)] for _ in range(args.test)]
+        test_neutral = [neutral[next(picked)] for _ in range(test_half)]
+    # Yelp: lines 0, 7, ... for the fit; 3, 10, ... for the test.
+    fit_other = fit_neutral + yelp[0 : 7 * (args.fit - half) : 7]
+    test_other = test_neutral + yelp[3 : 3 + 7 * (args.test - test_half) : 7]
 
     model, tokenizer = icv.load_model(args.model)
     start = time.perf_counter()
@@ -79,8 +115,12 @@ def main() -> None:
         [icl_prompt([], t) for t in fit_other],
         name="toxic",
         positions=args.positions,
+        estimator=args.estimator,
+        l2=args.l2,
     )
     print(f"condition: {condition} confusion {condition.confusion} ({time.perf_counter() - start:.0f} s)")
+    if condition.estimator == "probe":
+        print(f"probe, l2 {condition.metadata['l2']:g} (chosen on the held-out half)")
     print("best F1 per layer:", " ".join(f"{f:.2f}" for f in condition.layer_f1 or []))
     vector = icv.extract(model, tokenizer, icv.read_demos(HERE / "demos.jsonl"), name="polite")
 
