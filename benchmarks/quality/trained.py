@@ -66,8 +66,9 @@ from icv.scorers import (  # noqa: E402
     fluency_model_for,
 )
 
-# Each trained arm's calibration grid: multiples of the strength it was trained at.
-TRAINED_FACTORS = (0.75, 1.0, 1.25, 1.5, 2.0)
+# Each trained arm's calibration grid: multiples of the strength it was trained at (trained
+# directions keep content at twice it and more: Yelp on SmolLM2 chose the top of a grid ending at 2).
+TRAINED_FACTORS = (0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 
 
 @dataclass
