@@ -112,13 +112,13 @@ def read_either(name: str) -> InContextVector | Condition:
 
 PUSH = Command(
     "push",
-    "upload a vector or a condition with its model card to the Hugging Face Hub",
+    "upload a vector or condition with its model card to the Hugging Face Hub",
     configure_push,
     run_push,
 )
 PULL = Command(
     "pull",
-    "fetch a vector or a condition from the Hugging Face Hub into its cache (or a file)",
+    "fetch a vector or condition from the Hub into its cache (or a file)",
     configure_pull,
     run_pull,
 )
