@@ -435,7 +435,10 @@ def published_condition(cond, tmp_path, repo_id="someone/letters") -> Path:
 def test_a_server_loads_condition_folders_and_hub_ids_under_their_names(
     cond, vec, llama, tmp_path, offline, monkeypatch
 ):
+    from types import SimpleNamespace
+
     from icv.serving import ModelShape, VectorLibrary
+    from icv.serving.vllm.contract import VECTORS_ENV, load_library, plugin_environment
     from icv.serving.vllm.launch import has_conditions
 
     cache = published_condition(cond, tmp_path)
@@ -448,8 +451,19 @@ def test_a_server_loads_condition_folders_and_hub_ids_under_their_names(
     assert torch.equal(library.condition("letters").directions, cond.directions)
     assert library.condition("strict").threshold == cond.threshold + 1
     assert library.rule("letters & ~strict") is not None
-    # vLLM's launcher sees them through the same resolution (its prompts are then not chunked).
+    # vLLM's launcher and workers see them through the same resolution (its prompts are then not
+    # chunked): the workers' library, read from $ICV_VLLM_VECTORS, serves the same conditions.
     assert has_conditions(["someone/letters"]) and has_conditions([folder]) and not has_conditions([vectors])
+    env = plugin_environment(["someone/letters", folder, vectors], {})
+    monkeypatch.setenv(VECTORS_ENV, env[VECTORS_ENV])
+    config = SimpleNamespace(
+        hf_config=SimpleNamespace(model_type=shape.model_type),
+        hf_text_config=SimpleNamespace(hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers),
+        served_model_name=shape.model_name,
+        model=shape.model_name,
+    )
+    workers = load_library(config)
+    assert workers.condition_names == ["letters", "strict"] and workers.names == ["positive"]
     # A name of the other kind is refused with a hint at where it goes.
     with pytest.raises(RequestError, match="'letters' is a condition: name it in steering_when"):
         library.get("letters")
@@ -499,6 +513,7 @@ def test_icv_serve_stops_at_startup_on_a_bad_condition_argument_before_it_listen
 
     started: list = []
     monkeypatch.setattr(icv.models, "load_model", lambda name=None, **_: (llama, tokenizer))
+    monkeypatch.setattr(os, "execve", lambda *a: started.append(a))  # never vLLM itself
     monkeypatch.setattr(icv.serving.server, "serve", lambda *a, **k: started.append(k))
     cond.save(tmp_path / "vector.safetensors")
     vec.save_pretrained(tmp_path / "v")
@@ -510,6 +525,9 @@ def test_icv_serve_stops_at_startup_on_a_bad_condition_argument_before_it_listen
         ("someone/missing", "not in the Hub cache"),
     ]:
         assert main(["serve", "--vectors", str(bad), "--port", "1"]) == 1
+        assert said in capsys.readouterr().err
+        # The vLLM engine refuses them in the launcher, before vLLM's process replaces it.
+        assert main(["serve", "--engine", "vllm", "--vectors", str(bad), "--port", "1"]) == 1
         assert said in capsys.readouterr().err
     assert started == []  # no server was started for any of them
     good = cond.save_pretrained(tmp_path / "letters")

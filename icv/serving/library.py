@@ -88,7 +88,8 @@ def vector_files(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, Pat
         ``(name, file)`` pairs: a file's stem, a pretrained folder's or a Hub repository's name.
 
     Raises:
-        VectorFileError: a path that is nothing, or a Hub id that cannot be fetched.
+        VectorFileError: a path that is nothing, a Hub id that cannot be fetched, or a pretrained
+            folder (or Hub repository) whose vector.safetensors holds a condition.
     """
     from ..hub import CONDITION_FILE, VECTOR_FILE, is_hub_id, resolve
 
@@ -96,14 +97,16 @@ def vector_files(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, Pat
     for given in paths:
         entry = Path(given)
         if entry.is_dir() and any((entry / f).is_file() for f in (VECTOR_FILE, CONDITION_FILE)):
-            files.append((entry.resolve().name, resolve(entry, kind="any")))
+            files.append(pretrained_file(entry.resolve().name, resolve(entry, kind="any")))
         elif entry.is_dir():
             found = sorted(p for p in entry.iterdir() if p.suffix.lower() in VECTOR_SUFFIXES and p.is_file())
             files.extend((p.stem, p) for p in found)
         elif entry.is_file():
             files.append((entry.stem, entry))
         elif is_hub_id(os.fspath(given)):
-            files.append((os.fspath(given).split("/")[1], resolve(os.fspath(given), kind="any")))
+            files.append(
+                pretrained_file(os.fspath(given).split("/")[1], resolve(os.fspath(given), kind="any"))
+            )
         else:
             raise VectorFileError(
                 f"no vector file or folder at '{entry}', and it is not a Hub id (owner/name)"
@@ -111,16 +114,20 @@ def vector_files(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, Pat
     return files
 
 
-def check_kind(name: str, file: Path, kind: str) -> None:
-    """Refuse a pretrained folder's file that is not the kind its name says (a condition in ``vector.safetensors``)."""
-    from ..hub import CONDITION_FILE, VECTOR_FILE
+def pretrained_file(name: str, file: Path) -> tuple[str, Path]:
+    """``(name, file)`` of a pretrained folder or Hub id, refused if its file is not the kind its name says.
 
-    named = {VECTOR_FILE: "vector", CONDITION_FILE: "condition"}.get(file.name)
-    if named is not None and named != kind:
+    A condition saved as ``vector.safetensors`` would otherwise be served as a condition under a
+    vector's name; a vector in ``condition.safetensors`` is refused by the condition's reader.
+    """
+    from ..hub import VECTOR_FILE
+
+    if file.name == VECTOR_FILE and is_condition_file(file):
         raise VectorFileError(
-            f"'{name}': its {file.name} holds a {kind}, not a {named}; save it again with "
-            f"{'icv.Condition' if kind == 'condition' else 'icv.InContextVector'}.save_pretrained"
+            f"'{name}': its {VECTOR_FILE} holds a condition, not a vector; save it again with "
+            "icv.Condition.save_pretrained (which writes condition.safetensors)"
         )
+    return name, file
 
 
 def read_vector_file(path: Path, shape: ModelShape | None = None) -> InContextVector:
@@ -165,7 +172,6 @@ class VectorLibrary:
             if name in vectors or name in unfit or name in conditions:
                 raise VectorFileError(f"two vector files are named '{name}' ('{file}' and an earlier one)")
             if is_condition_file(file) or file.name == CONDITION_FILE:
-                check_kind(name, file, "condition")
                 condition = Condition.load(file)  # a vector's file here is refused in its own words
                 try:
                     check_same_model(condition.metadata, shape.as_metadata(), what=f"condition '{name}'")
@@ -174,7 +180,6 @@ class VectorLibrary:
                     continue
                 conditions[name] = condition
                 continue
-            check_kind(name, file, "vector")
             vector = read_vector_file(file, shape)
             try:
                 # The reason is shown to clients: the name, never the server's path.
