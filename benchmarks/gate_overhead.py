@@ -16,6 +16,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,6 +38,22 @@ TEXTS = [
 ]
 
 
+def condition_and_vector(model: Any, tok: Any) -> tuple[icv.Condition, icv.InContextVector]:
+    """The condition and the detox vector every gate benchmark uses (here and serve_gate_overhead.py).
+
+    A condition of the library's own kind, fitted on the texts themselves: what it decides does
+    not matter for the cost (the gate reads every row whatever it decides), only that it reads.
+    """
+    cond = icv.extract_condition(
+        model,
+        tok,
+        [icl_prompt([], t) for t in TEXTS[0::2]],
+        [icl_prompt([], t) for t in TEXTS[1::2]],
+        held_out=0.5,
+    )
+    return cond, icv.extract(model, tok, icv.read_demos(DEMOS), progress=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
@@ -48,16 +65,7 @@ def main() -> None:
 
     model, tok = icv.load_model(args.model)
     prompts = [icl_prompt([], TEXTS[i % len(TEXTS)]) for i in range(args.rows)]
-    # A condition of the library's own kind, fitted on the texts themselves: what it decides does
-    # not matter for the cost (the gate reads every row whatever it decides), only that it reads.
-    cond = icv.extract_condition(
-        model,
-        tok,
-        [icl_prompt([], t) for t in TEXTS[0::2]],
-        [icl_prompt([], t) for t in TEXTS[1::2]],
-        held_out=0.5,
-    )
-    vector = icv.extract(model, tok, icv.read_demos(DEMOS), progress=False)
+    cond, vector = condition_and_vector(model, tok)
     batch = left_padded(tok, prompts, torch.device("cpu"))
     options = dict(
         max_new_tokens=args.tokens,

@@ -210,7 +210,9 @@ def resolve(
         force_download: fetch again even if the cache holds the file.
         kind: ``"vector"`` (``vector.safetensors``) or ``"condition"`` (``condition.safetensors``,
             what :meth:`icv.Condition.save_pretrained` writes); a folder of the other kind is
-            refused with a message that names it.
+            refused with a message that names it.  ``"any"``: whichever of the two the folder or
+            Hub repository holds (a vector's first), for what takes both (``icv serve``,
+            ``icv push``, ``icv pull``); the caller tells them apart by the file's name.
 
     Returns:
         The path of the vector (or condition) file.
@@ -220,8 +222,10 @@ def resolve(
             id, or a Hub id that cannot be fetched (no such repository, revision or file;
             offline with nothing cached; the network failing).
     """
+    if kind == "any":
+        return _resolve_either(name_or_folder, revision, cache_dir, token, local_files_only, force_download)
     if kind not in KINDS:
-        raise OptionError(f"kind must be one of {', '.join(KINDS)}, got {kind!r:.40}")
+        raise OptionError(f"kind must be one of {', '.join(KINDS)} or 'any', got {kind!r:.40}")
     filename, what = KINDS[kind]
     path = Path(name_or_folder)
     if path.is_dir():
@@ -239,6 +243,54 @@ def resolve(
     if not is_hub_id(text):
         raise VectorFileError(f"no file or folder '{text[:200]}', and it is not a Hub id (owner/name)")
     return _download(text, revision, cache_dir, token, local_files_only, force_download, filename)
+
+
+def _resolve_either(
+    name_or_folder: str | os.PathLike[str],
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    token: str | bool | None,
+    local_files_only: bool,
+    force_download: bool,
+) -> Path:
+    """:func:`resolve` with ``kind="any"``: a vector's file, else a condition's; the vector's error if neither."""
+    path = Path(name_or_folder)
+    if path.is_dir() and not (path / VECTOR_FILE).is_file() and (path / CONDITION_FILE).is_file():
+        kind = "condition"
+    elif path.exists() or not is_hub_id(os.fspath(name_or_folder)):
+        kind = "vector"  # a file is itself; a folder without either file is refused as a vector's
+    else:  # a Hub id: which file its repository holds is known only by asking for it
+        try:
+            return resolve(
+                name_or_folder,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                local_files_only=local_files_only,
+                force_download=force_download,
+            )
+        except VectorFileError as error:
+            try:
+                return resolve(
+                    name_or_folder,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    token=token,
+                    local_files_only=local_files_only,
+                    force_download=force_download,
+                    kind="condition",
+                )
+            except VectorFileError:
+                raise error from None
+    return resolve(
+        name_or_folder,
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+        force_download=force_download,
+        kind=kind,
+    )
 
 
 def _kind_hint(wanted: str) -> str:

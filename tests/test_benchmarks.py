@@ -211,3 +211,13 @@ def test_serving_safety_refuses_the_hostile_uploads_and_isolates_the_broken_row(
     text = serving_safety.report()
     assert text.count("| 400 |") == 2
     assert "400 `steering_overflow`; good rows identical to alone: 4/4" in text
+
+
+def test_serve_gate_overhead_times_both_arms_and_checks_each_answer_against_its_decision():
+    pytest.importorskip("uvicorn", reason="needs the 'serve' extra")
+    import serve_gate_overhead
+
+    result = serve_gate_overhead.measure("tiny", rows=3, tokens=2, rounds=1)
+    assert result["ratio"].n == 1 and result["ratio"].median > 0
+    assert result["wrong"] == 0 and 0 <= result["fired"] <= 3
+    assert "median gated / ungated" in serve_gate_overhead.report(result)

@@ -23,6 +23,7 @@ import yaml
 
 import icv
 from icv import hub
+from icv.errors import RequestError
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -409,3 +410,172 @@ def test_a_condition_pushes_its_folder(tmp_path, monkeypatch):
     assert torch.equal(icv.Condition.load(tmp_path / "sent.safetensors").directions, cond.directions)
     with pytest.raises(icv.OptionError, match="owner/name"):
         cond.push_to_hub("not a repo")
+
+
+# -- conditions in icv serve, icv push and icv pull ------------------------------------------
+
+
+@pytest.fixture
+def cond(llama):
+    """A condition of the tiny llama (read from its own activations, as icv condition makes one)."""
+    from tiny import char_tokenizer
+
+    matching, other = ["aaaa bbb", "aaa aa", "a a a a", "aaaaaa"], ["zzz yy", "zz zzz", "z z z", "zzzzzz y"]
+    return icv.extract_condition(llama, char_tokenizer(), matching, other, name="letters")
+
+
+def published_condition(cond, tmp_path, repo_id="someone/letters") -> Path:
+    """A Hub cache holding ``repo_id`` at main: the folder Condition.save_pretrained writes."""
+    cache = tmp_path / "hub"
+    folder = cond.save_pretrained(tmp_path / "published" / repo_id, repo_id=repo_id)
+    lay_out_snapshot(cache, repo_id, {p.name: p.read_bytes() for p in folder.iterdir()}, "f" * 40)
+    return cache
+
+
+def test_a_server_loads_condition_folders_and_hub_ids_under_their_names(
+    cond, vec, llama, tmp_path, offline, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from icv.serving import ModelShape, VectorLibrary
+    from icv.serving.vllm.contract import VECTORS_ENV, load_library, plugin_environment
+    from icv.serving.vllm.launch import has_conditions
+
+    cache = published_condition(cond, tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    folder = cond.with_threshold(cond.threshold + 1).save_pretrained(tmp_path / "strict")
+    shape = ModelShape.of(llama)
+    vectors = vec.with_metadata(model_name=shape.model_name).save_pretrained(tmp_path / "positive")
+    library = VectorLibrary.load(["someone/letters", folder, vectors], shape)
+    assert library.condition_names == ["letters", "strict"] and library.names == ["positive"]
+    assert torch.equal(library.condition("letters").directions, cond.directions)
+    assert library.condition("strict").threshold == cond.threshold + 1
+    assert library.rule("letters & ~strict") is not None
+    # vLLM's launcher and workers see them through the same resolution (its prompts are then not
+    # chunked): the workers' library, read from $ICV_VLLM_VECTORS, serves the same conditions.
+    assert has_conditions(["someone/letters"]) and has_conditions([folder]) and not has_conditions([vectors])
+    env = plugin_environment(["someone/letters", folder, vectors], {})
+    monkeypatch.setenv(VECTORS_ENV, env[VECTORS_ENV])
+    config = SimpleNamespace(
+        hf_config=SimpleNamespace(model_type=shape.model_type),
+        hf_text_config=SimpleNamespace(hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers),
+        served_model_name=shape.model_name,
+        model=shape.model_name,
+    )
+    workers = load_library(config)
+    assert workers.condition_names == ["letters", "strict"] and workers.names == ["positive"]
+    # A name of the other kind is refused with a hint at where it goes.
+    with pytest.raises(RequestError, match="'letters' is a condition: name it in steering_when"):
+        library.get("letters")
+    with pytest.raises(RequestError, match="'positive' is a steering vector"):
+        library.condition("positive")
+
+
+def test_a_server_refuses_a_folder_whose_file_is_the_other_kind_and_keeps_another_models_condition_aside(
+    cond, vec, llama, tmp_path
+):
+    from tiny import char_tokenizer
+
+    from icv.serving import ModelShape, VectorLibrary
+
+    shape = ModelShape.of(llama)
+    disguised = tmp_path / "disguised"
+    disguised.mkdir()
+    cond.save(disguised / "vector.safetensors")  # a condition where a vector's folder holds its vector
+    with pytest.raises(icv.VectorFileError, match="vector.safetensors holds a condition, not a vector"):
+        VectorLibrary.load([disguised], shape)
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    vec.save(swapped / "condition.safetensors")
+    with pytest.raises(icv.VectorFileError, match="steering vector"):
+        VectorLibrary.load([swapped], shape)
+    with pytest.raises(icv.VectorFileError, match="no vector file or folder"):
+        VectorLibrary.load([tmp_path / "missing"], shape)
+    qwen = icv.extract_condition(tiny_qwen(), char_tokenizer(), ["aaa", "aa a"], ["zzz", "zz z"])
+    library = VectorLibrary.load([qwen.save_pretrained(tmp_path / "qwen_letters")], shape)
+    assert library.condition_names == [] and "qwen_letters" in library.unfit
+    with pytest.raises(RequestError, match="cannot decide for this model"):
+        library.condition("qwen_letters")
+
+
+def tiny_qwen():
+    from tiny import tiny_model
+
+    return tiny_model("qwen2")
+
+
+def test_icv_serve_stops_at_startup_on_a_bad_condition_argument_before_it_listens(
+    cond, vec, llama, tokenizer, tmp_path, offline, monkeypatch, capsys
+):
+    import icv.models
+    import icv.serving.server
+    from icv.cli import main
+
+    started: list = []
+    monkeypatch.setattr(icv.models, "load_model", lambda name=None, **_: (llama, tokenizer))
+    monkeypatch.setattr(os, "execve", lambda *a: started.append(a))  # never vLLM itself
+    monkeypatch.setattr(icv.serving.server, "serve", lambda *a, **k: started.append(k))
+    cond.save(tmp_path / "vector.safetensors")
+    vec.save_pretrained(tmp_path / "v")
+    (tmp_path / "v" / "vector.safetensors").write_bytes((tmp_path / "vector.safetensors").read_bytes())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    for bad, said in [
+        (tmp_path / "v", "holds a condition, not a vector"),
+        (tmp_path / "nothing-here", "no vector file or folder"),
+        ("someone/missing", "not in the Hub cache"),
+    ]:
+        assert main(["serve", "--vectors", str(bad), "--port", "1"]) == 1
+        assert said in capsys.readouterr().err
+        # The vLLM engine refuses them in the launcher, before vLLM's process replaces it.
+        assert main(["serve", "--engine", "vllm", "--vectors", str(bad), "--port", "1"]) == 1
+        assert said in capsys.readouterr().err
+    assert started == []  # no server was started for any of them
+    good = cond.save_pretrained(tmp_path / "letters")
+    assert main(["serve", "--vectors", str(good), "--port", "1"]) == 0
+    assert len(started) == 1 and started[0]["port"] == 1
+    assert "conditions (steering_when): letters" in capsys.readouterr().err
+
+
+def test_icv_push_uploads_a_condition_file_or_folder_as_a_conditions_folder(
+    cond, tmp_path, monkeypatch, capsys
+):
+    from icv.cli import main
+
+    fake = RecordingHub(monkeypatch)
+    cond.save(tmp_path / "letters.safetensors")
+    folder = cond.save_pretrained(tmp_path / "letters")
+    for given in (tmp_path / "letters.safetensors", folder):
+        assert main(["push", str(given), "someone/letters", "--description", "Rows of a.", "--quiet"]) == 0
+        assert capsys.readouterr().out.strip().endswith("d" * 40)
+        assert sorted(fake.uploaded) == ["README.md", "condition.safetensors"]
+        assert "Rows of a." in fake.uploaded["README.md"].decode()
+        (tmp_path / "sent.safetensors").write_bytes(fake.uploaded["condition.safetensors"])
+        sent = icv.Condition.load(tmp_path / "sent.safetensors")
+        assert torch.equal(sent.directions, cond.directions) and sent.metadata == cond.metadata
+    assert fake.calls[-1][1]["commit_message"] == "Upload icv condition letters"
+
+
+def test_icv_pull_of_a_condition_repository_caches_and_writes_the_condition(
+    cond, vec, tmp_path, offline, capsys
+):
+    from icv.cli import main
+
+    cache = published_condition(cond, tmp_path)
+    assert main(["pull", "someone/letters", "--cache-dir", str(cache)]) == 0
+    out, err = capsys.readouterr()
+    cached = Path(out.strip())
+    assert cached.name == "condition.safetensors" and str(cache) in str(cached)
+    assert "Condition" in err
+    target = tmp_path / "letters.safetensors"
+    assert main(["pull", "someone/letters", "--cache-dir", str(cache), "--out", str(target)]) == 0
+    pulled = icv.Condition.load(target)
+    assert torch.equal(pulled.directions, cond.directions) and pulled.metadata == cond.metadata
+    # A repository holding neither kind, or a condition's file that is not one, is refused.
+    lay_out_snapshot(cache, "someone/empty", {"README.md": b"# nothing"}, "0" * 40)
+    assert main(["pull", "someone/empty", "--cache-dir", str(cache)]) == 1
+    assert "not in the Hub cache" in capsys.readouterr().err
+    hostile = tmp_path / "hostile"
+    vec.save(hostile)
+    lay_out_snapshot(cache, "someone/fake", {"condition.safetensors": hostile.read_bytes()}, "1" * 40)
+    assert main(["pull", "someone/fake", "--cache-dir", str(cache), "--out", str(tmp_path / "x")]) == 1
+    assert "steering vector" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -143,8 +143,10 @@ def run_transformers(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model)
     library = load_library(model, args.vectors)
     _say(f"vectors: {', '.join(library.names) or 'none'}")
+    if library.condition_names:
+        _say(f"conditions (steering_when): {', '.join(library.condition_names)}")
     for name, reason in sorted(library.unfit.items()):
-        _say(f"not served (another model's vector): {name}: {reason}")
+        _say(f"not served (made for another model): {name}: {reason}")
     policy = BatchingPolicy(
         max_batch=args.max_batch,
         gather_ms=args.gather_ms,
@@ -248,7 +250,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[],
         metavar="DIR_OR_FILE",
-        help="vector files (safetensors or GGUF), folders of them, save_pretrained folders or Hub ids (owner/name); a vector is named by its file stem, folder or repository name",
+        help="vector files (safetensors or GGUF), folders of them, save_pretrained folders or Hub ids (owner/name); a vector is named by its file stem, folder or repository name; conditions (for steering_when) go here too, as files, folders or Hub ids",
     )
     parser.add_argument(
         "--engine",

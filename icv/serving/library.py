@@ -3,7 +3,8 @@
 A server loads vector files once (icv safetensors files, or GGUF control vectors);
 each is known by its file's stem (``positive.safetensors`` -> ``positive``), a folder that
 ``save_pretrained`` wrote by the folder's name, a Hub id by its repository's name
-(``someone/positive`` -> ``positive``).
+(``someone/positive`` -> ``positive``).  Conditions (:class:`icv.Condition`) come the same
+ways: condition files, the folders ``Condition.save_pretrained`` writes, their Hub ids.
 Vectors made for another model are kept aside with the reason, so a request
 naming one is told why it cannot be served rather than that it does not exist.
 A request's steering becomes one vector, ``v1 * s1 + v2 * s2 + ...``, applied at
@@ -79,35 +80,54 @@ def vector_files(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, Pat
     """The vector files named by ``paths``, each with the name it is served under.
 
     Args:
-        paths: vector files, folders of them (not recursive), folders that
-            :meth:`InContextVector.save_pretrained` wrote, or Hub ids (``owner/name``, fetched
-            through the Hub's cache).
+        paths: vector (or condition) files, folders of them (not recursive), folders that
+            :meth:`InContextVector.save_pretrained` or :meth:`icv.Condition.save_pretrained`
+            wrote, or Hub ids (``owner/name``, of either kind, fetched through the Hub's cache).
 
     Returns:
         ``(name, file)`` pairs: a file's stem, a pretrained folder's or a Hub repository's name.
 
     Raises:
-        VectorFileError: a path that is nothing, or a Hub id that cannot be fetched.
+        VectorFileError: a path that is nothing, a Hub id that cannot be fetched, or a pretrained
+            folder (or Hub repository) whose vector.safetensors holds a condition.
     """
-    from ..hub import VECTOR_FILE, is_hub_id, resolve
+    from ..hub import CONDITION_FILE, VECTOR_FILE, is_hub_id, resolve
 
     files: list[tuple[str, Path]] = []
     for given in paths:
         entry = Path(given)
-        if entry.is_dir() and (entry / VECTOR_FILE).is_file():
-            files.append((entry.resolve().name, entry / VECTOR_FILE))
+        if entry.is_dir() and any((entry / f).is_file() for f in (VECTOR_FILE, CONDITION_FILE)):
+            files.append(pretrained_file(entry.resolve().name, resolve(entry, kind="any")))
         elif entry.is_dir():
             found = sorted(p for p in entry.iterdir() if p.suffix.lower() in VECTOR_SUFFIXES and p.is_file())
             files.extend((p.stem, p) for p in found)
         elif entry.is_file():
             files.append((entry.stem, entry))
         elif is_hub_id(os.fspath(given)):
-            files.append((os.fspath(given).split("/")[1], resolve(os.fspath(given))))
+            files.append(
+                pretrained_file(os.fspath(given).split("/")[1], resolve(os.fspath(given), kind="any"))
+            )
         else:
             raise VectorFileError(
                 f"no vector file or folder at '{entry}', and it is not a Hub id (owner/name)"
             )
     return files
+
+
+def pretrained_file(name: str, file: Path) -> tuple[str, Path]:
+    """``(name, file)`` of a pretrained folder or Hub id, refused if its file is not the kind its name says.
+
+    A condition saved as ``vector.safetensors`` would otherwise be served as a condition under a
+    vector's name; a vector in ``condition.safetensors`` is refused by the condition's reader.
+    """
+    from ..hub import VECTOR_FILE
+
+    if file.name == VECTOR_FILE and is_condition_file(file):
+        raise VectorFileError(
+            f"'{name}': its {VECTOR_FILE} holds a condition, not a vector; save it again with "
+            "icv.Condition.save_pretrained (which writes condition.safetensors)"
+        )
+    return name, file
 
 
 def read_vector_file(path: Path, shape: ModelShape | None = None) -> InContextVector:
@@ -143,14 +163,16 @@ class VectorLibrary:
     @classmethod
     def load(cls, paths: Iterable[str | os.PathLike[str]], shape: ModelShape) -> VectorLibrary:
         """Load every vector file under ``paths``; two files of the same stem are an error."""
+        from ..hub import CONDITION_FILE
+
         vectors: dict[str, LoadedVector] = {}
         unfit: dict[str, str] = {}
         conditions: dict[str, Condition] = {}
         for name, file in vector_files(paths):
             if name in vectors or name in unfit or name in conditions:
                 raise VectorFileError(f"two vector files are named '{name}' ('{file}' and an earlier one)")
-            if is_condition_file(file):
-                condition = Condition.load(file)
+            if is_condition_file(file) or file.name == CONDITION_FILE:
+                condition = Condition.load(file)  # a vector's file here is refused in its own words
                 try:
                     check_same_model(condition.metadata, shape.as_metadata(), what=f"condition '{name}'")
                 except ModelMismatchError as error:
@@ -223,8 +245,11 @@ class VectorLibrary:
                 code="vector_mismatch",
             )
         known = ", ".join(self.names) or "none"
+        hint = f"; '{name}' is a condition: name it in {WHEN_FIELD}" if name in self._conditions else ""
         raise RequestError(
-            f"no vector named '{name}' is loaded (loaded: {known})", param=param, code="vector_not_found"
+            f"no vector named '{name}' is loaded (loaded: {known}){hint}",
+            param=param,
+            code="vector_not_found",
         )
 
     @property
@@ -243,8 +268,9 @@ class VectorLibrary:
                 code="vector_mismatch",
             )
         known = ", ".join(self.condition_names) or "none"
+        hint = f"; '{name}' is a steering vector: name it in steering" if name in self._vectors else ""
         raise RequestError(
-            f"no condition named '{name}' is loaded (loaded: {known})",
+            f"no condition named '{name}' is loaded (loaded: {known}){hint}",
             param=WHEN_FIELD,
             code="condition_not_found",
         )

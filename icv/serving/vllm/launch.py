@@ -52,6 +52,11 @@ def command(
     """
     if not vectors:
         raise OptionError("the vLLM engine needs vector files or folders to serve (--vectors)")
+    from ..library import vector_files
+
+    # A missing path, a Hub id that cannot be fetched, a mislabelled folder: refused here, before
+    # vLLM starts (its workers would each fail on them after loading the model).
+    vector_files(vectors)
     source, name = model_source(model)
     _check_vllm()
     argv = [
