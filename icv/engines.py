@@ -65,7 +65,7 @@ ENGINES = ("transformers", "vllm", "server")
 ANSWER_STOPS = ANSWER_ENDS
 DEFAULT_CONCURRENCY = 16
 # What the engines that build requests can express of icv.steer's options.
-_REQUEST_OPTIONS = ("mode", "site", "layers", "positions")
+_REQUEST_OPTIONS = ("mode", "site", "layers", "positions", "when")
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,10 @@ class Reply:
 
 
 def request_options(steer_options: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """``(what folds into the vector, positions)``: the steer options a request-per-row engine takes."""
+    """``(what folds into the vector, positions)``: the steer options a request-per-row engine takes.
+
+    ``when`` is taken too: it goes with each request (:class:`Row`), not into the vector.
+    """
     unknown = sorted(set(steer_options) - set(_REQUEST_OPTIONS))
     if unknown:
         raise OptionError(
@@ -285,7 +288,7 @@ class _RowEngine:
 
         del batch_size  # the engine batches (vLLM's scheduler, the server's)
         rule = _rule_of(steer_options)
-        options, positions = request_options({k: v for k, v in steer_options.items() if k != "when"})
+        options, positions = request_options(steer_options)
         for sweep in sweeps:
             if sweep.vector is not None:
                 check_strengths(sweep.strengths)
@@ -296,7 +299,8 @@ class _RowEngine:
         with self.serving(served, conditions) as (names, condition_names):
             when = _rule_text(rule, conditions, condition_names) if conditions else None
             rows: list[Row] = []
-            where: list[tuple[int, float | None] | None] = []  # None: a row asked only for its decision
+            # Per row: (sweep, strength, prompt index); None for a row asked only for its decision.
+            where: list[tuple[int, float | None, int] | None] = []
             decider: dict[tuple[int, int], int] = {}  # (sweep, prompt) -> a gated row of that prompt
             for index, sweep in enumerate(sweeps):
                 name = None if sweep.vector is None else names[_index_of(vectors, sweep.vector)]
@@ -307,7 +311,7 @@ class _RowEngine:
                         if steered and when is not None:
                             decider.setdefault((index, p), len(rows))
                         rows.append(Row(prompt, name, strength, when) if steered else Row(prompt, None, None))
-                        where.append((index, strength))
+                        where.append((index, strength, p))
                 if name is not None and when is not None:
                     # A sweep of strength 0 alone still reports its decisions: asked for, answer unused.
                     for p, prompt in enumerate(sweep.prompts):
@@ -318,23 +322,26 @@ class _RowEngine:
             started = time.perf_counter()
             replies = self.complete(rows, positions, max_new_tokens, progress)
             seconds = time.perf_counter() - started
-        decided = {key: self._decision(replies[row]) for key, row in decider.items()}
         raw: dict[tuple[int, float | None], list[str]] = {}
         spent: dict[tuple[int, float | None], float] = {}
-        for key, reply, share in zip(where, replies, share_time(seconds, replies), strict=True):
-            if key is None:
+        fired: dict[tuple[int, float | None], list[bool]] = {}
+        for at, (row, reply, share) in enumerate(
+            zip(rows, replies, share_time(seconds, replies), strict=True)
+        ):
+            place = where[at]
+            if place is None:
                 continue
-            raw.setdefault(key, []).append(reply.text)
-            spent[key] = spent.get(key, 0.0) + share
+            i, s, p = place
+            raw.setdefault((i, s), []).append(reply.text)
+            spent[(i, s)] = spent.get((i, s), 0.0) + share
+            if (i, p) in decider:
+                # A gated row's own decision; an unsteered one (strength 0) its prompt's.
+                decision = reply if row.when is not None else replies[decider[(i, p)]]
+                fired.setdefault((i, s), []).append(self._decision(decision))
         return [
             {
                 s: Completions(
-                    [cut_answer(t) for t in raw[(i, s)]],
-                    raw[(i, s)],
-                    spent[(i, s)],
-                    [decided[(i, p)] for p in range(len(sweep.prompts))]
-                    if when is not None and sweep.vector is not None
-                    else None,
+                    [cut_answer(t) for t in raw[(i, s)]], raw[(i, s)], spent[(i, s)], fired.get((i, s))
                 )
                 for s in sweep.settings
             }

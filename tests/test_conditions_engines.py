@@ -10,6 +10,8 @@ engine's test is in tests/with_vllm/test_vllm_sweep.py.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 
 import pytest
@@ -18,12 +20,14 @@ from tiny import DEMOS, save_tiny_llama
 
 import icv
 from icv.cli import main
-from icv.errors import EngineError
+from icv.errors import EngineError, OptionError
 from icv.evaluate import evaluate
 from icv.gate import read_prompt_states, readings_of, scores_of
 from icv.prompts import paraphrase_prompt
 from icv.scorers import FunctionScorer
 from icv.serving import ModelShape, VectorLibrary
+
+engines = importlib.import_module("icv.engines")
 
 INPUTS = ["the room was dark", "slow service", "cold soup again", "we waited an hour"]
 MATCHING = ["aaaa bbb", "aaa aa", "a a a a", "aaaaaa", "aa aaaa", "aaa", "ab aa", "aaaab"]
@@ -204,3 +208,86 @@ def test_eval_command_gates_on_a_server(model_dir, vector, cond, served, tmp_pat
         (r["outputs"], r["fired"]) for r in reports[False]
     ]
     assert 0 < sum(reports[True][1]["fired"]) < len(INPUTS)
+
+
+# -- what a request-per-row engine sends and reads back (no engine behind it) ---------------
+
+
+class RecordingEngine(engines._RowEngine):
+    """Serves conditions as ``c0, c1, ...``; steers a gated request when its prompt holds 'x'."""
+
+    name = "recording"
+
+    def __init__(self, report: bool = True) -> None:
+        self.report = report
+        self.rows: list[engines.Row] = []
+        self.served_conditions: list = []
+
+    @contextlib.contextmanager
+    def serving(self, vectors, conditions=()):
+        self.served_conditions = list(conditions)
+        yield [f"v{i}" for i in range(len(vectors))], [f"c{i}" for i in range(len(conditions))]
+
+    def complete(self, rows, positions, max_new_tokens, progress):
+        self.rows.extend(rows)
+        replies = []
+        for row in rows:
+            fired = "x" in row.prompt if row.when is not None else None
+            text = (
+                f"{row.vector}@{row.strength}" if row.vector is not None and fired is not False else "plain"
+            )
+            replies.append(engines.Reply(text, 3, fired if self.report else None))
+        return replies
+
+
+def test_a_row_engine_sends_the_rule_with_served_names_and_counts_each_rows_decision(vector, cond):
+    other = cond.with_threshold(0.0)  # a second condition: its own served name
+    engine = RecordingEngine()
+    sweeps = [engines.Sweep(["p"]), engines.Sweep(["x1", "p2", "x3"], vector, [0.0, 0.5])]
+    answered = engine.answer(
+        sweeps, max_new_tokens=4, batch_size=2, progress=False, steer_options={"when": cond & ~other}
+    )
+    assert engine.served_conditions == [cond, other]
+    gated = [r for r in engine.rows if r.when is not None]
+    assert {r.when for r in gated} == {"(c0 & ~c1)"}
+    assert engines._steering(gated[0], "all")["steering_when"] == "(c0 & ~c1)"
+    assert [r.vector for r in engine.rows if r.strength == 0.0] == []  # strength 0: sent unsteered
+    assert answered[0][None].fired is None  # an unsteered sweep is not gated
+    assert answered[1][0.5].fired == [True, False, True]
+    assert answered[1][0.5].answers == ["v0@0.5", "plain", "v0@0.5"]
+    assert answered[1][0.0].fired == [True, False, True]  # its prompts' decisions, from the 0.5 rows
+    assert answered[1][0.0].answers == ["plain"] * 3
+
+
+def test_a_sweep_at_strength_zero_alone_asks_for_decisions_it_does_not_answer_with(vector, cond):
+    engine = RecordingEngine()
+    sweeps = [engines.Sweep(["x1", "p2"], vector, [0.0])]
+    answered = engine.answer(
+        sweeps, max_new_tokens=4, batch_size=2, progress=False, steer_options={"when": cond}
+    )
+    assert [(r.vector, r.strength, r.when) for r in engine.rows] == [
+        (None, None, None),
+        (None, None, None),
+        ("v0", 0.0, "c0"),
+        ("v0", 0.0, "c0"),
+    ]
+    assert answered[0][0.0].fired == [True, False] and answered[0][0.0].answers == ["plain", "plain"]
+
+
+def test_a_gated_reply_without_its_decision_is_an_engine_error(vector, cond):
+    with pytest.raises(EngineError, match="without its decision"):
+        RecordingEngine(report=False).answer(
+            [engines.Sweep(["x"], vector, [0.5])],
+            max_new_tokens=4,
+            batch_size=1,
+            progress=False,
+            steer_options={"when": cond},
+        )
+    with pytest.raises(OptionError, match="when= takes an icv.Condition"):
+        RecordingEngine().answer(
+            [engines.Sweep(["x"], vector, [0.5])],
+            max_new_tokens=4,
+            batch_size=1,
+            progress=False,
+            steer_options={"when": "c0"},
+        )
