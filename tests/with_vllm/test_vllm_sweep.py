@@ -141,7 +141,7 @@ def test_a_gated_evaluation_on_vllm_gives_the_transformers_engines_answers_and_d
 def test_a_gated_sweep_refuses_chunked_prefill_before_vllm_starts(real, vector_folder):
     model, tok = real
     rude = icv.Condition.load(vector_folder / "rude.safetensors")
-    vector = icv.extract(model, tok, DEMOS[:1], name="positive", progress=False)
+    vector = icv.extract(model, tok, DEMOS, name="positive", progress=False)
     chunked = VllmEngine(model_name_of(model), enable_chunked_prefill=True)
     with pytest.raises(OptionError, match="enable_chunked_prefill"):
         icv.evaluate(
