@@ -517,7 +517,8 @@ def to_bytes(condition: Condition) -> bytes:
 
     tensors = {f"direction.{l}": row.clone() for l, row in enumerate(condition.directions)}
     metadata = {k: v for k, v in condition.metadata.items() if v is not None}
-    return save_safetensors_bytes(tensors, metadata=meta.encode(metadata))
+    # Sorted as a vector file's are: the same condition is the same bytes (what a server's sha256 says).
+    return storage._sorted_metadata(save_safetensors_bytes(tensors, metadata=meta.encode(metadata)))
 
 
 def from_bytes(data: bytes, *, source: str = "condition file") -> Condition:
@@ -710,6 +711,34 @@ def as_rule(when: object) -> Rule:
 
 
 # -- rules written as text (the server's steering_when, the command line) ------------------
+
+
+def rule_text(rule: Rule, names: Mapping[Condition, str]) -> str:
+    """``rule`` written as :func:`parse_rule` reads it, each condition under ``names[condition]``.
+
+    What a request's ``steering_when`` carries when the conditions are served under other
+    names than their own (the evaluation engines' generated or served names).
+
+    Args:
+        rule: a condition or a combination of them.
+        names: the name to write for each condition the rule names.
+
+    Returns:
+        The text, e.g. ``"(cond0 & ~cond1)"``.
+
+    Raises:
+        OptionError: a rule of a kind icv does not make (it has no text).
+    """
+    if isinstance(rule, Condition):
+        return names[rule]
+    if isinstance(rule, _Both):
+        return f"({rule_text(rule.left, names)} & {rule_text(rule.right, names)})"
+    if isinstance(rule, _Either):
+        return f"({rule_text(rule.left, names)} | {rule_text(rule.right, names)})"
+    if isinstance(rule, _Not):
+        return f"~{rule_text(rule.inner, names)}"
+    raise OptionError(f"a {type(rule).__name__} cannot be written as a rule of condition names")
+
 
 MAX_RULE_CHARS = 500
 

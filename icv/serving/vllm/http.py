@@ -82,7 +82,9 @@ class SteeringEndpoints:
         @router.get("/v1/vectors")
         async def vectors() -> dict[str, Any]:
             library = getattr(app.state, "icv_library", None)
-            return {"object": "list", "data": library.describe() if library else []}
+            # Conditions (steering_when's names) in a list of their own, as icv serve's transformers engine lists them.
+            conditions = library.describe_conditions() if library else []
+            return {"object": "list", "data": library.describe() if library else [], "conditions": conditions}
 
         app.include_router(router)
         app.add_middleware(SteeringMiddleware)
