@@ -12,7 +12,7 @@ shared prefix and suffix), ``suffix`` (the mean over the shared suffix's tokens,
 to the sentence). ``test-threshold`` is the best test F1 at the chosen layer had the threshold
 been chosen on the test set itself (how much is the threshold's drift, how much the direction).
 
-    OMP_NUM_THREADS=1 python recipes/detox/condition_readings.py --rows spread [--fit 200] [--test 100]
+    OMP_NUM_THREADS=1 python benchmarks/quality/condition_readings.py --rows spread [--fit 200] [--test 100]
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# The detox recipe's data, splits and decisions: the same rows as its --condition-only runs.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes" / "detox"))
 
 import conditional  # noqa: E402
 
