@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -260,37 +261,25 @@ def _resolve_either(
     elif path.exists() or not is_hub_id(os.fspath(name_or_folder)):
         kind = "vector"  # a file is itself; a folder without either file is refused as a vector's
     else:  # a Hub id: which file its repository holds is known only by asking for it
-        try:
-            return resolve(
-                name_or_folder,
-                revision=revision,
-                cache_dir=cache_dir,
-                token=token,
-                local_files_only=local_files_only,
-                force_download=force_download,
-            )
-        except VectorFileError as error:
-            try:
-                return resolve(
-                    name_or_folder,
-                    revision=revision,
-                    cache_dir=cache_dir,
-                    token=token,
-                    local_files_only=local_files_only,
-                    force_download=force_download,
-                    kind="condition",
-                )
-            except VectorFileError:
-                raise error from None
-    return resolve(
+        kind = ""
+    fetch = partial(
+        resolve,
         name_or_folder,
         revision=revision,
         cache_dir=cache_dir,
         token=token,
         local_files_only=local_files_only,
         force_download=force_download,
-        kind=kind,
     )
+    if kind:
+        return fetch(kind=kind)
+    try:
+        return fetch(kind="vector")
+    except VectorFileError as error:
+        try:
+            return fetch(kind="condition")
+        except VectorFileError:
+            raise error from None
 
 
 def _kind_hint(wanted: str) -> str:

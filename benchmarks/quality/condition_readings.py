@@ -42,23 +42,8 @@ ESTIMATORS = ("mean", "probe:0.1", "probe:0.01", "probe:0.001")
 
 
 def rows(args: argparse.Namespace) -> tuple[list[str], list[str], list[str], list[str]]:
-    """(fit toxic, fit other, test toxic, test other), as conditional.py draws them."""
-    toxic, neutral, yelp = conditional.read_data(args.data)
-    half, test_half = args.fit // 2, args.test // 2
-    if args.rows == "blocks":
-        fit_toxic, fit_neutral = toxic[: args.fit], neutral[5000 : 5000 + half]
-        test_toxic, test_neutral = toxic[3000 : 3000 + args.test], neutral[8000 : 8000 + test_half]
-    else:
-        order = list(range(len(toxic)))
-        random.Random(2026).shuffle(order)
-        picked = iter(order)
-        fit_toxic = [toxic[next(picked)] for _ in range(args.fit)]
-        fit_neutral = [neutral[next(picked)] for _ in range(half)]
-        test_toxic = [toxic[next(picked)] for _ in range(args.test)]
-        test_neutral = [neutral[next(picked)] for _ in range(test_half)]
-    fit_other = fit_neutral + yelp[0 : 7 * (args.fit - half) : 7]
-    test_other = test_neutral + yelp[3 : 3 + 7 * (args.test - test_half) : 7]
-    return fit_toxic, fit_other, test_toxic, test_other
+    """(fit toxic, fit other, test toxic, test other), as conditional.py draws them (its default shuffle)."""
+    return conditional.split_rows(argparse.Namespace(rows_seed=2026, **vars(args)))
 
 
 def f1_counts(predicted: torch.Tensor, truth: torch.Tensor) -> tuple[float, tuple[int, int, int, int]]:

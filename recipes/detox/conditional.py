@@ -47,6 +47,33 @@ def read_data(folder: Path) -> tuple[list[str], list[str], list[str]]:
     return toxic, neutral, yelp
 
 
+def split_rows(args: argparse.Namespace) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(fit toxic, fit other, test toxic, test other) for ``--rows``, ``--fit`` and ``--test``."""
+    toxic, neutral, yelp = read_data(args.data)
+    half, test_half = args.fit // 2, args.test // 2
+    if args.rows == "blocks":
+        # Fit: toxic rows 0.., neutral rewrites of rows 5000.. (other rows); test: toxic rows
+        # 3000.., neutral rewrites of rows 8000.. (none in the fit).
+        fit_toxic = toxic[: args.fit]
+        fit_neutral = neutral[5000 : 5000 + half]
+        test_toxic = toxic[3000 : 3000 + args.test]
+        test_neutral = neutral[8000 : 8000 + test_half]
+    else:
+        # Rows drawn across the whole file (a fixed shuffle): every source of ParaDetox's in both
+        # the fit and the test; each row gives one sentence, toxic or rewrite, never both.
+        order = list(range(len(toxic)))
+        random.Random(args.rows_seed).shuffle(order)
+        picked = iter(order)
+        fit_toxic = [toxic[next(picked)] for _ in range(args.fit)]
+        fit_neutral = [neutral[next(picked)] for _ in range(half)]
+        test_toxic = [toxic[next(picked)] for _ in range(args.test)]
+        test_neutral = [neutral[next(picked)] for _ in range(test_half)]
+    # Yelp: lines 0, 7, ... for the fit; 3, 10, ... for the test.
+    fit_other = fit_neutral + yelp[0 : 7 * (args.fit - half) : 7]
+    test_other = test_neutral + yelp[3 : 3 + 7 * (args.test - test_half) : 7]
+    return fit_toxic, fit_other, test_toxic, test_other
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -83,28 +110,7 @@ def main() -> None:
     parser.add_argument("--rows-seed", type=int, default=2026, help="the shuffle of --rows spread")
     args = parser.parse_args()
 
-    toxic, neutral, yelp = read_data(args.data)
-    half, test_half = args.fit // 2, args.test // 2
-    if args.rows == "blocks":
-        # Fit: toxic rows 0.., neutral rewrites of rows 5000.. (other rows); test: toxic rows
-        # 3000.., neutral rewrites of rows 8000.. (none in the fit).
-        fit_toxic = toxic[: args.fit]
-        fit_neutral = neutral[5000 : 5000 + half]
-        test_toxic = toxic[3000 : 3000 + args.test]
-        test_neutral = neutral[8000 : 8000 + test_half]
-    else:
-        # Rows drawn across the whole file (a fixed shuffle): every source of ParaDetox's in both
-        # the fit and the test; each row gives one sentence, toxic or rewrite, never both.
-        order = list(range(len(toxic)))
-        random.Random(args.rows_seed).shuffle(order)
-        picked = iter(order)
-        fit_toxic = [toxic[next(picked)] for _ in range(args.fit)]
-        fit_neutral = [neutral[next(picked)] for _ in range(half)]
-        test_toxic = [toxic[next(picked)] for _ in range(args.test)]
-        test_neutral = [neutral[next(picked)] for _ in range(test_half)]
-    # Yelp: lines 0, 7, ... for the fit; 3, 10, ... for the test.
-    fit_other = fit_neutral + yelp[0 : 7 * (args.fit - half) : 7]
-    test_other = test_neutral + yelp[3 : 3 + 7 * (args.test - test_half) : 7]
+    fit_toxic, fit_other, test_toxic, test_other = split_rows(args)
 
     model, tokenizer = icv.load_model(args.model)
     start = time.perf_counter()
