@@ -77,6 +77,21 @@ def batch_of(examples: Sequence[Example], pad_id: int, device: torch.device) -> 
 
 def target_loss(model: nn.Module, batch: TokenBatch) -> torch.Tensor:
     """Mean cross-entropy of the target tokens given everything before them (teacher forcing)."""
+    predicted, wanted = _target_predictions(model, batch)
+    return F.cross_entropy(
+        predicted.reshape(-1, predicted.shape[-1]), wanted.reshape(-1), ignore_index=IGNORE
+    )
+
+
+def target_logprobs(model: nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """``(rows,)``: each row's summed log-probability of its target tokens (teacher forcing)."""
+    predicted, wanted = _target_predictions(model, batch)
+    per_token = F.cross_entropy(predicted.transpose(1, 2), wanted, ignore_index=IGNORE, reduction="none")
+    return -per_token.sum(dim=1)
+
+
+def _target_predictions(model: nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, positions, vocab)`` float32 logits and the ``(rows, positions)`` labels they predict."""
     # Only the positions that predict a target token need logits: with right padding they are
     # the batch's last ``keep`` positions.  The output layer (a quarter of a small model's
     # forward pass, vocabulary-wide) and its softmax then run on those alone.
@@ -88,11 +103,7 @@ def target_loss(model: nn.Module, batch: TokenBatch) -> torch.Tensor:
     ).logits
     # Position t predicts token t + 1: the logits of positions width - keep .. width - 2.
     width = batch.labels.shape[1]
-    predicted = logits[:, -(keep or width) : -1].float()
-    wanted = batch.labels[:, width - (keep or width) + 1 :]
-    return F.cross_entropy(
-        predicted.reshape(-1, predicted.shape[-1]), wanted.reshape(-1), ignore_index=IGNORE
-    )
+    return logits[:, -(keep or width) : -1].float(), batch.labels[:, width - (keep or width) + 1 :]
 
 
 def logits_to_keep(model: nn.Module, labels: torch.Tensor) -> int:

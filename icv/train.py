@@ -4,7 +4,9 @@ Extraction reads a vector in one pass; training then fits it to what the pairs a
 the targets given the zero-shot prompt (teacher forcing, the prompt :func:`icv.evaluate`
 steers), with an L2 term that holds it near where it started, on a training part of the
 pairs, stopped early on a held-out part; or (``objective="distillation"``, :mod:`icv.distill`)
-the unsteered model's own in-context distribution on those targets.  The model is only
+the unsteered model's own in-context distribution on those targets; or
+(``objective="preference"``, :mod:`icv.preference`) each target preferred over its source
+copied out unchanged, which does not reward copying where the rewrites are minimal edits.  The model is only
 read: its parameters get no gradient, their ``requires_grad`` and the model's train/eval
 mode are restored, and the hooks come off whatever happens (an error, Ctrl-C).
 
@@ -42,6 +44,14 @@ from .errors import OptionError, SteeringError
 from .extract import extract, max_context, model_device, pad_token_id
 from .layers import Architecture, decoder_layers, site_modules
 from .options import checked_options
+from .preference import (
+    BETA,
+    PreferenceExample,
+    mean_preference_loss,
+    preference_examples,
+    preference_loss,
+    rejected_examples,
+)
 from .prompts import paraphrase_prompt
 from .steer import check_vector_fits, is_steered, steer
 from .strength import planned_strength
@@ -49,7 +59,7 @@ from .supervision import batch_of, encode_pairs, mean_loss, target_loss
 from .trainable import LEVELS, TrainableRows, TrainingHooks
 from .vector import InContextVector
 
-OBJECTIVES = ("teacher", "distillation")
+OBJECTIVES = ("teacher", "distillation", "preference")
 # Per level: (steps, learning rate, L2 weight).  Factors near 1 move by tenths; offsets are
 # in units of a unit direction row, so they take smaller steps and a firmer hold.  The
 # coefficients' 40 steps at 0.1: on the 8 hand-written Yelp demos the held-out loss was best
@@ -76,6 +86,7 @@ def train(
     steps: int | None = None,
     learning_rate: float | None = None,
     regularization: float | None = None,
+    beta: float = BETA,
     held_out: float = 0.25,
     eval_every: int = 5,
     patience: int = 3,
@@ -103,8 +114,11 @@ def train(
             paraphrase prompt (teacher forcing); ``"distillation"``: KL from the unsteered
             model's own in-context distribution on each target (up to 8 training pairs,
             never the pair itself, as demonstrations in the ICL arm's prompt) to the steered
-            model's given the zero-shot prompt.  Either plus ``regularization`` times the
-            mean squared change from the start.
+            model's given the zero-shot prompt; ``"preference"``: the teacher's cross-entropy
+            plus a DPO term that prefers each target over its source copied out unchanged
+            (for rewrites that are minimal edits of their sources, where teacher forcing
+            rewards copying).  Each plus ``regularization`` times the mean squared change
+            from the start.
         strength: the strength training injects at, recorded as the result's recommended
             strength; ``None``: ``init``'s recommended strength for its mode and site, else
             the library's default for the model's depth.
@@ -112,6 +126,8 @@ def train(
         learning_rate: Adam's step size (default: 0.1 for coefficients, 0.01 for directions).
         regularization: the weight of the L2 term (default: 0.01 for coefficients, 0.1 for
             directions); 0 turns it off.
+        beta: the preference objective's DPO temperature (on summed log-probabilities);
+            unused by the others.
         held_out: the share of pairs kept out of training to stop early on (at least one
             when there are two pairs or more; 0: no early stopping, all ``steps`` run).
         eval_every: steps between held-out evaluations.
@@ -156,6 +172,7 @@ def train(
     batch_size = _count(batch_size, "batch_size")
     lr = _number(default_lr if learning_rate is None else learning_rate, "learning_rate", positive=True)
     reg = _number(default_reg if regularization is None else regularization, "regularization")
+    beta = _number(beta, "beta", positive=True)
     share = _number(held_out, "held_out")
     if not share < 1:
         raise OptionError(f"held_out must be a share below 1, got {held_out!r}")
@@ -205,16 +222,23 @@ def train(
     teachers = None
     if objective == "distillation":
         teachers = teacher_examples(tokenizer, pairs, examples, fit, int(seed), limit)
+    rejected = rejected_examples(tokenizer, pairs, limit) if objective == "preference" else None
     soft: list[SoftExample] = []
+    preferred: list[PreferenceExample] = []
 
     def batch_loss(chosen: Sequence[int]) -> torch.Tensor:
         if objective == "distillation":
             return distillation_loss(model, [soft[fit[i]] for i in chosen], pad, device)
+        if objective == "preference":
+            return preference_loss(model, [preferred[fit[i]] for i in chosen], pad, device, beta)
         return target_loss(model, batch_of([fit_examples[i] for i in chosen], pad, device))
 
     def measure(indices: Sequence[int]) -> float:
         if objective == "distillation":
             return mean_distillation_loss(model, [soft[i] for i in indices], pad, device, batch_size)
+        if objective == "preference":
+            items = [preferred[i] for i in indices]
+            return mean_preference_loss(model, items, pad, device, batch_size, beta)
         return mean_loss(model, [examples[i] for i in indices], pad, device, batch_size)
 
     saved = [(p, p.requires_grad) for p in model.parameters()]
@@ -224,9 +248,12 @@ def train(
         for p, _ in saved:
             p.requires_grad_(False)
         model.eval()
+        # The teacher and the preference's reference are the unsteered model: no hooks are on
+        # it yet (and is_steered said none were).
         if teachers is not None:
-            # The teacher is the unsteered model: no hooks are on it yet (and is_steered said none were).
             soft = soft_targets(model, examples, teachers, pad, device, batch_size)
+        if rejected is not None:
+            preferred = preference_examples(model, examples, rejected, pad, device, batch_size)
         hooks = TrainingHooks(site_modules(model, site, architecture), covered, mode)
         with checkpointing(model, bool(gradient_checkpointing)):
             result = _fit(
@@ -277,6 +304,8 @@ def train(
     }
     if objective == "distillation":
         training.update(teacher_demos=TEACHER_DEMOS, teacher_top_k=TOP_K)
+    if objective == "preference":
+        training.update(beta=beta)
     vector = InContextVector(
         trained_rows,
         {

@@ -112,3 +112,18 @@ def test_train_objective_distillation_is_recorded_and_shown(model_dir, pairs_fil
     other = tmp_path / "other.safetensors"
     assert run(capsys, *argv[:4], other, "--objective", "rl")[0] == 2
     assert not other.exists()
+
+
+def test_train_objective_preference_takes_beta(model_dir, pairs_file, tmp_path, capsys):
+    out = tmp_path / "preferred.safetensors"
+    argv = ["train", "--demos", pairs_file, "--out", out, "--model", model_dir, "--steps", "2", "--quiet"]
+    code, _, err = run(capsys, *argv, "--objective", "preference", "--beta", "0.3")
+    assert code == 0, err
+    record = icv.InContextVector.load(out).metadata["training"]
+    assert (record["objective"], record["beta"]) == ("preference", 0.3)
+    code, shown, _ = run(capsys, "inspect", out)
+    assert code == 0 and "coefficients by preference, 2 steps" in shown
+    other = tmp_path / "other.safetensors"
+    code, _, err = run(capsys, *argv[:4], other, "--objective", "preference", "--beta", "0")
+    assert code == 1 and "beta must be above 0" in err and "Traceback" not in err
+    assert not other.exists()

@@ -39,10 +39,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--objective",
-        choices=("teacher", "distillation"),
+        choices=("teacher", "distillation", "preference"),
         default="teacher",
         help="teacher: the pairs' targets given the zero-shot prompt (default); distillation: the "
-        "model's own in-context distribution on those targets (its ICL output, the other pairs as demos)",
+        "model's own in-context distribution on those targets (its ICL output, the other pairs as demos); "
+        "preference: each target preferred over its source copied unchanged (for minimal-edit rewrites)",
+    )
+    parser.add_argument(
+        "--beta",
+        type=finite_float,
+        default=0.1,
+        metavar="X",
+        help="the preference objective's DPO temperature, above 0 (default: 0.1)",
     )
     parser.add_argument(
         "--strength",
@@ -103,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         learning_rate=args.lr,
         regularization=args.regularization,
+        beta=args.beta,
         held_out=args.held_out,
         batch_size=args.batch_size,
         seed=args.seed,
