@@ -40,6 +40,10 @@ from .vector import InContextVector
 
 # Where each mode injects when the vector was made for the other one (as icv.steer does).
 _SITE_FOR_MODE = {"rotate": "mlp", "add": "block"}
+# What the fluency floor's perplexity is a multiple of: the unsteered model's outputs, or the
+# inputs themselves (for rewriting: an answer as surprising as the text it rewrites is fluent
+# enough, where the unsteered answers can be more predictable than either, e.g. repetitive).
+PERPLEXITY_BASELINES = ("unsteered", "inputs")
 DEFAULT_STRENGTHS = (0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.12)
 
 
@@ -69,6 +73,7 @@ class CalibrationReport:
     floors: dict[str, float | None]
     style: str
     content: str
+    perplexity_baseline: str = "unsteered"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +122,7 @@ def calibrate(
     min_content: float = 0.65,
     max_repetition: float = 0.2,
     max_perplexity_ratio: float | None = 2.0,
+    perplexity_baseline: str = "unsteered",
     prompt: Prompt | None = None,
     demos: Iterable[object] | None = None,
     max_new_tokens: int = 32,
@@ -133,7 +139,7 @@ def calibrate(
     A candidate (a strength, and a layer set with ``layer_ranges``) must keep the content
     (mean ``content`` score at least ``min_content``) and stay fluent (the share of
     repeated 3-grams at most ``max_repetition``; with a ``fluency`` scorer, perplexity
-    within ``max_perplexity_ratio`` times the unsteered outputs').  Among those, the one
+    within ``max_perplexity_ratio`` times the unsteered outputs', or the inputs').  Among those, the one
     of highest ``style`` success wins; ties go to the smaller strength.  If no candidate
     passes the floors, the smallest strength of the sweep is recommended with a warning,
     and ``report.feasible`` is False.
@@ -154,6 +160,10 @@ def calibrate(
         min_content: the content floor (mean ``content`` score).
         max_repetition: the most repeated 3-grams an output may have, as a share.
         max_perplexity_ratio: the fluency floor with a ``fluency`` scorer; ``None``: none.
+        perplexity_baseline: what that ratio is taken against: ``"unsteered"`` (the
+            unsteered model's outputs on ``inputs``) or ``"inputs"`` (the inputs themselves:
+            for rewriting, an answer as fluent as its source passes even where the
+            unsteered answers are more predictable, e.g. repetitive).
         prompt: the prompt around each input (a function of the input); default the
             paper's paraphrase prompt.
         demos: calibrate for ICL + ICV: these demonstrations are written into the
@@ -178,11 +188,16 @@ def calibrate(
 
     Raises:
         OptionError: not a vector or scorer where one belongs, no non-zero strength, an
-            empty layer range, or both ``demos`` and ``prompt``.
+            empty layer range, both ``demos`` and ``prompt``, or an unknown
+            ``perplexity_baseline``.
     """
     if not isinstance(vector, InContextVector):
         raise OptionError("vector must be an icv.InContextVector")
     inputs = check_inputs(inputs)
+    if perplexity_baseline not in PERPLEXITY_BASELINES:
+        raise OptionError(
+            f"unknown perplexity_baseline {perplexity_baseline!r:.40}: choose one of {', '.join(PERPLEXITY_BASELINES)}"
+        )
     prompt, with_demos = _prompt_form(prompt, demos)
     candidates = sorted(set(check_strengths(strengths)) - {0.0})
     if not candidates:
@@ -243,12 +258,15 @@ def calibrate(
             else:
                 points.append(point)
     assert baseline is not None
+    reference = baseline.perplexity
+    if fluency is not None and max_perplexity_ratio is not None and perplexity_baseline == "inputs":
+        reference = score_all([fluency], inputs, inputs, references)[fluency.name][1]
     floors = {
         "min_content": min_content,
         "max_repetition": max_repetition,
         "max_perplexity": (
-            baseline.perplexity * max_perplexity_ratio
-            if fluency is not None and max_perplexity_ratio is not None and baseline.perplexity is not None
+            reference * max_perplexity_ratio
+            if fluency is not None and max_perplexity_ratio is not None and reference is not None
             else None
         ),
     }
@@ -274,6 +292,7 @@ def calibrate(
         floors=floors,
         style=style.name,
         content=content.name,
+        perplexity_baseline=perplexity_baseline,
     )
     result = _keep_layers(vector, chosen.layers).with_metadata(
         recommended_strength=chosen.strength,

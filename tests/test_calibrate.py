@@ -94,6 +94,31 @@ def test_perplexity_ceiling_is_relative_to_the_unsteered_outputs(llama, vector, 
     assert any("perplexity" in reason for reason in result.report.points[-1].reasons)
 
 
+def test_perplexity_ceiling_can_be_relative_to_the_inputs(llama, vector, strength_as_text):
+    """Against the inputs' own perplexity (here 40: they are not numbers), the ceiling is 80 and
+    every strength passes; against the unsteered outputs' (10) only those up to 0.0707 do."""
+
+    def perplexity(text: str) -> float:
+        try:
+            return 10.0 + 2000.0 * float(text) ** 2
+        except ValueError:
+            return 40.0
+
+    fluency = FunctionScorer(
+        "ppl", lambda outputs, s, r: [perplexity(o) for o in outputs], higher_is_better=False
+    )
+    options = dict(
+        style=STYLE, content=CONTENT, fluency=fluency, strengths=[0.04, 0.06, 0.08], min_content=0.0
+    )
+    inputs = icv.calibrate(llama, ByteTokenizer(), vector, INPUTS, perplexity_baseline="inputs", **options)
+    assert inputs.report.floors["max_perplexity"] == pytest.approx(80.0)
+    assert inputs.report.chosen.strength == 0.08 and inputs.report.perplexity_baseline == "inputs"
+    unsteered = icv.calibrate(llama, ByteTokenizer(), vector, INPUTS, **options)
+    assert unsteered.report.chosen.strength == 0.06 and unsteered.report.perplexity_baseline == "unsteered"
+    with pytest.raises(OptionError, match="perplexity_baseline"):
+        icv.calibrate(llama, ByteTokenizer(), vector, INPUTS, perplexity_baseline="sources", **options)
+
+
 def test_ties_go_to_the_smaller_strength(llama, vector, strength_as_text):
     flat = of_strength("style", lambda s: 1.0)
     result = icv.calibrate(

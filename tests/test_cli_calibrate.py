@@ -7,6 +7,7 @@ the default MiniLM similarity, as a user gets it.
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -111,3 +112,20 @@ def test_both_commands_refuse_the_same_mistakes_with_the_same_words(command, ext
     head = ["eval", "--methods", "zero-shot"] if command == "eval" else ["calibrate", "v.safetensors"]
     assert main([*head, "--inputs", str(inputs), *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_perplexity_baseline_reaches_calibrate(model_dir, vector_file, inputs, capsys, monkeypatch):
+    module = importlib.import_module("icv.calibrate")
+    real, seen = module.calibrate, []
+
+    def spy(*args, **options):
+        seen.append(options["perplexity_baseline"])
+        return real(*args, **options)
+
+    monkeypatch.setattr(module, "calibrate", spy)
+    argv = ["calibrate", vector_file, "--model", model_dir, "--inputs", inputs, "--style", "positive"]
+    assert main([str(a) for a in [*argv, *OPTIONS, "--perplexity-baseline", "inputs"]]) == 0
+    assert main([str(a) for a in [*argv, *OPTIONS]]) == 0
+    assert seen == ["inputs", "unsteered"]
+    assert main([str(a) for a in [*argv, *OPTIONS, "--perplexity-baseline", "sources"]]) == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -149,6 +149,7 @@ def calibrated(
         fluency=fluency,
         strengths=grid,
         min_content=task.min_content,
+        perplexity_baseline=args.perplexity_baseline,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         engine=args.engine,
@@ -180,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: icv.train's)")
     parser.add_argument("--no-fluency", action="store_true", help="skip the perplexity floor and column")
+    parser.add_argument(
+        "--perplexity-baseline",
+        choices=("unsteered", "inputs"),
+        default="unsteered",
+        help="the fluency floor's reference (icv.calibrate's perplexity_baseline)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality" / "out")
     parser.add_argument("--name", default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")

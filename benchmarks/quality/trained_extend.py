@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--perplexity-baseline", choices=("unsteered", "inputs"), default="unsteered")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 

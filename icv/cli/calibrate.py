@@ -71,6 +71,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="R",
         help="fluency floor: perplexity within R times the unsteered outputs' (default 2)",
     )
+    parser.add_argument(
+        "--perplexity-baseline",
+        choices=("unsteered", "inputs"),
+        default="unsteered",
+        help="what R multiplies: the unsteered outputs' perplexity (default) or the inputs' own "
+        "(for rewriting, where the unsteered answers can be more predictable than any good rewrite)",
+    )
     parser.add_argument("--no-fluency", action="store_true", help="skip the perplexity scorer (Gemma 3 270M)")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N inputs")
     parser.add_argument("--mode", choices=("rotate", "add"), help="injection mode (default: the vector's)")
@@ -117,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         min_content=args.min_content,
         max_repetition=args.max_repetition,
         max_perplexity_ratio=None if args.no_fluency else args.max_perplexity_ratio,
+        perplexity_baseline=args.perplexity_baseline,
         demos=demos,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
