@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = Path(f"{args.run}.{args.arm}-extended")
     Path(f"{stem}.calibration.md").write_text(table + "\n", encoding="utf-8")
     print(table, flush=True)
-    method = "trained" if args.arm.startswith("trained") else "icv"
+    method = "trained" if vector.metadata["method"] == "trained" else "icv"
     report = evaluate(
         model,
         tokenizer,
