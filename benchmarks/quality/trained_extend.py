@@ -7,7 +7,8 @@ Where ``trained.py``'s calibration chose the top of its grid, the frontier goes 
 this loads the arm's saved vector (``<run>.<arm>.safetensors``), runs ``icv.calibrate`` on the
 task's held-in rows at ``--strengths`` (the same floors; the baseline row is the unsteered
 model's, so the tables join) and ``icv.evaluate`` on the test rows at them, and writes
-``<run>.<arm>-extended.{json,md,png}`` and ``<run>.<arm>-extended.calibration.md``.
+``<run>.<arm>-extended.{json,md,png}`` and ``<run>.<arm>-extended.calibration.md``
+(``--suffix`` names another run of the same arm).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--perplexity-baseline", choices=("unsteered", "inputs"), default="unsteered")
+    parser.add_argument(
+        "--suffix", default="extended", help="the outputs' name after the arm: <run>.<arm>-<suffix>.*"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         VllmEngine(model_name_for(model), enforce_eager=True) if args.engine == "vllm" else args.engine
     )
     _, table = calibrated(args, model, tokenizer, task, vector, strengths, fluency)
-    stem = Path(f"{args.run}.{args.arm}-extended")
+    stem = Path(f"{args.run}.{args.arm}-{args.suffix}")
     Path(f"{stem}.calibration.md").write_text(table + "\n", encoding="utf-8")
     print(table, flush=True)
     method = "trained" if vector.metadata["method"] == "trained" else "icv"
