@@ -10,6 +10,7 @@ the directions fitted on 64 Yelp pairs (``reference.0`` rows 400-463).  Per case
 * ``train``: the whole ``icv.train`` call with its defaults (``--steps`` sets another count; no
   extraction: the start is given; held-out evaluation and early stopping included).
 
+``--objective`` times another objective (``preference`` runs two answers a step).
 ``--baseline`` also times, in the same run, the whole call with the teacher-forcing loss as it was
 before 2026-12-06 (logits at every position, a key/value cache built), two rounds in alternating
 order (old, new, new, old), and prints both arms' held-out loss after training: the speed-up, and
@@ -69,7 +70,12 @@ def _seconds(call: Any) -> float:
 
 
 def measure(
-    model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], level: str, steps: int | None
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: list[tuple[str, str]],
+    level: str,
+    steps: int | None,
+    objective: str = "teacher",
 ) -> dict[str, float]:
     """Seconds: one plain forward over a batch of 8, one training step, one whole icv.train."""
     start = icv.extract(model, tokenizer, pairs, progress=False)
@@ -78,10 +84,11 @@ def measure(
     with torch.no_grad():
         forward = min(_seconds(lambda: target_loss(model, batch)) for _ in range(3))  # the first is cold
     began = time.perf_counter()
-    icv.train(model, tokenizer, pairs, init=start, level=level, steps=STEP_RUN, held_out=0, progress=False)
+    options: dict[str, Any] = dict(init=start, level=level, objective=objective, progress=False)
+    icv.train(model, tokenizer, pairs, steps=STEP_RUN, held_out=0, **options)
     step = (time.perf_counter() - began) / STEP_RUN
     began = time.perf_counter()
-    trained = icv.train(model, tokenizer, pairs, init=start, level=level, steps=steps, progress=False)
+    trained = icv.train(model, tokenizer, pairs, steps=steps, **options)
     whole = time.perf_counter() - began
     return {
         "forward": forward,
@@ -132,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="a tiny random model (a smoke run)")
     parser.add_argument("--baseline", action="store_true", help="also time the loss before 2026-12-06")
     parser.add_argument("--case", default="", help="only the cases whose name starts with this")
+    parser.add_argument(
+        "--objective",
+        default="teacher",
+        choices=("teacher", "distillation", "preference"),
+        help="icv.train's objective for the step and whole-call timings",
+    )
     args = parser.parse_args(argv)
     model, tokenizer = tiny_llama() if args.tiny else embedded_model()
     rows, compared = [], []
@@ -153,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{old['held_out_loss_after']:.4f} / {new['held_out_loss_after']:.4f}",
                 ]
             )
-        m = measure(model, tokenizer, pairs, level, args.steps)
+        m = measure(model, tokenizer, pairs, level, args.steps, args.objective)
         rows.append(
             [
                 name,

@@ -27,3 +27,16 @@ def test_the_baseline_arm_trains_the_same_vector_with_the_old_loss():
     for key in ("train_loss_before", "train_loss_after", "held_out_loss_before", "held_out_loss_after"):
         assert abs(old[key] - new[key]) < 1e-5 * abs(old[key]), key
     assert len(compared["seconds"]["old"]) == len(compared["seconds"]["new"]) == 2
+
+
+def test_train_speed_times_the_objective_it_is_given(monkeypatch):
+    seen = []
+    real = train_speed.icv.train
+
+    def spy(*args, **options):
+        seen.append(options["objective"])
+        return real(*args, **options)
+
+    monkeypatch.setattr(train_speed.icv, "train", spy)
+    train_speed.measure(tiny_model("llama"), ByteTokenizer(), list(DEMOS) * 2, "directions", 2, "preference")
+    assert seen == ["preference", "preference"]
