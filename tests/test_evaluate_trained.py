@@ -143,6 +143,7 @@ def test_eval_command_offers_the_trained_arm(model_dir, tmp_path, capsys):
     out = tmp_path / "here"
     here = ["--demos", demos, "--methods", "icv,trained", "--strengths", "0.2", "--train"]
     here += ["--train-level", "directions", "--train-steps", "2", "--trained-strengths", "0.1,0.2"]
+    here += ["--train-objective", "preference"]
     code = main([str(a) for a in [*base, *here, "--out", out]])
     assert code == 0, capsys.readouterr().err
     data = json.loads((out / "eval.json").read_text())
@@ -152,6 +153,7 @@ def test_eval_command_offers_the_trained_arm(model_dir, tmp_path, capsys):
         ("trained", 0.2),
     ]
     assert data["settings"]["training"]["level"] == "directions"
+    assert data["settings"]["training"]["objective"] == "preference"
     assert data["settings"]["training"]["steps"] <= 2
 
     for wrong, message in [
@@ -160,6 +162,7 @@ def test_eval_command_offers_the_trained_arm(model_dir, tmp_path, capsys):
         (["--methods", "zero-shot", "--train"], "--train trains on --demos"),
         (["--methods", "zero-shot", "--trained", trained_file, "--train-steps", "3"], "are for --train"),
         (["--methods", "zero-shot", "--trained-strengths", "0.1"], "--trained-strengths is for"),
+        (["--methods", "zero-shot", "--train-objective", "preference"], "are for --train"),
     ]:
         assert main([str(a) for a in [*base, *wrong, "--out", tmp_path / "x"]]) == 2
         assert message in capsys.readouterr().err

@@ -90,6 +90,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     trained.add_argument("--train-steps", type=positive_int, metavar="N", help="with --train: the most steps")
     trained.add_argument(
+        "--train-objective",
+        choices=("teacher", "distillation", "preference"),
+        help="with --train: what the vector is fitted to (default: teacher; see icv train --objective)",
+    )
+    trained.add_argument(
         "--trained-strengths",
         type=strength_list,
         metavar="LIST",
@@ -136,8 +141,10 @@ def _trained_arm(args: argparse.Namespace, methods: list[str]) -> list[str]:
         args.parser.error("--trained FILE evaluates a trained vector, --train trains one here: choose one")
     if args.train and args.demos is None:
         args.parser.error("--train trains on --demos: give the demonstrations")
-    if not args.train and (args.train_level is not None or args.train_steps is not None):
-        args.parser.error("--train-level and --train-steps are for --train")
+    if not args.train and any(
+        option is not None for option in (args.train_level, args.train_steps, args.train_objective)
+    ):
+        args.parser.error("--train-level, --train-steps and --train-objective are for --train")
     if args.trained is not None or args.train:
         return methods if "trained" in methods else [*methods, "trained"]
     if "trained" in methods:
@@ -175,7 +182,15 @@ def run(args: argparse.Namespace) -> int:
     vector = read_vector(args.vector) if args.vector else None
     trained = read_vector(args.trained) if args.trained else None
     train_options = (
-        {k: v for k, v in (("level", args.train_level), ("steps", args.train_steps)) if v is not None}
+        {
+            k: v
+            for k, v in (
+                ("level", args.train_level),
+                ("steps", args.train_steps),
+                ("objective", args.train_objective),
+            )
+            if v is not None
+        }
         if args.train
         else None
     )
