@@ -66,7 +66,8 @@ def preference_examples(
     with torch.no_grad():
         for begin in range(0, len(chosen), batch_size):
             good, bad = chosen[begin : begin + batch_size], rejected[begin : begin + batch_size]
-            ratios = _log_ratios(model, good, bad, pad, device)
+            chosen_logp, rejected_logp = _answer_logprobs(model, good, bad, pad, device)
+            ratios = chosen_logp - rejected_logp
             out += [PreferenceExample(g, b, float(r)) for g, b, r in zip(good, bad, ratios, strict=True)]
     return out
 
@@ -80,13 +81,11 @@ def preference_loss(
 ) -> torch.Tensor:
     """The DPO term (mean over pairs) plus the chosen answers' mean per-token cross-entropy."""
     chosen = [item.chosen for item in items]
-    logp = target_logprobs(model, batch_of([*chosen, *(item.rejected for item in items)], pad, device))
-    count = len(items)
-    reference = torch.tensor([item.reference for item in items], device=logp.device)
-    margin = (logp[:count] - logp[count:]) - reference
-    preference = -F.logsigmoid(beta * margin).mean()
+    good, bad = _answer_logprobs(model, chosen, [item.rejected for item in items], pad, device)
+    reference = torch.tensor([item.reference for item in items], device=good.device)
+    preference = -F.logsigmoid(beta * ((good - bad) - reference)).mean()
     tokens = sum(len(e.ids) - e.start for e in chosen)
-    return preference - logp[:count].sum() / tokens
+    return preference - good.sum() / tokens
 
 
 def mean_preference_loss(
@@ -106,8 +105,9 @@ def mean_preference_loss(
     return total / max(len(items), 1)
 
 
-def _log_ratios(
+def _answer_logprobs(
     model: nn.Module, chosen: Sequence[Example], rejected: Sequence[Example], pad: int, device: torch.device
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each chosen and each rejected answer's summed log-probability, from one batch of both."""
     logp = target_logprobs(model, batch_of([*chosen, *rejected], pad, device))
-    return logp[: len(chosen)] - logp[len(chosen) :]
+    return logp[: len(chosen)], logp[len(chosen) :]
