@@ -157,6 +157,25 @@ def calibrated(
     return result.vector, result.report.markdown()
 
 
+def engine_for_args(args: argparse.Namespace, model: Any) -> Any:
+    """``--engine``: the vLLM engine object for ``vllm`` (eager: on this CPU, compiling costs more
+    than it saves on a sweep of a few thousand answers), else the name as it is."""
+    return VllmEngine(model_name_for(model), enforce_eager=True) if args.engine == "vllm" else args.engine
+
+
+def scoring(args: argparse.Namespace, task: Task, fluency: Scorer | None) -> dict[str, Any]:
+    """``icv.evaluate``'s options every run of a task shares: scorers, references, generation, engine."""
+    return dict(
+        style=task.style,
+        content=SimilarityScorer(),
+        scorers=[RepetitionScorer(3)] + ([fluency] if fluency is not None else []) + task.extra,
+        references=[r for _, r in task.test] if task.references else None,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        engine=args.engine,
+    )
+
+
 def neighbours(strength: float, grid: list[float]) -> list[float]:
     """The calibrated strength and the grid points on either side of it (the frontier around it)."""
     ordered = sorted(set(grid) | {strength})
@@ -202,10 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"trained-{task.name}"
     model, tokenizer = icv.load_model(args.model) if args.model else icv.load_model()
     fluency = None if args.no_fluency else PerplexityScorer(model_name=fluency_model_for(model))
-    # Eager: on this CPU, compiling costs more than it saves on a sweep of a few thousand answers.
-    args.engine = (
-        VllmEngine(model_name_for(model), enforce_eager=True) if args.engine == "vllm" else args.engine
-    )
+    args.engine = engine_for_args(args, model)
     args.out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     tables: dict[str, str] = {}
@@ -236,15 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     trained_from("trained64", icv64, task.pairs, "directions")
 
     sources = [s for s, _ in task.test]
-    common: dict[str, Any] = dict(
-        style=task.style,
-        content=SimilarityScorer(),
-        scorers=[RepetitionScorer(3)] + ([fluency] if fluency is not None else []) + task.extra,
-        references=[r for _, r in task.test] if task.references else None,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        engine=args.engine,
-    )
+    common = scoring(args, task, fluency)
     reports: dict[str, Evaluation] = {}
     for size, methods, extracted, trained, demos in (
         ("8", ["zero-shot", "icl", "icv", "trained"], "icv8", "trained8", task.demos),

@@ -25,12 +25,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import rows  # noqa: E402
-from trained import TRAINED_FACTORS, calibrated, neighbours, paradetox_task, yelp_task  # noqa: E402
+from trained import (  # noqa: E402
+    TRAINED_FACTORS,
+    calibrated,
+    engine_for_args,
+    neighbours,
+    paradetox_task,
+    scoring,
+    yelp_task,
+)
 
 import icv  # noqa: E402
-from icv.engines import VllmEngine, model_name_for  # noqa: E402
 from icv.evaluate import evaluate  # noqa: E402
-from icv.scorers import PerplexityScorer, RepetitionScorer, SimilarityScorer, fluency_model_for  # noqa: E402
+from icv.scorers import PerplexityScorer, fluency_model_for  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     assert base is not None
     grid = [round(base * f, 6) for f in TRAINED_FACTORS]
     fluency = PerplexityScorer(model_name=fluency_model_for(model))
-    args.engine = (
-        VllmEngine(model_name_for(model), enforce_eager=True) if args.engine == "vllm" else args.engine
-    )
+    args.engine = engine_for_args(args, model)
     vector, table = calibrated(args, model, tokenizer, task, vector, grid, fluency)
     vector.save(out / f"{args.name}.safetensors", overwrite=True)
     (out / f"{args.name}.calibration.md").write_text(table + "\n", encoding="utf-8")
@@ -99,16 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer,
         pairs,
         [s for s, _ in task.test],
-        style=task.style,
-        content=SimilarityScorer(),
-        scorers=[RepetitionScorer(3), fluency, *task.extra],
-        references=[r for _, r in task.test] if task.references else None,
         methods=["trained"],
         trained=vector,
         trained_strengths=neighbours(vector.recommended_strength or 0.0, grid),
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        engine=args.engine,
+        **scoring(args, task, fluency),
     )
     report.settings.update(
         {

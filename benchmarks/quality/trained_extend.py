@@ -22,12 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import rows  # noqa: E402
-from trained import calibrated, paradetox_task, yelp_task  # noqa: E402
+from trained import calibrated, engine_for_args, paradetox_task, scoring, yelp_task  # noqa: E402
 
 import icv  # noqa: E402
-from icv.engines import VllmEngine, model_name_for  # noqa: E402
 from icv.evaluate import evaluate  # noqa: E402
-from icv.scorers import PerplexityScorer, RepetitionScorer, SimilarityScorer, fluency_model_for  # noqa: E402
+from icv.scorers import PerplexityScorer, fluency_model_for  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = icv.load_model(args.model) if args.model else icv.load_model()
     vector = icv.InContextVector.load(f"{args.run}.{args.arm}.safetensors")
     fluency = PerplexityScorer(model_name=fluency_model_for(model))
-    args.engine = (
-        VllmEngine(model_name_for(model), enforce_eager=True) if args.engine == "vllm" else args.engine
-    )
+    args.engine = engine_for_args(args, model)
     _, table = calibrated(args, model, tokenizer, task, vector, strengths, fluency)
     stem = Path(f"{args.run}.{args.arm}-{args.suffix}")
     Path(f"{stem}.calibration.md").write_text(table + "\n", encoding="utf-8")
@@ -68,18 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer,
         task.demos,
         [s for s, _ in task.test],
-        style=task.style,
-        content=SimilarityScorer(),
-        scorers=[RepetitionScorer(3), fluency, *task.extra],
-        references=[r for _, r in task.test] if task.references else None,
         methods=[method],
         **(
             {"trained": vector, "trained_strengths": strengths} if method == "trained" else {"vector": vector}
         ),
         **({} if method == "trained" else {"strengths": strengths}),
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        engine=args.engine,
+        **scoring(args, task, fluency),
     )
     report.save(stem.parent, stem=stem.name, title=f"{task.name}, {args.arm} at more strengths")
     print(report.markdown())
