@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import arm_points  # noqa: E402
 
 Row = tuple[float, float, float]  # (strength, similarity, style success)
 
@@ -28,11 +33,7 @@ def rows_of(spec: str) -> list[Row]:
     for part in spec.split(","):
         path, _, method = part.rpartition(":")
         report = json.loads(Path(path).read_text(encoding="utf-8"))
-        rows += [
-            (r["strength"] or 0.0, r["content"], r["style_success"])
-            for r in report["results"]
-            if r["method"] == method
-        ]
+        rows += [(strength or 0.0, x, y) for strength, x, y in arm_points(report, method)]
     if not rows:
         raise SystemExit(f"no rows for {spec!r}")
     return sorted(set(rows))
